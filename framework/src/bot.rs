@@ -1,0 +1,505 @@
+//! Bots: building one, running several in one process.
+//!
+//! Each bot runs on an actix arbiter (a thread) of its own, with its own supervision tree, so a
+//! bot whose handler blocks its thread, or whose transport cannot connect, never holds up
+//! another. Handlers that declare [`Handler::BLOCKING`] get a further arbiter each.
+//!
+//! Shutdown (end of console input, SIGINT, SIGTERM) is graceful: the router stops taking input,
+//! in-flight commands get until the deadline to finish, the outbox sends what it holds, and only
+//! then does the transport close.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::command::Command;
+use crate::handler::{CatalogEntry, Factory, Handler, HandlerHost, Job};
+use crate::health::Health;
+use crate::outbox::{Drain, Outbox, OutboxOptions, Rate};
+use crate::poller::{Poller, PollerHost, PollerOptions};
+use crate::router::{Budget, Close, RouteError, RouteTable, Router};
+use crate::store::{Store, StoreError};
+use crate::supervisor::RestartPolicy;
+use crate::transport::{Limits, Link, ReconnectPolicy, Transport, TransportHost};
+
+/// Overrides of the transport's outbox defaults; `None` keeps the transport's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxSettings {
+    /// Longest line in bytes.
+    pub max_line_bytes: Option<usize>,
+    /// Global pace (a rate of 0 lines per second means unlimited).
+    pub global: Option<Rate>,
+    /// Per-destination pace (0: unlimited).
+    pub per_destination: Option<Rate>,
+    /// Lines that may wait.
+    pub queue: usize,
+    /// Anti-loop: identical texts allowed per window (0 disables).
+    pub loop_repeats: u32,
+    /// Anti-loop window.
+    pub loop_window: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        let d = OutboxOptions::default();
+        Self {
+            max_line_bytes: None,
+            global: None,
+            per_destination: None,
+            queue: d.queue,
+            loop_repeats: d.loop_repeats,
+            loop_window: d.loop_window,
+        }
+    }
+}
+
+impl OutboxSettings {
+    /// The effective options over a transport's limits.
+    pub fn resolve(&self, limits: &Limits) -> OutboxOptions {
+        OutboxOptions {
+            max_line_bytes: self.max_line_bytes.unwrap_or(limits.max_line_bytes),
+            global: self.global.or(limits.global),
+            per_destination: self.per_destination.or(limits.per_destination),
+            queue: self.queue,
+            loop_repeats: self.loop_repeats,
+            loop_window: self.loop_window,
+        }
+    }
+}
+
+/// Everything about a bot that is not its handlers or transport. `Default` gives the
+/// production defaults; new fields will always come with a default.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct BotOptions {
+    /// Command prefix.
+    pub prefix: String,
+    /// Sender ids allowed to run admin-only commands.
+    pub admins: Vec<String>,
+    /// Longest a handler may take for one message.
+    pub handler_timeout: Duration,
+    /// Restart policy for handlers and pollers.
+    pub restart: RestartPolicy,
+    /// Per-user command budget.
+    pub budget: Budget,
+    /// Outbox overrides.
+    pub outbox: OutboxSettings,
+    /// Reconnect backoff.
+    pub reconnect: ReconnectPolicy,
+    /// How long a graceful shutdown may take (in-flight commands, then the outbox).
+    pub shutdown_deadline: Duration,
+    /// Where the state store lives (needed only when the bot has pollers).
+    pub state_path: Option<PathBuf>,
+}
+
+impl Default for BotOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "!".into(),
+            admins: Vec::new(),
+            handler_timeout: Duration::from_secs(30),
+            restart: RestartPolicy::default(),
+            budget: Budget::default(),
+            outbox: OutboxSettings::default(),
+            reconnect: ReconnectPolicy::default(),
+            shutdown_deadline: Duration::from_secs(10),
+            state_path: None,
+        }
+    }
+}
+
+/// What every actor of one bot shares.
+#[derive(Debug)]
+pub(crate) struct BotShared {
+    pub(crate) prefix: String,
+    pub(crate) admins: HashSet<String>,
+    pub(crate) options: BotOptions,
+    pub(crate) catalog: Vec<CatalogEntry>,
+    pub(crate) health: Health,
+    pub(crate) outbox: Addr<Outbox>,
+}
+
+impl BotShared {
+    pub(crate) fn is_admin(&self, sender_id: &str) -> bool {
+        self.admins.contains(sender_id)
+    }
+}
+
+/// Why a bot could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No transport was given.
+    #[error("bot {0}: no transport")]
+    NoTransport(String),
+    /// Commands or patterns conflict.
+    #[error("bot {bot}: {source}")]
+    Route {
+        /// The bot.
+        bot: String,
+        /// What is wrong.
+        source: RouteError,
+    },
+    /// The state store could not be opened.
+    #[error("bot {bot}: {source}")]
+    Store {
+        /// The bot.
+        bot: String,
+        /// What is wrong.
+        source: StoreError,
+    },
+}
+
+type StartHandler = Box<dyn FnOnce(Arc<BotShared>) -> (Recipient<Job>, Option<ArbiterHandle>) + Send>;
+type StartPoller = Box<dyn FnOnce(Arc<BotShared>, Store) + Send>;
+type StartTransport = Box<dyn FnOnce(Link, ReconnectPolicy, oneshot::Sender<()>) + Send>;
+
+struct HandlerReg {
+    name: &'static str,
+    commands: &'static [Command],
+    patterns: &'static [&'static str],
+    start: StartHandler,
+}
+
+struct TransportReg {
+    kind: &'static str,
+    limits: Limits,
+    start: StartTransport,
+}
+
+/// Builds a [`Bot`].
+pub struct BotBuilder {
+    name: String,
+    options: BotOptions,
+    transport: Option<TransportReg>,
+    handlers: Vec<HandlerReg>,
+    pollers: Vec<StartPoller>,
+    store: Option<Store>,
+}
+
+impl std::fmt::Debug for BotBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotBuilder")
+            .field("name", &self.name)
+            .field("handlers", &self.handlers.iter().map(|h| h.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BotBuilder {
+    /// Replaces the options.
+    pub fn options(mut self, options: BotOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Changes the options in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut BotOptions)) -> Self {
+        f(&mut self.options);
+        self
+    }
+
+    /// Sets the transport.
+    pub fn transport<T: Transport>(mut self, transport: T) -> Self {
+        self.transport = Some(TransportReg {
+            kind: transport.kind(),
+            limits: transport.limits(),
+            start: Box::new(move |link, policy, finished| {
+                TransportHost::new(transport, link, policy, finished).start();
+            }),
+        });
+        self
+    }
+
+    /// Adds a handler; after a crash the framework restarts it from a clone of this value.
+    pub fn handler<H: Handler + Clone + Send + Sync>(self, handler: H) -> Self {
+        self.handler_fn(move || handler.clone())
+    }
+
+    /// Adds a handler built by `factory` at start and after every crash.
+    pub fn handler_fn<H: Handler>(mut self, factory: impl Fn() -> H + Send + Sync + 'static) -> Self {
+        let factory: Factory<H> = Arc::new(factory);
+        let start: StartHandler = Box::new(move |shared| {
+            if H::BLOCKING {
+                let arbiter = Arbiter::new();
+                let handle = arbiter.handle();
+                let addr = HandlerHost::start_in_arbiter(&handle, move |_| HandlerHost::new(factory, shared));
+                (addr.recipient(), Some(handle))
+            } else {
+                (HandlerHost::new(factory, shared).start().recipient(), None)
+            }
+        });
+        self.handlers.push(HandlerReg {
+            name: H::NAME,
+            commands: H::COMMANDS,
+            patterns: H::PATTERNS,
+            start,
+        });
+        self
+    }
+
+    /// Adds a poller built by `factory` (at start and after every crash).
+    pub fn poller<P: Poller>(mut self, opts: PollerOptions, factory: impl Fn() -> P + Send + Sync + 'static) -> Self {
+        let factory: Factory<P> = Arc::new(factory);
+        self.pollers.push(Box::new(move |shared, store| {
+            PollerHost::new(factory, opts, shared, store).start();
+        }));
+        self
+    }
+
+    /// Uses an already opened store (several bots of one process share one).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The names of the handlers added so far.
+    pub fn handler_names(&self) -> Vec<&'static str> {
+        self.handlers.iter().map(|h| h.name).collect()
+    }
+
+    /// Validates the bot: commands and patterns, and the state store if pollers need one.
+    pub fn build(self) -> Result<Bot, BuildError> {
+        let name = self.name;
+        let transport = self.transport.ok_or_else(|| BuildError::NoTransport(name.clone()))?;
+        let spec: Vec<_> = self.handlers.iter().map(|h| (h.name, h.commands, h.patterns)).collect();
+        let table = RouteTable::new(&self.options.prefix, &spec).map_err(|source| BuildError::Route {
+            bot: name.clone(),
+            source,
+        })?;
+        let store = match (self.pollers.is_empty(), self.store) {
+            (true, _) => None,
+            (false, Some(s)) => Some(s),
+            (false, None) => {
+                let path = self.options.state_path.clone().unwrap_or_else(default_state_path);
+                Some(Store::open(&path).map_err(|source| BuildError::Store {
+                    bot: name.clone(),
+                    source,
+                })?)
+            }
+        };
+        let health = Health::new(&name, transport.kind);
+        Ok(Bot {
+            name,
+            options: self.options,
+            transport,
+            handlers: self.handlers,
+            pollers: self.pollers,
+            table,
+            store,
+            health,
+        })
+    }
+}
+
+/// The default state store path: `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/opsbot`,
+/// else `~/.local/state/opsbot`, else the current directory.
+pub fn default_state_path() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = env("STATE_DIRECTORY")
+        .or_else(|| env("XDG_STATE_HOME").map(|p| p.join("opsbot")))
+        .or_else(|| env("HOME").map(|p| p.join(".local/state/opsbot")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    dir.join("state.redb")
+}
+
+/// A built, validated bot, ready to run.
+pub struct Bot {
+    name: String,
+    options: BotOptions,
+    transport: TransportReg,
+    handlers: Vec<HandlerReg>,
+    pollers: Vec<StartPoller>,
+    table: RouteTable,
+    store: Option<Store>,
+    health: Health,
+}
+
+impl std::fmt::Debug for Bot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bot").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Bot {
+    /// Starts building a bot with the given name.
+    pub fn builder(name: impl Into<String>) -> BotBuilder {
+        BotBuilder {
+            name: name.into(),
+            options: BotOptions::default(),
+            transport: None,
+            handlers: Vec::new(),
+            pollers: Vec::new(),
+            store: None,
+        }
+    }
+
+    /// The bot's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bot's health registry (a live view).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Runs the bot on the current arbiter until `shutdown` is cancelled or its transport ends.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let Bot {
+            name,
+            options,
+            transport,
+            handlers,
+            pollers,
+            table,
+            store,
+            health,
+        } = self;
+        let (tx, rx) = mpsc::channel(1);
+        let outbox = Outbox::new(options.outbox.resolve(&transport.limits), tx, health.clone()).start();
+        let catalog = handlers
+            .iter()
+            .flat_map(|h| h.commands.iter().map(|command| CatalogEntry { handler: h.name, command }))
+            .collect();
+        let shared = Arc::new(BotShared {
+            prefix: options.prefix.clone(),
+            admins: options.admins.iter().cloned().collect(),
+            options: options.clone(),
+            catalog,
+            health: health.clone(),
+            outbox: outbox.clone(),
+        });
+        let mut arbiters = Vec::new();
+        let hosts = handlers
+            .into_iter()
+            .map(|h| {
+                let (recipient, arbiter) = (h.start)(shared.clone());
+                arbiters.extend(arbiter);
+                (h.name, recipient)
+            })
+            .collect();
+        let tracker = TaskTracker::new();
+        let nick = Arc::new(Mutex::new(name.clone()));
+        let router = Router::new(table, hosts, shared.clone(), nick.clone(), tracker.clone()).start();
+        if let Some(store) = store {
+            for start in pollers {
+                start(shared.clone(), store.clone());
+            }
+        }
+        let (fin_tx, mut fin_rx) = oneshot::channel();
+        let link = Link::new(
+            router.clone().recipient(),
+            rx,
+            health.clone(),
+            transport.kind,
+            nick,
+            shutdown.clone(),
+        );
+        (transport.start)(link, options.reconnect, fin_tx);
+        tracing::info!(bot = %name, transport = transport.kind, "bot started");
+
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            _ = &mut fin_rx => {}
+        }
+        tracing::info!(bot = %name, "shutting down");
+        let deadline = options.shutdown_deadline;
+        let _ = router.send(Close).await;
+        if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
+            tracing::warn!(bot = %name, "in-flight commands did not finish before the deadline");
+        }
+        let lost = outbox.send(Drain(deadline)).await.unwrap_or(0);
+        if lost > 0 {
+            tracing::warn!(bot = %name, lost, "lines still queued at the shutdown deadline");
+        }
+        outbox.do_send(StopOutbox);
+        drop(shared);
+        let _ = tokio::time::timeout(deadline, fin_rx).await;
+        for a in arbiters {
+            a.stop();
+        }
+        tracing::info!(bot = %name, "stopped");
+    }
+}
+
+#[derive(Debug)]
+struct StopOutbox;
+
+impl Message for StopOutbox {
+    type Result = ();
+}
+
+impl actix::Handler<StopOutbox> for Outbox {
+    type Result = ();
+
+    fn handle(&mut self, _: StopOutbox, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Runs bots until they all stop: at SIGINT or SIGTERM, at the end of console input, or when
+/// every transport has finished. Each bot gets its own arbiter thread.
+pub fn run(bots: Vec<Bot>) -> std::io::Result<()> {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let shutdown = CancellationToken::new();
+        spawn_signal_watch(shutdown.clone());
+        let running: Vec<_> = bots.into_iter().map(|b| spawn_bot(b, shutdown.clone())).collect();
+        for (arbiter, done) in running {
+            let _ = done.await;
+            arbiter.stop();
+        }
+    });
+    Ok(())
+}
+
+/// Starts `bot` on a new arbiter; the receiver fires when it has stopped.
+pub(crate) fn spawn_bot(bot: Bot, shutdown: CancellationToken) -> (Arbiter, oneshot::Receiver<()>) {
+    let arbiter = Arbiter::new();
+    let (tx, rx) = oneshot::channel();
+    arbiter.spawn_fn(move || {
+        actix::spawn(async move {
+            bot.run(shutdown).await;
+            let _ = tx.send(());
+        });
+    });
+    (arbiter, rx)
+}
+
+fn spawn_signal_watch(shutdown: CancellationToken) {
+    actix::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                () = shutdown.cancelled() => return,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                () = shutdown.cancelled() => return,
+            }
+        }
+        shutdown.cancel();
+    });
+}

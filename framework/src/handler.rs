@@ -1,0 +1,349 @@
+//! Reactive handlers: the trait authors implement, the context they talk through, and the host
+//! actor that runs them under supervision.
+//!
+//! A handler is plain straight-line async code with `&mut self` state. The framework hosts each
+//! handler in its own actix actor ([`HandlerHost`]), which runs one invocation at a time (so the
+//! state needs no locks), bounds it with a timeout, catches a panic, and replaces the crashed
+//! instance with a fresh one from the handler's factory after a backoff. Authors never see actix:
+//! the runtime stays an implementation detail behind [`Handler`] and [`Context`].
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::bot::BotShared;
+use crate::command::{Call, Command, Match};
+use crate::error::Error;
+use crate::health::{ActorKind, ActorState, Snapshot};
+use crate::message::{Destination, Outgoing};
+use crate::outbox::Say;
+use crate::supervisor::{Restarts, Verdict};
+
+/// A reactive handler: answers commands and passive matches.
+///
+/// Declare the commands once in [`Handler::COMMANDS`]; `!help`, the router and the access checks
+/// all read that declaration. Return [`Error::Usage`] (for instance via [`Call::arg`]) and the
+/// user sees the usage line; panic and the user gets a short apology while the framework
+/// restarts the handler from its factory.
+///
+/// ```
+/// use opsbot::prelude::*;
+///
+/// #[derive(Clone)]
+/// struct Hello;
+///
+/// impl Handler for Hello {
+///     const NAME: &'static str = "hello";
+///     const COMMANDS: &'static [Command] = &[Command::new("hello", "[name]", "Say hello.")];
+///
+///     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+///         let name = call.args().first().map_or(&*call.sender().name, |n| n.as_str());
+///         cx.reply(format!("hello, {name}!"));
+///         Ok(())
+///     }
+/// }
+/// ```
+#[allow(async_fn_in_trait)] // handlers run on one arbiter thread: their futures need not be Send
+pub trait Handler: 'static {
+    /// The handler's name, as `!status` shows it.
+    const NAME: &'static str;
+    /// The commands it answers.
+    const COMMANDS: &'static [Command] = &[];
+    /// Passive patterns (regular expressions); a match calls [`Handler::matched`].
+    const PATTERNS: &'static [&'static str] = &[];
+    /// Whether the handler blocks (synchronous I/O, heavy computing): if so it gets a thread of
+    /// its own so it cannot stall the transport or other handlers.
+    const BLOCKING: bool = false;
+
+    /// Answers one of [`Handler::COMMANDS`] (`call.command().name` says which).
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result<(), Error> {
+        let _ = (cx, call);
+        Ok(())
+    }
+
+    /// Answers a match of one of [`Handler::PATTERNS`] (`m.pattern()` says which).
+    async fn matched(&mut self, cx: &mut Context, m: Match) -> Result<(), Error> {
+        let _ = (cx, m);
+        Ok(())
+    }
+}
+
+/// What a handler talks through: replies, the bot's catalog of commands, its health.
+#[derive(Debug)]
+pub struct Context {
+    shared: Arc<BotShared>,
+    reply_to: Destination,
+    sender: Option<Arc<str>>,
+}
+
+impl Context {
+    pub(crate) fn new(shared: Arc<BotShared>, reply_to: Destination, sender: Option<Arc<str>>) -> Self {
+        Self {
+            shared,
+            reply_to,
+            sender,
+        }
+    }
+
+    /// Says `text` where the message came from (the room, or privately for a direct message).
+    pub fn reply(&self, text: impl Into<String>) {
+        self.say(self.reply_to.clone(), text);
+    }
+
+    /// Says `text` privately to the sender of the message being handled.
+    pub fn reply_private(&self, text: impl Into<String>) {
+        match &self.sender {
+            Some(name) => self.say(Destination::User(name.clone()), text),
+            None => self.reply(text),
+        }
+    }
+
+    /// Says `text` to any destination.
+    pub fn say(&self, dest: Destination, text: impl Into<String>) {
+        self.shared.outbox.do_send(Say(Outgoing::new(dest, text)));
+    }
+
+    /// Where [`Context::reply`] goes.
+    pub fn reply_to(&self) -> &Destination {
+        &self.reply_to
+    }
+
+    /// The bot's command prefix.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    /// The bot's name (from the config).
+    pub fn bot_name(&self) -> &str {
+        self.shared.health.bot()
+    }
+
+    /// Every command the bot answers, in registration order.
+    pub fn catalog(&self) -> &[CatalogEntry] {
+        &self.shared.catalog
+    }
+
+    /// A copy of the bot's health right now.
+    pub fn status(&self) -> Snapshot {
+        self.shared.health.snapshot()
+    }
+
+    /// Whether the sender of the message being handled is an admin.
+    pub fn sender_is_admin(&self) -> bool {
+        self.sender.as_deref().is_some_and(|s| self.shared.is_admin(s))
+    }
+}
+
+/// One command in the bot's catalog, as `!help` lists it.
+#[derive(Clone, Copy, Debug)]
+pub struct CatalogEntry {
+    /// The handler that answers it.
+    pub handler: &'static str,
+    /// Its declaration.
+    pub command: &'static Command,
+}
+
+/// Work for a handler host.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Command(Call),
+    Match(Match),
+}
+
+/// How an invocation ended, as the dispatcher tells the user.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Done,
+    Failed(Error),
+    Panicked,
+    TimedOut(Duration),
+    Unavailable,
+}
+
+/// One invocation sent to a host. `started` fires when the handler begins (not while the job
+/// waits behind a restart), so the dispatcher can time the handler itself.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) work: Work,
+    pub(crate) reply_to: Destination,
+    pub(crate) started: oneshot::Sender<()>,
+    pub(crate) done: oneshot::Sender<Outcome>,
+}
+
+impl Message for Job {
+    type Result = ();
+}
+
+/// Builds a fresh handler instance: at start and after every crash.
+pub(crate) type Factory<T> = Arc<dyn Fn() -> T + Send + Sync>;
+
+/// The actor that hosts one handler under the restart policy.
+pub(crate) struct HandlerHost<H: Handler> {
+    factory: Factory<H>,
+    handler: Option<Box<H>>,
+    shared: Arc<BotShared>,
+    restarts: Restarts,
+    timeout: Duration,
+}
+
+impl<H: Handler> std::fmt::Debug for HandlerHost<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerHost").field("name", &H::NAME).finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> HandlerHost<H> {
+    pub(crate) fn new(factory: Factory<H>, shared: Arc<BotShared>) -> Self {
+        let restarts = Restarts::new(shared.options.restart);
+        let timeout = shared.options.handler_timeout;
+        Self {
+            factory,
+            handler: None,
+            shared,
+            restarts,
+            timeout,
+        }
+    }
+
+    fn set_state(&self, state: ActorState) {
+        self.shared.health.update(ActorKind::Handler, H::NAME, |s| s.state = state);
+    }
+
+    /// Builds a fresh instance; a factory that panics counts as another crash.
+    fn fresh(&mut self, ctx: &mut Context2<H>) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
+            Ok(h) => {
+                self.handler = Some(Box::new(h));
+                self.set_state(ActorState::Running);
+            }
+            Err(payload) => self.crashed(panic_message(&*payload), ctx),
+        }
+    }
+
+    fn crashed(&mut self, why: String, ctx: &mut Context2<H>) {
+        self.handler = None;
+        let name = H::NAME;
+        let health = &self.shared.health;
+        health.update(ActorKind::Handler, name, |s| {
+            s.last_error = Some((std::time::SystemTime::now(), why.clone()));
+        });
+        match self.restarts.record(Instant::now()) {
+            Verdict::RestartAfter(delay) => {
+                let restarts = self.restarts.total();
+                health.update(ActorKind::Handler, name, |s| {
+                    s.state = ActorState::Restarting;
+                    s.restarts = restarts;
+                });
+                health.heal_event(
+                    &format!("handler:{name}"),
+                    "restart",
+                    format!("{why}; fresh instance in {delay:?} (restart {restarts})"),
+                );
+                ctx.wait(actix::clock::sleep(delay).into_actor(self).map(|(), act, ctx| act.fresh(ctx)));
+            }
+            Verdict::GiveUp => {
+                self.set_state(ActorState::Failed);
+                health.heal_event(
+                    &format!("handler:{name}"),
+                    "failed",
+                    format!("{why}; restart budget spent, commands answer unavailable"),
+                );
+            }
+        }
+    }
+}
+
+type Context2<H> = actix::Context<HandlerHost<H>>;
+
+impl<H: Handler> Actor for HandlerHost<H> {
+    type Context = Context2<H>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Never let a crowd of queued jobs be refused: the mailbox is the restart queue.
+        ctx.set_mailbox_capacity(usize::MAX);
+        self.shared.health.register(ActorKind::Handler, H::NAME);
+        self.fresh(ctx);
+    }
+}
+
+impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
+    type Result = ();
+
+    fn handle(&mut self, job: Job, ctx: &mut Self::Context) {
+        let Some(mut handler) = self.handler.take() else {
+            // Only reachable when failed: while restarting, `ctx.wait` holds the mailbox.
+            let _ = job.done.send(Outcome::Unavailable);
+            return;
+        };
+        let _ = job.started.send(());
+        let sender = match &job.work {
+            Work::Command(c) => c.message.sender.name.clone(),
+            Work::Match(m) => m.message.sender.name.clone(),
+        };
+        let mut cx = Context::new(self.shared.clone(), job.reply_to, Some(sender));
+        let timeout = self.timeout;
+        let run = async move {
+            let result = match job.work {
+                Work::Command(call) => tokio::time::timeout(timeout, handler.command(&mut cx, call)).await,
+                Work::Match(m) => tokio::time::timeout(timeout, handler.matched(&mut cx, m)).await,
+            };
+            (handler, result)
+        };
+        let done = job.done;
+        let fut = AssertUnwindSafe(run).catch_unwind();
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
+            act.shared.health.update(ActorKind::Handler, H::NAME, |s| s.handled += 1);
+            match res {
+                Ok((handler, result)) => {
+                    act.handler = Some(handler);
+                    let outcome = match result {
+                        Ok(Ok(())) => Outcome::Done,
+                        Ok(Err(e)) => {
+                            if let Error::Internal(inner) = &e {
+                                tracing::error!(handler = H::NAME, error = %inner, "handler error");
+                                act.shared.health.update(ActorKind::Handler, H::NAME, |s| {
+                                    s.last_error = Some((std::time::SystemTime::now(), inner.to_string()));
+                                });
+                            }
+                            Outcome::Failed(e)
+                        }
+                        Err(_) => {
+                            act.shared.health.update(ActorKind::Handler, H::NAME, |s| {
+                                s.last_error =
+                                    Some((std::time::SystemTime::now(), format!("timed out after {timeout:?}")));
+                            });
+                            Outcome::TimedOut(timeout)
+                        }
+                    };
+                    let _ = done.send(outcome);
+                }
+                Err(payload) => {
+                    let _ = done.send(Outcome::Panicked);
+                    act.crashed(format!("panicked: {}", panic_message(&*payload)), ctx);
+                }
+            }
+        }));
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
+
+/// Runs `fut` to completion, turning a panic into an error string.
+pub(crate) async fn catch<F: Future>(fut: F) -> Result<F::Output, String> {
+    AssertUnwindSafe(fut).catch_unwind().await.map_err(|p| panic_message(&*p))
+}

@@ -1,0 +1,73 @@
+//! # opsbot
+//!
+//! A ChatOps bot framework for teams who live in chat: a bot is a supervision tree of actors.
+//! Its **transport** speaks one chat protocol; a **router** hands each message to **handlers**
+//! (commands with a prefix, passive regex matchers); **pollers** post what is new on a timer;
+//! everything said goes through the **outbox**, which sanitizes, splits and rate-limits so the
+//! chat service never kicks the bot; and **supervisors** restart whatever crashes.
+//!
+//! The key design decision: handler authors write plain async code against this crate's traits
+//! ([`Handler`], [`Poller`], [`Transport`](transport::Transport)) and never touch the actor
+//! runtime (actix), which hosts each of them in an actor of its own, catches its panics and
+//! restarts it with backoff. A complete handler:
+//!
+//! ```
+//! use opsbot::prelude::*;
+//!
+//! #[derive(Clone)]
+//! struct Hello;
+//!
+//! impl Handler for Hello {
+//!     const NAME: &'static str = "hello";
+//!     const COMMANDS: &'static [Command] = &[Command::new("hello", "[name]", "Say hello.")];
+//!
+//!     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+//!         let name: Option<String> = call.opt_arg(0)?;
+//!         cx.reply(format!("hello, {}!", name.as_deref().unwrap_or(&call.sender().name)));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Unit-test it with the test kit: a real router, supervisor and outbox, no chat service.
+//! let mut bot = opsbot::testkit::TestBot::new().with(Hello);
+//! bot.send("!hello ops");
+//! assert_eq!(bot.reply().await, "hello, ops!");
+//! # }
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` in the repository for the supervision tree and the message flow.
+
+pub mod bot;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod health;
+pub mod logging;
+pub mod message;
+pub mod outbox;
+pub mod poller;
+pub mod router;
+pub mod store;
+pub mod supervisor;
+pub mod testkit;
+pub mod text;
+pub mod transport;
+
+pub use bot::{Bot, BotBuilder, BotOptions, run};
+pub use command::{Call, Command, Match};
+pub use error::{Error, Result};
+pub use handler::{Context, Handler};
+pub use message::{Destination, Incoming, Outgoing, Sender};
+pub use poller::{Item, Poller, PollerOptions};
+
+/// What a handler or poller author needs, in one import.
+pub mod prelude {
+    pub use crate::command::{Call, Command, Match};
+    pub use crate::error::{Error, Result};
+    pub use crate::handler::{Context, Handler};
+    pub use crate::message::{Destination, Incoming, Sender};
+    pub use crate::poller::{Item, Poller, PollerOptions};
+}

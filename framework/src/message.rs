@@ -1,0 +1,141 @@
+//! The messages that cross the bot: what a transport hears ([`Incoming`]) and what the bot says
+//! ([`Outgoing`]).
+//!
+//! These types are normalized: nothing protocol-specific leaks past the transport, so a handler
+//! written against them runs unchanged on IRC, XMPP, Webex or the console.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Who sent a message: a stable identity and the name people see.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Sender {
+    /// Stable identity used for access checks and per-user budgets (an IRC account or
+    /// `nick!user@host`, an XMPP JID, a Webex person id, `console` on the console).
+    pub id: Arc<str>,
+    /// Display name (the nick on IRC).
+    pub name: Arc<str>,
+}
+
+impl Sender {
+    /// A sender whose id and display name are the same.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        let id = id.into();
+        Self {
+            name: id.clone(),
+            id,
+        }
+    }
+
+    /// A sender with distinct id and display name.
+    pub fn with_name(id: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// Where a line goes: a room (channel, MUC, space) or one person privately.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// A shared room, by the transport's room name (`#ops` on IRC).
+    Room(Arc<str>),
+    /// One person, privately, by the transport's address for them (a nick on IRC).
+    User(Arc<str>),
+}
+
+impl Destination {
+    /// A room destination.
+    pub fn room(name: impl Into<Arc<str>>) -> Self {
+        Self::Room(name.into())
+    }
+
+    /// A private destination.
+    pub fn user(name: impl Into<Arc<str>>) -> Self {
+        Self::User(name.into())
+    }
+
+    /// The transport's name for the destination.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Room(n) | Self::User(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Room(n) => write!(f, "{n}"),
+            Self::User(n) => write!(f, "@{n}"),
+        }
+    }
+}
+
+/// A message heard by a transport, normalized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// Where it was said: the room, or `None` for a direct (private) message.
+    pub room: Option<Arc<str>>,
+    /// Who said it.
+    pub sender: Sender,
+    /// The text, as received (already decoded to UTF-8 by the transport).
+    pub text: String,
+    /// The service's message id, when it has one.
+    pub id: Option<String>,
+}
+
+impl Incoming {
+    /// A message said in a room.
+    pub fn in_room(room: impl Into<Arc<str>>, sender: Sender, text: impl Into<String>) -> Self {
+        Self {
+            room: Some(room.into()),
+            sender,
+            text: text.into(),
+            id: None,
+        }
+    }
+
+    /// A direct (private) message.
+    pub fn direct(sender: Sender, text: impl Into<String>) -> Self {
+        Self {
+            room: None,
+            sender,
+            text: text.into(),
+            id: None,
+        }
+    }
+
+    /// Whether the message was sent privately to the bot.
+    pub fn is_direct(&self) -> bool {
+        self.room.is_none()
+    }
+
+    /// Where a reply to this message goes: the room, or the sender privately.
+    pub fn reply_to(&self) -> Destination {
+        match &self.room {
+            Some(room) => Destination::Room(room.clone()),
+            None => Destination::User(self.sender.name.clone()),
+        }
+    }
+}
+
+/// A line the bot wants to say, before the outbox sanitizes, splits and paces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub dest: Destination,
+    /// What to say; may hold several lines and any characters: the outbox makes it safe.
+    pub text: String,
+}
+
+impl Outgoing {
+    /// A new outgoing message.
+    pub fn new(dest: Destination, text: impl Into<String>) -> Self {
+        Self {
+            dest,
+            text: text.into(),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The outbox: the only way out of a bot.
+//!
+//! Every line a handler, poller or the router says arrives here as a [`Say`]. The outbox
+//! 1. collapses loops: the same text to the same destination more than `loop_repeats` times in
+//!    `loop_window` is dropped, so two bots cannot ping-pong forever;
+//! 2. sanitizes and splits the text ([`crate::text::split_lines`]) to the transport's line limit;
+//! 3. queues lines per destination in a bounded queue, and when it must drop, says so once
+//!    (`… 37 lines dropped`) after the destination's backlog has gone out;
+//! 4. paces them with two GCRA limiters (governor): one keyed per destination, one global, taking
+//!    destinations round-robin so a long answer in one room does not starve another;
+//! 5. hands one line at a time to the transport and waits for its acknowledgement, so the backlog
+//!    lives here, not in a socket buffer, and a line the transport could not send (disconnected)
+//!    goes back to the head of its queue until the connection is back.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::health::Health;
+use crate::message::{Destination, Outgoing};
+use crate::text::split_lines;
+use crate::transport::Delivery;
+
+/// A sustained rate with a burst allowance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Lines per second, sustained.
+    pub per_second: f64,
+    /// Lines that may go out at once after a quiet period.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `per_second` lines a second with a burst of `burst`.
+    pub const fn new(per_second: f64, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+
+    fn quota(self) -> Option<Quota> {
+        if !(self.per_second.is_finite() && self.per_second > 0.0) {
+            return None;
+        }
+        let period = Duration::from_secs_f64(1.0 / self.per_second).max(Duration::from_nanos(1));
+        Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(self.burst.max(1))?))
+    }
+}
+
+/// How the outbox paces and bounds what a bot says. Transports supply defaults
+/// ([`crate::transport::Limits`]); the config can override each field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxOptions {
+    /// Longest line, in bytes of text, that the transport accepts.
+    pub max_line_bytes: usize,
+    /// Global pace over all destinations; `None`: unlimited.
+    pub global: Option<Rate>,
+    /// Pace per destination; `None`: unlimited.
+    pub per_destination: Option<Rate>,
+    /// Lines that may wait, over all destinations.
+    pub queue: usize,
+    /// The anti-loop guard: at most this many identical texts to one destination per window
+    /// (0 disables the guard).
+    pub loop_repeats: u32,
+    /// The anti-loop window.
+    pub loop_window: Duration,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 4096,
+            global: None,
+            per_destination: None,
+            queue: 2000,
+            loop_repeats: 5,
+            loop_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Something to say.
+#[derive(Debug)]
+pub struct Say(pub Outgoing);
+
+impl Message for Say {
+    type Result = ();
+}
+
+/// Asks the outbox to finish what it has within `deadline`; answers how many lines were lost.
+#[derive(Debug)]
+pub(crate) struct Drain(pub(crate) Duration);
+
+impl Message for Drain {
+    type Result = usize;
+}
+
+#[derive(Debug)]
+struct Limiters {
+    global: Option<DefaultDirectRateLimiter>,
+    keyed: Option<DefaultKeyedRateLimiter<Destination>>,
+}
+
+/// The outbox actor.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    opts: OutboxOptions,
+    queues: HashMap<Destination, VecDeque<String>>,
+    rotation: VecDeque<Destination>,
+    queued: usize,
+    dropped: HashMap<Destination, u64>,
+    recent: HashMap<(Destination, String), VecDeque<Instant>>,
+    limiters: Arc<Limiters>,
+    transport: mpsc::Sender<Delivery>,
+    busy: bool,
+    scheduled: bool,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+    health: Health,
+}
+
+impl Outbox {
+    pub(crate) fn new(opts: OutboxOptions, transport: mpsc::Sender<Delivery>, health: Health) -> Self {
+        let limiters = Limiters {
+            global: opts.global.and_then(Rate::quota).map(governor::RateLimiter::direct),
+            keyed: opts.per_destination.and_then(Rate::quota).map(governor::RateLimiter::hashmap),
+        };
+        Self {
+            opts,
+            queues: HashMap::new(),
+            rotation: VecDeque::new(),
+            queued: 0,
+            dropped: HashMap::new(),
+            recent: HashMap::new(),
+            limiters: Arc::new(limiters),
+            transport,
+            busy: false,
+            scheduled: false,
+            drain_waiters: Vec::new(),
+            health,
+        }
+    }
+
+    /// The anti-loop guard: true when this text may go out.
+    fn loop_guard(&mut self, dest: &Destination, text: &str) -> bool {
+        if self.opts.loop_repeats == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let window = self.opts.loop_window;
+        let seen = self.recent.entry((dest.clone(), text.to_owned())).or_default();
+        while seen.front().is_some_and(|t| now.duration_since(*t) > window) {
+            seen.pop_front();
+        }
+        if seen.len() as u32 >= self.opts.loop_repeats {
+            return false;
+        }
+        seen.push_back(now);
+        true
+    }
+
+    fn enqueue(&mut self, dest: Destination, line: String, force: bool) -> bool {
+        if !force && self.queued >= self.opts.queue {
+            *self.dropped.entry(dest).or_default() += 1;
+            return false;
+        }
+        let q = self.queues.entry(dest.clone()).or_default();
+        if q.is_empty() && !self.rotation.contains(&dest) {
+            self.rotation.push_back(dest);
+        }
+        q.push_back(line);
+        self.queued += 1;
+        true
+    }
+
+    fn publish(&self) {
+        let queued = self.queued;
+        self.health.update_outbox(|o| o.queued = queued);
+    }
+
+    /// Takes the next line whose destination's limiter allows it, round-robin; else says how
+    /// long until one does.
+    fn take_next(&mut self) -> Result<Option<(Destination, String)>, Duration> {
+        let mut wait = None::<Duration>;
+        for _ in 0..self.rotation.len() {
+            let Some(dest) = self.rotation.pop_front() else { break };
+            let allowed = match &self.limiters.keyed {
+                None => Ok(()),
+                Some(l) => l
+                    .check_key(&dest)
+                    .map_err(|nu| nu.wait_time_from(DefaultClock::default().now())),
+            };
+            match allowed {
+                Ok(()) => {
+                    let q = self.queues.get_mut(&dest).expect("rotation holds queued destinations");
+                    let line = q.pop_front().expect("queues in rotation are not empty");
+                    self.queued -= 1;
+                    if q.is_empty() {
+                        self.queues.remove(&dest);
+                        if let Some(n) = self.dropped.remove(&dest) {
+                            let notice = format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
+                            self.enqueue(dest.clone(), notice, true);
+                        }
+                    } else {
+                        self.rotation.push_back(dest.clone());
+                    }
+                    return Ok(Some((dest, line)));
+                }
+                Err(w) => {
+                    wait = Some(wait.map_or(w, |old| old.min(w)));
+                    self.rotation.push_back(dest);
+                }
+            }
+        }
+        match wait {
+            Some(w) => Err(w),
+            None => Ok(None),
+        }
+    }
+
+    fn requeue_front(&mut self, dest: Destination, line: String) {
+        let q = self.queues.entry(dest.clone()).or_default();
+        if q.is_empty() && !self.rotation.contains(&dest) {
+            self.rotation.push_front(dest);
+        }
+        q.push_front(line);
+        self.queued += 1;
+    }
+
+    fn pump(&mut self, ctx: &mut actix::Context<Self>) {
+        if self.busy || self.scheduled {
+            return;
+        }
+        match self.take_next() {
+            Ok(None) => {
+                self.publish();
+                for w in self.drain_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+            Err(wait) => {
+                self.scheduled = true;
+                ctx.run_later(wait, |act, ctx| {
+                    act.scheduled = false;
+                    act.pump(ctx);
+                });
+            }
+            Ok(Some((dest, line))) => {
+                self.busy = true;
+                self.publish();
+                let limiters = self.limiters.clone();
+                let tx = self.transport.clone();
+                let fut = async move {
+                    if let Some(global) = &limiters.global {
+                        while let Err(nu) = global.check() {
+                            actix::clock::sleep(nu.wait_time_from(DefaultClock::default().now())).await;
+                        }
+                    }
+                    let (ack, acked) = oneshot::channel();
+                    let delivery = Delivery {
+                        dest: dest.clone(),
+                        text: line.clone(),
+                        ack,
+                    };
+                    if tx.send(delivery).await.is_err() {
+                        return Err((dest, line, true));
+                    }
+                    acked.await.map_err(|_| (dest, line, false))
+                };
+                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+                    act.busy = false;
+                    match res {
+                        Ok(()) => act.health.update_outbox(|o| o.sent += 1),
+                        Err((_, _, true)) => {
+                            // The transport is gone for good (shutdown): nothing can be sent.
+                            let lost = act.queued + 1;
+                            tracing::warn!(lost, "transport closed; outbox discards its queue");
+                            act.queues.clear();
+                            act.rotation.clear();
+                            act.queued = 0;
+                            for w in act.drain_waiters.drain(..) {
+                                let _ = w.send(());
+                            }
+                            return;
+                        }
+                        Err((dest, line, false)) => act.requeue_front(dest, line),
+                    }
+                    act.pump(ctx);
+                }));
+            }
+        }
+    }
+}
+
+impl Actor for Outbox {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        // Forget old anti-loop entries and idle limiter keys now and then.
+        ctx.run_interval(Duration::from_secs(60), |act, _| {
+            let now = Instant::now();
+            let window = act.opts.loop_window;
+            act.recent
+                .retain(|_, seen| seen.back().is_some_and(|t| now.duration_since(*t) <= window));
+            if let Some(k) = &act.limiters.keyed {
+                k.retain_recent();
+            }
+        });
+    }
+}
+
+impl actix::Handler<Say> for Outbox {
+    type Result = ();
+
+    fn handle(&mut self, Say(out): Say, ctx: &mut Self::Context) {
+        if !self.loop_guard(&out.dest, &out.text) {
+            tracing::debug!(dest = %out.dest, "repeated text collapsed");
+            self.health.update_outbox(|o| o.collapsed += 1);
+            return;
+        }
+        let mut dropped = 0;
+        for line in split_lines(&out.text, self.opts.max_line_bytes) {
+            if !self.enqueue(out.dest.clone(), line, false) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(dest = %out.dest, dropped, "outbox queue full; lines dropped");
+            self.health.update_outbox(|o| o.dropped += dropped);
+        }
+        self.pump(ctx);
+    }
+}
+
+impl actix::Handler<Drain> for Outbox {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, Drain(deadline): Drain, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.pump(ctx);
+        if !self.busy && self.queued == 0 {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+        let addr = ctx.address();
+        Box::pin(async move {
+            if tokio::time::timeout(deadline, rx).await.is_ok() {
+                return 0;
+            }
+            addr.send(Queued).await.unwrap_or(0)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Queued;
+
+impl Message for Queued {
+    type Result = usize;
+}
+
+impl actix::Handler<Queued> for Outbox {
+    type Result = usize;
+
+    fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
+        self.queued
+    }
+}

@@ -1,0 +1,238 @@
+//! Proactive pollers: fetch on a timer, post only what is new.
+//!
+//! A poller returns the items its source shows now, each with a stable id. The host compares
+//! them with the poller's seen-index in the [`Store`](crate::store::Store) and posts only the new
+//! ones, in order, to the poller's destinations. The first poll ever primes the index without
+//! posting; the index is on disk, so a restarted bot never re-announces old items. A poll that
+//! fails is logged and shown in `!status`; one that panics gets a fresh poller instance under the
+//! same restart policy as handlers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+
+use crate::bot::BotShared;
+use crate::error::Error;
+use crate::handler::{Factory, catch};
+use crate::health::{ActorKind, ActorState};
+use crate::message::{Destination, Outgoing};
+use crate::outbox::Say;
+use crate::store::Store;
+use crate::supervisor::{Restarts, Verdict};
+
+/// One thing a source shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// Stable id: the same item must have the same id on every poll (a URL, a ticket number).
+    pub id: String,
+    /// What to post when the item is new.
+    pub text: String,
+}
+
+impl Item {
+    /// An item.
+    pub fn new(id: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// A proactive poller.
+///
+/// ```
+/// use opsbot::prelude::*;
+///
+/// struct Tickets;
+///
+/// impl Poller for Tickets {
+///     const NAME: &'static str = "tickets";
+///
+///     async fn poll(&mut self) -> Result<Vec<Item>> {
+///         Ok(vec![Item::new("T-1", "new ticket T-1: disk full on db3")])
+///     }
+/// }
+/// ```
+#[allow(async_fn_in_trait)] // pollers run on their bot's arbiter thread: no Send needed
+pub trait Poller: 'static {
+    /// The poller's name; also its key in the state store, so keep it stable.
+    const NAME: &'static str;
+
+    /// Fetches what the source shows now, oldest first.
+    async fn poll(&mut self) -> Result<Vec<Item>, Error>;
+}
+
+/// A poller's schedule and destinations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollerOptions {
+    /// Time between polls.
+    pub every: Duration,
+    /// Where new items are posted.
+    pub post_to: Vec<Destination>,
+    /// Longest a poll may take.
+    pub timeout: Duration,
+}
+
+impl Default for PollerOptions {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(60),
+            post_to: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The actor that runs one poller.
+pub(crate) struct PollerHost<P: Poller> {
+    factory: Factory<P>,
+    poller: Option<Box<P>>,
+    opts: PollerOptions,
+    shared: Arc<BotShared>,
+    store: Store,
+    restarts: Restarts,
+}
+
+impl<P: Poller> std::fmt::Debug for PollerHost<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollerHost").field("name", &P::NAME).finish_non_exhaustive()
+    }
+}
+
+impl<P: Poller> PollerHost<P> {
+    pub(crate) fn new(factory: Factory<P>, opts: PollerOptions, shared: Arc<BotShared>, store: Store) -> Self {
+        let restarts = Restarts::new(shared.options.restart);
+        Self {
+            factory,
+            poller: None,
+            opts,
+            shared,
+            store,
+            restarts,
+        }
+    }
+
+    fn scope(&self) -> String {
+        format!("{}/{}", self.shared.health.bot(), P::NAME)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut crate::health::ActorStatus)) {
+        self.shared.health.update(ActorKind::Poller, P::NAME, f);
+    }
+
+    fn schedule(&mut self, after: Duration, ctx: &mut actix::Context<Self>) {
+        self.update(|s| s.next_run = Some(SystemTime::now() + after));
+        ctx.run_later(after, |act, ctx| act.tick(ctx));
+    }
+
+    fn tick(&mut self, ctx: &mut actix::Context<Self>) {
+        let mut poller = match self.poller.take() {
+            Some(p) => p,
+            None => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)())) {
+                Ok(p) => Box::new(p),
+                Err(payload) => {
+                    let why = crate::handler::panic_message(&*payload);
+                    return self.crashed(format!("factory panicked: {why}"), ctx);
+                }
+            },
+        };
+        self.update(|s| {
+            s.state = ActorState::Running;
+            s.last_run = Some(SystemTime::now());
+            s.next_run = None;
+        });
+        let timeout = self.opts.timeout;
+        let fut = catch(async move {
+            let r = tokio::time::timeout(timeout, poller.poll()).await;
+            (poller, r)
+        });
+        ctx.wait(fut.into_actor(self).then(move |res, act, _| {
+            let store = act.store.clone();
+            let scope = act.scope();
+            async move {
+                match res {
+                    Ok((poller, Ok(Ok(items)))) => {
+                        let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+                        let fresh = tokio::task::spawn_blocking(move || store.observe(&scope, &ids))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()));
+                        (Some(poller), fresh.map(|f| (items, f)))
+                    }
+                    Ok((poller, Ok(Err(e)))) => (Some(poller), Err(e.to_string())),
+                    Ok((poller, Err(_))) => (Some(poller), Err(format!("poll timed out after {timeout:?}"))),
+                    Err(panic) => (None, Err(format!("panicked: {panic}"))),
+                }
+            }
+            .into_actor(act)
+        })
+        .map(|(poller, result), act, ctx| {
+            let panicked = poller.is_none();
+            act.poller = poller;
+            match result {
+                Ok((items, fresh)) => {
+                    let mut posted = 0u64;
+                    for (item, new) in items.iter().zip(fresh) {
+                        if !new {
+                            continue;
+                        }
+                        posted += 1;
+                        for dest in &act.opts.post_to {
+                            act.shared.outbox.do_send(Say(Outgoing::new(dest.clone(), item.text.clone())));
+                        }
+                    }
+                    act.update(|s| s.handled += posted);
+                }
+                Err(why) if panicked => return act.crashed(why, ctx),
+                Err(why) => {
+                    tracing::warn!(poller = P::NAME, error = %why, "poll failed");
+                    act.update(|s| s.last_error = Some((SystemTime::now(), why)));
+                }
+            }
+            let every = act.opts.every;
+            act.schedule(every, ctx);
+        }));
+    }
+
+    fn crashed(&mut self, why: String, ctx: &mut actix::Context<Self>) {
+        let name = P::NAME;
+        self.update(|s| s.last_error = Some((SystemTime::now(), why.clone())));
+        match self.restarts.record(Instant::now()) {
+            Verdict::RestartAfter(delay) => {
+                let restarts = self.restarts.total();
+                self.update(|s| {
+                    s.state = ActorState::Restarting;
+                    s.restarts = restarts;
+                });
+                self.shared.health.heal_event(
+                    &format!("poller:{name}"),
+                    "restart",
+                    format!("{why}; fresh instance in {delay:?} (restart {restarts})"),
+                );
+                self.schedule(delay.max(Duration::from_millis(1)), ctx);
+            }
+            Verdict::GiveUp => {
+                self.update(|s| {
+                    s.state = ActorState::Failed;
+                    s.next_run = None;
+                });
+                self.shared.health.heal_event(
+                    &format!("poller:{name}"),
+                    "failed",
+                    format!("{why}; restart budget spent, poller stopped"),
+                );
+            }
+        }
+    }
+}
+
+impl<P: Poller> Actor for PollerHost<P> {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.shared.health.register(ActorKind::Poller, P::NAME);
+        self.schedule(Duration::ZERO, ctx);
+    }
+}

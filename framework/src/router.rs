@@ -1,0 +1,583 @@
+//! The router: decides who gets an [`Incoming`] and guards the bot against its users.
+//!
+//! Parsing and lookup live in [`RouteTable`], a pure structure (benchmarked and unit-tested
+//! without a runtime). The [`Router`] actor adds the stateful checks, in this order: the per-user
+//! command budget (Limnoria's default: 12 commands a minute, then the user is ignored for five
+//! minutes, told once), access (admin-only commands), per-command cooldowns, argument parsing,
+//! and finally dispatch to the handler's host. Every refusal is a short reply, never silence,
+//! except for a user who is being ignored.
+//!
+//! Dispatch does not wait: each invocation gets a small task that waits for the handler's
+//! outcome and tells the user about a failure (usage line, apology after a panic, timeout,
+//! "unavailable"), so a slow handler never holds up the router.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use regex::{Regex, RegexSet};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use crate::bot::BotShared;
+use crate::command::{Call, Command, Match};
+use crate::error::Error;
+use crate::handler::{Job, Outcome, Work};
+use crate::message::{Destination, Incoming, Outgoing};
+use crate::outbox::Say;
+
+/// Per-user command budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Commands a user may send per minute (0 disables the budget).
+    pub per_minute: u32,
+    /// How long a user who overspends is ignored.
+    pub ignore_for: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            per_minute: 12,
+            ignore_for: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A message for the router: something a transport heard.
+#[derive(Debug)]
+pub struct Inbound(pub Incoming);
+
+impl Message for Inbound {
+    type Result = ();
+}
+
+/// What a message means, according to the route table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A known command.
+    Command {
+        /// Index of the handler.
+        handler: usize,
+        /// Its declaration.
+        command: &'static Command,
+        /// The name as typed.
+        invoked_as: &'a str,
+        /// Everything after the name, trimmed.
+        args: &'a str,
+    },
+    /// Looks like a command, but none has this name.
+    Unknown {
+        /// The name as typed.
+        name: &'a str,
+    },
+    /// Not a command; these passive patterns match (global pattern indices).
+    Passive(Vec<usize>),
+    /// Nothing to do.
+    Nothing,
+}
+
+/// Commands and passive patterns of one bot, compiled for fast lookup.
+#[derive(Debug)]
+pub struct RouteTable {
+    prefix: String,
+    commands: HashMap<String, (usize, &'static Command)>,
+    set: RegexSet,
+    regexes: Vec<Regex>,
+    owners: Vec<(usize, usize)>,
+}
+
+/// Why a route table could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// Two handlers claim one command name or alias.
+    #[error("command name `{name}` is claimed by both {first} and {second}")]
+    Duplicate {
+        /// The name.
+        name: String,
+        /// First handler.
+        first: &'static str,
+        /// Second handler.
+        second: &'static str,
+    },
+    /// A command name that users could not type.
+    #[error("command name `{0}` must be non-empty letters, digits, `-` or `_`")]
+    BadName(String),
+    /// A passive pattern that does not compile.
+    #[error("pattern {pattern:?} of {handler}: {error}")]
+    BadPattern {
+        /// The handler.
+        handler: &'static str,
+        /// The pattern.
+        pattern: &'static str,
+        /// The regex error.
+        error: Box<regex::Error>,
+    },
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+}
+
+impl RouteTable {
+    /// Builds the table from each handler's name, commands and patterns, in order.
+    pub fn new(
+        prefix: &str,
+        handlers: &[(&'static str, &'static [Command], &'static [&'static str])],
+    ) -> Result<Self, RouteError> {
+        let mut commands: HashMap<String, (usize, &'static Command)> = HashMap::new();
+        let mut patterns = Vec::new();
+        let mut owners = Vec::new();
+        for (h, (hname, cmds, pats)) in handlers.iter().enumerate() {
+            for cmd in cmds.iter() {
+                for name in std::iter::once(&cmd.name).chain(cmd.aliases.iter()) {
+                    if !valid_name(name) {
+                        return Err(RouteError::BadName((*name).to_owned()));
+                    }
+                    let key = name.to_ascii_lowercase();
+                    if let Some((other, _)) = commands.get(&key) {
+                        return Err(RouteError::Duplicate {
+                            name: key,
+                            first: handlers[*other].0,
+                            second: hname,
+                        });
+                    }
+                    commands.insert(key, (h, cmd));
+                }
+            }
+            for (p, pat) in pats.iter().enumerate() {
+                let re = Regex::new(pat).map_err(|error| RouteError::BadPattern {
+                    handler: hname,
+                    pattern: pat,
+                    error: Box::new(error),
+                })?;
+                patterns.push(re);
+                owners.push((h, p));
+            }
+        }
+        let set = RegexSet::new(patterns.iter().map(Regex::as_str)).expect("each pattern compiled alone");
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            commands,
+            set,
+            regexes: patterns,
+            owners,
+        })
+    }
+
+    /// The command prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Which handler and which of its patterns a global pattern index belongs to.
+    pub fn owner(&self, pattern: usize) -> (usize, usize) {
+        self.owners[pattern]
+    }
+
+    /// The compiled pattern at a global index.
+    pub fn regex(&self, pattern: usize) -> &Regex {
+        &self.regexes[pattern]
+    }
+
+    /// Routes a message; `nick` is the bot's current nick (for `nick: command`).
+    pub fn route<'a>(&self, msg: &'a Incoming, nick: &str) -> Route<'a> {
+        let text = msg.text.trim();
+        let body = if let Some(rest) = text.strip_prefix(self.prefix.as_str()) {
+            Some(rest)
+        } else if let Some(rest) = addressed_to(text, nick) {
+            Some(rest.strip_prefix(self.prefix.as_str()).unwrap_or(rest))
+        } else if msg.is_direct() {
+            Some(text)
+        } else {
+            None
+        };
+        if let Some(body) = body {
+            let (name, args) = match body.find(char::is_whitespace) {
+                Some(i) => (&body[..i], body[i..].trim()),
+                None => (body, ""),
+            };
+            if valid_name(name) {
+                if let Some((handler, command)) = self.commands.get(name).or_else(|| {
+                    // Names are stored lower-case; most users type them so, so only fall back
+                    // to an allocation when the exact lookup misses.
+                    self.commands.get(&name.to_ascii_lowercase())
+                }) {
+                    return Route::Command {
+                        handler: *handler,
+                        command,
+                        invoked_as: name,
+                        args,
+                    };
+                }
+                // A private message that is not a command may still be for a passive matcher.
+                if !msg.is_direct() || text.starts_with(self.prefix.as_str()) {
+                    return Route::Unknown { name };
+                }
+                let matches = self.passive(text);
+                return if matches.is_empty() {
+                    Route::Unknown { name }
+                } else {
+                    Route::Passive(matches)
+                };
+            }
+        }
+        let matches = self.passive(text);
+        if matches.is_empty() {
+            Route::Nothing
+        } else {
+            Route::Passive(matches)
+        }
+    }
+
+    fn passive(&self, text: &str) -> Vec<usize> {
+        if self.regexes.is_empty() {
+            return Vec::new();
+        }
+        self.set.matches(text).into_iter().collect()
+    }
+}
+
+/// `nick: rest` or `nick, rest` (nick case-insensitive) gives `rest`.
+fn addressed_to<'a>(text: &'a str, nick: &str) -> Option<&'a str> {
+    if nick.is_empty() || text.len() <= nick.len() || !text.is_char_boundary(nick.len()) {
+        return None;
+    }
+    let (head, tail) = text.split_at(nick.len());
+    if !head.eq_ignore_ascii_case(nick) {
+        return None;
+    }
+    let rest = tail.strip_prefix(':').or_else(|| tail.strip_prefix(','))?;
+    Some(rest.trim_start())
+}
+
+/// The router actor of one bot.
+pub(crate) struct Router {
+    table: RouteTable,
+    hosts: Vec<(&'static str, Recipient<Job>)>,
+    shared: Arc<BotShared>,
+    nick: Arc<Mutex<String>>,
+    budget: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    ignored: HashMap<Arc<str>, Instant>,
+    hint_limiter: DefaultKeyedRateLimiter<Destination>,
+    cooldowns: HashMap<(Arc<str>, &'static str), Instant>,
+    tracker: TaskTracker,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("prefix", &self.table.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    pub(crate) fn new(
+        table: RouteTable,
+        hosts: Vec<(&'static str, Recipient<Job>)>,
+        shared: Arc<BotShared>,
+        nick: Arc<Mutex<String>>,
+        tracker: TaskTracker,
+    ) -> Self {
+        let b = shared.options.budget;
+        let budget = NonZeroU32::new(b.per_minute).map(|n| {
+            let quota = Quota::per_minute(n).allow_burst(n);
+            governor::RateLimiter::hashmap(quota)
+        });
+        // One "unknown command" hint per destination every 10 s, at most.
+        let hint_quota = Quota::with_period(Duration::from_secs(10)).expect("non-zero period");
+        Self {
+            table,
+            hosts,
+            shared,
+            nick,
+            budget,
+            ignored: HashMap::new(),
+            hint_limiter: governor::RateLimiter::hashmap(hint_quota),
+            cooldowns: HashMap::new(),
+            tracker,
+            closed: false,
+        }
+    }
+
+    fn say(&self, dest: Destination, text: String) {
+        self.shared.outbox.do_send(Say(Outgoing::new(dest, text)));
+    }
+
+    /// Replies to the sender of `msg`, addressing them by name in a room.
+    fn tell(&self, msg: &Incoming, text: &str) {
+        self.say(msg.reply_to(), address(msg, text));
+    }
+
+    /// Spends one unit of the sender's budget; false if the command must be ignored.
+    fn within_budget(&mut self, msg: &Incoming) -> bool {
+        let Some(limiter) = &self.budget else { return true };
+        let id = &msg.sender.id;
+        if self.shared.is_admin(id) {
+            return true;
+        }
+        let now = Instant::now();
+        if let Some(until) = self.ignored.get(id) {
+            if now < *until {
+                return false;
+            }
+            self.ignored.remove(id);
+        }
+        if limiter.check_key(id).is_ok() {
+            return true;
+        }
+        let ignore_for = self.shared.options.budget.ignore_for;
+        self.ignored.insert(id.clone(), now + ignore_for);
+        tracing::warn!(sender = %id, "command budget spent; ignoring sender");
+        self.tell(
+            msg,
+            &format!(
+                "too many commands; ignoring you for {} minutes",
+                ignore_for.as_secs().div_ceil(60)
+            ),
+        );
+        false
+    }
+
+    fn dispatch(&mut self, handler: usize, work: Work, reply_to: Destination, what: Option<(String, Incoming)>) {
+        let (hname, host) = self.hosts[handler].clone();
+        let (started_tx, started_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        host.do_send(Job {
+            work,
+            reply_to,
+            started: started_tx,
+            done: done_tx,
+        });
+        let shared = self.shared.clone();
+        let timeout = shared.options.handler_timeout;
+        self.tracker.spawn_local(async move {
+            let outcome = if started_rx.await.is_err() {
+                // The host answered without starting (failed) or is gone.
+                done_rx.await.unwrap_or(Outcome::Unavailable)
+            } else {
+                // Async handlers time themselves out; this bound catches a blocking one.
+                match tokio::time::timeout(timeout + Duration::from_secs(1), done_rx).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(_)) => Outcome::Unavailable,
+                    Err(_) => Outcome::TimedOut(timeout),
+                }
+            };
+            let Some((what, msg)) = what else {
+                if let Outcome::Panicked | Outcome::TimedOut(_) = outcome {
+                    tracing::warn!(handler = hname, ?outcome, "passive handler failed");
+                }
+                return;
+            };
+            let text = match outcome {
+                Outcome::Done => return,
+                Outcome::Failed(e) => e.user_message(&what),
+                Outcome::Panicked => format!("sorry, {what} crashed; it is being restarted"),
+                Outcome::TimedOut(t) => format!("{what} took longer than {}s and was stopped", t.as_secs()),
+                Outcome::Unavailable => Error::Unavailable { command: what }.to_string(),
+            };
+            shared.outbox.do_send(Say(Outgoing::new(msg.reply_to(), address(&msg, &text))));
+        });
+    }
+
+    fn on_command(&mut self, msg: Incoming, handler: usize, command: &'static Command, invoked_as: String, args: String) {
+        let prefix = self.table.prefix.clone();
+        let what = format!("{prefix}{}", command.name);
+        if command.admin && !self.shared.is_admin(&msg.sender.id) {
+            let e = Error::NotAuthorized { command: what };
+            self.tell(&msg, &e.to_string());
+            return;
+        }
+        if let Some(cd) = command.cooldown() {
+            let key = (msg.sender.id.clone(), command.name);
+            let now = Instant::now();
+            if let Some(last) = self.cooldowns.get(&key) {
+                let elapsed = now.duration_since(*last);
+                if elapsed < cd {
+                    let secs = (cd - elapsed).as_secs_f64().ceil() as u64;
+                    self.tell(&msg, &Error::Cooldown { command: what, secs }.to_string());
+                    return;
+                }
+            }
+            self.cooldowns.insert(key, now);
+        }
+        let parsed = match shell_words::split(&args) {
+            Ok(a) => a,
+            Err(_) => {
+                let e = Error::Usage(command.usage_line(&prefix));
+                self.tell(&msg, &e.to_string());
+                return;
+            }
+        };
+        let call = Call {
+            command,
+            prefix,
+            invoked_as,
+            raw_args: args,
+            args: parsed,
+            message: msg.clone(),
+        };
+        let reply_to = msg.reply_to();
+        self.dispatch(handler, Work::Command(call), reply_to, Some((what, msg)));
+    }
+}
+
+/// `alice: text` in a room, `text` in private.
+fn address(msg: &Incoming, text: &str) -> String {
+    if msg.is_direct() {
+        text.to_owned()
+    } else {
+        format!("{}: {text}", msg.sender.name)
+    }
+}
+
+impl Actor for Router {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(Duration::from_secs(300), |act, _| {
+            let now = Instant::now();
+            act.ignored.retain(|_, until| *until > now);
+            act.cooldowns.retain(|(_, name), last| {
+                let cd = act.table.commands.get(*name).and_then(|(_, c)| c.cooldown()).unwrap_or_default();
+                now.duration_since(*last) < cd
+            });
+            if let Some(b) = &act.budget {
+                b.retain_recent();
+            }
+            act.hint_limiter.retain_recent();
+        });
+    }
+}
+
+impl actix::Handler<Inbound> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(msg): Inbound, _: &mut Self::Context) {
+        if self.closed {
+            return;
+        }
+        let nick = self.nick.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match self.table.route(&msg, &nick) {
+            Route::Nothing => {}
+            Route::Unknown { .. } => {
+                if !self.within_budget(&msg) {
+                    return;
+                }
+                let dest = msg.reply_to();
+                if self.hint_limiter.check_key(&dest).is_ok() {
+                    let hint = Error::UnknownCommand {
+                        prefix: self.table.prefix.clone(),
+                    };
+                    self.tell(&msg, &hint.to_string());
+                }
+            }
+            Route::Command {
+                handler,
+                command,
+                invoked_as,
+                args,
+            } => {
+                if !self.within_budget(&msg) {
+                    return;
+                }
+                let (invoked_as, args) = (invoked_as.to_owned(), args.to_owned());
+                self.on_command(msg, handler, command, invoked_as, args);
+            }
+            Route::Passive(patterns) => {
+                for p in patterns {
+                    let (handler, local) = self.table.owner(p);
+                    let re = self.table.regex(p);
+                    let Some(caps) = re.captures(&msg.text) else { continue };
+                    let m = Match {
+                        pattern: local,
+                        captures: caps.iter().map(|c| c.map(|c| c.as_str().to_owned())).collect(),
+                        names: re.capture_names().map(|n| n.map(str::to_owned)).collect(),
+                        message: msg.clone(),
+                    };
+                    self.dispatch(handler, Work::Match(m), msg.reply_to(), None);
+                }
+            }
+        }
+    }
+}
+
+/// Stops accepting input (shutdown).
+#[derive(Debug)]
+pub(crate) struct Close;
+
+impl Message for Close {
+    type Result = ();
+}
+
+impl actix::Handler<Close> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, _: &mut Self::Context) {
+        self.closed = true;
+        self.tracker.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Sender;
+
+    const CMDS: &[Command] = &[
+        Command::new("echo", "<text>", "Echo.").aliases(&["say"]),
+        Command::new("status", "", "Status."),
+    ];
+    const PATS: &[&str] = &[r"https?://(\S+)"];
+
+    fn table() -> RouteTable {
+        RouteTable::new("!", &[("echo", CMDS, PATS)]).unwrap()
+    }
+
+    fn room(text: &str) -> Incoming {
+        Incoming::in_room("#ops", Sender::new("alice"), text)
+    }
+
+    #[test]
+    fn prefix_nick_and_direct_all_reach_commands() {
+        let t = table();
+        for (msg, name) in [
+            (room("!echo hi"), "echo"),
+            (room("bot: echo hi"), "echo"),
+            (room("Bot, !ECHO hi"), "ECHO"),
+            (Incoming::direct(Sender::new("alice"), "say hi"), "say"),
+            (Incoming::direct(Sender::new("alice"), "!echo hi"), "echo"),
+        ] {
+            match t.route(&msg, "bot") {
+                Route::Command { command, invoked_as, args, .. } => {
+                    assert_eq!(command.name, "echo");
+                    assert_eq!(invoked_as, name);
+                    assert_eq!(args, "hi");
+                }
+                other => panic!("{msg:?} routed to {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_room_chatter_is_nothing_or_passive() {
+        let t = table();
+        assert_eq!(t.route(&room("hello there"), "bot"), Route::Nothing);
+        assert_eq!(t.route(&room("see https://example.org"), "bot"), Route::Passive(vec![0]));
+        assert_eq!(t.route(&room("!nope"), "bot"), Route::Unknown { name: "nope" });
+        assert_eq!(t.route(&room("!!!"), "bot"), Route::Nothing);
+        assert_eq!(t.route(&room("bot:"), "bot"), Route::Nothing);
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        const OTHER: &[Command] = &[Command::new("say", "", "Say.")];
+        let err = RouteTable::new("!", &[("echo", CMDS, &[]), ("other", OTHER, &[])]).unwrap_err();
+        assert!(err.to_string().contains("`say`"), "{err}");
+    }
+}

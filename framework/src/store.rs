@@ -1,0 +1,149 @@
+//! The state store: pollers' seen-indexes, on disk.
+//!
+//! Backed by redb: an embedded, pure-Rust key-value store with ACID transactions and
+//! copy-on-write B-trees. Chosen over SQLite because the data is a plain set of keys (no queries
+//! to write), it needs no C toolchain in the build, and a crash mid-write can never leave a
+//! half-written index that would make a poller re-announce old items.
+//!
+//! Keys are `scope \0 id`, where the scope is `bot/poller`; every id seen in the latest poll is
+//! stamped with the time, and ids absent from the feed for longer than the retention period are
+//! pruned, so the index stays the size of what the sources show.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+const PRIMED: TableDefinition<&str, u64> = TableDefinition::new("primed");
+
+/// How long an id that left its source is remembered.
+const RETAIN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A failure of the state store.
+#[derive(Debug, thiserror::Error)]
+#[error("state store {path}: {message}")]
+pub struct StoreError {
+    path: PathBuf,
+    message: String,
+}
+
+/// The on-disk state store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, creating missing parent directories.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |message: String| StoreError {
+            path: path.to_owned(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        }
+        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let w = db.begin_write().map_err(|e| err(e.to_string()))?;
+        w.open_table(SEEN).map_err(|e| err(e.to_string()))?;
+        w.open_table(PRIMED).map_err(|e| err(e.to_string()))?;
+        w.commit().map_err(|e| err(e.to_string()))?;
+        Ok(Self {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Records a poll of `scope` that returned `ids`; answers which of them are new, in order.
+    ///
+    /// On the very first poll of a scope nothing is new: the index is primed with what the
+    /// source already shows, so a bot's first start does not flood a room with old items.
+    pub fn observe(&self, scope: &str, ids: &[String]) -> Result<Vec<bool>, StoreError> {
+        let now = now_secs();
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        let fresh;
+        {
+            let mut primed = w.open_table(PRIMED).map_err(|e| self.err(e))?;
+            let first = primed.get(scope).map_err(|e| self.err(e))?.is_none();
+            if first {
+                primed.insert(scope, now).map_err(|e| self.err(e))?;
+            }
+            let mut seen = w.open_table(SEEN).map_err(|e| self.err(e))?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let key = format!("{scope}\0{id}");
+                let known = seen.insert(key.as_str(), now).map_err(|e| self.err(e))?.is_some();
+                out.push(!first && !known);
+            }
+            // Prune ids that left the source long ago.
+            let lo = format!("{scope}\0");
+            let hi = format!("{scope}\u{1}");
+            let cutoff = now.saturating_sub(RETAIN.as_secs());
+            let stale: Vec<String> = seen
+                .range(lo.as_str()..hi.as_str())
+                .map_err(|e| self.err(e))?
+                .filter_map(Result::ok)
+                .filter(|(_, t)| t.value() < cutoff)
+                .map(|(k, _)| k.value().to_owned())
+                .collect();
+            for k in stale {
+                seen.remove(k.as_str()).map_err(|e| self.err(e))?;
+            }
+            fresh = out;
+        }
+        w.commit().map_err(|e| self.err(e))?;
+        Ok(fresh)
+    }
+
+    /// How many ids the index holds for `scope`.
+    pub fn seen_count(&self, scope: &str) -> Result<usize, StoreError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let seen = r.open_table(SEEN).map_err(|e| self.err(e))?;
+        let lo = format!("{scope}\0");
+        let hi = format!("{scope}\u{1}");
+        Ok(seen.range(lo.as_str()..hi.as_str()).map_err(|e| self.err(e))?.count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn first_poll_primes_then_only_new_ids_are_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.observe("b/p", &ids(&["1", "2"])).unwrap(), [false, false]);
+        assert_eq!(store.observe("b/p", &ids(&["1", "2", "3"])).unwrap(), [false, false, true]);
+        // Scopes are independent.
+        assert_eq!(store.observe("b/q", &ids(&["3"])).unwrap(), [false]);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.observe("b/p", &ids(&["3", "4"])).unwrap(), [false, true]);
+        assert_eq!(store.seen_count("b/p").unwrap(), 4);
+    }
+}

@@ -1,0 +1,151 @@
+//! Restart policy: backoff and the restart budget, shared by every host actor.
+//!
+//! ```text
+//!                      BotSupervisor (one per bot, on its own arbiter thread)
+//!                      |  strategy: one-for-one, each child restarted alone
+//!     +----------------+-------------+----------------+-------------------+
+//!     |                |             |                |                   |
+//!  TransportHost    Router        Outbox       HandlerHost xN       PollerHost xN
+//!  permanent:       permanent     permanent    permanent:           permanent:
+//!  reconnect with   (no user      (no user     fresh instance       fresh instance
+//!  full-jitter      code runs     code runs    after a panic,       after a panic,
+//!  backoff, never   in it)        in it)       backoff, budget      backoff, budget
+//!  gives up                                    N in T s -> failed   N in T s -> failed
+//! ```
+//!
+//! actix's own `Supervisor` only restarts an actor that *stopped*; a panic inside a message
+//! handler kills the actor's task and loses its mailbox. So the hosts never let user code panic
+//! through them: each call into a handler or poller is wrapped in `catch_unwind`, and a panic
+//! becomes a [`Restarts::record`] here, a fresh instance from the child's factory, and an entry in
+//! the healing log. Messages for a restarting handler stay in its host's mailbox meanwhile.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How a child is restarted: the budget and the backoff between attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window` before the child is marked failed.
+    pub max_restarts: u32,
+    /// The sliding window for `max_restarts`.
+    pub window: Duration,
+    /// Delay before the first restart; doubled for each further restart within the window.
+    pub backoff_initial: Duration,
+    /// Largest delay between restarts.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the policy decides after a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Restart after this delay.
+    RestartAfter(Duration),
+    /// Budget spent: mark the child failed.
+    GiveUp,
+}
+
+/// A child's recent restarts, judged against its policy.
+#[derive(Clone, Debug)]
+pub struct Restarts {
+    policy: RestartPolicy,
+    recent: VecDeque<Instant>,
+    total: u32,
+}
+
+impl Restarts {
+    /// An empty history under `policy`.
+    pub fn new(policy: RestartPolicy) -> Self {
+        Self {
+            policy,
+            recent: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// Records a crash at `now` and says what to do.
+    pub fn record(&mut self, now: Instant) -> Verdict {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 >= self.policy.max_restarts {
+            return Verdict::GiveUp;
+        }
+        self.recent.push_back(now);
+        self.total += 1;
+        let exp = (self.recent.len() as u32).saturating_sub(1).min(20);
+        let delay = self
+            .policy
+            .backoff_initial
+            .saturating_mul(1 << exp)
+            .min(self.policy.backoff_max);
+        Verdict::RestartAfter(delay)
+    }
+
+    /// Restarts so far, over the child's whole life.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+}
+
+/// Exponential backoff with full jitter, for reconnecting: attempt `n` (0-based) waits a uniformly
+/// random time in `[0, min(cap, base * 2^n)]`, so that many bots cut off together do not come back
+/// together. A floor of 10% of the step keeps a run of tiny draws from hammering a server.
+pub fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let step = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
+    let floor = step / 10;
+    let span = step - floor;
+    floor + span.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_gives_up_after_max_restarts_in_window() {
+        let policy = RestartPolicy {
+            max_restarts: 3,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(250),
+        };
+        let mut r = Restarts::new(policy);
+        let t = Instant::now();
+        assert_eq!(r.record(t), Verdict::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(r.record(t), Verdict::RestartAfter(Duration::from_millis(200)));
+        assert_eq!(r.record(t), Verdict::RestartAfter(Duration::from_millis(250)));
+        assert_eq!(r.record(t), Verdict::GiveUp);
+        // Outside the window the budget is whole again.
+        let later = t + Duration::from_secs(61);
+        assert_eq!(r.record(later), Verdict::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(r.total(), 4);
+    }
+
+    #[test]
+    fn jitter_stays_within_the_step() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for attempt in 0..30 {
+            let step = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
+            for _ in 0..50 {
+                let d = full_jitter(base, cap, attempt);
+                assert!(d <= step && d >= step / 10, "{d:?} vs {step:?}");
+            }
+        }
+    }
+}

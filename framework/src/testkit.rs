@@ -1,0 +1,266 @@
+//! The test kit: drive a real bot (router, supervisors, outbox) over the in-memory transport and
+//! assert on what it says, with no chat service.
+//!
+//! ```
+//! use opsbot::prelude::*;
+//! use opsbot::testkit::TestBot;
+//!
+//! #[derive(Clone)]
+//! struct Ping;
+//!
+//! impl Handler for Ping {
+//!     const NAME: &'static str = "ping";
+//!     const COMMANDS: &'static [Command] = &[Command::new("ping", "", "Answer pong.")];
+//!     async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+//!         cx.reply("pong");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let mut bot = TestBot::new().with(Ping);
+//! bot.send("!ping");
+//! assert_eq!(bot.reply().await, "pong");
+//! # }
+//! ```
+//!
+//! The bot runs on a thread of its own (its own actor system), so tests can use any async
+//! runtime. Defaults differ from production in three ways, each changeable with
+//! [`TestBot::configure`]: restarts back off 10 ms instead of 100 ms, the per-user command budget
+//! is off, and the transport has no rate limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::bot::{Bot, BotBuilder, BotOptions};
+use crate::handler::Handler;
+use crate::health::{Health, Snapshot};
+use crate::message::{Incoming, Sender};
+use crate::poller::{Poller, PollerOptions};
+use crate::router::Budget;
+use crate::store::Store;
+use crate::transport::Limits;
+use crate::transport::memory::{self, Remote, Said};
+
+/// How long [`TestBot::said`] waits before failing the test.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A bot under test. See the [module docs](self).
+pub struct TestBot {
+    builder: Option<BotBuilder>,
+    remote: Option<Remote>,
+    pending: Option<Remote>,
+    running: Option<Running>,
+    health: Option<Health>,
+    room: Arc<str>,
+    sender: Sender,
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    stopped: oneshot::Receiver<()>,
+}
+
+impl std::fmt::Debug for TestBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBot").field("started", &self.running.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Default for TestBot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBot {
+    /// A bot named `test` whose nick is `testbot`, with no handlers yet. Messages come from
+    /// `tester` in `#test` unless sent with [`TestBot::send_as`].
+    pub fn new() -> Self {
+        Self::with_limits(Limits::unlimited(400))
+    }
+
+    /// Like [`TestBot::new`], with the transport limits a real service would have.
+    pub fn with_limits(limits: Limits) -> Self {
+        let (transport, remote) = memory::pair("memory", "testbot", limits);
+        let builder = Bot::builder("test").transport(transport).configure(|o| {
+            o.restart.backoff_initial = Duration::from_millis(10);
+            o.restart.backoff_max = Duration::from_millis(100);
+            o.budget = Budget {
+                per_minute: 0,
+                ..Budget::default()
+            };
+            o.reconnect.initial = Duration::from_millis(10);
+            o.reconnect.max = Duration::from_millis(200);
+        });
+        Self {
+            builder: Some(builder),
+            remote: None,
+            pending: Some(remote),
+            running: None,
+            health: None,
+            room: "#test".into(),
+            sender: Sender::new("tester"),
+        }
+    }
+
+    fn builder(&mut self) -> BotBuilder {
+        self.builder.take().expect("the bot has started: add handlers before the first send")
+    }
+
+    /// Adds a handler (restarted from a clone after a crash).
+    pub fn with<H: Handler + Clone + Send + Sync>(mut self, handler: H) -> Self {
+        self.builder = Some(self.builder().handler(handler));
+        self
+    }
+
+    /// Adds a handler built by a factory.
+    pub fn with_fn<H: Handler>(mut self, factory: impl Fn() -> H + Send + Sync + 'static) -> Self {
+        self.builder = Some(self.builder().handler_fn(factory));
+        self
+    }
+
+    /// Adds a poller.
+    pub fn poller<P: Poller>(mut self, opts: PollerOptions, factory: impl Fn() -> P + Send + Sync + 'static) -> Self {
+        self.builder = Some(self.builder().poller(opts, factory));
+        self
+    }
+
+    /// Uses this state store.
+    pub fn store(mut self, store: Store) -> Self {
+        self.builder = Some(self.builder().store(store));
+        self
+    }
+
+    /// Changes the bot's options.
+    pub fn configure(mut self, f: impl FnOnce(&mut BotOptions)) -> Self {
+        self.builder = Some(self.builder().configure(f));
+        self
+    }
+
+    /// Starts the bot now (the first send does it otherwise). Panics if the bot does not build.
+    pub fn start(&mut self) -> &mut Self {
+        if self.running.is_some() {
+            return self;
+        }
+        let bot = self.builder().build().unwrap_or_else(|e| panic!("test bot does not build: {e}"));
+        self.health = Some(bot.health());
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let token = shutdown.clone();
+        std::thread::Builder::new()
+            .name("testbot".into())
+            .spawn(move || {
+                let system = actix::System::new();
+                system.block_on(async move {
+                    let (arbiter, done) = crate::bot::spawn_bot(bot, token);
+                    let _ = done.await;
+                    arbiter.stop();
+                });
+                let _ = tx.send(());
+            })
+            .expect("spawn test bot thread");
+        self.remote = self.pending.take();
+        self.running = Some(Running { shutdown, stopped: rx });
+        self
+    }
+
+    fn remote(&mut self) -> &mut Remote {
+        self.start();
+        self.remote.as_mut().expect("started")
+    }
+
+    /// Says `text` in `#test` as `tester`.
+    pub fn send(&mut self, text: &str) -> &mut Self {
+        let msg = Incoming::in_room(self.room.clone(), self.sender.clone(), text);
+        self.send_message(msg)
+    }
+
+    /// Says `text` in `room` as `sender` (id and display name).
+    pub fn send_as(&mut self, sender: &str, room: &str, text: &str) -> &mut Self {
+        self.send_message(Incoming::in_room(room, Sender::new(sender), text))
+    }
+
+    /// Sends `text` privately to the bot as `sender`.
+    pub fn send_direct(&mut self, sender: &str, text: &str) -> &mut Self {
+        self.send_message(Incoming::direct(Sender::new(sender), text))
+    }
+
+    /// Delivers any message.
+    pub fn send_message(&mut self, msg: Incoming) -> &mut Self {
+        assert!(self.remote().send(msg), "the bot has stopped");
+        self
+    }
+
+    /// Breaks the transport's connection (the bot reconnects with backoff).
+    pub fn drop_connection(&mut self) -> &mut Self {
+        self.remote().drop_connection("connection reset by test");
+        self
+    }
+
+    /// Makes reconnect attempts fail (or succeed again).
+    pub fn refuse_connections(&mut self, refuse: bool) -> &mut Self {
+        self.remote().refuse(refuse);
+        self
+    }
+
+    /// The next line the bot says. Fails the test if it says nothing for 20 seconds.
+    pub async fn said(&mut self) -> Said {
+        match tokio::time::timeout(PATIENCE, self.remote().recv()).await {
+            Ok(Some(s)) => s,
+            Ok(None) => panic!("the bot stopped without saying anything more"),
+            Err(_) => panic!("the bot said nothing within {PATIENCE:?}"),
+        }
+    }
+
+    /// The text of the next line the bot says.
+    pub async fn reply(&mut self) -> String {
+        self.said().await.text
+    }
+
+    /// The next `n` lines' texts.
+    pub async fn replies(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.reply().await);
+        }
+        out
+    }
+
+    /// Lines said so far and not yet read, without waiting.
+    pub fn drain_said(&mut self) -> Vec<Said> {
+        let remote = self.remote();
+        std::iter::from_fn(|| remote.try_recv()).collect()
+    }
+
+    /// The bot's health right now.
+    pub fn status(&mut self) -> Snapshot {
+        self.start();
+        self.health.as_ref().expect("started").snapshot()
+    }
+
+    /// Shuts the bot down gracefully and returns what it said while doing so.
+    pub async fn shutdown(mut self) -> Vec<Said> {
+        let Some(running) = self.running.take() else { return Vec::new() };
+        running.shutdown.cancel();
+        let mut out = Vec::new();
+        let remote = self.remote.as_mut().expect("started");
+        while let Ok(Some(s)) = tokio::time::timeout(PATIENCE, remote.recv()).await {
+            out.push(s);
+        }
+        let _ = tokio::time::timeout(PATIENCE, running.stopped).await;
+        out
+    }
+}
+
+impl Drop for TestBot {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown.cancel();
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Transports: the trait a chat protocol implements, and the host that keeps it connected.
+//!
+//! A transport implements one *session*: connect, authenticate, join, then move messages both
+//! ways until the connection ends. Reconnecting is not its job: [`TransportHost`] calls
+//! [`Transport::session`] again after an exponential backoff with full jitter (1 s, 2 s, 4 s, …
+//! capped), so every protocol heals the same way and the healing shows in `!status` and the
+//! healing log. The transport object lives across sessions, so it can remember what a reconnect
+//! needs (a fallback nick, the rooms to rejoin).
+//!
+//! Lines to send arrive as [`Delivery`]s from the outbox, one at a time; the transport calls
+//! [`Delivery::done`] once the line is written. A delivery dropped without `done` (the session
+//! died) goes back to the head of the outbox's queue and is sent after the reconnect.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{ActorKind, ActorState, ConnState, Health};
+use crate::message::{Destination, Incoming};
+use crate::outbox::Rate;
+use crate::router::Inbound;
+use crate::supervisor::full_jitter;
+
+pub mod memory;
+
+/// What a transport's service tolerates; the outbox's defaults come from here.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Longest text, in bytes, that one outgoing line may carry.
+    pub max_line_bytes: usize,
+    /// Global pace the service allows for this connection (`None`: unlimited).
+    pub global: Option<Rate>,
+    /// Pace per destination (`None`: unlimited).
+    pub per_destination: Option<Rate>,
+}
+
+impl Limits {
+    /// No pacing, with the given line limit.
+    pub const fn unlimited(max_line_bytes: usize) -> Self {
+        Self {
+            max_line_bytes,
+            global: None,
+            per_destination: None,
+        }
+    }
+}
+
+/// How a session ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The outbox closed (bot shutting down) or the input ended: do not reconnect.
+    Finished,
+}
+
+/// Why a session ended; the host reconnects after a backoff.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Could not connect or lost the connection.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The service refused us (bad credentials, banned): still retried, with backoff.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// I/O failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One line for the transport to send.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Where.
+    pub dest: Destination,
+    /// The text: one line, sanitized and within the transport's limit.
+    pub text: String,
+    pub(crate) ack: oneshot::Sender<()>,
+}
+
+impl Delivery {
+    /// Confirms that the line was written; the outbox then sends the next one.
+    pub fn done(self) {
+        let _ = self.ack.send(());
+    }
+}
+
+/// A chat protocol.
+#[allow(async_fn_in_trait)] // sessions run on their bot's arbiter thread: no Send needed
+pub trait Transport: Send + 'static {
+    /// The config name of the protocol (`console`, `irc`, …).
+    fn kind(&self) -> &'static str;
+
+    /// What the service tolerates; the outbox's default pacing.
+    fn limits(&self) -> Limits;
+
+    /// Runs one connection until it ends. Pass every message heard to [`Link::incoming`],
+    /// send what [`Link::next_delivery`] gives, and return `Ok(SessionEnd::Finished)` when it
+    /// answers `None` (the bot is shutting down).
+    async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError>;
+}
+
+/// The transport's side of the bot: where to put what it hears, where to take what to say.
+#[derive(Debug)]
+pub struct Link {
+    router: Recipient<Inbound>,
+    outgoing: mpsc::Receiver<Delivery>,
+    health: Health,
+    kind: &'static str,
+    nick: Arc<Mutex<String>>,
+    input_closed: CancellationToken,
+    connected_at: Option<Instant>,
+}
+
+impl Link {
+    pub(crate) fn new(
+        router: Recipient<Inbound>,
+        outgoing: mpsc::Receiver<Delivery>,
+        health: Health,
+        kind: &'static str,
+        nick: Arc<Mutex<String>>,
+        input_closed: CancellationToken,
+    ) -> Self {
+        Self {
+            router,
+            outgoing,
+            health,
+            kind,
+            nick,
+            input_closed,
+            connected_at: None,
+        }
+    }
+
+    /// Hands a message to the router.
+    pub fn incoming(&self, msg: Incoming) {
+        self.router.do_send(Inbound(msg));
+    }
+
+    /// The next line to send; `None` when the bot is shutting down.
+    pub async fn next_delivery(&mut self) -> Option<Delivery> {
+        self.outgoing.recv().await
+    }
+
+    /// Reports that the session is connected and ready; `detail` shows in `!status`
+    /// (server, nick, rooms).
+    pub fn connected(&mut self, detail: impl Into<String>) {
+        self.connected_at = Some(Instant::now());
+        let detail = detail.into();
+        self.health.update(ActorKind::Transport, self.kind, |s| {
+            s.state = ActorState::Running;
+            s.conn = Some(ConnState::Connected);
+            s.detail = Some(detail);
+        });
+    }
+
+    /// Updates the detail `!status` shows without changing the state.
+    pub fn set_detail(&self, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.health.update(ActorKind::Transport, self.kind, |s| s.detail = Some(detail));
+    }
+
+    /// Sets the bot's current nick (used for `nick: command` addressing).
+    pub fn set_nick(&self, nick: &str) {
+        *self.nick.lock().unwrap_or_else(|p| p.into_inner()) = nick.to_owned();
+    }
+
+    /// Says that no more input will come (the console's end of file): the bot shuts down
+    /// gracefully, draining what it still has to say.
+    pub fn end_of_input(&self) {
+        self.input_closed.cancel();
+    }
+
+    /// Notes an event worth seeing in the healing log (a rejoin after a kick, a nick change).
+    pub fn heal_event(&self, action: &str, detail: impl Into<String>) {
+        self.health.heal_event("transport", action, detail);
+    }
+}
+
+/// Reconnect settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// First backoff step.
+    pub initial: Duration,
+    /// Largest backoff step.
+    pub max: Duration,
+    /// A session connected at least this long resets the backoff.
+    pub stable_after: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The actor that keeps a transport connected.
+pub(crate) struct TransportHost<T: Transport> {
+    transport: Option<Box<T>>,
+    link: Option<Link>,
+    policy: ReconnectPolicy,
+    finished: Option<oneshot::Sender<()>>,
+}
+
+impl<T: Transport> std::fmt::Debug for TransportHost<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportHost").finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> TransportHost<T> {
+    pub(crate) fn new(transport: T, link: Link, policy: ReconnectPolicy, finished: oneshot::Sender<()>) -> Self {
+        Self {
+            transport: Some(Box::new(transport)),
+            link: Some(link),
+            policy,
+            finished: Some(finished),
+        }
+    }
+}
+
+impl<T: Transport> Actor for TransportHost<T> {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (Some(mut transport), Some(mut link)) = (self.transport.take(), self.link.take()) else {
+            return;
+        };
+        let policy = self.policy;
+        let finished = self.finished.take();
+        let kind = transport.kind();
+        link.health.register(ActorKind::Transport, kind);
+        let fut = async move {
+            let mut attempt = 0u32;
+            loop {
+                link.health.update(ActorKind::Transport, kind, |s| {
+                    if s.conn.is_none() {
+                        s.conn = Some(ConnState::Connecting);
+                    }
+                });
+                link.connected_at = None;
+                let result = crate::handler::catch(transport.session(&mut link)).await;
+                let why = match result {
+                    Ok(Ok(SessionEnd::Finished)) => break,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(panic) => format!("session panicked: {panic}"),
+                };
+                if link
+                    .connected_at
+                    .is_some_and(|t| t.elapsed() >= policy.stable_after)
+                {
+                    attempt = 0;
+                }
+                let delay = full_jitter(policy.initial, policy.max, attempt);
+                attempt = attempt.saturating_add(1);
+                link.health.update(ActorKind::Transport, kind, |s| {
+                    s.conn = Some(ConnState::Reconnecting { retry_in: delay });
+                    s.reconnects += 1;
+                    s.last_error = Some((std::time::SystemTime::now(), why.clone()));
+                });
+                link.health
+                    .heal_event("transport", "reconnect", format!("{why}; next attempt in {delay:.1?}"));
+                actix::clock::sleep(delay).await;
+            }
+            link.health.update(ActorKind::Transport, kind, |s| {
+                s.conn = Some(ConnState::Closed);
+                s.state = ActorState::Stopped;
+            });
+            if let Some(f) = finished {
+                let _ = f.send(());
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|(), _, ctx| ctx.stop()));
+    }
+}

@@ -1,0 +1,159 @@
+//! An in-memory transport: the bot on one side of two channels, a [`Remote`] on the other.
+//!
+//! The test kit drives bots through it, and the console transport is this transport with stdin
+//! and stdout attached to the remote end, so both exercise the same code. The remote can also
+//! break the connection ([`Remote::drop_connection`]) or refuse new ones ([`Remote::refuse`]),
+//! which is how tests make a transport fail.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::{Limits, Link, SessionEnd, Transport, TransportError};
+use crate::message::{Destination, Incoming};
+
+/// A line the bot said, as the remote end sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Said {
+    /// Where it went.
+    pub dest: Destination,
+    /// The line.
+    pub text: String,
+}
+
+#[derive(Debug)]
+enum Input {
+    Message(Incoming),
+    Drop(String),
+}
+
+/// The bot's end.
+#[derive(Debug)]
+pub struct MemoryTransport {
+    kind: &'static str,
+    nick: String,
+    limits: Limits,
+    input: mpsc::UnboundedReceiver<Input>,
+    output: mpsc::UnboundedSender<Said>,
+    refuse: Arc<AtomicBool>,
+    input_open: bool,
+}
+
+/// The other end: what a user (or a test) types, and what the bot said.
+#[derive(Debug)]
+pub struct Remote {
+    input: mpsc::UnboundedSender<Input>,
+    output: mpsc::UnboundedReceiver<Said>,
+    refuse: Arc<AtomicBool>,
+}
+
+/// A connected pair. `kind` is how `!status` names the transport; `nick` the bot's own name.
+pub fn pair(kind: &'static str, nick: &str, limits: Limits) -> (MemoryTransport, Remote) {
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let refuse = Arc::new(AtomicBool::new(false));
+    (
+        MemoryTransport {
+            kind,
+            nick: nick.to_owned(),
+            limits,
+            input: in_rx,
+            output: out_tx,
+            refuse: refuse.clone(),
+            input_open: true,
+        },
+        Remote {
+            input: in_tx,
+            output: out_rx,
+            refuse,
+        },
+    )
+}
+
+impl Remote {
+    /// Delivers a message to the bot. Returns false once the bot is gone.
+    pub fn send(&self, msg: Incoming) -> bool {
+        self.input.send(Input::Message(msg)).is_ok()
+    }
+
+    /// Breaks the current connection, as a network failure would.
+    pub fn drop_connection(&self, why: &str) {
+        let _ = self.input.send(Input::Drop(why.to_owned()));
+    }
+
+    /// Makes new connection attempts fail (true) or succeed again (false).
+    pub fn refuse(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::SeqCst);
+    }
+
+    /// The next line the bot said; `None` once the bot has stopped.
+    pub async fn recv(&mut self) -> Option<Said> {
+        self.output.recv().await
+    }
+
+    /// A line the bot said, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Said> {
+        self.output.try_recv().ok()
+    }
+
+    /// Splits the remote into its input side and its output side, for a console that reads and
+    /// writes on different threads.
+    pub fn split(self) -> (RemoteInput, mpsc::UnboundedReceiver<Said>) {
+        (RemoteInput { input: self.input }, self.output)
+    }
+}
+
+/// The input side of a [`Remote`]; dropping it ends the bot's input.
+#[derive(Debug)]
+pub struct RemoteInput {
+    input: mpsc::UnboundedSender<Input>,
+}
+
+impl RemoteInput {
+    /// Delivers a message to the bot. Returns false once the bot is gone.
+    pub fn send(&self, msg: Incoming) -> bool {
+        self.input.send(Input::Message(msg)).is_ok()
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(TransportError::Refused("connection refused by remote".into()));
+        }
+        link.set_nick(&self.nick);
+        link.connected(format!("{} as {}", self.kind, self.nick));
+        loop {
+            tokio::select! {
+                msg = self.input.recv(), if self.input_open => match msg {
+                    Some(Input::Message(m)) => link.incoming(m),
+                    Some(Input::Drop(why)) => return Err(TransportError::Connection(why)),
+                    None => {
+                        self.input_open = false;
+                        link.end_of_input();
+                    }
+                },
+                delivery = link.next_delivery() => match delivery {
+                    Some(d) => {
+                        let said = Said { dest: d.dest.clone(), text: d.text.clone() };
+                        if self.output.send(said).is_err() {
+                            // Nobody listens any more; the line is gone with them.
+                            tracing::debug!("remote end closed; line discarded");
+                        }
+                        d.done();
+                    }
+                    None => return Ok(SessionEnd::Finished),
+                },
+            }
+        }
+    }
+}
