@@ -1,1 +1,632 @@
-//! Configuration.
+//! Configuration: TOML in, validated options out.
+//!
+//! Two stages, as in ripgrep: serde reads the file into raw structs that reject unknown keys
+//! (`deny_unknown_fields`), then [`Config::from_str`] checks the values and builds
+//! [`BotOptions`]. Every problem becomes a [`ConfigError`] naming the file, the key path
+//! (`bot[0].outbox.rate`), the line when known, what is wrong and a hint; validation collects all
+//! of them instead of stopping at the first.
+//!
+//! Secrets are written as `${ENV_VAR}` and read into [`Secret`], which never prints its value.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::bot::{BotOptions, OutboxSettings};
+use crate::outbox::Rate;
+use crate::router::Budget;
+use crate::supervisor::RestartPolicy;
+use crate::transport::ReconnectPolicy;
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The key path (`bot[0].outbox.rate`), or empty for the whole file.
+    pub key: String,
+    /// The line, when known (1-based).
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A secret read from the config (usually `${ENV_VAR}`); its value never appears in `Debug`,
+/// logs or chat.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// A secret from a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    /// The value, for the one place that must send it (an authentication exchange).
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw, |k| std::env::var(k).ok())
+            .map(Secret::new)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces each `${NAME}` in `raw` with the variable's value; `$$` stands for `$`.
+pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| "unclosed `${` (write `${NAME}`, or `$$` for a dollar sign)".to_owned())?;
+            let name = &body[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+            }
+            let value = lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `opsbot=debug,warn`); `RUST_LOG` wins over it.
+    pub level: Option<String>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    bot: Vec<RawBot>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBot {
+    name: String,
+    prefix: Option<String>,
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    handlers: Vec<String>,
+    handler_timeout_secs: Option<f64>,
+    shutdown_deadline_secs: Option<f64>,
+    transport: Option<toml::Table>,
+    #[serde(default)]
+    supervisor: RawSupervisor,
+    #[serde(default)]
+    budget: RawBudget,
+    #[serde(default)]
+    outbox: RawOutbox,
+    #[serde(default)]
+    reconnect: RawReconnect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    max_restarts: Option<u32>,
+    window_secs: Option<f64>,
+    backoff_initial_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    commands_per_minute: Option<u32>,
+    ignore_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    max_line_bytes: Option<usize>,
+    rate: Option<f64>,
+    burst: Option<u32>,
+    dest_rate: Option<f64>,
+    dest_burst: Option<u32>,
+    queue: Option<usize>,
+    loop_repeats: Option<u32>,
+    loop_window_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconnect {
+    initial_secs: Option<f64>,
+    max_secs: Option<f64>,
+}
+
+/// A transport section: its kind and the rest of its keys, which the transport reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransportConfig {
+    /// `console`, `irc`, `xmpp` or `webex`.
+    pub kind: String,
+    /// The other keys of `[bot.transport]`.
+    pub settings: toml::Table,
+    /// The key path of the section, for error messages (`bot[0].transport`).
+    pub key: String,
+}
+
+/// One bot's validated config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BotConfig {
+    /// The bot's name.
+    pub name: String,
+    /// Options for the framework.
+    pub options: BotOptions,
+    /// Handlers to enable beyond the built-in ones, by name.
+    pub handlers: Vec<String>,
+    /// The transport.
+    pub transport: TransportConfig,
+    /// The key path of this bot (`bot[0]`).
+    pub key: String,
+}
+
+/// A validated config file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// The bots, in file order.
+    pub bots: Vec<BotConfig>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                key: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::from_str(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let raw = parse(path, text)?;
+        let mut v = Validator {
+            file: path.to_owned(),
+            text,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    /// The config used when no file is given: one console bot whose local user is an admin.
+    pub fn console_default() -> Self {
+        let mut options = BotOptions::default();
+        options.admins = vec!["console".into()];
+        Self {
+            path: PathBuf::from("<built-in>"),
+            log: LogConfig::default(),
+            bots: vec![BotConfig {
+                name: "opsbot".into(),
+                options,
+                handlers: Vec::new(),
+                transport: TransportConfig {
+                    kind: "console".into(),
+                    settings: toml::Table::new(),
+                    key: "bot[0].transport".into(),
+                },
+                key: "bot[0]".into(),
+            }],
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
+    let fail = |key: String, line: Option<usize>, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            key,
+            line,
+            message,
+            hint: None,
+        }])
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| fail(String::new(), e.span().map(|s| line_of(text, s.start)), e.message().to_owned()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner();
+        let line = inner.span().map(|s| line_of(text, s.start));
+        let key = if key == "." { String::new() } else { key };
+        let mut err = fail(key, line, inner.message().to_owned());
+        if inner.message().starts_with("unknown field") {
+            err.0[0].hint = Some("check the spelling; the keys this table accepts are listed above".into());
+        }
+        err
+    })
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, key: String, message: impl Into<String>, hint: Option<&str>) {
+        // Point at the key's line when the key's last segment appears once in the file.
+        let last = key.rsplit(['.', ']']).next().unwrap_or("");
+        let line = (!last.is_empty())
+            .then(|| {
+                let hits: Vec<_> = self.text.match_indices(&format!("{last} ")).collect();
+                (hits.len() == 1).then(|| line_of(self.text, hits[0].0))
+            })
+            .flatten();
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            key,
+            line,
+            message: message.into(),
+            hint: hint.map(str::to_owned),
+        });
+    }
+
+    fn secs(&mut self, key: String, v: Option<f64>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+            Some(s) => {
+                self.error(key, format!("{s} is not a positive number of seconds"), None);
+                default
+            }
+        }
+    }
+
+    fn rate(&mut self, key: &str, rate: Option<f64>, burst: Option<u32>) -> Option<Rate> {
+        match rate {
+            None => {
+                if burst.is_some() {
+                    self.error(
+                        key.replace("rate", "burst"),
+                        "a burst needs a rate",
+                        Some("set the rate too"),
+                    );
+                }
+                None
+            }
+            Some(r) if r.is_finite() && r >= 0.0 => Some(Rate::new(r, burst.unwrap_or(1).max(1))),
+            Some(r) => {
+                self.error(key.to_owned(), format!("{r} is not a rate"), Some("lines per second; 0 means unlimited"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawFile) -> Config {
+        if let Some(level) = &raw.log.level
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            self.error(
+                "log.level".into(),
+                format!("`{level}` is not a log filter"),
+                Some("a level such as `info`, or directives such as `opsbot=debug,warn`"),
+            );
+        }
+        if raw.bot.is_empty() {
+            self.error("bot".into(), "no bot is defined", Some("add a [[bot]] table with a name"));
+        }
+        let mut names = HashSet::new();
+        let mut consoles = 0;
+        let bots = raw
+            .bot
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let bot = self.bot(i, b, raw.state.path.clone());
+                if !names.insert(bot.name.clone()) {
+                    self.error(format!("bot[{i}].name"), format!("bot name `{}` is used twice", bot.name), None);
+                }
+                if bot.transport.kind == "console" {
+                    consoles += 1;
+                    if consoles > 1 {
+                        self.error(
+                            format!("bot[{i}].transport.kind"),
+                            "only one bot can use the console (there is one terminal)",
+                            None,
+                        );
+                    }
+                }
+                bot
+            })
+            .collect();
+        Config {
+            path: self.file.clone(),
+            log: raw.log,
+            bots,
+        }
+    }
+
+    fn bot(&mut self, i: usize, b: RawBot, state_path: Option<PathBuf>) -> BotConfig {
+        let k = format!("bot[{i}]");
+        let mut o = BotOptions::default();
+        if b.name.trim().is_empty() || b.name.chars().any(|c| c.is_control() || c == '/') {
+            self.error(format!("{k}.name"), "a bot needs a name without `/` or control characters", None);
+        }
+        if let Some(prefix) = b.prefix {
+            if prefix.is_empty() || prefix.chars().any(char::is_whitespace) || prefix.chars().count() > 3 {
+                self.error(
+                    format!("{k}.prefix"),
+                    format!("`{prefix}` cannot be a command prefix"),
+                    Some("one to three non-space characters, such as `!` or `.`"),
+                );
+            } else {
+                o.prefix = prefix;
+            }
+        }
+        o.admins = b.admins;
+        o.handler_timeout = self.secs(format!("{k}.handler_timeout_secs"), b.handler_timeout_secs, o.handler_timeout);
+        o.shutdown_deadline =
+            self.secs(format!("{k}.shutdown_deadline_secs"), b.shutdown_deadline_secs, o.shutdown_deadline);
+        o.state_path = state_path;
+
+        let s = b.supervisor;
+        let d = RestartPolicy::default();
+        o.restart = RestartPolicy {
+            max_restarts: s.max_restarts.unwrap_or(d.max_restarts),
+            window: self.secs(format!("{k}.supervisor.window_secs"), s.window_secs, d.window),
+            backoff_initial: s.backoff_initial_ms.map_or(d.backoff_initial, Duration::from_millis),
+            backoff_max: s.backoff_max_ms.map_or(d.backoff_max, Duration::from_millis),
+        };
+        if o.restart.backoff_max < o.restart.backoff_initial {
+            self.error(
+                format!("{k}.supervisor.backoff_max_ms"),
+                "is smaller than backoff_initial_ms",
+                None,
+            );
+        }
+
+        let d = Budget::default();
+        o.budget = Budget {
+            per_minute: b.budget.commands_per_minute.unwrap_or(d.per_minute),
+            ignore_for: self.secs(format!("{k}.budget.ignore_secs"), b.budget.ignore_secs, d.ignore_for),
+        };
+
+        let ob = b.outbox;
+        let d = OutboxSettings::default();
+        if ob.max_line_bytes.is_some_and(|m| m < 16) {
+            self.error(format!("{k}.outbox.max_line_bytes"), "must be at least 16", None);
+        }
+        if ob.queue == Some(0) {
+            self.error(format!("{k}.outbox.queue"), "must be at least 1", None);
+        }
+        o.outbox = OutboxSettings {
+            max_line_bytes: ob.max_line_bytes,
+            global: self.rate(&format!("{k}.outbox.rate"), ob.rate, ob.burst),
+            per_destination: self.rate(&format!("{k}.outbox.dest_rate"), ob.dest_rate, ob.dest_burst),
+            queue: ob.queue.unwrap_or(d.queue),
+            loop_repeats: ob.loop_repeats.unwrap_or(d.loop_repeats),
+            loop_window: self.secs(format!("{k}.outbox.loop_window_secs"), ob.loop_window_secs, d.loop_window),
+        };
+
+        let d = ReconnectPolicy::default();
+        o.reconnect = ReconnectPolicy {
+            initial: self.secs(format!("{k}.reconnect.initial_secs"), b.reconnect.initial_secs, d.initial),
+            max: self.secs(format!("{k}.reconnect.max_secs"), b.reconnect.max_secs, d.max),
+            stable_after: d.stable_after,
+        };
+
+        let mut settings = b.transport.unwrap_or_default();
+        let kind = match settings.remove("kind") {
+            None => "console".to_owned(),
+            Some(toml::Value::String(s)) => s,
+            Some(other) => {
+                self.error(
+                    format!("{k}.transport.kind"),
+                    format!("expected a string, found {}", other.type_str()),
+                    Some("one of console, irc, xmpp, webex"),
+                );
+                "console".to_owned()
+            }
+        };
+        let mut seen = HashSet::new();
+        let handlers = b
+            .handlers
+            .into_iter()
+            .filter(|h| {
+                let fresh = seen.insert(h.clone());
+                if !fresh {
+                    self.errors.push(ConfigError {
+                        file: self.file.clone(),
+                        key: format!("{k}.handlers"),
+                        line: None,
+                        message: format!("handler `{h}` is listed twice"),
+                        hint: None,
+                    });
+                }
+                fresh
+            })
+            .collect();
+        BotConfig {
+            name: b.name,
+            options: o,
+            handlers,
+            transport: TransportConfig {
+                kind,
+                settings,
+                key: format!("{k}.transport"),
+            },
+            key: k,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        Config::from_str(Path::new("bots.toml"), text).unwrap_err().0
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_file_and_line() {
+        let e = errors("[[bot]]\nname = \"a\"\n[bot.outbox]\nrat = 3\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].file, Path::new("bots.toml"));
+        assert_eq!(e[0].key, "bot[0].outbox");
+        assert!(e[0].message.contains("unknown field `rat`"), "{}", e[0].message);
+        assert_eq!(e[0].line, Some(4));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let e = errors(
+            "[[bot]]\nname = \"a\"\nprefix = \"\"\nhandler_timeout_secs = -1\n[bot.outbox]\nrate = -2\n\
+             [[bot]]\nname = \"a\"\n",
+        );
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["bot[0].prefix", "bot[0].handler_timeout_secs", "bot[0].outbox.rate", "bot[1].name", "bot[1].transport.kind"]
+        );
+        let shown = ConfigErrors(e).to_string();
+        assert!(shown.contains("bots.toml:3: `bot[0].prefix`"), "{shown}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = errors("[[bot]]\nname = \"a\"\n[bot.budget]\ncommands_per_minute = \"many\"\n");
+        assert_eq!(e[0].key, "bot[0].budget.commands_per_minute");
+        assert_eq!(e[0].line, Some(4));
+    }
+
+    #[test]
+    fn a_good_file_gives_options() {
+        let c = Config::from_str(
+            Path::new("x.toml"),
+            "[log]\nlevel = \"debug\"\n[[bot]]\nname = \"ops\"\nprefix = \".\"\nadmins = [\"alice\"]\n\
+             handlers = [\"boom\"]\n[bot.transport]\nkind = \"console\"\n[bot.outbox]\nrate = 2.5\nburst = 4\n",
+        )
+        .unwrap();
+        let b = &c.bots[0];
+        assert_eq!(b.options.prefix, ".");
+        assert_eq!(b.options.outbox.global, Some(Rate::new(2.5, 4)));
+        assert_eq!(b.handlers, ["boom"]);
+        assert_eq!(b.transport.kind, "console");
+    }
+
+    #[test]
+    fn env_expansion_and_redaction() {
+        let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_owned());
+        assert_eq!(expand_env("a${TOKEN}b$$", env).unwrap(), "as3cretb$");
+        assert!(expand_env("${MISSING}", env).unwrap_err().contains("MISSING is not set"));
+        assert!(expand_env("${TOKEN", env).is_err());
+        let s = Secret::new("s3cret");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert_eq!(s.expose(), "s3cret");
+    }
+}

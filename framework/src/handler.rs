@@ -265,8 +265,6 @@ impl<H: Handler> Actor for HandlerHost<H> {
     type Context = Context2<H>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Never let a crowd of queued jobs be refused: the mailbox is the restart queue.
-        ctx.set_mailbox_capacity(usize::MAX);
         self.shared.health.register(ActorKind::Handler, H::NAME);
         self.fresh(ctx);
     }

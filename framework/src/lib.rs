@@ -39,6 +39,9 @@
 //!
 //! See `docs/ARCHITECTURE.md` in the repository for the supervision tree and the message flow.
 
+/// The framework version, as `!status` shows it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod bot;
 pub mod command;
 pub mod config;

@@ -299,7 +299,6 @@ impl Actor for Outbox {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
         // Forget old anti-loop entries and idle limiter keys now and then.
         ctx.run_interval(Duration::from_secs(60), |act, _| {
             let now = Instant::now();

@@ -439,7 +439,6 @@ impl Actor for Router {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
         ctx.run_interval(Duration::from_secs(300), |act, _| {
             let now = Instant::now();
             act.ignored.retain(|_, until| *until > now);

@@ -1,0 +1,117 @@
+//! `!status`: what is running and how it is doing, read from the health registry.
+
+use std::time::{Duration, SystemTime};
+
+use opsbot::health::{ActorKind, ActorStatus, Snapshot};
+use opsbot::prelude::*;
+
+/// The status handler.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Status;
+
+impl Handler for Status {
+    const NAME: &'static str = "status";
+    const COMMANDS: &'static [Command] = &[Command::new(
+        "status",
+        "",
+        "Show version, uptime, connection, each handler's and poller's state, and the outbox.",
+    )];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        call.expect_args(0, 0)?;
+        cx.reply(render(&cx.status(), SystemTime::now()));
+        Ok(())
+    }
+}
+
+/// A duration as people read it: `3d4h`, `2h05m`, `4m10s`, `12s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn ago(t: SystemTime, now: SystemTime) -> String {
+    format!("{} ago", human(now.duration_since(t).unwrap_or_default()))
+}
+
+/// Keeps an error readable in one chat line.
+fn short(e: &str) -> String {
+    const MAX: usize = 120;
+    if e.chars().count() <= MAX {
+        e.to_owned()
+    } else {
+        let cut: String = e.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+fn common(a: &ActorStatus, now: SystemTime, out: &mut String) {
+    if a.restarts > 0 {
+        out.push_str(&format!(", {} restart{}", a.restarts, if a.restarts == 1 { "" } else { "s" }));
+    }
+    if let Some((at, e)) = &a.last_error {
+        out.push_str(&format!(", last error {}: {}", ago(*at, now), short(e)));
+    }
+}
+
+/// The whole status report.
+pub fn render(s: &Snapshot, now: SystemTime) -> String {
+    let mut lines = vec![format!(
+        "opsbot {} · bot {} · up {} · {}",
+        opsbot::VERSION,
+        s.bot,
+        human(s.uptime),
+        s.health.as_str()
+    )];
+    for a in &s.actors {
+        let mut l = match a.kind {
+            ActorKind::Transport => {
+                let conn = a.conn.as_ref().map_or("starting", |c| c.as_str());
+                let mut l = format!("transport {}: {conn}", a.name);
+                if let Some(d) = &a.detail {
+                    l.push_str(&format!(" ({d})"));
+                }
+                l.push_str(&format!(", {} reconnects", a.reconnects));
+                l
+            }
+            ActorKind::Handler => format!("handler {}: {}, {} handled", a.name, a.state.as_str(), a.handled),
+            ActorKind::Poller => {
+                let mut l = format!("poller {}: {}, {} posted", a.name, a.state.as_str(), a.handled);
+                if let Some(t) = a.last_run {
+                    l.push_str(&format!(", last run {}", ago(t, now)));
+                }
+                if let Some(t) = a.next_run {
+                    let next = t.duration_since(now).unwrap_or_default();
+                    l.push_str(&format!(", next in {}", human(next)));
+                }
+                l
+            }
+        };
+        common(a, now, &mut l);
+        lines.push(l);
+    }
+    let o = &s.outbox;
+    lines.push(format!(
+        "outbox: {} queued, {} sent, {} dropped, {} collapsed",
+        o.queued, o.sent, o.dropped, o.collapsed
+    ));
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(Duration::from_secs(12)), "12s");
+        assert_eq!(human(Duration::from_secs(250)), "4m10s");
+        assert_eq!(human(Duration::from_secs(7500)), "2h05m");
+        assert_eq!(human(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d4h");
+    }
+}
