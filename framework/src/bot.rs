@@ -447,15 +447,51 @@ impl actix::Handler<StopOutbox> for Outbox {
 /// Runs bots until they all stop: at SIGINT or SIGTERM, at the end of console input, or when
 /// every transport has finished. Each bot gets its own arbiter thread.
 pub fn run(bots: Vec<Bot>) -> std::io::Result<()> {
+    run_until(bots, Shutdown::new(), true)
+}
+
+/// A handle that stops running bots gracefully. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown(CancellationToken);
+
+impl Shutdown {
+    /// A handle that has not fired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a graceful shutdown of every bot run with this handle.
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether the shutdown has started.
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// Runs bots on the calling thread until they all stop or `shutdown` fires (and, with
+/// `signals`, at SIGINT or SIGTERM).
+pub fn run_until(bots: Vec<Bot>, shutdown: Shutdown, signals: bool) -> std::io::Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
-        let shutdown = CancellationToken::new();
-        spawn_signal_watch(shutdown.clone());
-        let running: Vec<_> = bots.into_iter().map(|b| spawn_bot(b, shutdown.clone())).collect();
+        let token = shutdown.0;
+        if signals {
+            spawn_signal_watch(token.clone());
+        }
+        let running: Vec<_> = bots.into_iter().map(|b| spawn_bot(b, token.clone())).collect();
+        let mut stopped = Vec::new();
         for (arbiter, done) in running {
             let _ = done.await;
             arbiter.stop();
+            stopped.push(arbiter);
         }
+        stopped
+    })
+    .into_iter()
+    .for_each(|a| {
+        let _ = a.join();
     });
     Ok(())
 }

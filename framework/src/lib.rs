@@ -59,7 +59,7 @@ pub mod testkit;
 pub mod text;
 pub mod transport;
 
-pub use bot::{Bot, BotBuilder, BotOptions, run};
+pub use bot::{Bot, BotBuilder, BotOptions, Shutdown, run, run_until};
 pub use command::{Call, Command, Match};
 pub use error::{Error, Result};
 pub use handler::{Context, Handler};

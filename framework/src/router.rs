@@ -361,7 +361,7 @@ impl Router {
                 done_rx.await.unwrap_or(Outcome::Unavailable)
             } else {
                 // Async handlers time themselves out; this bound catches a blocking one.
-                match tokio::time::timeout(timeout + Duration::from_secs(1), done_rx).await {
+                match tokio::time::timeout(timeout + Duration::from_millis(100), done_rx).await {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(_)) => Outcome::Unavailable,
                     Err(_) => Outcome::TimedOut(timeout),
@@ -377,7 +377,7 @@ impl Router {
                 Outcome::Done => return,
                 Outcome::Failed(e) => e.user_message(&what),
                 Outcome::Panicked => format!("sorry, {what} crashed; it is being restarted"),
-                Outcome::TimedOut(t) => format!("{what} took longer than {}s and was stopped", t.as_secs()),
+                Outcome::TimedOut(t) => format!("{what} took longer than {} and was stopped", short_duration(t)),
                 Outcome::Unavailable => Error::Unavailable { command: what }.to_string(),
             };
             shared.outbox.do_send(Say(Outgoing::new(msg.reply_to(), address(&msg, &text))));
@@ -423,6 +423,15 @@ impl Router {
         };
         let reply_to = msg.reply_to();
         self.dispatch(handler, Work::Command(call), reply_to, Some((what, msg)));
+    }
+}
+
+/// `30s`, or `250ms` below a second.
+fn short_duration(d: Duration) -> String {
+    if d >= Duration::from_secs(1) && d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 

@@ -156,11 +156,15 @@ impl TestBot {
             .name("testbot".into())
             .spawn(move || {
                 let system = actix::System::new();
-                system.block_on(async move {
+                let arbiter = system.block_on(async move {
                     let (arbiter, done) = crate::bot::spawn_bot(bot, token);
                     let _ = done.await;
                     arbiter.stop();
+                    arbiter
                 });
+                // Wait for the bot's thread, so that everything it held (the state store's
+                // file lock, for one) is released when `shutdown` returns.
+                let _ = arbiter.join();
                 let _ = tx.send(());
             })
             .expect("spawn test bot thread");

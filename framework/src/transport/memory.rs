@@ -20,6 +20,8 @@ pub struct Said {
     pub dest: Destination,
     /// The line.
     pub text: String,
+    /// When the transport wrote it (the moment it would have gone into a socket).
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -144,7 +146,7 @@ impl Transport for MemoryTransport {
                 },
                 delivery = link.next_delivery() => match delivery {
                     Some(d) => {
-                        let said = Said { dest: d.dest.clone(), text: d.text.clone() };
+                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), at: std::time::Instant::now() };
                         if self.output.send(said).is_err() {
                             // Nobody listens any more; the line is gone with them.
                             tracing::debug!("remote end closed; line discarded");

@@ -1,0 +1,145 @@
+//! What the router lets through, and what it tells users it does not.
+
+use std::time::Duration;
+
+use opsbot::prelude::*;
+use opsbot::router::Budget;
+use opsbot::testkit::TestBot;
+
+#[derive(Clone)]
+struct Ops;
+
+impl Handler for Ops {
+    const NAME: &'static str = "ops";
+    const COMMANDS: &'static [Command] = &[
+        Command::new("echo", "<text>", "Echo.").aliases(&["say"]),
+        Command::new("deploy", "<service>", "Deploy a service.").admin_only(),
+        Command::new("page", "<who>", "Page someone.").cooldown_secs(60),
+        Command::new("add", "<a> <b>", "Add two numbers."),
+        Command::new("words", "<words...>", "Count shell-style words."),
+    ];
+    const PATTERNS: &'static [&'static str] = &[r"\b(?P<ticket>INC-\d+)\b"];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        match call.command().name {
+            "echo" => cx.reply(call.rest()),
+            "deploy" => cx.reply(format!("deploying {}", call.arg::<String>(0)?)),
+            "page" => cx.reply(format!("paging {}", call.arg::<String>(0)?)),
+            "add" => {
+                call.expect_args(2, 2)?;
+                let (a, b): (i64, i64) = (call.arg(0)?, call.arg(1)?);
+                cx.reply((a + b).to_string());
+            }
+            _ => cx.reply(format!("{} words: {}", call.args().len(), call.args().join("|"))),
+        }
+        Ok(())
+    }
+
+    async fn matched(&mut self, cx: &mut Context, m: Match) -> Result {
+        cx.reply(format!("ticket {}", m.name("ticket").unwrap_or("?")));
+        Ok(())
+    }
+}
+
+fn bot() -> TestBot {
+    TestBot::new().with(Ops).configure(|o| o.admins = vec!["root".into()])
+}
+
+#[tokio::test]
+async fn prefix_nick_alias_and_direct_messages_reach_commands() {
+    let mut bot = bot();
+    bot.send("!echo one");
+    assert_eq!(bot.reply().await, "one");
+    bot.send("testbot: say two");
+    assert_eq!(bot.reply().await, "two");
+    bot.send_direct("alice", "echo three");
+    let s = bot.said().await;
+    assert_eq!((s.dest, s.text.as_str()), (Destination::user("alice"), "three"));
+}
+
+#[tokio::test]
+async fn a_custom_prefix_is_honoured() {
+    let mut bot = TestBot::new().with(Ops).configure(|o| o.prefix = ".".into());
+    bot.send("!echo ignored");
+    bot.send(".echo seen");
+    assert_eq!(bot.reply().await, "seen");
+}
+
+#[tokio::test]
+async fn bad_arguments_get_the_usage_line() {
+    let mut bot = bot();
+    bot.send("!add 1 two");
+    assert_eq!(bot.reply().await, "tester: usage: !add <a> <b>");
+    bot.send("!add 1");
+    assert_eq!(bot.reply().await, "tester: usage: !add <a> <b>");
+    bot.send("!words \"unbalanced");
+    assert_eq!(bot.reply().await, "tester: usage: !words <words...>");
+    bot.send("!add 2 40");
+    assert_eq!(bot.reply().await, "42");
+    bot.send("!words 'a b' c");
+    assert_eq!(bot.reply().await, "2 words: a b|c");
+}
+
+#[tokio::test]
+async fn admin_only_commands_refuse_others_clearly() {
+    let mut bot = bot();
+    bot.send("!deploy web");
+    assert_eq!(bot.reply().await, "tester: !deploy is for admins only");
+    bot.send_as("root", "#test", "!deploy web");
+    assert_eq!(bot.reply().await, "deploying web");
+}
+
+#[tokio::test]
+async fn cooldowns_are_per_user_and_told() {
+    let mut bot = bot();
+    bot.send("!page bob");
+    assert_eq!(bot.reply().await, "paging bob");
+    bot.send("!page bob");
+    assert_eq!(bot.reply().await, "tester: !page is cooling down: try again in 60s");
+    bot.send_as("carol", "#test", "!page bob");
+    assert_eq!(bot.reply().await, "paging bob");
+}
+
+#[tokio::test]
+async fn unknown_commands_get_one_hint_not_a_flood() {
+    let mut bot = bot();
+    for _ in 0..5 {
+        bot.send("!nope");
+    }
+    bot.send("!echo sync");
+    assert_eq!(bot.replies(2).await, ["tester: unknown command: try !help", "sync"]);
+}
+
+#[tokio::test]
+async fn passive_matchers_get_their_captures() {
+    let mut bot = bot();
+    bot.send("is INC-4711 still open?");
+    assert_eq!(bot.reply().await, "ticket INC-4711");
+    bot.send("nothing to see");
+    bot.send("!echo sync");
+    assert_eq!(bot.reply().await, "sync");
+}
+
+#[tokio::test]
+async fn the_command_budget_ignores_a_flooder_after_telling_them_once() {
+    let mut bot = bot().configure(|o| {
+        o.budget = Budget {
+            per_minute: 3,
+            ignore_for: Duration::from_secs(300),
+        }
+    });
+    for i in 0..10 {
+        bot.send(&format!("!echo {i}"));
+    }
+    bot.send_as("other", "#test", "!echo other user");
+    // The router's notice and the handler's answers travel separately; compare them as a set.
+    let mut replies = bot.replies(5).await;
+    assert_eq!(replies.pop().unwrap(), "other user");
+    replies.sort();
+    assert_eq!(replies, ["0", "1", "2", "tester: too many commands; ignoring you for 5 minutes"]);
+    // Admins are not limited.
+    for i in 0..5 {
+        bot.send_as("root", "#test", &format!("!echo admin {i}"));
+    }
+    assert_eq!(bot.replies(5).await.len(), 5);
+}

@@ -1,0 +1,201 @@
+//! Crashes, restarts, the restart budget and timeouts, seen from the chat.
+
+use std::time::Duration;
+
+use opsbot::health::{ActorKind, ActorState, BotHealth};
+use opsbot::prelude::*;
+use opsbot::testkit::TestBot;
+
+/// Answers `!count` with how many times this instance was called; `!count crash` panics.
+#[derive(Clone, Default)]
+struct Counter {
+    calls: u32,
+}
+
+impl Handler for Counter {
+    const NAME: &'static str = "counter";
+    const COMMANDS: &'static [Command] = &[Command::new("count", "[crash|<tag>]", "Count calls.")];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        if call.rest() == "crash" {
+            panic!("asked to crash (secret=hunter2)");
+        }
+        self.calls += 1;
+        cx.reply(format!("{} {}", self.calls, call.rest()).trim_end().to_owned());
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Echo;
+
+impl Handler for Echo {
+    const NAME: &'static str = "echo";
+    const COMMANDS: &'static [Command] = &[Command::new("echo", "<text>", "Echo.")];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        cx.reply(call.rest());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_panic_is_apologized_for_restarted_and_counted() {
+    let mut bot = TestBot::new().with(Counter::default()).with(Echo);
+    bot.send("!count");
+    assert_eq!(bot.reply().await, "1");
+    bot.send("!count crash");
+    let apology = bot.reply().await;
+    assert_eq!(apology, "tester: sorry, !count crashed; it is being restarted");
+    assert!(!apology.contains("hunter2"), "no panic detail reaches the chat");
+
+    // The next command is answered normally, by a fresh instance (its count starts again).
+    bot.send("!count");
+    assert_eq!(bot.reply().await, "1");
+    bot.send("!echo ok");
+    assert_eq!(bot.reply().await, "ok");
+
+    let status = bot.status();
+    let counter = status.actor(ActorKind::Handler, "counter").unwrap();
+    assert_eq!(counter.restarts, 1);
+    assert_eq!(counter.state, ActorState::Running);
+    let (_, err) = counter.last_error.as_ref().expect("last error kept");
+    assert!(err.contains("asked to crash"), "{err}");
+    assert_eq!(status.health, BotHealth::Healthy);
+    assert!(status.healing_log.iter().any(|e| e.subsystem == "handler:counter" && e.action == "restart"));
+}
+
+#[tokio::test]
+async fn a_spent_restart_budget_answers_unavailable_and_degrades() {
+    let mut bot = TestBot::new()
+        .with(Counter::default())
+        .with(Echo)
+        .configure(|o| o.restart.max_restarts = 2);
+    for _ in 0..2 {
+        bot.send("!count crash");
+        assert_eq!(bot.reply().await, "tester: sorry, !count crashed; it is being restarted");
+    }
+    // Third crash within the window: the budget is spent.
+    bot.send("!count crash");
+    assert_eq!(bot.reply().await, "tester: sorry, !count crashed; it is being restarted");
+    bot.send("!count");
+    assert_eq!(bot.reply().await, "tester: !count is unavailable right now");
+    bot.send("!count again");
+    assert_eq!(bot.reply().await, "tester: !count is unavailable right now");
+
+    // The rest of the bot still works, and its health says what happened.
+    bot.send("!echo still here");
+    assert_eq!(bot.reply().await, "still here");
+    let status = bot.status();
+    assert_eq!(status.health, BotHealth::Degraded);
+    assert_eq!(status.actor(ActorKind::Handler, "counter").unwrap().state, ActorState::Failed);
+    assert!(status.healing_log.iter().any(|e| e.action == "failed"));
+}
+
+#[tokio::test]
+async fn messages_sent_during_a_restart_are_all_answered_in_order() {
+    let mut bot = TestBot::new().with(Counter::default()).configure(|o| {
+        // A long backoff, so that the messages below surely arrive while it restarts.
+        o.restart.backoff_initial = Duration::from_millis(500);
+        o.restart.backoff_max = Duration::from_millis(500);
+    });
+    bot.send("!count crash");
+    for i in 0..20 {
+        bot.send(&format!("!count m{i}"));
+    }
+    assert_eq!(bot.reply().await, "tester: sorry, !count crashed; it is being restarted");
+    let answers = bot.replies(20).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("{} m{i}", i + 1)).collect();
+    assert_eq!(answers, expected);
+}
+
+/// Sleeps asynchronously for as long as asked.
+#[derive(Clone)]
+struct Nap;
+
+impl Handler for Nap {
+    const NAME: &'static str = "nap";
+    const COMMANDS: &'static [Command] = &[Command::new("nap", "<ms>", "Sleep.")];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        let ms: u64 = call.arg(0)?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        cx.reply("awake");
+        Ok(())
+    }
+}
+
+/// Blocks its thread (synchronous code), declared as blocking.
+#[derive(Clone)]
+struct Grind;
+
+impl Handler for Grind {
+    const NAME: &'static str = "grind";
+    const COMMANDS: &'static [Command] = &[Command::new("grind", "<ms>", "Block.")];
+    const BLOCKING: bool = true;
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        let ms: u64 = call.arg(0)?;
+        std::thread::sleep(Duration::from_millis(ms));
+        cx.reply("ground");
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_slow_handler_times_out_while_others_answer() {
+    let mut bot = TestBot::new()
+        .with(Nap)
+        .with(Echo)
+        .configure(|o| o.handler_timeout = Duration::from_millis(300));
+    bot.send("!nap 60000");
+    bot.send("!echo meanwhile");
+    assert_eq!(bot.reply().await, "meanwhile");
+    assert_eq!(bot.reply().await, "tester: !nap took longer than 300ms and was stopped");
+    // The handler kept its place and answers the next call.
+    bot.send("!nap 1");
+    assert_eq!(bot.reply().await, "awake");
+    let nap = bot.status().actor(ActorKind::Handler, "nap").cloned().unwrap();
+    assert!(nap.last_error.unwrap().1.contains("timed out"));
+}
+
+#[tokio::test]
+async fn a_blocking_handler_neither_stalls_others_nor_escapes_its_timeout() {
+    let mut bot = TestBot::new()
+        .with(Grind)
+        .with(Echo)
+        .configure(|o| o.handler_timeout = Duration::from_millis(300));
+    bot.send("!grind 3000");
+    bot.send("!echo meanwhile");
+    assert_eq!(bot.reply().await, "meanwhile");
+    assert_eq!(bot.reply().await, "tester: !grind took longer than 300ms and was stopped");
+}
+
+#[tokio::test]
+async fn handler_errors_reach_the_user_as_short_lines() {
+    #[derive(Clone)]
+    struct Picky;
+    impl Handler for Picky {
+        const NAME: &'static str = "picky";
+        const COMMANDS: &'static [Command] = &[
+            Command::new("lookup", "<host>", "Look up."),
+            Command::new("fail", "", "Fail internally."),
+        ];
+        async fn command(&mut self, _cx: &mut Context, call: Call) -> Result {
+            match call.command().name {
+                "lookup" => {
+                    let host: String = call.arg(0)?;
+                    Err(Error::user(format!("no such host {host}")))
+                }
+                _ => Err(Error::internal("database password=hunter2 rejected")),
+            }
+        }
+    }
+    let mut bot = TestBot::new().with(Picky);
+    bot.send("!lookup");
+    assert_eq!(bot.reply().await, "tester: usage: !lookup <host>");
+    bot.send("!lookup nowhere.invalid");
+    assert_eq!(bot.reply().await, "tester: !lookup: no such host nowhere.invalid");
+    bot.send("!fail");
+    assert_eq!(bot.reply().await, "tester: sorry, !fail failed; the error has been logged");
+}
