@@ -344,7 +344,7 @@ fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
         let key = if key == "." { String::new() } else { key };
         let mut err = fail(key, line, inner.message().to_owned());
         if inner.message().starts_with("unknown field") {
-            err.0[0].hint = Some("check the spelling; the keys this table accepts are listed above".into());
+            err.0[0].hint = Some("check the spelling; the config reference is in README.md".into());
         }
         err
     })
@@ -577,7 +577,7 @@ mod tests {
         let e = errors("[[bot]]\nname = \"a\"\n[bot.outbox]\nrat = 3\n");
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].file, Path::new("bots.toml"));
-        assert_eq!(e[0].key, "bot[0].outbox");
+        assert_eq!(e[0].key, "bot[0].outbox.rat");
         assert!(e[0].message.contains("unknown field `rat`"), "{}", e[0].message);
         assert_eq!(e[0].line, Some(4));
     }

@@ -1,0 +1,211 @@
+//! The `opsbot` binary as a user meets it: a console bot on pipes, config checks, signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_opsbot");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A running `opsbot` whose stdout lines arrive on a channel.
+struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Session {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start opsbot");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, stdin, lines }
+    }
+
+    fn type_line(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn next(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(20)).expect("opsbot answered within 20 s")
+    }
+
+    fn until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.next();
+            let done = last(&l);
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Closes stdin and returns the rest of the output and the exit status.
+    fn finish(mut self) -> (Vec<String>, std::process::ExitStatus) {
+        drop(self.stdin.take());
+        let rest: Vec<String> = self.lines.iter().collect();
+        (rest, self.child.wait().unwrap())
+    }
+}
+
+#[test]
+fn with_no_arguments_it_is_a_console_bot_with_the_builtins() {
+    let mut s = Session::start(&[]);
+    s.type_line(b"!help");
+    let help = s.until(|l| l.starts_with("!help <command>"));
+    let names: Vec<&str> = help.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(names, ["!echo", "!help", "!status", "!whereareyou", "!help"]);
+    s.type_line(b"status");
+    let status = s.until(|l| l.starts_with("outbox:"));
+    assert!(status[0].starts_with("opsbot 0.1.0 · bot opsbot · up "), "{status:?}");
+    assert!(status.iter().any(|l| l.starts_with("transport console: connected")), "{status:?}");
+    s.type_line(b"!whereareyou");
+    assert!(s.next().starts_with("I am on "));
+    let (rest, code) = s.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(code.success());
+}
+
+#[test]
+fn selfheal_example_survives_boom() {
+    let config = examples().join("selfheal.toml");
+    let mut s = Session::start(&["run", "--config", config.to_str().unwrap()]);
+    s.type_line(b"!boom");
+    assert_eq!(s.next(), "sorry, !boom crashed; it is being restarted");
+    s.type_line(b"!echo ok");
+    assert_eq!(s.next(), "ok");
+    // The restart takes its backoff; ask until the report shows it done.
+    let boom = loop {
+        s.type_line(b"!status");
+        let report = s.until(|l| l.starts_with("outbox:"));
+        let boom = report.iter().find(|l| l.starts_with("handler boom")).cloned().unwrap();
+        if boom.starts_with("handler boom: running") {
+            break boom;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(boom.contains(", 1 restart, last error "), "{boom}");
+    let (_, code) = s.finish();
+    assert!(code.success());
+}
+
+#[test]
+fn end_of_input_still_delivers_every_line_already_said() {
+    let config = examples().join("selfheal.toml");
+    let mut s = Session::start(&["run", "--config", config.to_str().unwrap()]);
+    s.type_line(b"!lines 150");
+    assert_eq!(s.next(), "line 1 of 150");
+    // Paced at 20 lines a second, most of the answer is still queued when input ends.
+    let (rest, code) = s.finish();
+    let expected: Vec<String> = (2..=150).map(|i| format!("line {i} of 150")).collect();
+    assert_eq!(rest, expected);
+    assert!(code.success());
+}
+
+#[test]
+fn bad_bytes_and_huge_lines_do_not_hurt_the_console() {
+    let mut s = Session::start(&[]);
+    s.type_line(b"!echo caf\xe9 \xff\xfe");
+    assert_eq!(s.next(), "caf\u{fffd} \u{fffd}\u{fffd}");
+    let mut huge = b"!echo ".to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 100_000));
+    s.type_line(&huge);
+    let mut got = 0;
+    while got < 16 * 1024 - 6 {
+        let l = s.next();
+        assert!(l.len() <= 4096 && l.bytes().all(|b| b == b'x'), "{} bytes", l.len());
+        got += l.len();
+    }
+    s.type_line(b"!echo alive");
+    assert_eq!(s.next(), "alive");
+    let (_, code) = s.finish();
+    assert!(code.success());
+}
+
+#[test]
+fn sigterm_stops_it_gracefully() {
+    let mut s = Session::start(&[]);
+    s.type_line(b"!echo up");
+    assert_eq!(s.next(), "up");
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn check(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bots.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "bots.toml");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+#[test]
+fn check_names_the_file_the_key_and_the_problem() {
+    let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.outbox]\nrat = 3\n");
+    assert!(!ok);
+    assert!(err.starts_with("bots.toml:4: `bot[0].outbox.rat`: unknown field `rat`, expected one of"), "{err}");
+
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"bom\", \"echo\"]\n[bot.transport]\nkind = \"telex\"\n",
+    );
+    assert!(!ok);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].starts_with("bots.toml: `bot[0].transport.kind`: unknown transport kind `telex`"), "{err}");
+    assert!(lines[1].contains("`bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines)"), "{err}");
+    assert!(lines[2].contains("`echo` is built in"), "{err}");
+
+    let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.transport\n");
+    assert!(!ok);
+    assert!(err.starts_with("bots.toml:3: "), "{err}");
+
+    // `run` refuses the same file before connecting anywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[bot]]\nname = \"ops\"\nprefix = \"\"\n").unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`bot[0].prefix`: `` cannot be a command prefix"));
+}
+
+#[test]
+fn every_example_config_checks_clean() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(examples()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("Cargo.toml") {
+            let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
