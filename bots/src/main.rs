@@ -52,12 +52,19 @@ fn check(path: &Path) -> Result<Config, ConfigErrors> {
                     } else {
                         format!("unknown handler `{h}`")
                     },
-                    hint: Some(format!("handlers that can be enabled: {}", known.join(", "))),
+                    hint: Some(format!(
+                        "handlers that can be enabled: {}",
+                        known.join(", ")
+                    )),
                 });
             }
         }
     }
-    if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 fn build(config: &Config) -> anyhow::Result<Vec<Bot>> {
@@ -69,10 +76,11 @@ fn build(config: &Config) -> anyhow::Result<Vec<Bot>> {
             builder = opsbot_transports::from_config(builder, &b.name, &b.transport);
             builder = opsbot_handlers::add_builtins(builder);
             for h in &b.handlers {
-                builder = opsbot_handlers::add(builder, h)
-                    .map_err(|_| anyhow::anyhow!("unknown handler `{h}` (passed check)"))?;
+                builder = opsbot_handlers::add(builder, h)?;
             }
-            builder.build().with_context(|| format!("{}: bot `{}`", config.path.display(), b.name))
+            builder
+                .build()
+                .with_context(|| format!("{}: bot `{}`", config.path.display(), b.name))
         })
         .collect()
 }
@@ -96,7 +104,12 @@ fn main() -> ExitCode {
         None => run(&Config::console_default()),
         Some(Cmd::Check { config }) => match check(&config) {
             Ok(c) => {
-                println!("{}: OK ({} bot{})", config.display(), c.bots.len(), if c.bots.len() == 1 { "" } else { "s" });
+                println!(
+                    "{}: OK ({} bot{})",
+                    config.display(),
+                    c.bots.len(),
+                    if c.bots.len() == 1 { "" } else { "s" }
+                );
                 return ExitCode::SUCCESS;
             }
             Err(errors) => {

@@ -39,7 +39,11 @@ impl Session {
                 }
             }
         });
-        Self { child, stdin, lines }
+        Self {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     fn type_line(&mut self, bytes: &[u8]) {
@@ -50,7 +54,9 @@ impl Session {
     }
 
     fn next(&self) -> String {
-        self.lines.recv_timeout(Duration::from_secs(20)).expect("opsbot answered within 20 s")
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("opsbot answered within 20 s")
     }
 
     fn until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
@@ -78,12 +84,26 @@ fn with_no_arguments_it_is_a_console_bot_with_the_builtins() {
     let mut s = Session::start(&[]);
     s.type_line(b"!help");
     let help = s.until(|l| l.starts_with("!help <command>"));
-    let names: Vec<&str> = help.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
-    assert_eq!(names, ["!echo", "!help", "!status", "!whereareyou", "!help"]);
+    let names: Vec<&str> = help
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["!echo", "!help", "!status", "!whereareyou", "!help"]
+    );
     s.type_line(b"status");
     let status = s.until(|l| l.starts_with("outbox:"));
-    assert!(status[0].starts_with("opsbot 0.1.0 · bot opsbot · up "), "{status:?}");
-    assert!(status.iter().any(|l| l.starts_with("transport console: connected")), "{status:?}");
+    assert!(
+        status[0].starts_with("opsbot 0.1.0 · bot opsbot · up "),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .iter()
+            .any(|l| l.starts_with("transport console: connected")),
+        "{status:?}"
+    );
     s.type_line(b"!whereareyou");
     assert!(s.next().starts_with("I am on "));
     let (rest, code) = s.finish();
@@ -103,7 +123,11 @@ fn selfheal_example_survives_boom() {
     let boom = loop {
         s.type_line(b"!status");
         let report = s.until(|l| l.starts_with("outbox:"));
-        let boom = report.iter().find(|l| l.starts_with("handler boom")).cloned().unwrap();
+        let boom = report
+            .iter()
+            .find(|l| l.starts_with("handler boom"))
+            .cloned()
+            .unwrap();
         if boom.starts_with("handler boom: running") {
             break boom;
         }
@@ -138,7 +162,11 @@ fn bad_bytes_and_huge_lines_do_not_hurt_the_console() {
     let mut got = 0;
     while got < 16 * 1024 - 6 {
         let l = s.next();
-        assert!(l.len() <= 4096 && l.bytes().all(|b| b == b'x'), "{} bytes", l.len());
+        assert!(
+            l.len() <= 4096 && l.bytes().all(|b| b == b'x'),
+            "{} bytes",
+            l.len()
+        );
         got += l.len();
     }
     s.type_line(b"!echo alive");
@@ -153,7 +181,13 @@ fn sigterm_stops_it_gracefully() {
     s.type_line(b"!echo up");
     assert_eq!(s.next(), "up");
     let pid = s.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
@@ -162,16 +196,27 @@ fn check(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bots.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "bots.toml");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
 }
 
 #[test]
 fn check_names_the_file_the_key_and_the_problem() {
     let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.outbox]\nrat = 3\n");
     assert!(!ok);
-    assert!(err.starts_with("bots.toml:4: `bot[0].outbox.rat`: unknown field `rat`, expected one of"), "{err}");
+    assert!(
+        err.starts_with("bots.toml:4: `bot[0].outbox.rat`: unknown field `rat`, expected one of"),
+        "{err}"
+    );
 
     let (ok, _, err) = check(
         "[[bot]]\nname = \"ops\"\nhandlers = [\"bom\", \"echo\"]\n[bot.transport]\nkind = \"telex\"\n",
@@ -179,7 +224,10 @@ fn check_names_the_file_the_key_and_the_problem() {
     assert!(!ok);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
-    assert!(lines[0].starts_with("bots.toml: `bot[0].transport.kind`: unknown transport kind `telex`"), "{err}");
+    assert!(
+        lines[0].starts_with("bots.toml: `bot[0].transport.kind`: unknown transport kind `telex`"),
+        "{err}"
+    );
     assert!(lines[1].contains("`bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines)"), "{err}");
     assert!(lines[2].contains("`echo` is built in"), "{err}");
 
@@ -191,9 +239,17 @@ fn check_names_the_file_the_key_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[bot]]\nname = \"ops\"\nprefix = \"\"\n").unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`bot[0].prefix`: `` cannot be a command prefix"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("`bot[0].prefix`: `` cannot be a command prefix")
+    );
 }
 
 #[test]
@@ -202,8 +258,17 @@ fn every_example_config_checks_clean() {
     for entry in std::fs::read_dir(examples()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("Cargo.toml") {
-            let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(BIN)
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             n += 1;
         }
     }

@@ -156,7 +156,8 @@ pub enum BuildError {
     },
 }
 
-type StartHandler = Box<dyn FnOnce(Arc<BotShared>) -> (Recipient<Job>, Option<ArbiterHandle>) + Send>;
+type StartHandler =
+    Box<dyn FnOnce(Arc<BotShared>) -> (Recipient<Job>, Option<ArbiterHandle>) + Send>;
 type StartPoller = Box<dyn FnOnce(Arc<BotShared>, Store) + Send>;
 type StartTransport = Box<dyn FnOnce(Link, ReconnectPolicy, oneshot::Sender<()>) + Send>;
 
@@ -187,7 +188,10 @@ impl std::fmt::Debug for BotBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BotBuilder")
             .field("name", &self.name)
-            .field("handlers", &self.handlers.iter().map(|h| h.name).collect::<Vec<_>>())
+            .field(
+                "handlers",
+                &self.handlers.iter().map(|h| h.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -223,13 +227,18 @@ impl BotBuilder {
     }
 
     /// Adds a handler built by `factory` at start and after every crash.
-    pub fn handler_fn<H: Handler>(mut self, factory: impl Fn() -> H + Send + Sync + 'static) -> Self {
+    pub fn handler_fn<H: Handler>(
+        mut self,
+        factory: impl Fn() -> H + Send + Sync + 'static,
+    ) -> Self {
         let factory: Factory<H> = Arc::new(factory);
         let start: StartHandler = Box::new(move |shared| {
             if H::BLOCKING {
                 let arbiter = Arbiter::new();
                 let handle = arbiter.handle();
-                let addr = HandlerHost::start_in_arbiter(&handle, move |_| HandlerHost::new(factory, shared));
+                let addr = HandlerHost::start_in_arbiter(&handle, move |_| {
+                    HandlerHost::new(factory, shared)
+                });
                 (addr.recipient(), Some(handle))
             } else {
                 (HandlerHost::new(factory, shared).start().recipient(), None)
@@ -245,7 +254,11 @@ impl BotBuilder {
     }
 
     /// Adds a poller built by `factory` (at start and after every crash).
-    pub fn poller<P: Poller>(mut self, opts: PollerOptions, factory: impl Fn() -> P + Send + Sync + 'static) -> Self {
+    pub fn poller<P: Poller>(
+        mut self,
+        opts: PollerOptions,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> Self {
         let factory: Factory<P> = Arc::new(factory);
         self.pollers.push(Box::new(move |shared, store| {
             PollerHost::new(factory, opts, shared, store).start();
@@ -267,17 +280,28 @@ impl BotBuilder {
     /// Validates the bot: commands and patterns, and the state store if pollers need one.
     pub fn build(self) -> Result<Bot, BuildError> {
         let name = self.name;
-        let transport = self.transport.ok_or_else(|| BuildError::NoTransport(name.clone()))?;
-        let spec: Vec<_> = self.handlers.iter().map(|h| (h.name, h.commands, h.patterns)).collect();
-        let table = RouteTable::new(&self.options.prefix, &spec).map_err(|source| BuildError::Route {
-            bot: name.clone(),
-            source,
-        })?;
+        let transport = self
+            .transport
+            .ok_or_else(|| BuildError::NoTransport(name.clone()))?;
+        let spec: Vec<_> = self
+            .handlers
+            .iter()
+            .map(|h| (h.name, h.commands, h.patterns))
+            .collect();
+        let table =
+            RouteTable::new(&self.options.prefix, &spec).map_err(|source| BuildError::Route {
+                bot: name.clone(),
+                source,
+            })?;
         let store = match (self.pollers.is_empty(), self.store) {
             (true, _) => None,
             (false, Some(s)) => Some(s),
             (false, None) => {
-                let path = self.options.state_path.clone().unwrap_or_else(default_state_path);
+                let path = self
+                    .options
+                    .state_path
+                    .clone()
+                    .unwrap_or_else(default_state_path);
                 Some(Store::open(&path).map_err(|source| BuildError::Store {
                     bot: name.clone(),
                     source,
@@ -301,7 +325,11 @@ impl BotBuilder {
 /// The default state store path: `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/opsbot`,
 /// else `~/.local/state/opsbot`, else the current directory.
 pub fn default_state_path() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let dir = env("STATE_DIRECTORY")
         .or_else(|| env("XDG_STATE_HOME").map(|p| p.join("opsbot")))
         .or_else(|| env("HOME").map(|p| p.join(".local/state/opsbot")))
@@ -323,7 +351,9 @@ pub struct Bot {
 
 impl std::fmt::Debug for Bot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bot").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Bot")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -363,10 +393,20 @@ impl Bot {
             health,
         } = self;
         let (tx, rx) = mpsc::channel(1);
-        let outbox = Outbox::new(options.outbox.resolve(&transport.limits), tx, health.clone()).start();
+        let outbox = Outbox::new(
+            options.outbox.resolve(&transport.limits),
+            tx,
+            health.clone(),
+        )
+        .start();
         let catalog = handlers
             .iter()
-            .flat_map(|h| h.commands.iter().map(|command| CatalogEntry { handler: h.name, command }))
+            .flat_map(|h| {
+                h.commands.iter().map(|command| CatalogEntry {
+                    handler: h.name,
+                    command,
+                })
+            })
             .collect();
         let shared = Arc::new(BotShared {
             prefix: options.prefix.clone(),
@@ -387,7 +427,8 @@ impl Bot {
             .collect();
         let tracker = TaskTracker::new();
         let nick = Arc::new(Mutex::new(name.clone()));
-        let router = Router::new(table, hosts, shared.clone(), nick.clone(), tracker.clone()).start();
+        let router =
+            Router::new(table, hosts, shared.clone(), nick.clone(), tracker.clone()).start();
         if let Some(store) = store {
             for start in pollers {
                 start(shared.clone(), store.clone());
@@ -412,7 +453,10 @@ impl Bot {
         tracing::info!(bot = %name, "shutting down");
         let deadline = options.shutdown_deadline;
         let _ = router.send(Close).await;
-        if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(bot = %name, "in-flight commands did not finish before the deadline");
         }
         let lost = outbox.send(Drain(deadline)).await.unwrap_or(0);
@@ -475,24 +519,28 @@ impl Shutdown {
 /// `signals`, at SIGINT or SIGTERM).
 pub fn run_until(bots: Vec<Bot>, shutdown: Shutdown, signals: bool) -> std::io::Result<()> {
     let system = actix::System::new();
-    system.block_on(async move {
-        let token = shutdown.0;
-        if signals {
-            spawn_signal_watch(token.clone());
-        }
-        let running: Vec<_> = bots.into_iter().map(|b| spawn_bot(b, token.clone())).collect();
-        let mut stopped = Vec::new();
-        for (arbiter, done) in running {
-            let _ = done.await;
-            arbiter.stop();
-            stopped.push(arbiter);
-        }
-        stopped
-    })
-    .into_iter()
-    .for_each(|a| {
-        let _ = a.join();
-    });
+    system
+        .block_on(async move {
+            let token = shutdown.0;
+            if signals {
+                spawn_signal_watch(token.clone());
+            }
+            let running: Vec<_> = bots
+                .into_iter()
+                .map(|b| spawn_bot(b, token.clone()))
+                .collect();
+            let mut stopped = Vec::new();
+            for (arbiter, done) in running {
+                let _ = done.await;
+                arbiter.stop();
+                stopped.push(arbiter);
+            }
+            stopped
+        })
+        .into_iter()
+        .for_each(|a| {
+            let _ = a.join();
+        });
     Ok(())
 }
 

@@ -115,14 +115,17 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| "unclosed `${` (write `${NAME}`, or `$$` for a dollar sign)".to_owned())?;
+            let end = body.find('}').ok_or_else(|| {
+                "unclosed `${` (write `${NAME}`, or `$$` for a dollar sign)".to_owned()
+            })?;
             let name = &body[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
             }
-            let value = lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -301,8 +304,10 @@ impl Config {
 
     /// The config used when no file is given: one console bot whose local user is an admin.
     pub fn console_default() -> Self {
-        let mut options = BotOptions::default();
-        options.admins = vec!["console".into()];
+        let options = BotOptions {
+            admins: vec!["console".into()],
+            ..BotOptions::default()
+        };
         Self {
             path: PathBuf::from("<built-in>"),
             log: LogConfig::default(),
@@ -335,8 +340,13 @@ fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
             hint: None,
         }])
     };
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| fail(String::new(), e.span().map(|s| line_of(text, s.start)), e.message().to_owned()))?;
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        fail(
+            String::new(),
+            e.span().map(|s| line_of(text, s.start)),
+            e.message().to_owned(),
+        )
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.inner();
@@ -380,7 +390,11 @@ impl Validator<'_> {
             None => default,
             Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
             Some(s) => {
-                self.error(key, format!("{s} is not a positive number of seconds"), None);
+                self.error(
+                    key,
+                    format!("{s} is not a positive number of seconds"),
+                    None,
+                );
                 default
             }
         }
@@ -400,7 +414,11 @@ impl Validator<'_> {
             }
             Some(r) if r.is_finite() && r >= 0.0 => Some(Rate::new(r, burst.unwrap_or(1).max(1))),
             Some(r) => {
-                self.error(key.to_owned(), format!("{r} is not a rate"), Some("lines per second; 0 means unlimited"));
+                self.error(
+                    key.to_owned(),
+                    format!("{r} is not a rate"),
+                    Some("lines per second; 0 means unlimited"),
+                );
                 None
             }
         }
@@ -417,7 +435,11 @@ impl Validator<'_> {
             );
         }
         if raw.bot.is_empty() {
-            self.error("bot".into(), "no bot is defined", Some("add a [[bot]] table with a name"));
+            self.error(
+                "bot".into(),
+                "no bot is defined",
+                Some("add a [[bot]] table with a name"),
+            );
         }
         let mut names = HashSet::new();
         let mut consoles = 0;
@@ -428,7 +450,11 @@ impl Validator<'_> {
             .map(|(i, b)| {
                 let bot = self.bot(i, b, raw.state.path.clone());
                 if !names.insert(bot.name.clone()) {
-                    self.error(format!("bot[{i}].name"), format!("bot name `{}` is used twice", bot.name), None);
+                    self.error(
+                        format!("bot[{i}].name"),
+                        format!("bot name `{}` is used twice", bot.name),
+                        None,
+                    );
                 }
                 if bot.transport.kind == "console" {
                     consoles += 1;
@@ -454,10 +480,17 @@ impl Validator<'_> {
         let k = format!("bot[{i}]");
         let mut o = BotOptions::default();
         if b.name.trim().is_empty() || b.name.chars().any(|c| c.is_control() || c == '/') {
-            self.error(format!("{k}.name"), "a bot needs a name without `/` or control characters", None);
+            self.error(
+                format!("{k}.name"),
+                "a bot needs a name without `/` or control characters",
+                None,
+            );
         }
         if let Some(prefix) = b.prefix {
-            if prefix.is_empty() || prefix.chars().any(char::is_whitespace) || prefix.chars().count() > 3 {
+            if prefix.is_empty()
+                || prefix.chars().any(char::is_whitespace)
+                || prefix.chars().count() > 3
+            {
                 self.error(
                     format!("{k}.prefix"),
                     format!("`{prefix}` cannot be a command prefix"),
@@ -468,18 +501,33 @@ impl Validator<'_> {
             }
         }
         o.admins = b.admins;
-        o.handler_timeout = self.secs(format!("{k}.handler_timeout_secs"), b.handler_timeout_secs, o.handler_timeout);
-        o.shutdown_deadline =
-            self.secs(format!("{k}.shutdown_deadline_secs"), b.shutdown_deadline_secs, o.shutdown_deadline);
+        o.handler_timeout = self.secs(
+            format!("{k}.handler_timeout_secs"),
+            b.handler_timeout_secs,
+            o.handler_timeout,
+        );
+        o.shutdown_deadline = self.secs(
+            format!("{k}.shutdown_deadline_secs"),
+            b.shutdown_deadline_secs,
+            o.shutdown_deadline,
+        );
         o.state_path = state_path;
 
         let s = b.supervisor;
         let d = RestartPolicy::default();
         o.restart = RestartPolicy {
             max_restarts: s.max_restarts.unwrap_or(d.max_restarts),
-            window: self.secs(format!("{k}.supervisor.window_secs"), s.window_secs, d.window),
-            backoff_initial: s.backoff_initial_ms.map_or(d.backoff_initial, Duration::from_millis),
-            backoff_max: s.backoff_max_ms.map_or(d.backoff_max, Duration::from_millis),
+            window: self.secs(
+                format!("{k}.supervisor.window_secs"),
+                s.window_secs,
+                d.window,
+            ),
+            backoff_initial: s
+                .backoff_initial_ms
+                .map_or(d.backoff_initial, Duration::from_millis),
+            backoff_max: s
+                .backoff_max_ms
+                .map_or(d.backoff_max, Duration::from_millis),
         };
         if o.restart.backoff_max < o.restart.backoff_initial {
             self.error(
@@ -492,13 +540,21 @@ impl Validator<'_> {
         let d = Budget::default();
         o.budget = Budget {
             per_minute: b.budget.commands_per_minute.unwrap_or(d.per_minute),
-            ignore_for: self.secs(format!("{k}.budget.ignore_secs"), b.budget.ignore_secs, d.ignore_for),
+            ignore_for: self.secs(
+                format!("{k}.budget.ignore_secs"),
+                b.budget.ignore_secs,
+                d.ignore_for,
+            ),
         };
 
         let ob = b.outbox;
         let d = OutboxSettings::default();
         if ob.max_line_bytes.is_some_and(|m| m < 16) {
-            self.error(format!("{k}.outbox.max_line_bytes"), "must be at least 16", None);
+            self.error(
+                format!("{k}.outbox.max_line_bytes"),
+                "must be at least 16",
+                None,
+            );
         }
         if ob.queue == Some(0) {
             self.error(format!("{k}.outbox.queue"), "must be at least 1", None);
@@ -506,16 +562,32 @@ impl Validator<'_> {
         o.outbox = OutboxSettings {
             max_line_bytes: ob.max_line_bytes,
             global: self.rate(&format!("{k}.outbox.rate"), ob.rate, ob.burst),
-            per_destination: self.rate(&format!("{k}.outbox.dest_rate"), ob.dest_rate, ob.dest_burst),
+            per_destination: self.rate(
+                &format!("{k}.outbox.dest_rate"),
+                ob.dest_rate,
+                ob.dest_burst,
+            ),
             queue: ob.queue.unwrap_or(d.queue),
             loop_repeats: ob.loop_repeats.unwrap_or(d.loop_repeats),
-            loop_window: self.secs(format!("{k}.outbox.loop_window_secs"), ob.loop_window_secs, d.loop_window),
+            loop_window: self.secs(
+                format!("{k}.outbox.loop_window_secs"),
+                ob.loop_window_secs,
+                d.loop_window,
+            ),
         };
 
         let d = ReconnectPolicy::default();
         o.reconnect = ReconnectPolicy {
-            initial: self.secs(format!("{k}.reconnect.initial_secs"), b.reconnect.initial_secs, d.initial),
-            max: self.secs(format!("{k}.reconnect.max_secs"), b.reconnect.max_secs, d.max),
+            initial: self.secs(
+                format!("{k}.reconnect.initial_secs"),
+                b.reconnect.initial_secs,
+                d.initial,
+            ),
+            max: self.secs(
+                format!("{k}.reconnect.max_secs"),
+                b.reconnect.max_secs,
+                d.max,
+            ),
             stable_after: d.stable_after,
         };
 
@@ -569,7 +641,9 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<ConfigError> {
-        Config::from_str(Path::new("bots.toml"), text).unwrap_err().0
+        Config::from_str(Path::new("bots.toml"), text)
+            .unwrap_err()
+            .0
     }
 
     #[test]
@@ -578,7 +652,11 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].file, Path::new("bots.toml"));
         assert_eq!(e[0].key, "bot[0].outbox.rat");
-        assert!(e[0].message.contains("unknown field `rat`"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("unknown field `rat`"),
+            "{}",
+            e[0].message
+        );
         assert_eq!(e[0].line, Some(4));
     }
 
@@ -591,7 +669,13 @@ mod tests {
         let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["bot[0].prefix", "bot[0].handler_timeout_secs", "bot[0].outbox.rate", "bot[1].name", "bot[1].transport.kind"]
+            [
+                "bot[0].prefix",
+                "bot[0].handler_timeout_secs",
+                "bot[0].outbox.rate",
+                "bot[1].name",
+                "bot[1].transport.kind"
+            ]
         );
         let shown = ConfigErrors(e).to_string();
         assert!(shown.contains("bots.toml:3: `bot[0].prefix`"), "{shown}");
@@ -623,7 +707,11 @@ mod tests {
     fn env_expansion_and_redaction() {
         let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_owned());
         assert_eq!(expand_env("a${TOKEN}b$$", env).unwrap(), "as3cretb$");
-        assert!(expand_env("${MISSING}", env).unwrap_err().contains("MISSING is not set"));
+        assert!(
+            expand_env("${MISSING}", env)
+                .unwrap_err()
+                .contains("MISSING is not set")
+        );
         assert!(expand_env("${TOKEN", env).is_err());
         let s = Secret::new("s3cret");
         assert!(!format!("{s:?}").contains("s3cret"));

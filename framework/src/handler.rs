@@ -83,7 +83,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(shared: Arc<BotShared>, reply_to: Destination, sender: Option<Arc<str>>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<BotShared>,
+        reply_to: Destination,
+        sender: Option<Arc<str>>,
+    ) -> Self {
         Self {
             shared,
             reply_to,
@@ -136,7 +140,9 @@ impl Context {
 
     /// Whether the sender of the message being handled is an admin.
     pub fn sender_is_admin(&self) -> bool {
-        self.sender.as_deref().is_some_and(|s| self.shared.is_admin(s))
+        self.sender
+            .as_deref()
+            .is_some_and(|s| self.shared.is_admin(s))
     }
 }
 
@@ -194,7 +200,9 @@ pub(crate) struct HandlerHost<H: Handler> {
 
 impl<H: Handler> std::fmt::Debug for HandlerHost<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HandlerHost").field("name", &H::NAME).finish_non_exhaustive()
+        f.debug_struct("HandlerHost")
+            .field("name", &H::NAME)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,7 +220,9 @@ impl<H: Handler> HandlerHost<H> {
     }
 
     fn set_state(&self, state: ActorState) {
-        self.shared.health.update(ActorKind::Handler, H::NAME, |s| s.state = state);
+        self.shared
+            .health
+            .update(ActorKind::Handler, H::NAME, |s| s.state = state);
     }
 
     /// Builds a fresh instance; a factory that panics counts as another crash.
@@ -245,7 +255,11 @@ impl<H: Handler> HandlerHost<H> {
                     "restart",
                     format!("{why}; fresh instance in {delay:?} (restart {restarts})"),
                 );
-                ctx.wait(actix::clock::sleep(delay).into_actor(self).map(|(), act, ctx| act.fresh(ctx)));
+                ctx.wait(
+                    actix::clock::sleep(delay)
+                        .into_actor(self)
+                        .map(|(), act, ctx| act.fresh(ctx)),
+                );
             }
             Verdict::GiveUp => {
                 self.set_state(ActorState::Failed);
@@ -288,7 +302,9 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
         let timeout = self.timeout;
         let run = async move {
             let result = match job.work {
-                Work::Command(call) => tokio::time::timeout(timeout, handler.command(&mut cx, call)).await,
+                Work::Command(call) => {
+                    tokio::time::timeout(timeout, handler.command(&mut cx, call)).await
+                }
                 Work::Match(m) => tokio::time::timeout(timeout, handler.matched(&mut cx, m)).await,
             };
             (handler, result)
@@ -296,7 +312,9 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
         let done = job.done;
         let fut = AssertUnwindSafe(run).catch_unwind();
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-            act.shared.health.update(ActorKind::Handler, H::NAME, |s| s.handled += 1);
+            act.shared
+                .health
+                .update(ActorKind::Handler, H::NAME, |s| s.handled += 1);
             match res {
                 Ok((handler, result)) => {
                     act.handler = Some(handler);
@@ -306,15 +324,18 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
                             if let Error::Internal(inner) = &e {
                                 tracing::error!(handler = H::NAME, error = %inner, "handler error");
                                 act.shared.health.update(ActorKind::Handler, H::NAME, |s| {
-                                    s.last_error = Some((std::time::SystemTime::now(), inner.to_string()));
+                                    s.last_error =
+                                        Some((std::time::SystemTime::now(), inner.to_string()));
                                 });
                             }
                             Outcome::Failed(e)
                         }
                         Err(_) => {
                             act.shared.health.update(ActorKind::Handler, H::NAME, |s| {
-                                s.last_error =
-                                    Some((std::time::SystemTime::now(), format!("timed out after {timeout:?}")));
+                                s.last_error = Some((
+                                    std::time::SystemTime::now(),
+                                    format!("timed out after {timeout:?}"),
+                                ));
                             });
                             Outcome::TimedOut(timeout)
                         }
@@ -343,5 +364,8 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 /// Runs `fut` to completion, turning a panic into an error string.
 pub(crate) async fn catch<F: Future>(fut: F) -> Result<F::Output, String> {
-    AssertUnwindSafe(fut).catch_unwind().await.map_err(|p| panic_message(&*p))
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|p| panic_message(&*p))
 }

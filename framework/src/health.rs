@@ -213,7 +213,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// The record of the named child of the given kind.
     pub fn actor(&self, kind: ActorKind, name: &str) -> Option<&ActorStatus> {
-        self.actors.iter().find(|a| a.kind == kind && a.name == name)
+        self.actors
+            .iter()
+            .find(|a| a.kind == kind && a.name == name)
     }
 }
 
@@ -302,7 +304,8 @@ impl Health {
 fn overall(actors: &[ActorStatus]) -> BotHealth {
     let transport_down = actors.iter().any(|a| {
         a.kind == ActorKind::Transport
-            && (a.state == ActorState::Failed || matches!(a.conn, Some(ConnState::Reconnecting { .. })))
+            && (a.state == ActorState::Failed
+                || matches!(a.conn, Some(ConnState::Reconnecting { .. })))
     });
     if transport_down {
         BotHealth::Critical

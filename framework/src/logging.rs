@@ -13,7 +13,12 @@ pub fn init(config: &LogConfig) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| config.level.as_deref().and_then(|l| EnvFilter::try_new(l).ok()))
+        .or_else(|| {
+            config
+                .level
+                .as_deref()
+                .and_then(|l| EnvFilter::try_new(l).ok())
+        })
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -25,7 +30,9 @@ pub fn init(config: &LogConfig) {
     if installed.is_ok() {
         std::panic::set_hook(Box::new(|info| {
             let message = crate::handler::panic_message(info.payload());
-            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
             tracing::error!(panic = %message, at = at.as_deref().unwrap_or("?"), "panic caught");
         }));
     }

@@ -123,10 +123,20 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(opts: OutboxOptions, transport: mpsc::Sender<Delivery>, health: Health) -> Self {
+    pub(crate) fn new(
+        opts: OutboxOptions,
+        transport: mpsc::Sender<Delivery>,
+        health: Health,
+    ) -> Self {
         let limiters = Limiters {
-            global: opts.global.and_then(Rate::quota).map(governor::RateLimiter::direct),
-            keyed: opts.per_destination.and_then(Rate::quota).map(governor::RateLimiter::hashmap),
+            global: opts
+                .global
+                .and_then(Rate::quota)
+                .map(governor::RateLimiter::direct),
+            keyed: opts
+                .per_destination
+                .and_then(Rate::quota)
+                .map(governor::RateLimiter::hashmap),
         };
         Self {
             opts,
@@ -151,8 +161,14 @@ impl Outbox {
         }
         let now = Instant::now();
         let window = self.opts.loop_window;
-        let seen = self.recent.entry((dest.clone(), text.to_owned())).or_default();
-        while seen.front().is_some_and(|t| now.duration_since(*t) > window) {
+        let seen = self
+            .recent
+            .entry((dest.clone(), text.to_owned()))
+            .or_default();
+        while seen
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             seen.pop_front();
         }
         if seen.len() as u32 >= self.opts.loop_repeats {
@@ -186,7 +202,9 @@ impl Outbox {
     fn take_next(&mut self) -> Result<Option<(Destination, String)>, Duration> {
         let mut wait = None::<Duration>;
         for _ in 0..self.rotation.len() {
-            let Some(dest) = self.rotation.pop_front() else { break };
+            let Some(dest) = self.rotation.pop_front() else {
+                break;
+            };
             let allowed = match &self.limiters.keyed {
                 None => Ok(()),
                 Some(l) => l
@@ -195,13 +213,17 @@ impl Outbox {
             };
             match allowed {
                 Ok(()) => {
-                    let q = self.queues.get_mut(&dest).expect("rotation holds queued destinations");
+                    let q = self
+                        .queues
+                        .get_mut(&dest)
+                        .expect("rotation holds queued destinations");
                     let line = q.pop_front().expect("queues in rotation are not empty");
                     self.queued -= 1;
                     if q.is_empty() {
                         self.queues.remove(&dest);
                         if let Some(n) = self.dropped.remove(&dest) {
-                            let notice = format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
+                            let notice =
+                                format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
                             self.enqueue(dest.clone(), notice, true);
                         }
                     } else {
@@ -256,7 +278,8 @@ impl Outbox {
                 let fut = async move {
                     if let Some(global) = &limiters.global {
                         while let Err(nu) = global.check() {
-                            actix::clock::sleep(nu.wait_time_from(DefaultClock::default().now())).await;
+                            actix::clock::sleep(nu.wait_time_from(DefaultClock::default().now()))
+                                .await;
                         }
                     }
                     let (ack, acked) = oneshot::channel();
@@ -303,8 +326,10 @@ impl Actor for Outbox {
         ctx.run_interval(Duration::from_secs(60), |act, _| {
             let now = Instant::now();
             let window = act.opts.loop_window;
-            act.recent
-                .retain(|_, seen| seen.back().is_some_and(|t| now.duration_since(*t) <= window));
+            act.recent.retain(|_, seen| {
+                seen.back()
+                    .is_some_and(|t| now.duration_since(*t) <= window)
+            });
             if let Some(k) = &act.limiters.keyed {
                 k.retain_recent();
             }

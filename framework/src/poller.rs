@@ -97,12 +97,19 @@ pub(crate) struct PollerHost<P: Poller> {
 
 impl<P: Poller> std::fmt::Debug for PollerHost<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PollerHost").field("name", &P::NAME).finish_non_exhaustive()
+        f.debug_struct("PollerHost")
+            .field("name", &P::NAME)
+            .finish_non_exhaustive()
     }
 }
 
 impl<P: Poller> PollerHost<P> {
-    pub(crate) fn new(factory: Factory<P>, opts: PollerOptions, shared: Arc<BotShared>, store: Store) -> Self {
+    pub(crate) fn new(
+        factory: Factory<P>,
+        opts: PollerOptions,
+        shared: Arc<BotShared>,
+        store: Store,
+    ) -> Self {
         let restarts = Restarts::new(shared.options.restart);
         Self {
             factory,
@@ -130,13 +137,15 @@ impl<P: Poller> PollerHost<P> {
     fn tick(&mut self, ctx: &mut actix::Context<Self>) {
         let mut poller = match self.poller.take() {
             Some(p) => p,
-            None => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)())) {
-                Ok(p) => Box::new(p),
-                Err(payload) => {
-                    let why = crate::handler::panic_message(&*payload);
-                    return self.crashed(format!("factory panicked: {why}"), ctx);
+            None => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)())) {
+                    Ok(p) => Box::new(p),
+                    Err(payload) => {
+                        let why = crate::handler::panic_message(&*payload);
+                        return self.crashed(format!("factory panicked: {why}"), ctx);
+                    }
                 }
-            },
+            }
         };
         self.update(|s| {
             s.state = ActorState::Running;
@@ -148,52 +157,63 @@ impl<P: Poller> PollerHost<P> {
             let r = tokio::time::timeout(timeout, poller.poll()).await;
             (poller, r)
         });
-        ctx.wait(fut.into_actor(self).then(move |res, act, _| {
-            let store = act.store.clone();
-            let scope = act.scope();
-            async move {
-                match res {
-                    Ok((poller, Ok(Ok(items)))) => {
-                        let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-                        let fresh = tokio::task::spawn_blocking(move || store.observe(&scope, &ids))
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r.map_err(|e| e.to_string()));
-                        (Some(poller), fresh.map(|f| (items, f)))
-                    }
-                    Ok((poller, Ok(Err(e)))) => (Some(poller), Err(e.to_string())),
-                    Ok((poller, Err(_))) => (Some(poller), Err(format!("poll timed out after {timeout:?}"))),
-                    Err(panic) => (None, Err(format!("panicked: {panic}"))),
-                }
-            }
-            .into_actor(act)
-        })
-        .map(|(poller, result), act, ctx| {
-            let panicked = poller.is_none();
-            act.poller = poller;
-            match result {
-                Ok((items, fresh)) => {
-                    let mut posted = 0u64;
-                    for (item, new) in items.iter().zip(fresh) {
-                        if !new {
-                            continue;
-                        }
-                        posted += 1;
-                        for dest in &act.opts.post_to {
-                            act.shared.outbox.do_send(Say(Outgoing::new(dest.clone(), item.text.clone())));
+        ctx.wait(
+            fut.into_actor(self)
+                .then(move |res, act, _| {
+                    let store = act.store.clone();
+                    let scope = act.scope();
+                    async move {
+                        match res {
+                            Ok((poller, Ok(Ok(items)))) => {
+                                let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+                                let fresh = tokio::task::spawn_blocking(move || {
+                                    store.observe(&scope, &ids)
+                                })
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|r| r.map_err(|e| e.to_string()));
+                                (Some(poller), fresh.map(|f| (items, f)))
+                            }
+                            Ok((poller, Ok(Err(e)))) => (Some(poller), Err(e.to_string())),
+                            Ok((poller, Err(_))) => (
+                                Some(poller),
+                                Err(format!("poll timed out after {timeout:?}")),
+                            ),
+                            Err(panic) => (None, Err(format!("panicked: {panic}"))),
                         }
                     }
-                    act.update(|s| s.handled += posted);
-                }
-                Err(why) if panicked => return act.crashed(why, ctx),
-                Err(why) => {
-                    tracing::warn!(poller = P::NAME, error = %why, "poll failed");
-                    act.update(|s| s.last_error = Some((SystemTime::now(), why)));
-                }
-            }
-            let every = act.opts.every;
-            act.schedule(every, ctx);
-        }));
+                    .into_actor(act)
+                })
+                .map(|(poller, result), act, ctx| {
+                    let panicked = poller.is_none();
+                    act.poller = poller;
+                    match result {
+                        Ok((items, fresh)) => {
+                            let mut posted = 0u64;
+                            for (item, new) in items.iter().zip(fresh) {
+                                if !new {
+                                    continue;
+                                }
+                                posted += 1;
+                                for dest in &act.opts.post_to {
+                                    act.shared.outbox.do_send(Say(Outgoing::new(
+                                        dest.clone(),
+                                        item.text.clone(),
+                                    )));
+                                }
+                            }
+                            act.update(|s| s.handled += posted);
+                        }
+                        Err(why) if panicked => return act.crashed(why, ctx),
+                        Err(why) => {
+                            tracing::warn!(poller = P::NAME, error = %why, "poll failed");
+                            act.update(|s| s.last_error = Some((SystemTime::now(), why)));
+                        }
+                    }
+                    let every = act.opts.every;
+                    act.schedule(every, ctx);
+                }),
+        );
     }
 
     fn crashed(&mut self, why: String, ctx: &mut actix::Context<Self>) {

@@ -120,7 +120,10 @@ pub enum RouteError {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
 }
 
 impl RouteTable {
@@ -159,7 +162,8 @@ impl RouteTable {
                 owners.push((h, p));
             }
         }
-        let set = RegexSet::new(patterns.iter().map(Regex::as_str)).expect("each pattern compiled alone");
+        let set =
+            RegexSet::new(patterns.iter().map(Regex::as_str)).expect("each pattern compiled alone");
         Ok(Self {
             prefix: prefix.to_owned(),
             commands,
@@ -271,7 +275,9 @@ pub(crate) struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("prefix", &self.table.prefix).finish_non_exhaustive()
+        f.debug_struct("Router")
+            .field("prefix", &self.table.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -315,7 +321,9 @@ impl Router {
 
     /// Spends one unit of the sender's budget; false if the command must be ignored.
     fn within_budget(&mut self, msg: &Incoming) -> bool {
-        let Some(limiter) = &self.budget else { return true };
+        let Some(limiter) = &self.budget else {
+            return true;
+        };
         let id = &msg.sender.id;
         if self.shared.is_admin(id) {
             return true;
@@ -343,7 +351,13 @@ impl Router {
         false
     }
 
-    fn dispatch(&mut self, handler: usize, work: Work, reply_to: Destination, what: Option<(String, Incoming)>) {
+    fn dispatch(
+        &mut self,
+        handler: usize,
+        work: Work,
+        reply_to: Destination,
+        what: Option<(String, Incoming)>,
+    ) {
         let (hname, host) = self.hosts[handler].clone();
         let (started_tx, started_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
@@ -377,14 +391,26 @@ impl Router {
                 Outcome::Done => return,
                 Outcome::Failed(e) => e.user_message(&what),
                 Outcome::Panicked => format!("sorry, {what} crashed; it is being restarted"),
-                Outcome::TimedOut(t) => format!("{what} took longer than {} and was stopped", short_duration(t)),
+                Outcome::TimedOut(t) => format!(
+                    "{what} took longer than {} and was stopped",
+                    short_duration(t)
+                ),
                 Outcome::Unavailable => Error::Unavailable { command: what }.to_string(),
             };
-            shared.outbox.do_send(Say(Outgoing::new(msg.reply_to(), address(&msg, &text))));
+            shared
+                .outbox
+                .do_send(Say(Outgoing::new(msg.reply_to(), address(&msg, &text))));
         });
     }
 
-    fn on_command(&mut self, msg: Incoming, handler: usize, command: &'static Command, invoked_as: String, args: String) {
+    fn on_command(
+        &mut self,
+        msg: Incoming,
+        handler: usize,
+        command: &'static Command,
+        invoked_as: String,
+        args: String,
+    ) {
         let prefix = self.table.prefix.clone();
         let what = format!("{prefix}{}", command.name);
         if command.admin && !self.shared.is_admin(&msg.sender.id) {
@@ -399,7 +425,14 @@ impl Router {
                 let elapsed = now.duration_since(*last);
                 if elapsed < cd {
                     let secs = (cd - elapsed).as_secs_f64().ceil() as u64;
-                    self.tell(&msg, &Error::Cooldown { command: what, secs }.to_string());
+                    self.tell(
+                        &msg,
+                        &Error::Cooldown {
+                            command: what,
+                            secs,
+                        }
+                        .to_string(),
+                    );
                     return;
                 }
             }
@@ -452,7 +485,12 @@ impl Actor for Router {
             let now = Instant::now();
             act.ignored.retain(|_, until| *until > now);
             act.cooldowns.retain(|(_, name), last| {
-                let cd = act.table.commands.get(*name).and_then(|(_, c)| c.cooldown()).unwrap_or_default();
+                let cd = act
+                    .table
+                    .commands
+                    .get(*name)
+                    .and_then(|(_, c)| c.cooldown())
+                    .unwrap_or_default();
                 now.duration_since(*last) < cd
             });
             if let Some(b) = &act.budget {
@@ -501,10 +539,15 @@ impl actix::Handler<Inbound> for Router {
                 for p in patterns {
                     let (handler, local) = self.table.owner(p);
                     let re = self.table.regex(p);
-                    let Some(caps) = re.captures(&msg.text) else { continue };
+                    let Some(caps) = re.captures(&msg.text) else {
+                        continue;
+                    };
                     let m = Match {
                         pattern: local,
-                        captures: caps.iter().map(|c| c.map(|c| c.as_str().to_owned())).collect(),
+                        captures: caps
+                            .iter()
+                            .map(|c| c.map(|c| c.as_str().to_owned()))
+                            .collect(),
                         names: re.capture_names().map(|n| n.map(str::to_owned)).collect(),
                         message: msg.clone(),
                     };
@@ -562,7 +605,12 @@ mod tests {
             (Incoming::direct(Sender::new("alice"), "!echo hi"), "echo"),
         ] {
             match t.route(&msg, "bot") {
-                Route::Command { command, invoked_as, args, .. } => {
+                Route::Command {
+                    command,
+                    invoked_as,
+                    args,
+                    ..
+                } => {
                     assert_eq!(command.name, "echo");
                     assert_eq!(invoked_as, name);
                     assert_eq!(args, "hi");
@@ -576,8 +624,14 @@ mod tests {
     fn plain_room_chatter_is_nothing_or_passive() {
         let t = table();
         assert_eq!(t.route(&room("hello there"), "bot"), Route::Nothing);
-        assert_eq!(t.route(&room("see https://example.org"), "bot"), Route::Passive(vec![0]));
-        assert_eq!(t.route(&room("!nope"), "bot"), Route::Unknown { name: "nope" });
+        assert_eq!(
+            t.route(&room("see https://example.org"), "bot"),
+            Route::Passive(vec![0])
+        );
+        assert_eq!(
+            t.route(&room("!nope"), "bot"),
+            Route::Unknown { name: "nope" }
+        );
         assert_eq!(t.route(&room("!!!"), "bot"), Route::Nothing);
         assert_eq!(t.route(&room("bot:"), "bot"), Route::Nothing);
     }

@@ -37,7 +37,9 @@ pub struct Store {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Store {
@@ -48,7 +50,8 @@ impl Store {
             message,
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| err(format!("cannot create directory: {e}")))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err(format!("cannot create directory: {e}")))?;
         }
         let db = Database::create(path).map_err(|e| err(e.to_string()))?;
         let w = db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -91,7 +94,10 @@ impl Store {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 let key = format!("{scope}\0{id}");
-                let known = seen.insert(key.as_str(), now).map_err(|e| self.err(e))?.is_some();
+                let known = seen
+                    .insert(key.as_str(), now)
+                    .map_err(|e| self.err(e))?
+                    .is_some();
                 out.push(!first && !known);
             }
             // Prune ids that left the source long ago.
@@ -120,7 +126,10 @@ impl Store {
         let seen = r.open_table(SEEN).map_err(|e| self.err(e))?;
         let lo = format!("{scope}\0");
         let hi = format!("{scope}\u{1}");
-        Ok(seen.range(lo.as_str()..hi.as_str()).map_err(|e| self.err(e))?.count())
+        Ok(seen
+            .range(lo.as_str()..hi.as_str())
+            .map_err(|e| self.err(e))?
+            .count())
     }
 }
 
@@ -137,13 +146,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.observe("b/p", &ids(&["1", "2"])).unwrap(), [false, false]);
-        assert_eq!(store.observe("b/p", &ids(&["1", "2", "3"])).unwrap(), [false, false, true]);
+        assert_eq!(
+            store.observe("b/p", &ids(&["1", "2"])).unwrap(),
+            [false, false]
+        );
+        assert_eq!(
+            store.observe("b/p", &ids(&["1", "2", "3"])).unwrap(),
+            [false, false, true]
+        );
         // Scopes are independent.
         assert_eq!(store.observe("b/q", &ids(&["3"])).unwrap(), [false]);
         drop(store);
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.observe("b/p", &ids(&["3", "4"])).unwrap(), [false, true]);
+        assert_eq!(
+            store.observe("b/p", &ids(&["3", "4"])).unwrap(),
+            [false, true]
+        );
         assert_eq!(store.seen_count("b/p").unwrap(), 4);
     }
 }

@@ -126,13 +126,25 @@ mod tests {
         };
         let mut r = Restarts::new(policy);
         let t = Instant::now();
-        assert_eq!(r.record(t), Verdict::RestartAfter(Duration::from_millis(100)));
-        assert_eq!(r.record(t), Verdict::RestartAfter(Duration::from_millis(200)));
-        assert_eq!(r.record(t), Verdict::RestartAfter(Duration::from_millis(250)));
+        assert_eq!(
+            r.record(t),
+            Verdict::RestartAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            r.record(t),
+            Verdict::RestartAfter(Duration::from_millis(200))
+        );
+        assert_eq!(
+            r.record(t),
+            Verdict::RestartAfter(Duration::from_millis(250))
+        );
         assert_eq!(r.record(t), Verdict::GiveUp);
         // Outside the window the budget is whole again.
         let later = t + Duration::from_secs(61);
-        assert_eq!(r.record(later), Verdict::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(
+            r.record(later),
+            Verdict::RestartAfter(Duration::from_millis(100))
+        );
         assert_eq!(r.total(), 4);
     }
 

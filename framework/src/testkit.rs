@@ -67,7 +67,9 @@ struct Running {
 
 impl std::fmt::Debug for TestBot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestBot").field("started", &self.running.is_some()).finish_non_exhaustive()
+        f.debug_struct("TestBot")
+            .field("started", &self.running.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,7 +111,9 @@ impl TestBot {
     }
 
     fn builder(&mut self) -> BotBuilder {
-        self.builder.take().expect("the bot has started: add handlers before the first send")
+        self.builder
+            .take()
+            .expect("the bot has started: add handlers before the first send")
     }
 
     /// Adds a handler (restarted from a clone after a crash).
@@ -125,7 +129,11 @@ impl TestBot {
     }
 
     /// Adds a poller.
-    pub fn poller<P: Poller>(mut self, opts: PollerOptions, factory: impl Fn() -> P + Send + Sync + 'static) -> Self {
+    pub fn poller<P: Poller>(
+        mut self,
+        opts: PollerOptions,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> Self {
         self.builder = Some(self.builder().poller(opts, factory));
         self
     }
@@ -147,7 +155,10 @@ impl TestBot {
         if self.running.is_some() {
             return self;
         }
-        let bot = self.builder().build().unwrap_or_else(|e| panic!("test bot does not build: {e}"));
+        let bot = self
+            .builder()
+            .build()
+            .unwrap_or_else(|e| panic!("test bot does not build: {e}"));
         self.health = Some(bot.health());
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
@@ -169,7 +180,10 @@ impl TestBot {
             })
             .expect("spawn test bot thread");
         self.remote = self.pending.take();
-        self.running = Some(Running { shutdown, stopped: rx });
+        self.running = Some(Running {
+            shutdown,
+            stopped: rx,
+        });
         self
     }
 
@@ -249,7 +263,9 @@ impl TestBot {
 
     /// Shuts the bot down gracefully and returns what it said while doing so.
     pub async fn shutdown(mut self) -> Vec<Said> {
-        let Some(running) = self.running.take() else { return Vec::new() };
+        let Some(running) = self.running.take() else {
+            return Vec::new();
+        };
         running.shutdown.cancel();
         let mut out = Vec::new();
         let remote = self.remote.as_mut().expect("started");

@@ -159,7 +159,8 @@ impl Link {
     /// Updates the detail `!status` shows without changing the state.
     pub fn set_detail(&self, detail: impl Into<String>) {
         let detail = detail.into();
-        self.health.update(ActorKind::Transport, self.kind, |s| s.detail = Some(detail));
+        self.health
+            .update(ActorKind::Transport, self.kind, |s| s.detail = Some(detail));
     }
 
     /// Sets the bot's current nick (used for `nick: command` addressing).
@@ -215,7 +216,12 @@ impl<T: Transport> std::fmt::Debug for TransportHost<T> {
 }
 
 impl<T: Transport> TransportHost<T> {
-    pub(crate) fn new(transport: T, link: Link, policy: ReconnectPolicy, finished: oneshot::Sender<()>) -> Self {
+    pub(crate) fn new(
+        transport: T,
+        link: Link,
+        policy: ReconnectPolicy,
+        finished: oneshot::Sender<()>,
+    ) -> Self {
         Self {
             transport: Some(Box::new(transport)),
             link: Some(link),
@@ -229,7 +235,8 @@ impl<T: Transport> Actor for TransportHost<T> {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (Some(mut transport), Some(mut link)) = (self.transport.take(), self.link.take()) else {
+        let (Some(mut transport), Some(mut link)) = (self.transport.take(), self.link.take())
+        else {
             return;
         };
         let policy = self.policy;
@@ -264,8 +271,11 @@ impl<T: Transport> Actor for TransportHost<T> {
                     s.reconnects += 1;
                     s.last_error = Some((std::time::SystemTime::now(), why.clone()));
                 });
-                link.health
-                    .heal_event("transport", "reconnect", format!("{why}; next attempt in {delay:.1?}"));
+                link.health.heal_event(
+                    "transport",
+                    "reconnect",
+                    format!("{why}; next attempt in {delay:.1?}"),
+                );
                 actix::clock::sleep(delay).await;
             }
             link.health.update(ActorKind::Transport, kind, |s| {

@@ -88,10 +88,10 @@ struct Crowd<const N: usize> {
 }
 
 const NAMES: [&str; 50] = [
-    "c00", "c01", "c02", "c03", "c04", "c05", "c06", "c07", "c08", "c09", "c10", "c11", "c12", "c13", "c14", "c15",
-    "c16", "c17", "c18", "c19", "c20", "c21", "c22", "c23", "c24", "c25", "c26", "c27", "c28", "c29", "c30", "c31",
-    "c32", "c33", "c34", "c35", "c36", "c37", "c38", "c39", "c40", "c41", "c42", "c43", "c44", "c45", "c46", "c47",
-    "c48", "c49",
+    "c00", "c01", "c02", "c03", "c04", "c05", "c06", "c07", "c08", "c09", "c10", "c11", "c12",
+    "c13", "c14", "c15", "c16", "c17", "c18", "c19", "c20", "c21", "c22", "c23", "c24", "c25",
+    "c26", "c27", "c28", "c29", "c30", "c31", "c32", "c33", "c34", "c35", "c36", "c37", "c38",
+    "c39", "c40", "c41", "c42", "c43", "c44", "c45", "c46", "c47", "c48", "c49",
 ];
 
 impl<const N: usize> Handler for Crowd<N> {
@@ -129,7 +129,10 @@ async fn fifty_threads_replying_at_once_stay_within_the_rate() {
     assert_paced(&said, rate);
     let mut texts: Vec<String> = said.into_iter().map(|s| s.text).collect();
     texts.sort();
-    let mut expected: Vec<String> = NAMES.iter().flat_map(|n| (0..10).map(move |i| format!("{n} {i}"))).collect();
+    let mut expected: Vec<String> = NAMES
+        .iter()
+        .flat_map(|n| (0..10).map(move |i| format!("{n} {i}")))
+        .collect();
     expected.sort();
     assert_eq!(texts, expected, "all 500 replies, none lost");
 }
@@ -214,7 +217,11 @@ async fn a_full_queue_drops_and_says_so_once() {
         if t.starts_with('…') {
             let n: u64 = t.split_whitespace().nth(1).unwrap().parse().unwrap();
             assert_eq!(t, format!("… {n} lines dropped"));
-            assert_eq!(lines.len() as u64 + n, 50, "what was sent plus what was dropped");
+            assert_eq!(
+                lines.len() as u64 + n,
+                50,
+                "what was sent plus what was dropped"
+            );
             assert_eq!(bot.status().outbox.dropped, n);
             break;
         }
@@ -224,7 +231,11 @@ async fn a_full_queue_drops_and_says_so_once() {
     let expected: Vec<String> = (1..=lines.len()).map(|i| format!("line {i}")).collect();
     assert_eq!(lines, expected);
     bot.send("!lines 2");
-    assert_eq!(bot.replies(2).await, ["line 1", "line 2"], "one notice only");
+    assert_eq!(
+        bot.replies(2).await,
+        ["line 1", "line 2"],
+        "one notice only"
+    );
 }
 
 #[tokio::test]
@@ -237,5 +248,8 @@ async fn shutdown_drains_what_was_already_said() {
     let texts: Vec<String> = rest.into_iter().map(|s| s.text).collect();
     let expected: Vec<String> = (2..=150).map(|i| format!("line {i}")).collect();
     assert_eq!(texts, expected, "nothing lost at shutdown");
-    assert!(started.elapsed() < Duration::from_secs(10), "drained within the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained within the deadline"
+    );
 }

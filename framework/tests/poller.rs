@@ -14,7 +14,10 @@ struct Source(Arc<Mutex<Vec<Item>>>);
 
 impl Source {
     fn push(&self, id: &str) {
-        self.0.lock().unwrap().push(Item::new(id, format!("new: {id}")));
+        self.0
+            .lock()
+            .unwrap()
+            .push(Item::new(id, format!("new: {id}")));
     }
 }
 
@@ -47,7 +50,11 @@ fn opts() -> PollerOptions {
 
 fn feed_bot(store: &Store, source: &Source) -> TestBot {
     let source = source.clone();
-    TestBot::new().store(store.clone()).poller(opts(), move || Feed { source: source.clone() })
+    TestBot::new()
+        .store(store.clone())
+        .poller(opts(), move || Feed {
+            source: source.clone(),
+        })
 }
 
 #[tokio::test]
@@ -67,8 +74,14 @@ async fn posts_only_new_items_and_nothing_old_after_a_restart() {
     }
     source.push("c");
     let s = bot.said().await;
-    assert_eq!((s.dest, s.text.as_str()), (Destination::room("#feed"), "new: c"));
-    assert!(bot.shutdown().await.is_empty(), "a, b and c are never posted again");
+    assert_eq!(
+        (s.dest, s.text.as_str()),
+        (Destination::room("#feed"), "new: c")
+    );
+    assert!(
+        bot.shutdown().await.is_empty(),
+        "a, b and c are never posted again"
+    );
     drop(store);
 
     // A new bot on the same file: old items stay quiet, only d is new.
@@ -104,13 +117,23 @@ async fn a_failing_poll_is_shown_and_a_panicking_poller_restarted() {
     source.0.lock().unwrap().clear();
     source.push("explode");
     let restarted = loop {
-        let a = bot.status().actor(ActorKind::Poller, "feed").cloned().unwrap();
+        let a = bot
+            .status()
+            .actor(ActorKind::Poller, "feed")
+            .cloned()
+            .unwrap();
         if a.restarts > 0 {
             break a;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert!(restarted.last_error.unwrap().1.contains("feed parser crashed"));
+    assert!(
+        restarted
+            .last_error
+            .unwrap()
+            .1
+            .contains("feed parser crashed")
+    );
 
     // Once the source is sane again the fresh instance polls normally and posts new items.
     source.0.lock().unwrap().clear();
@@ -121,5 +144,8 @@ async fn a_failing_poll_is_shown_and_a_panicking_poller_restarted() {
     }
     source.push("y");
     assert_eq!(bot.reply().await, "new: y");
-    assert_eq!(bot.status().actor(ActorKind::Poller, "feed").unwrap().state, ActorState::Running);
+    assert_eq!(
+        bot.status().actor(ActorKind::Poller, "feed").unwrap().state,
+        ActorState::Running
+    );
 }

@@ -48,14 +48,21 @@ async fn replies_made_while_disconnected_are_sent_after_the_reconnect() {
     bot.refuse_connections(true).drop_connection();
     let down = loop {
         let s = bot.status();
-        if matches!(s.actor(ActorKind::Transport, "memory").and_then(|a| a.conn.clone()), Some(ConnState::Reconnecting { .. })) {
+        if matches!(
+            s.actor(ActorKind::Transport, "memory")
+                .and_then(|a| a.conn.clone()),
+            Some(ConnState::Reconnecting { .. })
+        ) {
             break s;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(down.health, BotHealth::Critical);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(bot.drain_said().is_empty(), "nothing can be said while down");
+    assert!(
+        bot.drain_said().is_empty(),
+        "nothing can be said while down"
+    );
     bot.refuse_connections(false);
     assert_eq!(bot.reply().await, "late answer");
 
@@ -96,8 +103,19 @@ fn one_failing_bot_leaves_the_other_answering() {
         // The bad bot cannot deliver its last apology; do not wait long for it at the end.
         o.shutdown_deadline = Duration::from_millis(500);
     };
-    let bad_bot = Bot::builder("bad").transport(t_bad).handler(Hog).handler(Echo).configure(fast).build().unwrap();
-    let good_bot = Bot::builder("good").transport(t_good).handler(Echo).configure(fast).build().unwrap();
+    let bad_bot = Bot::builder("bad")
+        .transport(t_bad)
+        .handler(Hog)
+        .handler(Echo)
+        .configure(fast)
+        .build()
+        .unwrap();
+    let good_bot = Bot::builder("good")
+        .transport(t_good)
+        .handler(Echo)
+        .configure(fast)
+        .build()
+        .unwrap();
     let good_health = good_bot.health();
     let bad_health = bad_bot.health();
     let shutdown = Shutdown::new();
@@ -106,7 +124,10 @@ fn one_failing_bot_leaves_the_other_answering() {
         std::thread::spawn(move || opsbot::run_until(vec![bad_bot, good_bot], shutdown, false))
     };
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let from = |who: &str, text: &str| Incoming::in_room("#ops", Sender::new(who), text);
         // The bad bot's thread is blocked by its hog, then its connection keeps failing.
@@ -116,7 +137,10 @@ fn one_failing_bot_leaves_the_other_answering() {
         bad.drop_connection("network unreachable");
         for i in 0..5 {
             assert!(good.send(from("b", &format!("!echo {i}"))));
-            let said: Said = tokio::time::timeout(Duration::from_secs(5), good.recv()).await.unwrap().unwrap();
+            let said: Said = tokio::time::timeout(Duration::from_secs(5), good.recv())
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(said.text, i.to_string());
         }
         assert_eq!(good_health.snapshot().health, BotHealth::Healthy);
@@ -124,9 +148,18 @@ fn one_failing_bot_leaves_the_other_answering() {
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let bad_status = bad_health.snapshot();
         assert_eq!(bad_status.health, BotHealth::Critical);
-        assert_eq!(bad_status.actor(ActorKind::Handler, "hog").unwrap().restarts, 1);
+        assert_eq!(
+            bad_status
+                .actor(ActorKind::Handler, "hog")
+                .unwrap()
+                .restarts,
+            1
+        );
         assert!(good.send(from("b", "!echo still fine")));
-        let said = tokio::time::timeout(Duration::from_secs(5), good.recv()).await.unwrap().unwrap();
+        let said = tokio::time::timeout(Duration::from_secs(5), good.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(said.text, "still fine");
     });
     shutdown.trigger();

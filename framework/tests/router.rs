@@ -30,7 +30,11 @@ impl Handler for Ops {
                 let (a, b): (i64, i64) = (call.arg(0)?, call.arg(1)?);
                 cx.reply((a + b).to_string());
             }
-            _ => cx.reply(format!("{} words: {}", call.args().len(), call.args().join("|"))),
+            _ => cx.reply(format!(
+                "{} words: {}",
+                call.args().len(),
+                call.args().join("|")
+            )),
         }
         Ok(())
     }
@@ -42,7 +46,9 @@ impl Handler for Ops {
 }
 
 fn bot() -> TestBot {
-    TestBot::new().with(Ops).configure(|o| o.admins = vec!["root".into()])
+    TestBot::new()
+        .with(Ops)
+        .configure(|o| o.admins = vec!["root".into()])
 }
 
 #[tokio::test]
@@ -54,12 +60,17 @@ async fn prefix_nick_alias_and_direct_messages_reach_commands() {
     assert_eq!(bot.reply().await, "two");
     bot.send_direct("alice", "echo three");
     let s = bot.said().await;
-    assert_eq!((s.dest, s.text.as_str()), (Destination::user("alice"), "three"));
+    assert_eq!(
+        (s.dest, s.text.as_str()),
+        (Destination::user("alice"), "three")
+    );
 }
 
 #[tokio::test]
 async fn a_custom_prefix_is_honoured() {
-    let mut bot = TestBot::new().with(Ops).configure(|o| o.prefix = ".".into());
+    let mut bot = TestBot::new()
+        .with(Ops)
+        .configure(|o| o.prefix = ".".into());
     bot.send("!echo ignored");
     bot.send(".echo seen");
     assert_eq!(bot.reply().await, "seen");
@@ -95,7 +106,10 @@ async fn cooldowns_are_per_user_and_told() {
     bot.send("!page bob");
     assert_eq!(bot.reply().await, "paging bob");
     bot.send("!page bob");
-    assert_eq!(bot.reply().await, "tester: !page is cooling down: try again in 60s");
+    assert_eq!(
+        bot.reply().await,
+        "tester: !page is cooling down: try again in 60s"
+    );
     bot.send_as("carol", "#test", "!page bob");
     assert_eq!(bot.reply().await, "paging bob");
 }
@@ -107,7 +121,10 @@ async fn unknown_commands_get_one_hint_not_a_flood() {
         bot.send("!nope");
     }
     bot.send("!echo sync");
-    assert_eq!(bot.replies(2).await, ["tester: unknown command: try !help", "sync"]);
+    assert_eq!(
+        bot.replies(2).await,
+        ["tester: unknown command: try !help", "sync"]
+    );
 }
 
 #[tokio::test]
@@ -136,7 +153,15 @@ async fn the_command_budget_ignores_a_flooder_after_telling_them_once() {
     let mut replies = bot.replies(5).await;
     assert_eq!(replies.pop().unwrap(), "other user");
     replies.sort();
-    assert_eq!(replies, ["0", "1", "2", "tester: too many commands; ignoring you for 5 minutes"]);
+    assert_eq!(
+        replies,
+        [
+            "0",
+            "1",
+            "2",
+            "tester: too many commands; ignoring you for 5 minutes"
+        ]
+    );
     // Admins are not limited.
     for i in 0..5 {
         bot.send_as("root", "#test", &format!("!echo admin {i}"));

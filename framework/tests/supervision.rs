@@ -21,7 +21,11 @@ impl Handler for Counter {
             panic!("asked to crash (secret=hunter2)");
         }
         self.calls += 1;
-        cx.reply(format!("{} {}", self.calls, call.rest()).trim_end().to_owned());
+        cx.reply(
+            format!("{} {}", self.calls, call.rest())
+                .trim_end()
+                .to_owned(),
+        );
         Ok(())
     }
 }
@@ -46,8 +50,14 @@ async fn a_panic_is_apologized_for_restarted_and_counted() {
     assert_eq!(bot.reply().await, "1");
     bot.send("!count crash");
     let apology = bot.reply().await;
-    assert_eq!(apology, "tester: sorry, !count crashed; it is being restarted");
-    assert!(!apology.contains("hunter2"), "no panic detail reaches the chat");
+    assert_eq!(
+        apology,
+        "tester: sorry, !count crashed; it is being restarted"
+    );
+    assert!(
+        !apology.contains("hunter2"),
+        "no panic detail reaches the chat"
+    );
 
     // The next command is answered normally, by a fresh instance (its count starts again).
     bot.send("!count");
@@ -62,7 +72,12 @@ async fn a_panic_is_apologized_for_restarted_and_counted() {
     let (_, err) = counter.last_error.as_ref().expect("last error kept");
     assert!(err.contains("asked to crash"), "{err}");
     assert_eq!(status.health, BotHealth::Healthy);
-    assert!(status.healing_log.iter().any(|e| e.subsystem == "handler:counter" && e.action == "restart"));
+    assert!(
+        status
+            .healing_log
+            .iter()
+            .any(|e| e.subsystem == "handler:counter" && e.action == "restart")
+    );
 }
 
 #[tokio::test]
@@ -73,11 +88,17 @@ async fn a_spent_restart_budget_answers_unavailable_and_degrades() {
         .configure(|o| o.restart.max_restarts = 2);
     for _ in 0..2 {
         bot.send("!count crash");
-        assert_eq!(bot.reply().await, "tester: sorry, !count crashed; it is being restarted");
+        assert_eq!(
+            bot.reply().await,
+            "tester: sorry, !count crashed; it is being restarted"
+        );
     }
     // Third crash within the window: the budget is spent.
     bot.send("!count crash");
-    assert_eq!(bot.reply().await, "tester: sorry, !count crashed; it is being restarted");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !count crashed; it is being restarted"
+    );
     bot.send("!count");
     assert_eq!(bot.reply().await, "tester: !count is unavailable right now");
     bot.send("!count again");
@@ -88,7 +109,10 @@ async fn a_spent_restart_budget_answers_unavailable_and_degrades() {
     assert_eq!(bot.reply().await, "still here");
     let status = bot.status();
     assert_eq!(status.health, BotHealth::Degraded);
-    assert_eq!(status.actor(ActorKind::Handler, "counter").unwrap().state, ActorState::Failed);
+    assert_eq!(
+        status.actor(ActorKind::Handler, "counter").unwrap().state,
+        ActorState::Failed
+    );
     assert!(status.healing_log.iter().any(|e| e.action == "failed"));
 }
 
@@ -103,7 +127,10 @@ async fn messages_sent_during_a_restart_are_all_answered_in_order() {
     for i in 0..20 {
         bot.send(&format!("!count m{i}"));
     }
-    assert_eq!(bot.reply().await, "tester: sorry, !count crashed; it is being restarted");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !count crashed; it is being restarted"
+    );
     let answers = bot.replies(20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("{} m{i}", i + 1)).collect();
     assert_eq!(answers, expected);
@@ -151,11 +178,18 @@ async fn a_slow_handler_times_out_while_others_answer() {
     bot.send("!nap 60000");
     bot.send("!echo meanwhile");
     assert_eq!(bot.reply().await, "meanwhile");
-    assert_eq!(bot.reply().await, "tester: !nap took longer than 300ms and was stopped");
+    assert_eq!(
+        bot.reply().await,
+        "tester: !nap took longer than 300ms and was stopped"
+    );
     // The handler kept its place and answers the next call.
     bot.send("!nap 1");
     assert_eq!(bot.reply().await, "awake");
-    let nap = bot.status().actor(ActorKind::Handler, "nap").cloned().unwrap();
+    let nap = bot
+        .status()
+        .actor(ActorKind::Handler, "nap")
+        .cloned()
+        .unwrap();
     assert!(nap.last_error.unwrap().1.contains("timed out"));
 }
 
@@ -168,7 +202,10 @@ async fn a_blocking_handler_neither_stalls_others_nor_escapes_its_timeout() {
     bot.send("!grind 3000");
     bot.send("!echo meanwhile");
     assert_eq!(bot.reply().await, "meanwhile");
-    assert_eq!(bot.reply().await, "tester: !grind took longer than 300ms and was stopped");
+    assert_eq!(
+        bot.reply().await,
+        "tester: !grind took longer than 300ms and was stopped"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +232,13 @@ async fn handler_errors_reach_the_user_as_short_lines() {
     bot.send("!lookup");
     assert_eq!(bot.reply().await, "tester: usage: !lookup <host>");
     bot.send("!lookup nowhere.invalid");
-    assert_eq!(bot.reply().await, "tester: !lookup: no such host nowhere.invalid");
+    assert_eq!(
+        bot.reply().await,
+        "tester: !lookup: no such host nowhere.invalid"
+    );
     bot.send("!fail");
-    assert_eq!(bot.reply().await, "tester: sorry, !fail failed; the error has been logged");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !fail failed; the error has been logged"
+    );
 }

@@ -9,7 +9,11 @@ pub struct Boom;
 
 impl Handler for Boom {
     const NAME: &'static str = "boom";
-    const COMMANDS: &'static [Command] = &[Command::new("boom", "", "Crash on purpose (demo of self-healing).")];
+    const COMMANDS: &'static [Command] = &[Command::new(
+        "boom",
+        "",
+        "Crash on purpose (demo of self-healing).",
+    )];
 
     async fn command(&mut self, _cx: &mut Context, _call: Call) -> Result {
         panic!("boom: crashed on purpose");
@@ -26,8 +30,11 @@ pub struct Lines;
 
 impl Handler for Lines {
     const NAME: &'static str = "lines";
-    const COMMANDS: &'static [Command] =
-        &[Command::new("lines", "<1-1000>", "Write that many numbered lines (demo of output pacing).")];
+    const COMMANDS: &'static [Command] = &[Command::new(
+        "lines",
+        "<1-1000>",
+        "Write that many numbered lines (demo of output pacing).",
+    )];
 
     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
         call.expect_args(1, 1)?;

@@ -30,7 +30,11 @@ impl Handler for Help {
                 let name = name.strip_prefix(prefix.as_str()).unwrap_or(name);
                 match cx.catalog().iter().find(|e| e.command.answers_to(name)) {
                     Some(entry) => cx.reply(detail(entry, &prefix, &status)),
-                    None => return Err(Error::user(format!("no command named `{name}`; try {prefix}help"))),
+                    None => {
+                        return Err(Error::user(format!(
+                            "no command named `{name}`; try {prefix}help"
+                        )));
+                    }
                 }
             }
         }
@@ -87,7 +91,10 @@ pub fn detail(entry: &CatalogEntry, prefix: &str, status: &Snapshot) -> String {
         out.push_str(&format!("\ncooldown: {}s per user", c.cooldown));
     }
     if unavailable(entry, status) {
-        out.push_str(&format!("\nunavailable right now: handler {} has failed", entry.handler));
+        out.push_str(&format!(
+            "\nunavailable right now: handler {} has failed",
+            entry.handler
+        ));
     }
     out
 }

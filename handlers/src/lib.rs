@@ -21,8 +21,14 @@ pub const BUILTIN: &[&str] = &["help", "status", "whereareyou", "echo"];
 
 /// Handlers a config can enable, with what they are for.
 pub const OPTIONAL: &[(&str, &str)] = &[
-    ("boom", "demo: `!boom` panics, to show a handler crash and its restart"),
-    ("lines", "demo: `!lines N` writes N numbered lines, to show the outbox's pacing"),
+    (
+        "boom",
+        "demo: `!boom` panics, to show a handler crash and its restart",
+    ),
+    (
+        "lines",
+        "demo: `!lines N` writes N numbered lines, to show the outbox's pacing",
+    ),
 ];
 
 /// Adds the built-in handlers.
@@ -39,11 +45,23 @@ pub fn is_optional(name: &str) -> bool {
     OPTIONAL.iter().any(|(n, _)| *n == name)
 }
 
-/// Adds the optional handler called `name`; `Err` gives the builder back if there is none.
-pub fn add(builder: BotBuilder, name: &str) -> Result<BotBuilder, BotBuilder> {
+/// No optional handler has this name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownHandler(pub String);
+
+impl std::fmt::Display for UnknownHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown handler `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownHandler {}
+
+/// Adds the optional handler called `name` (check it with [`is_optional`] first).
+pub fn add(builder: BotBuilder, name: &str) -> Result<BotBuilder, UnknownHandler> {
     match name {
         "boom" => Ok(builder.handler(demo::Boom)),
         "lines" => Ok(builder.handler(demo::Lines)),
-        _ => Err(builder),
+        _ => Err(UnknownHandler(name.to_owned())),
     }
 }

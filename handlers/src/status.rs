@@ -52,7 +52,11 @@ fn short(e: &str) -> String {
 
 fn common(a: &ActorStatus, now: SystemTime, out: &mut String) {
     if a.restarts > 0 {
-        out.push_str(&format!(", {} restart{}", a.restarts, if a.restarts == 1 { "" } else { "s" }));
+        out.push_str(&format!(
+            ", {} restart{}",
+            a.restarts,
+            if a.restarts == 1 { "" } else { "s" }
+        ));
     }
     if let Some((at, e)) = &a.last_error {
         out.push_str(&format!(", last error {}: {}", ago(*at, now), short(e)));
@@ -79,9 +83,19 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
                 l.push_str(&format!(", {} reconnects", a.reconnects));
                 l
             }
-            ActorKind::Handler => format!("handler {}: {}, {} handled", a.name, a.state.as_str(), a.handled),
+            ActorKind::Handler => format!(
+                "handler {}: {}, {} handled",
+                a.name,
+                a.state.as_str(),
+                a.handled
+            ),
             ActorKind::Poller => {
-                let mut l = format!("poller {}: {}, {} posted", a.name, a.state.as_str(), a.handled);
+                let mut l = format!(
+                    "poller {}: {}, {} posted",
+                    a.name,
+                    a.state.as_str(),
+                    a.handled
+                );
                 if let Some(t) = a.last_run {
                     l.push_str(&format!(", last run {}", ago(t, now)));
                 }

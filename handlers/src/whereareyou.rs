@@ -11,8 +11,11 @@ pub struct WhereAreYou;
 
 impl Handler for WhereAreYou {
     const NAME: &'static str = "whereareyou";
-    const COMMANDS: &'static [Command] =
-        &[Command::new("whereareyou", "", "Tell the host name and IP addresses the bot runs on.")];
+    const COMMANDS: &'static [Command] = &[Command::new(
+        "whereareyou",
+        "",
+        "Tell the host name and IP addresses the bot runs on.",
+    )];
 
     async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
@@ -30,7 +33,10 @@ pub fn describe(host: &str, addrs: impl IntoIterator<Item = IpAddr>) -> String {
     all.dedup();
     let useful: Vec<_> = all
         .iter()
-        .filter(|a| !a.is_loopback() && !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .filter(|a| {
+            !a.is_loopback()
+                && !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+        })
         .collect();
     let shown: Vec<String> = if useful.is_empty() {
         all.iter().map(ToString::to_string).collect()

@@ -11,7 +11,9 @@ struct Deploy;
 impl Handler for Deploy {
     const NAME: &'static str = "deploy";
     const COMMANDS: &'static [Command] = &[
-        Command::new("deploy", "<service>", "Deploy a service.").admin_only().aliases(&["ship"]),
+        Command::new("deploy", "<service>", "Deploy a service.")
+            .admin_only()
+            .aliases(&["ship"]),
         Command::new("rollback", "<service>", "Roll a service back.").cooldown_secs(30),
     ];
 }
@@ -30,7 +32,10 @@ async fn help_lists_every_registered_command_and_only_those() {
     let mut bot = bot();
     bot.send("!help");
     let mut lines = bot.replies(7).await;
-    assert_eq!(lines.pop().unwrap(), "!help <command> shows one command in full");
+    assert_eq!(
+        lines.pop().unwrap(),
+        "!help <command> shows one command in full"
+    );
     assert_eq!(
         lines,
         [
@@ -52,44 +57,91 @@ async fn help_for_one_command_shows_it_in_full() {
     bot.send("!help ship");
     assert_eq!(
         bot.replies(4).await,
-        ["usage: !deploy <service>", "Deploy a service.", "aliases: !ship", "admins only"]
+        [
+            "usage: !deploy <service>",
+            "Deploy a service.",
+            "aliases: !ship",
+            "admins only"
+        ]
     );
     bot.send("!help !rollback");
     assert_eq!(
         bot.replies(3).await,
-        ["usage: !rollback <service>", "Roll a service back.", "cooldown: 30s per user"]
+        [
+            "usage: !rollback <service>",
+            "Roll a service back.",
+            "cooldown: 30s per user"
+        ]
     );
     bot.send("!help nothing");
-    assert_eq!(bot.reply().await, "tester: !help: no command named `nothing`; try !help");
+    assert_eq!(
+        bot.reply().await,
+        "tester: !help: no command named `nothing`; try !help"
+    );
     bot.send("!help a b");
     assert_eq!(bot.reply().await, "tester: usage: !help [command]");
 }
 
 #[tokio::test]
 async fn status_shows_restarts_last_error_and_unavailable_help() {
-    let mut bot = bot().with(demo::Boom).configure(|o| o.restart.max_restarts = 1);
+    let mut bot = bot()
+        .with(demo::Boom)
+        .configure(|o| o.restart.max_restarts = 1);
     bot.send("!boom");
-    assert_eq!(bot.reply().await, "tester: sorry, !boom crashed; it is being restarted");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !boom crashed; it is being restarted"
+    );
     bot.send("!echo ok");
     assert_eq!(bot.reply().await, "ok");
     // The restart takes its backoff (10 ms here); ask for the status once it is done.
-    while bot.status().actor(ActorKind::Handler, "boom").unwrap().state != ActorState::Running {
+    while bot
+        .status()
+        .actor(ActorKind::Handler, "boom")
+        .unwrap()
+        .state
+        != ActorState::Running
+    {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     bot.send("!status");
     let report = bot.replies(9).await;
-    assert!(report[0].starts_with(&format!("opsbot {} · bot test · up ", opsbot::VERSION)), "{}", report[0]);
+    assert!(
+        report[0].starts_with(&format!("opsbot {} · bot test · up ", opsbot::VERSION)),
+        "{}",
+        report[0]
+    );
     assert!(report[0].ends_with("healthy"), "{}", report[0]);
-    assert_eq!(report[1], "transport memory: connected (memory as testbot), 0 reconnects");
-    let boom = report.iter().find(|l| l.starts_with("handler boom")).unwrap();
-    assert!(boom.starts_with("handler boom: running, 1 handled, 1 restart, last error "), "{boom}");
-    assert!(boom.ends_with("panicked: boom: crashed on purpose"), "{boom}");
-    assert!(report.iter().any(|l| l == "handler echo: running, 1 handled"), "{report:?}");
+    assert_eq!(
+        report[1],
+        "transport memory: connected (memory as testbot), 0 reconnects"
+    );
+    let boom = report
+        .iter()
+        .find(|l| l.starts_with("handler boom"))
+        .unwrap();
+    assert!(
+        boom.starts_with("handler boom: running, 1 handled, 1 restart, last error "),
+        "{boom}"
+    );
+    assert!(
+        boom.ends_with("panicked: boom: crashed on purpose"),
+        "{boom}"
+    );
+    assert!(
+        report
+            .iter()
+            .any(|l| l == "handler echo: running, 1 handled"),
+        "{report:?}"
+    );
     assert!(report[8].starts_with("outbox: 0 queued, "), "{}", report[8]);
 
     // A second crash spends the budget: the bot is degraded and help says so.
     bot.send("!boom");
-    assert_eq!(bot.reply().await, "tester: sorry, !boom crashed; it is being restarted");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !boom crashed; it is being restarted"
+    );
     bot.send("!boom");
     assert_eq!(bot.reply().await, "tester: !boom is unavailable right now");
     bot.send("!status");
@@ -113,8 +165,17 @@ async fn whereareyou_names_the_host() {
 async fn lines_writes_what_was_asked_and_refuses_nonsense() {
     let mut bot = TestBot::new().with(demo::Lines);
     bot.send("!lines 3");
-    assert_eq!(bot.replies(3).await, ["line 1 of 3", "line 2 of 3", "line 3 of 3"]);
-    for bad in ["!lines", "!lines 0", "!lines 1001", "!lines many", "!lines 1 2"] {
+    assert_eq!(
+        bot.replies(3).await,
+        ["line 1 of 3", "line 2 of 3", "line 3 of 3"]
+    );
+    for bad in [
+        "!lines",
+        "!lines 0",
+        "!lines 1001",
+        "!lines many",
+        "!lines 1 2",
+    ] {
         bot.send(bad);
         assert_eq!(bot.reply().await, "tester: usage: !lines <1-1000>", "{bad}");
     }

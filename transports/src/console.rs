@@ -26,7 +26,10 @@ impl Console {
     pub fn stdio(nick: &str) -> Self {
         let (inner, remote) = memory::pair("console", nick, Limits::unlimited(4096));
         let (input, mut output) = remote.split();
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "you".into());
+        let user = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "you".into());
         std::thread::Builder::new()
             .name("console-in".into())
             .spawn(move || {

@@ -130,7 +130,9 @@ impl Transport for MemoryTransport {
 
     async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError> {
         if self.refuse.load(Ordering::SeqCst) {
-            return Err(TransportError::Refused("connection refused by remote".into()));
+            return Err(TransportError::Refused(
+                "connection refused by remote".into(),
+            ));
         }
         link.set_nick(&self.nick);
         link.connected(format!("{} as {}", self.kind, self.nick));
