@@ -2,7 +2,7 @@
 //! actor that runs them under supervision.
 //!
 //! A handler is plain straight-line async code with `&mut self` state. The framework hosts each
-//! handler in its own actix actor ([`HandlerHost`]), which runs one invocation at a time (so the
+//! handler in its own actix actor (`HandlerHost`), which runs one invocation at a time (so the
 //! state needs no locks), bounds it with a timeout, catches a panic, and replaces the crashed
 //! instance with a fresh one from the handler's factory after a backoff. Authors never see actix:
 //! the runtime stays an implementation detail behind [`Handler`] and [`Context`].

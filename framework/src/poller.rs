@@ -1,7 +1,7 @@
 //! Proactive pollers: fetch on a timer, post only what is new.
 //!
 //! A poller returns the items its source shows now, each with a stable id. The host compares
-//! them with the poller's seen-index in the [`Store`](crate::store::Store) and posts only the new
+//! them with the poller's seen-index in the [`crate::store::Store`] and posts only the new
 //! ones, in order, to the poller's destinations. The first poll ever primes the index without
 //! posting; the index is on disk, so a restarted bot never re-announces old items. A poll that
 //! fails is logged and shown in `!status`; one that panics gets a fresh poller instance under the

@@ -1,7 +1,7 @@
 //! The router: decides who gets an [`Incoming`] and guards the bot against its users.
 //!
 //! Parsing and lookup live in [`RouteTable`], a pure structure (benchmarked and unit-tested
-//! without a runtime). The [`Router`] actor adds the stateful checks, in this order: the per-user
+//! without a runtime). The `Router` actor adds the stateful checks, in this order: the per-user
 //! command budget (Limnoria's default: 12 commands a minute, then the user is ignored for five
 //! minutes, told once), access (admin-only commands), per-command cooldowns, argument parsing,
 //! and finally dispatch to the handler's host. Every refusal is a short reply, never silence,

@@ -1,7 +1,7 @@
 //! Transports: the trait a chat protocol implements, and the host that keeps it connected.
 //!
 //! A transport implements one *session*: connect, authenticate, join, then move messages both
-//! ways until the connection ends. Reconnecting is not its job: [`TransportHost`] calls
+//! ways until the connection ends. Reconnecting is not its job: `TransportHost` calls
 //! [`Transport::session`] again after an exponential backoff with full jitter (1 s, 2 s, 4 s, …
 //! capped), so every protocol heals the same way and the healing shows in `!status` and the
 //! healing log. The transport object lives across sessions, so it can remember what a reconnect
