@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::command::Command;
 use crate::handler::{CatalogEntry, Factory, Handler, HandlerHost, Job};
 use crate::health::Health;
-use crate::outbox::{Drain, Outbox, OutboxOptions, Rate};
+use crate::outbox::{Drain, Outbox, OutboxOptions, Pacing, Rate};
 use crate::poller::{Poller, PollerHost, PollerOptions};
 use crate::router::{Budget, Close, RouteError, RouteTable, Router};
 use crate::store::{Store, StoreError};
@@ -35,6 +35,8 @@ pub struct OutboxSettings {
     pub max_line_bytes: Option<usize>,
     /// Global pace (a rate of 0 lines per second means unlimited).
     pub global: Option<Rate>,
+    /// Global byte pace (0 bytes per second means unlimited).
+    pub global_bytes: Option<Rate>,
     /// Per-destination pace (0: unlimited).
     pub per_destination: Option<Rate>,
     /// Lines that may wait.
@@ -51,6 +53,7 @@ impl Default for OutboxSettings {
         Self {
             max_line_bytes: None,
             global: None,
+            global_bytes: None,
             per_destination: None,
             queue: d.queue,
             loop_repeats: d.loop_repeats,
@@ -65,6 +68,8 @@ impl OutboxSettings {
         OutboxOptions {
             max_line_bytes: self.max_line_bytes.unwrap_or(limits.max_line_bytes),
             global: self.global.or(limits.global),
+            global_bytes: self.global_bytes.or(limits.global_bytes),
+            line_overhead: limits.line_overhead,
             per_destination: self.per_destination.or(limits.per_destination),
             queue: self.queue,
             loop_repeats: self.loop_repeats,
@@ -393,8 +398,10 @@ impl Bot {
             health,
         } = self;
         let (tx, rx) = mpsc::channel(1);
+        let pacing = Pacing::new(options.outbox.clone(), &transport.limits);
         let outbox = Outbox::new(
             options.outbox.resolve(&transport.limits),
+            pacing.clone(),
             tx,
             health.clone(),
         )
@@ -442,6 +449,7 @@ impl Bot {
             transport.kind,
             nick,
             shutdown.clone(),
+            pacing,
         );
         (transport.start)(link, options.reconnect, fin_tx);
         tracing::info!(bot = %name, transport = transport.kind, "bot started");

@@ -222,6 +222,8 @@ struct RawOutbox {
     burst: Option<u32>,
     dest_rate: Option<f64>,
     dest_burst: Option<u32>,
+    byte_rate: Option<f64>,
+    byte_burst: Option<u32>,
     queue: Option<usize>,
     loop_repeats: Option<u32>,
     loop_window_secs: Option<f64>,
@@ -562,6 +564,11 @@ impl Validator<'_> {
         o.outbox = OutboxSettings {
             max_line_bytes: ob.max_line_bytes,
             global: self.rate(&format!("{k}.outbox.rate"), ob.rate, ob.burst),
+            global_bytes: self.rate(
+                &format!("{k}.outbox.byte_rate"),
+                ob.byte_rate,
+                ob.byte_burst,
+            ),
             per_destination: self.rate(
                 &format!("{k}.outbox.dest_rate"),
                 ob.dest_rate,

@@ -6,15 +6,19 @@
 //! 2. sanitizes and splits the text ([`crate::text::split_lines`]) to the transport's line limit;
 //! 3. queues lines per destination in a bounded queue, and when it must drop, says so once
 //!    (`… 37 lines dropped`) after the destination's backlog has gone out;
-//! 4. paces them with two GCRA limiters (governor): one keyed per destination, one global, taking
-//!    destinations round-robin so a long answer in one room does not starve another;
+//! 4. paces them with GCRA limiters (governor): one keyed per destination, and global ones for
+//!    lines and for bytes (long lines cost more, as servers with byte budgets count them), taking
+//!    destinations round-robin so a long answer in one room does not starve another. The global
+//!    limiters live in a shared [`Pacing`] handle: the transport charges its own protocol traffic
+//!    (keep-alives, joins) to the same budget and can switch to a server-specific profile once it
+//!    knows what it is talking to;
 //! 5. hands one line at a time to the transport and waits for its acknowledgement, so the backlog
 //!    lives here, not in a socket buffer, and a line the transport could not send (disconnected)
 //!    goes back to the head of its queue until the connection is back.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,10 +26,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bot::OutboxSettings;
 use crate::health::Health;
 use crate::message::{Destination, Outgoing};
 use crate::text::split_lines;
-use crate::transport::Delivery;
+use crate::transport::{Delivery, Limits};
 
 /// A sustained rate with a burst allowance.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,6 +64,11 @@ pub struct OutboxOptions {
     pub max_line_bytes: usize,
     /// Global pace over all destinations; `None`: unlimited.
     pub global: Option<Rate>,
+    /// Global pace in bytes per second (the burst is in bytes too); `None`: unlimited.
+    pub global_bytes: Option<Rate>,
+    /// Bytes the protocol adds to each line besides the text and the destination's name
+    /// (`PRIVMSG  :` and CRLF on IRC), for the byte budget.
+    pub line_overhead: usize,
     /// Pace per destination; `None`: unlimited.
     pub per_destination: Option<Rate>,
     /// Lines that may wait, over all destinations.
@@ -75,6 +85,8 @@ impl Default for OutboxOptions {
         Self {
             max_line_bytes: 4096,
             global: None,
+            global_bytes: None,
+            line_overhead: 0,
             per_destination: None,
             queue: 2000,
             loop_repeats: 5,
@@ -102,7 +114,113 @@ impl Message for Drain {
 #[derive(Debug)]
 struct Limiters {
     global: Option<DefaultDirectRateLimiter>,
+    bytes: Option<DefaultDirectRateLimiter>,
+    byte_burst: u32,
     keyed: Option<DefaultKeyedRateLimiter<Destination>>,
+    max_line_bytes: usize,
+    line_overhead: usize,
+}
+
+impl Limiters {
+    fn new(opts: &OutboxOptions) -> Self {
+        Self {
+            global: opts
+                .global
+                .and_then(Rate::quota)
+                .map(governor::RateLimiter::direct),
+            bytes: opts
+                .global_bytes
+                .and_then(Rate::quota)
+                .map(governor::RateLimiter::direct),
+            byte_burst: opts.global_bytes.map_or(0, |r| r.burst.max(1)),
+            keyed: opts
+                .per_destination
+                .and_then(Rate::quota)
+                .map(governor::RateLimiter::hashmap),
+            max_line_bytes: opts.max_line_bytes,
+            line_overhead: opts.line_overhead,
+        }
+    }
+
+    /// What `bytes` cost in the byte budget, clamped to what the bucket can ever hold.
+    fn byte_cells(&self, bytes: usize) -> Option<NonZeroU32> {
+        NonZeroU32::new(
+            u32::try_from(bytes)
+                .unwrap_or(u32::MAX)
+                .min(self.byte_burst),
+        )
+    }
+
+    /// Consumes the global budgets for this line if they allow it now; else the time to wait.
+    fn check_global(&self, dest: &Destination, text: &str) -> Result<(), Duration> {
+        let now = DefaultClock::default().now();
+        let cost = self.byte_cells(text.len() + dest.name().len() + self.line_overhead);
+        if let (Some(bytes), Some(cost)) = (&self.bytes, cost) {
+            // Bytes first, so that a refusal there has not spent a line.
+            if let Ok(Err(nu)) = bytes.check_n(cost) {
+                return Err(nu.wait_time_from(now));
+            }
+        }
+        if let Some(global) = &self.global {
+            global.check().map_err(|nu| nu.wait_time_from(now))?;
+        }
+        Ok(())
+    }
+}
+
+/// The pacing budget of one bot's connection, shared: the outbox spends it on lines, the
+/// transport on its own protocol traffic, and the transport may switch it to a profile chosen
+/// from the server's version at any time. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Pacing {
+    inner: Arc<Mutex<(OutboxSettings, Arc<Limiters>)>>,
+}
+
+impl Pacing {
+    pub(crate) fn new(settings: OutboxSettings, limits: &Limits) -> Self {
+        let limiters = Arc::new(Limiters::new(&settings.resolve(limits)));
+        Self {
+            inner: Arc::new(Mutex::new((settings, limiters))),
+        }
+    }
+
+    fn limiters(&self) -> Arc<Limiters> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Switches to a service's limits; values set in the config still win over them.
+    pub fn set_limits(&self, limits: &Limits) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let opts = inner.0.resolve(limits);
+        tracing::info!(
+            lines = ?opts.global,
+            bytes = ?opts.global_bytes,
+            max_line_bytes = opts.max_line_bytes,
+            "pacing profile set"
+        );
+        inner.1 = Arc::new(Limiters::new(&opts));
+    }
+
+    /// Charges a line the transport sent by itself (a keep-alive answer, a join) to the global
+    /// budgets without waiting: such a line cannot wait, but the lines after it will.
+    pub fn charge(&self, bytes: usize) {
+        let l = self.limiters();
+        if let (Some(b), Some(n)) = (&l.bytes, l.byte_cells(bytes)) {
+            let _ = b.check_n(n);
+        }
+        if let Some(g) = &l.global {
+            let _ = g.check();
+        }
+    }
+
+    /// The longest text one line may carry under the current profile.
+    pub fn max_line_bytes(&self) -> usize {
+        self.limiters().max_line_bytes
+    }
 }
 
 /// The outbox actor.
@@ -114,7 +232,7 @@ pub(crate) struct Outbox {
     queued: usize,
     dropped: HashMap<Destination, u64>,
     recent: HashMap<(Destination, String), VecDeque<Instant>>,
-    limiters: Arc<Limiters>,
+    pacing: Pacing,
     transport: mpsc::Sender<Delivery>,
     busy: bool,
     scheduled: bool,
@@ -125,19 +243,10 @@ pub(crate) struct Outbox {
 impl Outbox {
     pub(crate) fn new(
         opts: OutboxOptions,
+        pacing: Pacing,
         transport: mpsc::Sender<Delivery>,
         health: Health,
     ) -> Self {
-        let limiters = Limiters {
-            global: opts
-                .global
-                .and_then(Rate::quota)
-                .map(governor::RateLimiter::direct),
-            keyed: opts
-                .per_destination
-                .and_then(Rate::quota)
-                .map(governor::RateLimiter::hashmap),
-        };
         Self {
             opts,
             queues: HashMap::new(),
@@ -145,7 +254,7 @@ impl Outbox {
             queued: 0,
             dropped: HashMap::new(),
             recent: HashMap::new(),
-            limiters: Arc::new(limiters),
+            pacing,
             transport,
             busy: false,
             scheduled: false,
@@ -201,11 +310,12 @@ impl Outbox {
     /// long until one does.
     fn take_next(&mut self) -> Result<Option<(Destination, String)>, Duration> {
         let mut wait = None::<Duration>;
+        let limiters = self.pacing.limiters();
         for _ in 0..self.rotation.len() {
             let Some(dest) = self.rotation.pop_front() else {
                 break;
             };
-            let allowed = match &self.limiters.keyed {
+            let allowed = match &limiters.keyed {
                 None => Ok(()),
                 Some(l) => l
                     .check_key(&dest)
@@ -273,14 +383,11 @@ impl Outbox {
             Ok(Some((dest, line))) => {
                 self.busy = true;
                 self.publish();
-                let limiters = self.limiters.clone();
+                let pacing = self.pacing.clone();
                 let tx = self.transport.clone();
                 let fut = async move {
-                    if let Some(global) = &limiters.global {
-                        while let Err(nu) = global.check() {
-                            actix::clock::sleep(nu.wait_time_from(DefaultClock::default().now()))
-                                .await;
-                        }
+                    while let Err(wait) = pacing.limiters().check_global(&dest, &line) {
+                        actix::clock::sleep(wait).await;
                     }
                     let (ack, acked) = oneshot::channel();
                     let delivery = Delivery {
@@ -330,7 +437,7 @@ impl Actor for Outbox {
                 seen.back()
                     .is_some_and(|t| now.duration_since(*t) <= window)
             });
-            if let Some(k) = &act.limiters.keyed {
+            if let Some(k) = &act.pacing.limiters().keyed {
                 k.retain_recent();
             }
         });
@@ -347,7 +454,7 @@ impl actix::Handler<Say> for Outbox {
             return;
         }
         let mut dropped = 0;
-        for line in split_lines(&out.text, self.opts.max_line_bytes) {
+        for line in split_lines(&out.text, self.pacing.max_line_bytes()) {
             if !self.enqueue(out.dest.clone(), line, false) {
                 dropped += 1;
             }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::{ActorKind, ActorState, ConnState, Health};
 use crate::message::{Destination, Incoming};
-use crate::outbox::Rate;
+use crate::outbox::{Pacing, Rate};
 use crate::router::Inbound;
 use crate::supervisor::full_jitter;
 
@@ -33,6 +33,10 @@ pub struct Limits {
     pub max_line_bytes: usize,
     /// Global pace the service allows for this connection (`None`: unlimited).
     pub global: Option<Rate>,
+    /// Global pace in bytes per second, burst in bytes (`None`: unlimited).
+    pub global_bytes: Option<Rate>,
+    /// Bytes the protocol adds to each line besides the text and the destination's name.
+    pub line_overhead: usize,
     /// Pace per destination (`None`: unlimited).
     pub per_destination: Option<Rate>,
 }
@@ -43,6 +47,8 @@ impl Limits {
         Self {
             max_line_bytes,
             global: None,
+            global_bytes: None,
+            line_overhead: 0,
             per_destination: None,
         }
     }
@@ -112,6 +118,7 @@ pub struct Link {
     nick: Arc<Mutex<String>>,
     input_closed: CancellationToken,
     connected_at: Option<Instant>,
+    pacing: Pacing,
 }
 
 impl Link {
@@ -122,6 +129,7 @@ impl Link {
         kind: &'static str,
         nick: Arc<Mutex<String>>,
         input_closed: CancellationToken,
+        pacing: Pacing,
     ) -> Self {
         Self {
             router,
@@ -131,6 +139,7 @@ impl Link {
             nick,
             input_closed,
             connected_at: None,
+            pacing,
         }
     }
 
@@ -166,6 +175,12 @@ impl Link {
     /// Sets the bot's current nick (used for `nick: command` addressing).
     pub fn set_nick(&self, nick: &str) {
         *self.nick.lock().unwrap_or_else(|p| p.into_inner()) = nick.to_owned();
+    }
+
+    /// The connection's pacing budget: charge protocol lines sent outside the outbox to it, and
+    /// switch it to a server's profile once the server is known.
+    pub fn pacing(&self) -> &Pacing {
+        &self.pacing
     }
 
     /// Says that no more input will come (the console's end of file): the bot shuts down

@@ -58,9 +58,8 @@ fn assert_paced(said: &[Said], rate: Rate) {
 
 fn limits(rate: Rate) -> Limits {
     Limits {
-        max_line_bytes: 400,
         global: Some(rate),
-        per_destination: None,
+        ..Limits::unlimited(400)
     }
 }
 
@@ -141,9 +140,8 @@ async fn fifty_threads_replying_at_once_stay_within_the_rate() {
 async fn destinations_take_turns() {
     // Per destination 50/s: a 100-line answer in #a must not hold #b's line back for 2 s.
     let limits = Limits {
-        max_line_bytes: 400,
-        global: None,
         per_destination: Some(Rate::new(50.0, 1)),
+        ..Limits::unlimited(400)
     };
     let mut bot = TestBot::with_limits(limits).with(Lines).with(Echo);
     bot.send_as("alice", "#a", "!lines 100");
@@ -252,4 +250,37 @@ async fn shutdown_drains_what_was_already_said() {
         started.elapsed() < Duration::from_secs(10),
         "drained within the deadline"
     );
+}
+
+#[tokio::test]
+async fn long_lines_cost_more_under_a_byte_budget() {
+    // 4,000 bytes a second with a 1,000-byte burst; each line of text is 190 bytes, plus the
+    // destination's name and a 10-byte protocol overhead: 205 bytes on the wire.
+    let bytes = Rate::new(4000.0, 1000);
+    let limits = Limits {
+        global_bytes: Some(bytes),
+        line_overhead: 10,
+        ..Limits::unlimited(400)
+    };
+    let mut bot = TestBot::with_limits(limits).with(Echo);
+    for i in 0..60 {
+        bot.send(&format!("!echo {i:03} {}", "x".repeat(186)));
+    }
+    let mut said = Vec::new();
+    for _ in 0..60 {
+        said.push(bot.said().await);
+    }
+    let cost = |s: &Said| (s.text.len() + s.dest.name().len() + 10) as f64;
+    for (i, first) in said.iter().enumerate() {
+        let mut total = 0.0;
+        for last in &said[i..] {
+            total += cost(last);
+            let window = last.at.duration_since(first.at).as_secs_f64();
+            let allowed = f64::from(bytes.burst) + bytes.per_second * window + cost(last);
+            assert!(
+                total <= allowed,
+                "{total} bytes within {window:.4}s, limit {allowed:.0}"
+            );
+        }
+    }
 }
