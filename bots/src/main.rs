@@ -73,7 +73,7 @@ fn build(config: &Config) -> anyhow::Result<Vec<Bot>> {
         .iter()
         .map(|b| {
             let mut builder = Bot::builder(&b.name).options(b.options.clone());
-            builder = opsbot_transports::from_config(builder, &b.name, &b.transport);
+            builder = opsbot_transports::from_config(builder, &b.name, &b.transport)?;
             builder = opsbot_handlers::add_builtins(builder);
             for h in &b.handlers {
                 builder = opsbot_handlers::add(builder, h)?;

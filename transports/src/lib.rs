@@ -2,41 +2,80 @@
 //!
 //! Every transport implements [`opsbot::transport::Transport`]: one session of one connection.
 //! Reconnecting, backoff and pacing are the framework's, so a transport only speaks its protocol.
-//! Heavy protocols come behind cargo features so that a console-only build stays small.
+//! Heavy protocols come behind cargo features (`irc`), so that a console-only build stays small.
 //!
-//! [`from_config`] turns a `[bot.transport]` section into a running transport, which is what
-//! makes swapping protocols a one-line config change.
+//! [`check`] validates a `[bot.transport]` section without connecting, and [`from_config`] turns
+//! it into a transport: swapping protocols is a one-line config change.
 
 pub mod console;
+#[cfg(feature = "irc")]
+pub mod irc;
+
+use std::path::Path;
 
 use opsbot::BotBuilder;
 use opsbot::config::{ConfigError, TransportConfig};
 
 /// The transport kinds this build knows.
-pub const KINDS: &[&str] = &["console"];
+pub const KINDS: &[&str] = &[
+    "console",
+    #[cfg(feature = "irc")]
+    "irc",
+];
 
-/// Checks a transport section without connecting; returns every problem.
-pub fn check(file: &std::path::Path, t: &TransportConfig) -> Vec<ConfigError> {
-    let err = |key: String, message: String, hint: Option<String>| ConfigError {
+fn error(file: &Path, key: String, message: String, hint: Option<String>) -> ConfigError {
+    ConfigError {
         file: file.to_owned(),
         key,
         line: None,
         message,
         hint,
-    };
+    }
+}
+
+/// Reads a transport's own settings with key paths in errors.
+#[cfg_attr(not(feature = "irc"), allow(dead_code))]
+fn settings<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    t: &TransportConfig,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(t.settings.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            t.key.clone()
+        } else {
+            format!("{}.{path}", t.key)
+        };
+        error(file, key, e.inner().to_string(), None)
+    })
+}
+
+/// Checks a transport section without connecting; returns every problem.
+pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
     match t.kind.as_str() {
         "console" => t
             .settings
             .keys()
             .map(|k| {
-                err(
+                error(
+                    file,
                     format!("{}.{k}", t.key),
                     format!("unknown field `{k}`: the console transport has no settings"),
                     None,
                 )
             })
             .collect(),
-        other => vec![err(
+        #[cfg(feature = "irc")]
+        "irc" => match settings::<irc::IrcConfig>(file, t) {
+            Err(e) => vec![e],
+            Ok(cfg) => cfg
+                .problems()
+                .into_iter()
+                .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
+                .collect(),
+        },
+        other => vec![error(
+            file,
             format!("{}.kind", t.key),
             format!("unknown transport kind `{other}`"),
             Some(format!("this build knows: {}", KINDS.join(", "))),
@@ -44,10 +83,24 @@ pub fn check(file: &std::path::Path, t: &TransportConfig) -> Vec<ConfigError> {
     }
 }
 
-/// Gives `builder` the transport described by `t` (checked with [`check`] first).
-pub fn from_config(builder: BotBuilder, name: &str, t: &TransportConfig) -> BotBuilder {
+/// Gives `builder` the transport described by `t`, which [`check`] must have passed.
+pub fn from_config(
+    builder: BotBuilder,
+    name: &str,
+    t: &TransportConfig,
+) -> Result<BotBuilder, ConfigError> {
     match t.kind.as_str() {
-        "console" => builder.transport(console::Console::stdio(name)),
-        other => unreachable!("transport kind `{other}` passed check()"),
+        "console" => Ok(builder.transport(console::Console::stdio(name))),
+        #[cfg(feature = "irc")]
+        "irc" => {
+            let cfg: irc::IrcConfig = settings(Path::new("<config>"), t)?;
+            Ok(builder.transport(irc::Irc::new(cfg)))
+        }
+        other => Err(error(
+            Path::new("<config>"),
+            format!("{}.kind", t.key),
+            format!("unknown transport kind `{other}`"),
+            None,
+        )),
     }
 }

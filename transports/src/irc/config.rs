@@ -1,0 +1,215 @@
+//! `[bot.transport]` for `kind = "irc"`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opsbot::config::Secret;
+use serde::Deserialize;
+
+use super::profile::Profile;
+
+/// The IRC transport's settings, as written in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcConfig {
+    /// Server host name or address.
+    pub server: String,
+    /// Port; 6697 with TLS, 6667 without, unless set.
+    pub port: Option<u16>,
+    /// Use TLS (rustls). On by default.
+    #[serde(default = "yes")]
+    pub tls: bool,
+    /// A PEM file of CA certificates to trust besides the system's (for a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// The nick to use and to take back when a fallback had to be used.
+    pub nick: String,
+    /// Nicks to try when `nick` is taken; after them, `nick` with a number.
+    #[serde(default)]
+    pub alt_nicks: Vec<String>,
+    /// User name (ident); defaults to the nick.
+    pub username: Option<String>,
+    /// Real name (GECOS); defaults to `opsbot`.
+    pub realname: Option<String>,
+    /// Server password (`PASS`).
+    pub password: Option<Secret>,
+    /// SASL PLAIN account.
+    pub sasl: Option<SaslConfig>,
+    /// Identify to NickServ with this password after connecting.
+    pub nickserv_password: Option<Secret>,
+    /// Channels to join.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Keys of channels that need one, by channel name.
+    #[serde(default)]
+    pub channel_keys: BTreeMap<String, Secret>,
+    /// Pacing profile: `auto` (from the server's version reply), `conservative`, `ngircd`,
+    /// `inspircd`.
+    #[serde(default)]
+    pub profile: ProfileChoice,
+    /// Seconds of silence from the server before the bot sends a PING.
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds to wait for any reply to that PING before the connection is declared dead.
+    pub ping_timeout_secs: Option<u64>,
+    /// Seconds to wait before rejoining a channel the bot was kicked from.
+    pub rejoin_delay_secs: Option<u64>,
+    /// Seconds allowed for connecting and registering.
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds between attempts to take the configured nick back while using a fallback.
+    pub nick_regain_secs: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// SASL PLAIN credentials.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    /// Account name.
+    pub user: String,
+    /// Password (write `${ENV_VAR}`).
+    pub password: Secret,
+}
+
+/// How the pacing profile is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileChoice {
+    /// From the server's version in its 004 reply; conservative until then and for unknown
+    /// servers.
+    #[default]
+    Auto,
+    /// About one line a second with a burst of four.
+    Conservative,
+    /// ngircd's budget.
+    Ngircd,
+    /// InspIRCd's budget (also with `fakelag` off).
+    Inspircd,
+}
+
+impl ProfileChoice {
+    /// The fixed profile, if one was chosen.
+    pub fn fixed(self) -> Option<Profile> {
+        match self {
+            Self::Auto => None,
+            Self::Conservative => Some(Profile::Conservative),
+            Self::Ngircd => Some(Profile::Ngircd),
+            Self::Inspircd => Some(Profile::Inspircd),
+        }
+    }
+}
+
+impl IrcConfig {
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 6697 } else { 6667 })
+    }
+
+    /// Silence before a PING.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.unwrap_or(60))
+    }
+
+    /// Wait for a reply to the PING.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs.unwrap_or(60))
+    }
+
+    /// Delay before rejoining after a kick.
+    pub fn rejoin_delay(&self) -> Duration {
+        Duration::from_secs(self.rejoin_delay_secs.unwrap_or(10))
+    }
+
+    /// Time allowed to connect and register.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.unwrap_or(30))
+    }
+
+    /// Time between attempts to take the nick back.
+    pub fn nick_regain(&self) -> Duration {
+        Duration::from_secs(self.nick_regain_secs.unwrap_or(30))
+    }
+
+    /// Problems a parse cannot see, as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let bad_word =
+            |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if self.server.trim().is_empty() {
+            out.push(("server".into(), "is empty".into()));
+        }
+        for (i, n) in std::iter::once(&self.nick)
+            .chain(&self.alt_nicks)
+            .enumerate()
+        {
+            let key = if i == 0 {
+                "nick".to_owned()
+            } else {
+                format!("alt_nicks[{}]", i - 1)
+            };
+            if bad_word(n)
+                || n.starts_with(['#', '&', ':', '!', '@'])
+                || n.contains([',', '*', '?'])
+            {
+                out.push((key, format!("`{n}` is not a valid nick")));
+            }
+        }
+        if let Some(u) = &self.username
+            && (bad_word(u) || u.contains('@'))
+        {
+            out.push(("username".into(), format!("`{u}` is not a valid user name")));
+        }
+        if self
+            .realname
+            .as_deref()
+            .is_some_and(|r| r.chars().any(char::is_control))
+        {
+            out.push(("realname".into(), "contains control characters".into()));
+        }
+        for (i, c) in self.channels.iter().enumerate() {
+            if bad_word(c) || !c.starts_with(['#', '&', '+', '!']) || c.contains(',') {
+                out.push((
+                    format!("channels[{i}]"),
+                    format!("`{c}` is not a channel name (they start with #, &, + or !)"),
+                ));
+            }
+        }
+        for name in self.channel_keys.keys() {
+            if !self.channels.contains(name) {
+                out.push((
+                    format!("channel_keys.{name}"),
+                    "is not in `channels`".into(),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("ping_interval_secs", self.ping_interval_secs),
+            ("ping_timeout_secs", self.ping_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("nick_regain_secs", self.nick_regain_secs),
+        ] {
+            if v == Some(0) {
+                out.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        if let Some(sasl) = &self.sasl
+            && sasl.user.len() * 2 + sasl.password.expose().len() + 2 > 300
+        {
+            out.push((
+                "sasl".into(),
+                "account and password are too long for one SASL message".into(),
+            ));
+        }
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            out.push((
+                "ca_file".into(),
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,318 @@
+//! The IRC transport against real servers (ngircd and InspIRCd), each test with its own server
+//! on a free loopback port, and a plain IRC client as the user.
+
+mod support;
+
+use std::time::Duration;
+
+use opsbot::health::{ActorKind, ConnState};
+use support::{Kind, Server, User};
+
+const BOT: &str = "opsbot";
+const T: Duration = Duration::from_secs(20);
+
+fn transport(port: u16, extra: &str) -> String {
+    format!(
+        "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\nalt_nicks = [\"opsbot_\"]\n\
+         channels = [\"#ops\"]\nping_interval_secs = 5\nping_timeout_secs = 5\nrejoin_delay_secs = 1\n{extra}"
+    )
+}
+
+/// Waits until the user sees the bot in `#ops`: its JOIN, or its name in the channel's member
+/// list when it was there first.
+async fn bot_joins(user: &mut User, nick: &str) {
+    let n = nick.to_owned();
+    let in_names = |l: &support::Line, n: &str| {
+        let (_, cmd, p) = l.parts();
+        cmd == "353"
+            && p.last().is_some_and(|names| {
+                names
+                    .split(' ')
+                    .any(|m| m.trim_start_matches(['@', '+', '%', '~', '&']) == n)
+            })
+    };
+    if user.seen.iter().any(|l| in_names(l, &n)) {
+        return;
+    }
+    user.expect(T, move |l| {
+        let (who, cmd, p) = l.parts();
+        (who == n && cmd == "JOIN" && p.first().is_some_and(|c| c == "#ops")) || in_names(l, &n)
+    })
+    .await;
+}
+
+/// A user who owns `#ops` (joined first, so channel operator) and a bot that joined it.
+async fn setup(kind: Kind, extra: &str) -> (Server, User, support::RunningBot) {
+    let server = Server::start(kind);
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+    let bot = support::RunningBot::start(&transport(server.port, extra), |b| {
+        b.handler(support::Tricky)
+    });
+    bot_joins(&mut user, BOT).await;
+    (server, user, bot)
+}
+
+#[tokio::test]
+async fn help_and_status_in_a_channel_and_in_private() {
+    let (_server, mut user, bot) = setup(Kind::Ngircd, "").await;
+    user.say("#ops", "!help").await;
+    let help = user.privmsgs_from(BOT, 9, T).await;
+    let texts: Vec<String> = help.iter().map(|l| l.privmsg().unwrap().2).collect();
+    assert!(help.iter().all(|l| l.privmsg().unwrap().1 == "#ops"));
+    assert!(texts[0].starts_with("!big"), "{texts:?}");
+    assert_eq!(
+        texts.last().unwrap(),
+        "!help <command> shows one command in full"
+    );
+
+    user.say(BOT, "status").await;
+    let first = user.privmsg_from(BOT, T).await;
+    assert_eq!(first.0, "alice", "a private question gets a private answer");
+    assert!(
+        first.1.starts_with("opsbot 0.1.0 · bot ircbot · up "),
+        "{first:?}"
+    );
+    let transport_line = user.privmsg_from(BOT, T).await.1;
+    assert!(
+        transport_line.starts_with(&format!(
+            "transport irc: connected (127.0.0.1:{} as opsbot, profile ngircd; #ops joined)",
+            _server.port
+        )),
+        "{transport_line}"
+    );
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
+    );
+    user.expect(T, |l| {
+        l.privmsg()
+            .is_some_and(|(n, _, t)| n == BOT && t.starts_with("outbox: "))
+    })
+    .await;
+
+    // Addressed by nick in the channel.
+    user.say("#ops", "opsbot: echo hello there").await;
+    assert_eq!(
+        user.privmsg_from(BOT, T).await,
+        ("#ops".into(), "hello there".into())
+    );
+}
+
+async fn two_hundred_lines(kind: Kind) {
+    let (_server, mut user, bot) = setup(kind, "").await;
+    user.say("#ops", "!lines 200").await;
+    // InspIRCd allows one line a second: 200 lines take about three and a half minutes.
+    let lines = user.privmsgs_from(BOT, 200, Duration::from_secs(400)).await;
+    let texts: Vec<String> = lines.iter().map(|l| l.privmsg().unwrap().2).collect();
+    let expected: Vec<String> = (1..=200).map(|i| format!("line {i} of 200")).collect();
+    assert_eq!(texts, expected, "complete and in order");
+    assert!(
+        !user.seen.iter().any(|l| l.parts().1 == "QUIT"),
+        "the bot was quit: {:?}",
+        user.seen.iter().find(|l| l.parts().1 == "QUIT")
+    );
+    // Still connected, on the first connection, and answering.
+    user.say("#ops", "!echo still here").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "still here");
+    let t = bot
+        .status()
+        .actor(ActorKind::Transport, "irc")
+        .cloned()
+        .unwrap();
+    assert_eq!(t.reconnects, 0, "{t:?}");
+    let span = lines[199].at.duration_since(lines[0].at).as_secs_f64();
+    eprintln!(
+        "{kind:?}: 200 lines in {span:.1} s = {:.2} lines/s",
+        199.0 / span
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_lines_through_inspircd_without_fakelag() {
+    two_hundred_lines(Kind::Inspircd).await;
+}
+
+#[tokio::test]
+async fn two_hundred_lines_through_ngircd() {
+    two_hundred_lines(Kind::Ngircd).await;
+}
+
+#[tokio::test]
+async fn a_handler_cannot_inject_protocol_lines() {
+    let (_server, mut user, _bot) = setup(Kind::Inspircd, "").await;
+    user.say("#ops", "!inject").await;
+    let got: Vec<String> = user
+        .privmsgs_from(BOT, 3, T)
+        .await
+        .iter()
+        .map(|l| l.privmsg().unwrap().2)
+        .collect();
+    assert_eq!(
+        got,
+        ["x", "QUIT :bye", "JOIN #elsewhere"],
+        "harmless text, nothing more"
+    );
+    user.say("#ops", "!echo still connected").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "still connected");
+    assert!(!user.seen.iter().any(|l| l.parts().1 == "QUIT"));
+}
+
+#[tokio::test]
+async fn a_2000_byte_reply_is_split_within_512_byte_lines_on_character_boundaries() {
+    for kind in [Kind::Ngircd, Kind::Inspircd] {
+        let (_server, mut user, _bot) = setup(kind, "").await;
+        user.say("#ops", "!big").await;
+        let want = support::big_text();
+        let mut got = String::new();
+        while got.len() < want.len() {
+            let line = user.privmsgs_from(BOT, 1, T).await.remove(0);
+            assert!(
+                line.raw.len() <= 512,
+                "{kind:?}: relayed line of {} bytes",
+                line.raw.len()
+            );
+            let text = std::str::from_utf8(&line.raw).expect("every line is valid UTF-8");
+            let piece = text
+                .rsplit_once(" :")
+                .unwrap()
+                .1
+                .trim_end_matches(['\r', '\n']);
+            got.push_str(piece);
+        }
+        assert_eq!(got, want, "{kind:?}: nothing lost or garbled");
+    }
+}
+
+#[tokio::test]
+async fn the_bot_comes_back_after_the_server_is_killed_and_restarted() {
+    let (mut server, user, bot) = setup(Kind::Ngircd, "").await;
+    drop(user);
+    server.kill();
+    bot.wait_status(T, "reconnecting", |s| {
+        matches!(
+            s.actor(ActorKind::Transport, "irc")
+                .and_then(|a| a.conn.clone()),
+            Some(ConnState::Reconnecting { .. })
+        )
+    })
+    .await;
+    server.restart();
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+    bot_joins(&mut user, BOT).await;
+    user.say("#ops", "!echo back again").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "back again");
+    let status = bot.status();
+    assert!(
+        status
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects
+            >= 1
+    );
+    assert!(status.healing_log.iter().any(|e| e.action == "reconnect"));
+}
+
+#[tokio::test]
+async fn a_frozen_server_is_detected_by_ping_timeout() {
+    let (server, mut user, bot) = setup(Kind::Ngircd, "").await;
+    user.say("#ops", "!echo before").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "before");
+    server.freeze();
+    // 5 s of silence, then a PING that gets no answer for 5 s: a generous bound is 40 s.
+    let s = bot
+        .wait_status(Duration::from_secs(40), "a ping timeout", |s| {
+            s.healing_log
+                .iter()
+                .any(|e| e.action == "reconnect" && e.detail.contains("ping timeout"))
+        })
+        .await;
+    assert!(s.actor(ActorKind::Transport, "irc").unwrap().reconnects >= 1);
+    server.thaw();
+    drop(user);
+    let mut user = User::connect(server.port, "alice2").await;
+    user.join("#ops").await;
+    user.say("#ops", "!echo after").await;
+    assert_eq!(
+        user.privmsg_from(BOT, Duration::from_secs(40)).await.1,
+        "after"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_nick_falls_back_then_is_taken_back() {
+    let server = Server::start(Kind::Ngircd);
+    let mut squatter = User::connect(server.port, BOT).await;
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+    let bot = support::RunningBot::start(&transport(server.port, "nick_regain_secs = 1"), |b| b);
+    bot_joins(&mut user, "opsbot_").await;
+    user.say("#ops", "opsbot_: echo fallback works").await;
+    assert_eq!(user.privmsg_from("opsbot_", T).await.1, "fallback works");
+    assert!(bot.status().healing_log.iter().any(|e| e.action == "nick"));
+
+    squatter.raw("QUIT :bye").await;
+    user.expect(T, |l| {
+        let (who, cmd, p) = l.parts();
+        who == "opsbot_" && cmd == "NICK" && p.first().is_some_and(|n| n == BOT)
+    })
+    .await;
+    user.say("#ops", "!echo own nick again").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "own nick again");
+}
+
+#[tokio::test]
+async fn kicked_bots_rejoin() {
+    for kind in [Kind::Ngircd, Kind::Inspircd] {
+        let (_server, mut user, bot) = setup(kind, "").await;
+        user.raw(&format!("KICK #ops {BOT} :out you go")).await;
+        bot_joins(&mut user, BOT).await;
+        user.say("#ops", "!echo rejoined").await;
+        assert_eq!(user.privmsg_from(BOT, T).await.1, "rejoined", "{kind:?}");
+        let log = bot.status().healing_log;
+        assert!(
+            log.iter()
+                .any(|e| e.action == "kicked" && e.detail.contains("out you go")),
+            "{log:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_ban_is_backed_off_and_shown_never_spun_on() {
+    let (_server, mut user, bot) = setup(Kind::Ngircd, "").await;
+    user.raw(&format!("MODE #ops +b {BOT}!*@*")).await;
+    user.raw(&format!("KICK #ops {BOT} :banned")).await;
+    let s = bot
+        .wait_status(T, "a refused rejoin", |s| {
+            s.healing_log.iter().any(|e| e.action == "join refused")
+        })
+        .await;
+    let detail = s
+        .actor(ActorKind::Transport, "irc")
+        .unwrap()
+        .detail
+        .clone()
+        .unwrap();
+    assert!(detail.contains("#ops refused ("), "{detail}");
+    assert!(detail.contains("retry in "), "{detail}");
+    // Over the next seconds the bot does not retry: the first retry is a minute away.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refusals = bot
+        .status()
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "join refused")
+        .count();
+    assert_eq!(refusals, 1);
+    // It still answers in private.
+    user.say(BOT, "echo banned but here").await;
+    assert_eq!(
+        user.privmsg_from(BOT, T).await,
+        ("alice".into(), "banned but here".into())
+    );
+}

@@ -1,0 +1,532 @@
+//! Test support: real IRC servers (ngircd, InspIRCd) on free loopback ports, a plain IRC user
+//! client, and a bot running the real framework over the IRC transport.
+//!
+//! Each test starts its own server with a generated config in a temporary directory and stops it
+//! when the server value is dropped. The servers are Debian packages that `scripts/test`
+//! installs; a missing binary fails the test with that hint, it never skips.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use opsbot::health::{Health, Snapshot};
+use opsbot::prelude::*;
+use opsbot::{Bot, Shutdown};
+use opsbot_transports::irc::{Irc, IrcConfig};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ngircd,
+    Inspircd,
+}
+
+/// A running IRC server.
+pub struct Server {
+    pub kind: Kind,
+    pub port: u16,
+    pub tls_port: Option<u16>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn which(bin: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = PathBuf::from(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} is not installed: run ./scripts/test, which installs the test servers");
+}
+
+impl Server {
+    pub fn start(kind: Kind) -> Self {
+        Self::start_with(kind, None)
+    }
+
+    /// A server that also listens for TLS with `cert` and `key` (PEM files).
+    pub fn start_with(kind: Kind, tls: Option<(PathBuf, PathBuf)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let tls_port = tls.as_ref().map(|_| free_port());
+        let mut server = Self {
+            kind,
+            port,
+            tls_port,
+            dir,
+            child: None,
+        };
+        server.write_config(tls);
+        server.launch();
+        server
+    }
+
+    fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("server.conf")
+    }
+
+    fn write_config(&self, tls: Option<(PathBuf, PathBuf)>) {
+        let text = match self.kind {
+            Kind::Ngircd => {
+                let mut c = format!(
+                    "[Global]\n\tName = irc.test\n\tListen = 127.0.0.1\n\tPorts = {}\n\
+                     \tMotdPhrase = \"opsbot test server\"\n\tPidFile = {}/ngircd.pid\n\
+                     [Limits]\n\tMaxConnectionsIP = 0\n\tPingTimeout = 30\n\tPongTimeout = 10\n\
+                     [Options]\n\tPAM = no\n\tDNS = no\n\tIdent = no\n",
+                    self.port,
+                    self.dir.path().display()
+                );
+                if let (Some((cert, key)), Some(tp)) = (tls, self.tls_port) {
+                    c.push_str(&format!(
+                        "[SSL]\n\tCertFile = {}\n\tKeyFile = {}\n\tPorts = {tp}\n",
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+                c
+            }
+            Kind::Inspircd => {
+                let mut c = format!(
+                    "<server name=\"irc.test\" description=\"opsbot test\" network=\"Test\">\n\
+                     <admin name=\"test\" nick=\"test\" email=\"test@example.invalid\">\n\
+                     <bind address=\"127.0.0.1\" port=\"{}\" type=\"clients\">\n\
+                     <pid file=\"{}/inspircd.pid\">\n\
+                     <connect name=\"users\" allow=\"*\" fakelag=\"no\" localmax=\"50\" globalmax=\"50\" resolvehostnames=\"no\">\n",
+                    self.port,
+                    self.dir.path().display()
+                );
+                if let (Some((cert, key)), Some(tp)) = (tls, self.tls_port) {
+                    c.push_str(&format!(
+                        "<module name=\"ssl_gnutls\">\n<sslprofile name=\"test\" provider=\"gnutls\" certfile=\"{}\" keyfile=\"{}\" dhfile=\"\">\n\
+                         <bind address=\"127.0.0.1\" port=\"{tp}\" type=\"clients\" sslprofile=\"test\">\n",
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+                c
+            }
+        };
+        std::fs::write(self.conf_path(), text).unwrap();
+    }
+
+    fn launch(&mut self) {
+        let conf = self.conf_path();
+        let mut cmd = match self.kind {
+            Kind::Ngircd => {
+                let mut c = Process::new(which("ngircd"));
+                c.arg("-n").arg("-f").arg(&conf);
+                c
+            }
+            Kind::Inspircd => {
+                let mut c = Process::new(which("inspircd"));
+                c.arg("--nofork").arg("--config").arg(&conf);
+                if is_root() {
+                    c.arg("--runasroot");
+                }
+                c
+            }
+        };
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start IRC server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+                panic!("{:?} exited with {status}: {log}", self.kind);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} did not listen within 20 s",
+                self.kind
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server outright (SIGKILL): every connection drops.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(
+            Process::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A frozen server must be thawed to die cleanly.
+            let _ = Process::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+fn is_root() -> bool {
+    Process::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A line a user client received, raw and parsed a little.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub raw: Vec<u8>,
+    pub text: String,
+    pub at: Instant,
+}
+
+impl Line {
+    /// `(nick, command, params...)` of a line like `:nick!u@h CMD a b :c`.
+    pub fn parts(&self) -> (String, String, Vec<String>) {
+        let mut rest = self.text.as_str();
+        let mut nick = String::new();
+        if let Some(r) = rest.strip_prefix(':') {
+            let (prefix, r) = r.split_once(' ').unwrap_or((r, ""));
+            nick = prefix.split('!').next().unwrap_or("").to_owned();
+            rest = r;
+        }
+        let (cmd, mut rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let mut params = Vec::new();
+        while !rest.is_empty() {
+            if let Some(trailing) = rest.strip_prefix(':') {
+                params.push(trailing.to_owned());
+                break;
+            }
+            let (p, r) = rest.split_once(' ').unwrap_or((rest, ""));
+            params.push(p.to_owned());
+            rest = r;
+        }
+        (nick, cmd.to_owned(), params)
+    }
+
+    /// `Some((from, target, text))` for a PRIVMSG.
+    pub fn privmsg(&self) -> Option<(String, String, String)> {
+        let (nick, cmd, p) = self.parts();
+        (cmd == "PRIVMSG" && p.len() == 2).then(|| (nick, p[0].clone(), p[1].clone()))
+    }
+}
+
+/// A plain IRC user client on a raw socket.
+pub struct User {
+    pub nick: String,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    pub seen: Vec<Line>,
+}
+
+impl User {
+    pub async fn connect(port: u16, nick: &str) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (r, w) = stream.into_split();
+            let mut user = Self {
+                nick: nick.to_owned(),
+                reader: BufReader::new(r),
+                writer: w,
+                seen: Vec::new(),
+            };
+            user.raw(&format!("NICK {nick}")).await;
+            user.raw(&format!("USER {nick} 0 * :test user {nick}"))
+                .await;
+            let welcome = user
+                .wait_for(Duration::from_secs(10), |l| {
+                    let (_, cmd, _) = l.parts();
+                    cmd == "001" || cmd == "433" || cmd == "ERROR"
+                })
+                .await;
+            match welcome.map(|l| l.parts().1) {
+                Some(c) if c == "001" => return user,
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{nick} cannot register: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn raw(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).await.unwrap();
+        self.writer.write_all(b"\r\n").await.unwrap();
+        self.writer.flush().await.unwrap();
+    }
+
+    pub async fn join(&mut self, chan: &str) {
+        self.raw(&format!("JOIN {chan}")).await;
+        let me = self.nick.clone();
+        let c = chan.to_owned();
+        self.expect(Duration::from_secs(10), move |l| {
+            let (n, cmd, p) = l.parts();
+            n == me && cmd == "JOIN" && p.first().is_some_and(|x| x.eq_ignore_ascii_case(&c))
+        })
+        .await;
+    }
+
+    pub async fn say(&mut self, target: &str, text: &str) {
+        self.raw(&format!("PRIVMSG {target} :{text}")).await;
+    }
+
+    /// The next line; answers PINGs by itself. `None` at the deadline or end of stream.
+    pub async fn next_line(&mut self, deadline: Instant) -> Option<Line> {
+        loop {
+            let mut raw = Vec::new();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.reader.read_until(b'\n', &mut raw)).await {
+                Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return None,
+                Ok(Ok(_)) => {}
+            }
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            if let Some(arg) = text.strip_prefix("PING ") {
+                let pong = format!("PONG {arg}");
+                self.raw(&pong).await;
+                continue;
+            }
+            let line = Line {
+                raw,
+                text,
+                at: Instant::now(),
+            };
+            self.seen.push(line.clone());
+            return Some(line);
+        }
+    }
+
+    /// Waits for a line matching `pred`.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&Line) -> bool,
+    ) -> Option<Line> {
+        let deadline = Instant::now() + within;
+        while let Some(l) = self.next_line(deadline).await {
+            if pred(&l) {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    /// Like `wait_for`, failing the test with what was seen.
+    pub async fn expect(&mut self, within: Duration, pred: impl Fn(&Line) -> bool) -> Line {
+        match self.wait_for(within, pred).await {
+            Some(l) => l,
+            None => {
+                let tail: Vec<&str> = self
+                    .seen
+                    .iter()
+                    .rev()
+                    .take(15)
+                    .map(|l| l.text.as_str())
+                    .collect();
+                panic!(
+                    "{}: expected line not seen within {within:?}; last lines (newest first): {tail:#?}",
+                    self.nick
+                )
+            }
+        }
+    }
+
+    /// The text of the next PRIVMSG from `from`.
+    pub async fn privmsg_from(&mut self, from: &str, within: Duration) -> (String, String) {
+        let f = from.to_owned();
+        let l = self
+            .expect(within, move |l| {
+                l.privmsg()
+                    .is_some_and(|(n, _, _)| n.eq_ignore_ascii_case(&f))
+            })
+            .await;
+        let (_, target, text) = l.privmsg().unwrap();
+        (target, text)
+    }
+
+    /// `n` PRIVMSG lines from `from`, as whole lines.
+    pub async fn privmsgs_from(&mut self, from: &str, n: usize, within: Duration) -> Vec<Line> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(l) = self.next_line(deadline).await else {
+                panic!(
+                    "{}: got {} of {n} lines from {from} within {within:?}",
+                    self.nick,
+                    out.len()
+                );
+            };
+            if l.privmsg()
+                .is_some_and(|(nick, _, _)| nick.eq_ignore_ascii_case(from))
+            {
+                out.push(l);
+            }
+        }
+        out
+    }
+}
+
+/// A bot on the IRC transport, running the real framework on its own thread.
+pub struct RunningBot {
+    pub health: Health,
+    shutdown: Shutdown,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningBot {
+    /// Starts a bot from the text of a `[bot.transport]` section (kind omitted), with the
+    /// built-in handlers, the demos and `extra`.
+    pub fn start(
+        transport_toml: &str,
+        extra: impl FnOnce(opsbot::BotBuilder) -> opsbot::BotBuilder,
+    ) -> Self {
+        let table: toml::Table = toml::from_str(transport_toml).unwrap();
+        let cfg: IrcConfig = toml::Value::Table(table).try_into().unwrap();
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        let builder = Bot::builder("ircbot")
+            .transport(Irc::new(cfg))
+            .configure(|o| {
+                o.admins = vec!["*!*@127.0.0.1".into()];
+                o.reconnect.initial = Duration::from_millis(200);
+                o.reconnect.max = Duration::from_secs(2);
+                o.shutdown_deadline = Duration::from_secs(2);
+            });
+        let builder = opsbot_handlers::add_builtins(builder)
+            .handler(opsbot_handlers::demo::Lines)
+            .handler(opsbot_handlers::demo::Boom);
+        let bot = extra(builder).build().unwrap();
+        let health = bot.health();
+        let shutdown = Shutdown::new();
+        let s = shutdown.clone();
+        let thread = std::thread::spawn(move || opsbot::run_until(vec![bot], s, false));
+        Self {
+            health,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn status(&self) -> Snapshot {
+        self.health.snapshot()
+    }
+
+    /// Waits until `pred` holds for the bot's health (polling), failing after `within`.
+    pub async fn wait_status(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&Snapshot) -> bool,
+    ) -> Snapshot {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "bot never got {what}: {s:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RunningBot {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Replies with text a handler should never be able to turn into protocol lines, and with one
+/// long multi-byte reply.
+#[derive(Clone)]
+pub struct Tricky;
+
+/// The 2,000-byte reply of `!big`: 1-, 2-, 3- and 4-byte characters, no spaces, so that every
+/// split point falls inside a run of multi-byte characters.
+pub fn big_text() -> String {
+    let unit = "aé€𝄞"; // 1 + 2 + 3 + 4 bytes
+    let mut s = String::new();
+    while s.len() + unit.len() <= 2000 {
+        s.push_str(unit);
+    }
+    while s.len() < 2000 {
+        s.push('z');
+    }
+    s
+}
+
+impl Handler for Tricky {
+    const NAME: &'static str = "tricky";
+    const COMMANDS: &'static [Command] = &[
+        Command::new("inject", "", "Reply with CR, LF and NUL inside."),
+        Command::new("big", "", "Reply with 2,000 bytes of multi-byte text."),
+    ];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        match call.command().name {
+            "inject" => cx.reply("x\r\nQUIT :bye\0\r\nJOIN #elsewhere"),
+            _ => cx.reply(big_text()),
+        }
+        Ok(())
+    }
+}
