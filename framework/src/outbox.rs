@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,7 @@ struct Limiters {
     global: Option<DefaultDirectRateLimiter>,
     bytes: Option<DefaultDirectRateLimiter>,
     byte_burst: u32,
+    global_burst: u32,
     keyed: Option<DefaultKeyedRateLimiter<Destination>>,
     max_line_bytes: usize,
     line_overhead: usize,
@@ -133,6 +135,7 @@ impl Limiters {
                 .and_then(Rate::quota)
                 .map(governor::RateLimiter::direct),
             byte_burst: opts.global_bytes.map_or(0, |r| r.burst.max(1)),
+            global_burst: opts.global.map_or(0, |r| r.burst.max(1)),
             keyed: opts
                 .per_destination
                 .and_then(Rate::quota)
@@ -144,28 +147,13 @@ impl Limiters {
 
     /// What `bytes` cost in the byte budget, clamped to what the bucket can ever hold.
     fn byte_cells(&self, bytes: usize) -> Option<NonZeroU32> {
-        NonZeroU32::new(
-            u32::try_from(bytes)
-                .unwrap_or(u32::MAX)
-                .min(self.byte_burst),
-        )
+        cells(bytes, self.byte_burst)
     }
+}
 
-    /// Consumes the global budgets for this line if they allow it now; else the time to wait.
-    fn check_global(&self, dest: &Destination, text: &str) -> Result<(), Duration> {
-        let now = DefaultClock::default().now();
-        let cost = self.byte_cells(text.len() + dest.name().len() + self.line_overhead);
-        if let (Some(bytes), Some(cost)) = (&self.bytes, cost) {
-            // Bytes first, so that a refusal there has not spent a line.
-            if let Ok(Err(nu)) = bytes.check_n(cost) {
-                return Err(nu.wait_time_from(now));
-            }
-        }
-        if let Some(global) = &self.global {
-            global.check().map_err(|nu| nu.wait_time_from(now))?;
-        }
-        Ok(())
-    }
+/// Cells as a non-zero count for governor, at most `cap` (what the bucket can ever hold).
+fn cells(n: usize, cap: u32) -> Option<NonZeroU32> {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX).min(cap))
 }
 
 /// The pacing budget of one bot's connection, shared: the outbox spends it on lines, the
@@ -174,6 +162,11 @@ impl Limiters {
 #[derive(Clone, Debug)]
 pub struct Pacing {
     inner: Arc<Mutex<(OutboxSettings, Arc<Limiters>)>>,
+    /// What the transport sent while the budget was empty, still to be paid for by the lines
+    /// after it (governor buckets cannot go into debt by themselves). Kept across profile
+    /// changes.
+    debt_lines: Arc<AtomicUsize>,
+    debt_bytes: Arc<AtomicUsize>,
 }
 
 impl Pacing {
@@ -181,6 +174,8 @@ impl Pacing {
         let limiters = Arc::new(Limiters::new(&settings.resolve(limits)));
         Self {
             inner: Arc::new(Mutex::new((settings, limiters))),
+            debt_lines: Arc::default(),
+            debt_bytes: Arc::default(),
         }
     }
 
@@ -209,12 +204,44 @@ impl Pacing {
     /// budgets without waiting: such a line cannot wait, but the lines after it will.
     pub fn charge(&self, bytes: usize) {
         let l = self.limiters();
-        if let (Some(b), Some(n)) = (&l.bytes, l.byte_cells(bytes)) {
-            let _ = b.check_n(n);
+        if let (Some(b), Some(n)) = (&l.bytes, l.byte_cells(bytes))
+            && !matches!(b.check_n(n), Ok(Ok(())))
+        {
+            self.debt_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if let Some(g) = &l.global
+            && g.check().is_err()
+        {
+            self.debt_lines.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Consumes the global budgets for a line (and any debt) if they allow it now; else the time
+    /// to wait.
+    fn check_global(&self, dest: &Destination, text: &str) -> Result<(), Duration> {
+        let l = self.limiters();
+        let now = DefaultClock::default().now();
+        if let Some(b) = &l.bytes {
+            // Bytes first, so that a refusal there has not spent a line. Debt is paid as far
+            // as the bucket can hold it in one go; the rest with the next lines.
+            let own = text.len() + dest.name().len() + l.line_overhead;
+            let debt = self.debt_bytes.load(Ordering::Relaxed);
+            let take = (own + debt).min(l.byte_burst as usize).max(1);
+            if let Ok(Err(nu)) = b.check_n(cells(take, l.byte_burst).expect("non-zero")) {
+                return Err(nu.wait_time_from(now));
+            }
+            let paid = take.saturating_sub(own).min(debt);
+            self.debt_bytes.fetch_sub(paid, Ordering::Relaxed);
         }
         if let Some(g) = &l.global {
-            let _ = g.check();
+            let debt = self.debt_lines.load(Ordering::Relaxed);
+            let take = (1 + debt).min(l.global_burst as usize);
+            if let Ok(Err(nu)) = g.check_n(cells(take, l.global_burst).expect("non-zero")) {
+                return Err(nu.wait_time_from(now));
+            }
+            self.debt_lines.fetch_sub(take - 1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// The longest text one line may carry under the current profile.
@@ -386,7 +413,7 @@ impl Outbox {
                 let pacing = self.pacing.clone();
                 let tx = self.transport.clone();
                 let fut = async move {
-                    while let Err(wait) = pacing.limiters().check_global(&dest, &line) {
+                    while let Err(wait) = pacing.check_global(&dest, &line) {
                         actix::clock::sleep(wait).await;
                     }
                     let (ack, acked) = oneshot::channel();
@@ -491,6 +518,33 @@ impl actix::Handler<Drain> for Outbox {
 
 #[derive(Debug)]
 struct Queued;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_the_transport_sent_on_an_empty_budget_are_paid_for_later() {
+        let limits = Limits {
+            global: Some(Rate::new(10.0, 2)),
+            ..Limits::unlimited(100)
+        };
+        let pacing = Pacing::new(OutboxSettings::default(), &limits);
+        let dest = Destination::room("#a");
+        assert!(pacing.check_global(&dest, "one").is_ok());
+        assert!(pacing.check_global(&dest, "two").is_ok());
+        // The bucket is empty; a keep-alive goes out anyway and becomes debt.
+        pacing.charge(20);
+        assert_eq!(pacing.debt_lines.load(Ordering::Relaxed), 1);
+        // The next line waits for its own cell and the debt's: about 0.2 s, where it would be
+        // 0.1 s without the debt.
+        let wait = pacing.check_global(&dest, "three").unwrap_err();
+        assert!(wait > Duration::from_millis(150), "{wait:?}");
+        std::thread::sleep(wait);
+        assert!(pacing.check_global(&dest, "three").is_ok());
+        assert_eq!(pacing.debt_lines.load(Ordering::Relaxed), 0);
+    }
+}
 
 impl Message for Queued {
     type Result = usize;

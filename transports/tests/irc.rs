@@ -14,7 +14,7 @@ const T: Duration = Duration::from_secs(20);
 fn transport(port: u16, extra: &str) -> String {
     format!(
         "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\nalt_nicks = [\"opsbot_\"]\n\
-         channels = [\"#ops\"]\nping_interval_secs = 5\nping_timeout_secs = 5\nrejoin_delay_secs = 1\n{extra}"
+         channels = [\"#ops\"]\nrejoin_delay_secs = 1\n{extra}"
     )
 }
 
@@ -219,7 +219,11 @@ async fn the_bot_comes_back_after_the_server_is_killed_and_restarted() {
 
 #[tokio::test]
 async fn a_frozen_server_is_detected_by_ping_timeout() {
-    let (server, mut user, bot) = setup(Kind::Ngircd, "").await;
+    let (server, mut user, bot) = setup(
+        Kind::Ngircd,
+        "ping_interval_secs = 5\nping_timeout_secs = 5",
+    )
+    .await;
     user.say("#ops", "!echo before").await;
     assert_eq!(user.privmsg_from(BOT, T).await.1, "before");
     server.freeze();
@@ -314,5 +318,129 @@ async fn a_ban_is_backed_off_and_shown_never_spun_on() {
     assert_eq!(
         user.privmsg_from(BOT, T).await,
         ("alice".into(), "banned but here".into())
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn make_certs(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_and_a_clear_error_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = Server::start_with(Kind::Ngircd, Some((cert, key)));
+    let tls_port = server.tls_port.unwrap();
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+
+    // Without the CA the certificate is refused, visibly, and retried with backoff.
+    let untrusting = support::RunningBot::start(
+        &format!(
+            "server = \"127.0.0.1\"\nport = {tls_port}\nnick = \"nocabot\"\nchannels = [\"#ops\"]\n"
+        ),
+        |b| b,
+    );
+    let s = untrusting
+        .wait_status(T, "a certificate error", |s| {
+            s.actor(ActorKind::Transport, "irc")
+                .and_then(|a| a.last_error.as_ref())
+                .is_some_and(|(_, e)| e.to_lowercase().contains("certificate"))
+        })
+        .await;
+    assert!(matches!(
+        s.actor(ActorKind::Transport, "irc").unwrap().conn,
+        Some(ConnState::Reconnecting { .. })
+    ));
+    drop(untrusting);
+
+    let bot = support::RunningBot::start(
+        &format!(
+            "server = \"127.0.0.1\"\nport = {tls_port}\ntls = true\nca_file = \"{}\"\nnick = \"{BOT}\"\nchannels = [\"#ops\"]\n",
+            ca.display()
+        ),
+        |b| b,
+    );
+    bot_joins(&mut user, BOT).await;
+    user.say("#ops", "!echo over tls").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "over tls");
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bot = support::RunningBot::start(&transport(port, ""), |b| b);
+    let (sock, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    while !line.starts_with("USER ") {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+    }
+    w.write_all(b":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
+        .await
+        .unwrap();
+    let mut garbage = Vec::new();
+    garbage.extend_from_slice(b"\xff\xfe\x00 not irc at all\r\n");
+    garbage.extend(std::iter::repeat_n(b'x', 20_000));
+    garbage.extend_from_slice(b"\r\n:::: ::\r\n:x PRIVMSG\r\n\r\n\n");
+    garbage.extend_from_slice(b":alice!a@127.0.0.1 PRIVMSG #ops :!echo caf\xe9 au lait\r\n");
+    w.write_all(&garbage).await.unwrap();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        line.clear();
+        let n = tokio::time::timeout_at(deadline.into(), r.read_line(&mut line))
+            .await
+            .expect("a reply")
+            .unwrap();
+        assert!(n > 0, "the bot hung up");
+        if line.starts_with("PRIVMSG #ops") {
+            assert_eq!(
+                line, "PRIVMSG #ops :café au lait\r\n",
+                "Latin-1 decoded, answered in UTF-8"
+            );
+            break;
+        }
+    }
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
     );
 }

@@ -52,7 +52,7 @@ impl Profile {
         let (lines, bytes) = match self {
             Self::Conservative => (Rate::new(1.0, 4), None),
             Self::Ngircd => (Rate::new(2.9, 3), Some(Rate::new(1024.0, 1536))),
-            Self::Inspircd => (Rate::new(0.95, 5), None),
+            Self::Inspircd => (Rate::new(0.95, 8), None),
         };
         Limits {
             max_line_bytes,
