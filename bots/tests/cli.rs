@@ -261,6 +261,7 @@ fn every_example_config_checks_clean() {
             let out = Command::new(BIN)
                 .args(["check", "--config"])
                 .arg(&path)
+                .env("IRC_SASL_PASSWORD", "from-the-environment")
                 .output()
                 .unwrap();
             assert!(
@@ -272,5 +273,54 @@ fn every_example_config_checks_clean() {
             n += 1;
         }
     }
-    assert!(n >= 1);
+    assert!(n >= 3);
+}
+
+#[test]
+fn a_missing_secret_is_a_config_error_that_names_it_without_a_value() {
+    let config = examples().join("irc.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("IRC_SASL_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "`bot[0].transport.sasl.password`: environment variable IRC_SASL_PASSWORD is not set"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn irc_settings_are_checked_before_connecting() {
+    let head =
+        "[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"irc\"\nserver = \"irc.example.org\"\n";
+    let (ok, _, err) = check(&format!("{head}nick = \"ops\"\nprofile = \"fast\"\n"));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].transport.profile`: unknown variant `fast`"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!("{head}nick = \"ops\"\nchanels = []\n"));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].transport.chanels`: unknown field `chanels`"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!(
+        "{head}nick = \"bad nick\"\nchannels = [\"ops\"]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].transport.nick`: `bad nick` is not a valid nick"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`bot[0].transport.channels[0]`: `ops` is not a channel name"),
+        "{err}"
+    );
 }

@@ -200,19 +200,25 @@ impl Pacing {
         inner.1 = Arc::new(Limiters::new(&opts));
     }
 
-    /// Charges a line the transport sent by itself (a keep-alive answer, a join) to the global
-    /// budgets without waiting: such a line cannot wait, but the lines after it will.
+    /// Charges a line the transport sent by itself (a keep-alive, a join) to the global budgets
+    /// without waiting: such a line cannot wait, but the lines after it will.
     pub fn charge(&self, bytes: usize) {
+        self.charge_n(1, bytes);
+    }
+
+    /// Like [`Pacing::charge`] for a command the server counts as `lines` lines (InspIRCd
+    /// charges a JOIN as two, a NICK as four).
+    pub fn charge_n(&self, lines: u32, bytes: usize) {
         let l = self.limiters();
         if let (Some(b), Some(n)) = (&l.bytes, l.byte_cells(bytes))
             && !matches!(b.check_n(n), Ok(Ok(())))
         {
             self.debt_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
-        if let Some(g) = &l.global
-            && g.check().is_err()
+        if let (Some(g), Some(n)) = (&l.global, cells(lines as usize, l.global_burst))
+            && !matches!(g.check_n(n), Ok(Ok(())))
         {
-            self.debt_lines.fetch_add(1, Ordering::Relaxed);
+            self.debt_lines.fetch_add(lines as usize, Ordering::Relaxed);
         }
     }
 

@@ -46,7 +46,7 @@ fn settings<T: serde::de::DeserializeOwned>(
         } else {
             format!("{}.{path}", t.key)
         };
-        error(file, key, e.inner().to_string(), None)
+        error(file, key, e.inner().message().to_owned(), None)
     })
 }
 

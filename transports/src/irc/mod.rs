@@ -140,7 +140,8 @@ impl Session<'_> {
     }
 
     async fn send_raw(&mut self, line: &str) -> Result<(), TransportError> {
-        self.link.pacing().charge(line.len());
+        let cost = server_cost(line, self.registered);
+        self.link.pacing().charge_n(cost, line.len());
         self.note_sent();
         self.writer.write_line(line).await?;
         Ok(())
@@ -466,6 +467,16 @@ impl Session<'_> {
                 self.publish();
             }
             431..=437 => self.on_nick_taken(last).await?,
+            303 => {
+                // RPL_ISON: the nicks that are online. Ours is free when it is not among them.
+                let wanted = self.irc.cfg.nick.clone();
+                let online = last
+                    .split_whitespace()
+                    .any(|n| n.eq_ignore_ascii_case(&wanted));
+                if self.registered && !online && !self.nick.eq_ignore_ascii_case(&wanted) {
+                    self.send(Command::NICK(wanted)).await?;
+                }
+            }
             403 | 405 | 471 | 473 | 474 | 475 | 477 => {
                 let chan = arg(1).to_owned();
                 self.on_refused(&chan, last);
@@ -581,11 +592,26 @@ impl Session<'_> {
         if !self.nick.eq_ignore_ascii_case(&self.irc.cfg.nick)
             && now.duration_since(self.last_regain) >= self.irc.cfg.nick_regain()
         {
+            // Ask whether the nick is free before taking it: a refused NICK costs an error
+            // reply, which servers charge for (ngircd 2 s, InspIRCd 4 units).
             self.last_regain = now;
-            let wanted = self.irc.cfg.nick.clone();
-            self.send(Command::NICK(wanted)).await?;
+            let line = format!("ISON {}\r\n", self.irc.cfg.nick);
+            self.send_raw(&line).await?;
         }
         Ok(())
+    }
+}
+
+/// What the server charges for a line we send, in PRIVMSG units (InspIRCd 3's penalties, the
+/// strictest we know: JOIN 2, NICK after registration 4, PART 5, a PONG answering the server's
+/// PING nothing; ngircd charges less or nothing for these).
+fn server_cost(line: &str, registered: bool) -> u32 {
+    match line.split(' ').next().unwrap_or("") {
+        "PONG" => 0,
+        "JOIN" => 2,
+        "NICK" if registered => 4,
+        "PART" => 5,
+        _ => 1,
     }
 }
 
