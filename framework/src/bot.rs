@@ -163,26 +163,6 @@ pub(crate) fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
-#[cfg(test)]
-mod tests {
-    use super::wildcard;
-
-    #[test]
-    fn host_masks_match_as_globs() {
-        assert!(wildcard(
-            b"*!*@ops.example.com",
-            b"alice!al@ops.example.com"
-        ));
-        assert!(wildcard(b"alice!*@*", b"ALICE!x@y"));
-        assert!(!wildcard(
-            b"*!*@ops.example.com",
-            b"mallory!m@evil.example.com"
-        ));
-        assert!(wildcard(b"a?c", b"abc") && !wildcard(b"a?c", b"abbc"));
-        assert!(wildcard(b"*", b"") && !wildcard(b"", b"x"));
-    }
-}
-
 /// Why a bot could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -641,4 +621,24 @@ fn spawn_signal_watch(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn host_masks_match_as_globs() {
+        assert!(wildcard(
+            b"*!*@ops.example.com",
+            b"alice!al@ops.example.com"
+        ));
+        assert!(wildcard(b"alice!*@*", b"ALICE!x@y"));
+        assert!(!wildcard(
+            b"*!*@ops.example.com",
+            b"mallory!m@evil.example.com"
+        ));
+        assert!(wildcard(b"a?c", b"abc") && !wildcard(b"a?c", b"abbc"));
+        assert!(wildcard(b"*", b"") && !wildcard(b"", b"x"));
+    }
 }

@@ -525,6 +525,18 @@ impl actix::Handler<Drain> for Outbox {
 #[derive(Debug)]
 struct Queued;
 
+impl Message for Queued {
+    type Result = usize;
+}
+
+impl actix::Handler<Queued> for Outbox {
+    type Result = usize;
+
+    fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
+        self.queued
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,17 +561,5 @@ mod tests {
         std::thread::sleep(wait);
         assert!(pacing.check_global(&dest, "three").is_ok());
         assert_eq!(pacing.debt_lines.load(Ordering::Relaxed), 0);
-    }
-}
-
-impl Message for Queued {
-    type Result = usize;
-}
-
-impl actix::Handler<Queued> for Outbox {
-    type Result = usize;
-
-    fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
-        self.queued
     }
 }
