@@ -6,21 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use opsbot::prelude::*;
-use opsbot::testkit::TestBot;
-
-#[derive(Clone)]
-struct Echo;
-
-impl Handler for Echo {
-    const NAME: &'static str = "echo";
-    const COMMANDS: &'static [Command] = &[Command::new("echo", "<text>", "Echo.")];
-
-    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
-        cx.reply(call.rest());
-        Ok(())
-    }
-}
+use opsbot::testkit::{Echo, TestBot};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

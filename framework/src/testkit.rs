@@ -46,6 +46,22 @@ use crate::store::Store;
 use crate::transport::Limits;
 use crate::transport::memory::{self, Remote, Said};
 
+/// `!echo <text>`: says the text back. A ready-made handler for tests that need a second
+/// command beside the one under test (to show it still answers, or to sync on).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Handler for Echo {
+    const NAME: &'static str = "echo";
+    const COMMANDS: &'static [crate::Command] =
+        &[crate::Command::new("echo", "<text>", "Say the text back.")];
+
+    async fn command(&mut self, cx: &mut crate::Context, call: crate::Call) -> crate::Result {
+        cx.reply(call.rest());
+        Ok(())
+    }
+}
+
 /// How long [`TestBot::said`] waits before failing the test.
 const PATIENCE: Duration = Duration::from_secs(20);
 

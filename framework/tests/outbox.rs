@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use opsbot::outbox::Rate;
 use opsbot::prelude::*;
-use opsbot::testkit::TestBot;
+use opsbot::testkit::{Echo, TestBot};
 use opsbot::transport::Limits;
 use opsbot::transport::memory::Said;
 
@@ -22,19 +22,6 @@ impl Handler for Lines {
         for i in 1..=n {
             cx.reply(format!("line {i}"));
         }
-        Ok(())
-    }
-}
-
-#[derive(Clone)]
-struct Echo;
-
-impl Handler for Echo {
-    const NAME: &'static str = "echo";
-    const COMMANDS: &'static [Command] = &[Command::new("echo", "<text>", "Echo.")];
-
-    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
-        cx.reply(call.rest());
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use opsbot::health::{ActorKind, BotHealth, ConnState};
 use opsbot::prelude::*;
-use opsbot::testkit::TestBot;
+use opsbot::testkit::{Echo, TestBot};
 use opsbot::transport::Limits;
 use opsbot::transport::memory::{self, Said};
 use opsbot::{Bot, Shutdown};
@@ -20,19 +20,6 @@ impl Handler for Late {
     async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
         tokio::time::sleep(Duration::from_millis(200)).await;
         cx.reply("late answer");
-        Ok(())
-    }
-}
-
-#[derive(Clone)]
-struct Echo;
-
-impl Handler for Echo {
-    const NAME: &'static str = "echo";
-    const COMMANDS: &'static [Command] = &[Command::new("echo", "<text>", "Echo.")];
-
-    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
-        cx.reply(call.rest());
         Ok(())
     }
 }

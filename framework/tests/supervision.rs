@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use opsbot::health::{ActorKind, ActorState, BotHealth};
 use opsbot::prelude::*;
-use opsbot::testkit::TestBot;
+use opsbot::testkit::{Echo, TestBot};
 
 /// Answers `!count` with how many times this instance was called; `!count crash` panics.
 #[derive(Clone, Default)]
@@ -26,19 +26,6 @@ impl Handler for Counter {
                 .trim_end()
                 .to_owned(),
         );
-        Ok(())
-    }
-}
-
-#[derive(Clone)]
-struct Echo;
-
-impl Handler for Echo {
-    const NAME: &'static str = "echo";
-    const COMMANDS: &'static [Command] = &[Command::new("echo", "<text>", "Echo.")];
-
-    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
-        cx.reply(call.rest());
         Ok(())
     }
 }
