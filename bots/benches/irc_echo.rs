@@ -6,7 +6,8 @@
 //! with its own rate limits raised. ngircd throttles every client with a one-second clock, which
 //! hides what the bot itself adds, so the run is repeated on InspIRCd with its flood limits
 //! raised.
-//! Run: `cargo bench -p opsbot-bots --bench irc_echo`.
+//! Run: `cargo bench -p opsbot-bots --bench irc_echo`; with `BARE_CURRENT_THREAD=1` the bare
+//! loop runs on a single-threaded runtime, as each bot does, for a like-for-like comparison.
 
 #[path = "../../transports/tests/support/mod.rs"]
 mod support;
@@ -203,7 +204,15 @@ fn main() {
         .unwrap();
     if let Some(i) = args.iter().position(|a| a == "--bare-echo") {
         let port: u16 = args[i + 1].parse().unwrap();
-        rt.block_on(bare_echo(port, "bareecho"));
+        if std::env::var_os("BARE_CURRENT_THREAD").is_some() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(bare_echo(port, "bareecho"));
+        } else {
+            rt.block_on(bare_echo(port, "bareecho"));
+        }
         return;
     }
     let quick = !args.iter().any(|a| a == "--bench");
