@@ -121,6 +121,9 @@ struct Limiters {
     keyed: Option<DefaultKeyedRateLimiter<Destination>>,
     max_line_bytes: usize,
     line_overhead: usize,
+    /// One clock for all waits: building a quanta clock calibrates it (CPUID), far too slow to
+    /// do per line.
+    clock: DefaultClock,
 }
 
 impl Limiters {
@@ -142,6 +145,7 @@ impl Limiters {
                 .map(governor::RateLimiter::hashmap),
             max_line_bytes: opts.max_line_bytes,
             line_overhead: opts.line_overhead,
+            clock: DefaultClock::default(),
         }
     }
 
@@ -226,7 +230,7 @@ impl Pacing {
     /// to wait.
     fn check_global(&self, dest: &Destination, text: &str) -> Result<(), Duration> {
         let l = self.limiters();
-        let now = DefaultClock::default().now();
+        let now = || l.clock.now();
         if let Some(b) = &l.bytes {
             // Bytes first, so that a refusal there has not spent a line. Debt is paid as far
             // as the bucket can hold it in one go; the rest with the next lines.
@@ -234,7 +238,7 @@ impl Pacing {
             let debt = self.debt_bytes.load(Ordering::Relaxed);
             let take = (own + debt).min(l.byte_burst as usize).max(1);
             if let Ok(Err(nu)) = b.check_n(cells(take, l.byte_burst).expect("non-zero")) {
-                return Err(nu.wait_time_from(now));
+                return Err(nu.wait_time_from(now()));
             }
             let paid = take.saturating_sub(own).min(debt);
             self.debt_bytes.fetch_sub(paid, Ordering::Relaxed);
@@ -243,7 +247,7 @@ impl Pacing {
             let debt = self.debt_lines.load(Ordering::Relaxed);
             let take = (1 + debt).min(l.global_burst as usize);
             if let Ok(Err(nu)) = g.check_n(cells(take, l.global_burst).expect("non-zero")) {
-                return Err(nu.wait_time_from(now));
+                return Err(nu.wait_time_from(now()));
             }
             self.debt_lines.fetch_sub(take - 1, Ordering::Relaxed);
         }
@@ -352,7 +356,7 @@ impl Outbox {
                 None => Ok(()),
                 Some(l) => l
                     .check_key(&dest)
-                    .map_err(|nu| nu.wait_time_from(DefaultClock::default().now())),
+                    .map_err(|nu| nu.wait_time_from(limiters.clock.now())),
             };
             match allowed {
                 Ok(()) => {
