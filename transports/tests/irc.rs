@@ -444,3 +444,109 @@ async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
         0
     );
 }
+
+/// Reads lines from the bot until one starts with `prefix`.
+async fn read_until(
+    r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    prefix: &str,
+) -> String {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(T, r.read_line(&mut line))
+            .await
+            .unwrap_or_else(|_| panic!("the bot sent no {prefix} line"))
+            .unwrap();
+        assert!(n > 0, "the bot hung up while we waited for {prefix}");
+        if line.starts_with(prefix) {
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_visibly() {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bot = support::RunningBot::start(
+        &format!(
+            "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\nchannels = [\"#ops\", \"#vault\"]\n\
+             password = \"srvpass\"\nnickserv_password = \"nspass\"\nchannel_keys = {{ \"#vault\" = \"vkey\" }}\n\
+             [sasl]\nuser = \"opsacct\"\npassword = \"saslpass\"\n"
+        ),
+        |b| b,
+    );
+
+    // First connection: SASL is refused; the bot must give up on this session, not carry on.
+    let (sock, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    assert_eq!(read_until(&mut r, "PASS").await, "PASS :srvpass");
+    assert_eq!(read_until(&mut r, "CAP").await, "CAP REQ sasl");
+    w.write_all(b":fake CAP * ACK :sasl\r\n").await.unwrap();
+    assert_eq!(
+        read_until(&mut r, "AUTHENTICATE").await,
+        "AUTHENTICATE PLAIN"
+    );
+    w.write_all(b"AUTHENTICATE +\r\n").await.unwrap();
+    // base64("opsacct\0opsacct\0saslpass")
+    assert_eq!(
+        read_until(&mut r, "AUTHENTICATE").await,
+        "AUTHENTICATE b3BzYWNjdABvcHNhY2N0AHNhc2xwYXNz"
+    );
+    w.write_all(b":fake 904 * :SASL authentication failed\r\n")
+        .await
+        .unwrap();
+    let s = bot
+        .wait_status(T, "a SASL refusal", |s| {
+            s.healing_log
+                .iter()
+                .any(|e| e.detail.contains("SASL authentication failed"))
+        })
+        .await;
+    let shown = format!("{s:?}");
+    for secret in ["srvpass", "nspass", "vkey", "saslpass", "b3BzYWNj"] {
+        assert!(!shown.contains(secret), "{secret} leaked into the status");
+    }
+    drop((r, w));
+
+    // Second connection (after backoff): SASL succeeds, NickServ and keyed joins follow.
+    let (sock, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    read_until(&mut r, "CAP").await;
+    w.write_all(b":fake CAP * ACK :sasl\r\n").await.unwrap();
+    read_until(&mut r, "AUTHENTICATE").await;
+    w.write_all(b"AUTHENTICATE +\r\n").await.unwrap();
+    read_until(&mut r, "AUTHENTICATE").await;
+    w.write_all(b":fake 903 opsbot :SASL authentication successful\r\n")
+        .await
+        .unwrap();
+    // NICK and USER went out with CAP REQ; registration completes once CAP END is sent.
+    assert_eq!(read_until(&mut r, "CAP").await, "CAP END");
+    w.write_all(b":fake 001 opsbot :Welcome\r\n").await.unwrap();
+    assert_eq!(
+        read_until(&mut r, "PRIVMSG NickServ").await,
+        "PRIVMSG NickServ :IDENTIFY opsbot nspass"
+    );
+    let mut joins = vec![
+        read_until(&mut r, "JOIN").await,
+        read_until(&mut r, "JOIN").await,
+    ];
+    joins.sort();
+    assert_eq!(joins, ["JOIN #ops", "JOIN #vault :vkey"]);
+    assert!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects
+            >= 1
+    );
+}
