@@ -36,12 +36,61 @@ pub struct Server {
     child: Option<Child>,
 }
 
+/// A loopback port that is free now, below the kernel's ephemeral range (32768 and up), so that
+/// no outgoing connection or `bind(0)` elsewhere can take it while a server is down for a
+/// restart. Each test process counts up from its own base.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 200) as u16 * 60;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Whether process `pid` itself holds a socket listening on 127.0.0.1:`port` (read from /proc, so
+/// a listener of some other process on the same port is never mistaken for ours).
+pub fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+    })
+}
+
+/// Waits until `child` listens on `port`; panics with the server's log if it exits or takes more
+/// than 20 s.
+pub fn wait_listening(child: &mut Child, port: u16, what: &str, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listens(child.id(), port) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} exited with {status}: {log}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not listen on port {port} within 20 s: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn which(bin: &str) -> PathBuf {
@@ -169,19 +218,12 @@ impl Server {
             .spawn()
             .expect("start IRC server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-                panic!("{:?} exited with {status}: {log}", self.kind);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{:?} did not listen within 20 s",
-                self.kind
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let what = format!("{:?}", self.kind);
+        let log = self.dir.path().join("server.log");
+        let child = self.child.as_mut().unwrap();
+        wait_listening(child, self.port, &what, &log);
+        if let Some(tls_port) = self.tls_port {
+            wait_listening(child, tls_port, &what, &log);
         }
     }
 
