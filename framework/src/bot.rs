@@ -592,32 +592,37 @@ pub(crate) fn spawn_bot(bot: Bot, shutdown: CancellationToken) -> (Arbiter, ones
     (arbiter, rx)
 }
 
+/// Watches SIGINT and SIGTERM. The handlers are installed before this returns, so a signal that
+/// arrives as soon as the bots are up is never met by the default action (termination without
+/// draining the outbox).
 fn spawn_signal_watch(shutdown: CancellationToken) {
-    actix::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM");
-                    let _ = tokio::signal::ctrl_c().await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut int, mut term) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch SIGINT and SIGTERM");
+                return;
+            }
+        };
+        actix::spawn(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 () = shutdown.cancelled() => return,
             }
-        }
-        #[cfg(not(unix))]
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                () = shutdown.cancelled() => return,
-            }
+            shutdown.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    actix::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = shutdown.cancelled() => return,
         }
         shutdown.cancel();
     });

@@ -292,10 +292,6 @@ impl Session<'_> {
             Some(_) => REFUSED_RETRY,
             None => return,
         };
-        self.link.heal_event(
-            "join refused",
-            format!("{chan}: {reason}; retry in {}s", backoff.as_secs()),
-        );
         self.irc.channels.insert(
             chan.to_owned(),
             Chan::Refused {
@@ -304,7 +300,12 @@ impl Session<'_> {
                 backoff,
             },
         );
+        // State first, then the event: whoever sees the event also sees the state.
         self.publish();
+        self.link.heal_event(
+            "join refused",
+            format!("{chan}: {reason}; retry in {}s", backoff.as_secs()),
+        );
     }
 
     /// Handles one line from the server; `Err` ends the session.
@@ -381,13 +382,10 @@ impl Session<'_> {
             Command::KICK(chan, target, reason) if target.eq_ignore_ascii_case(&self.nick) => {
                 let by = from_nick.unwrap_or("the server").to_owned();
                 let delay = self.irc.cfg.rejoin_delay();
-                self.link.heal_event(
-                    "kicked",
-                    format!(
-                        "from {chan} by {by} ({}); rejoining in {}s",
-                        reason.as_deref().unwrap_or("no reason"),
-                        delay.as_secs()
-                    ),
+                let event = format!(
+                    "from {chan} by {by} ({}); rejoining in {}s",
+                    reason.as_deref().unwrap_or("no reason"),
+                    delay.as_secs()
                 );
                 if self.irc.channels.contains_key(chan) {
                     self.irc.channels.insert(
@@ -399,6 +397,7 @@ impl Session<'_> {
                     );
                 }
                 self.publish();
+                self.link.heal_event("kicked", event);
             }
             Command::PART(chan, _) if from_me => {
                 if let Some(c) = self.irc.channels.get_mut(chan) {
@@ -406,11 +405,11 @@ impl Session<'_> {
                 }
             }
             Command::NICK(new) if from_me => {
-                self.link
-                    .heal_event("nick", format!("now {new} (was {})", self.nick));
+                let event = format!("now {new} (was {})", self.nick);
                 new.clone_into(&mut self.nick);
                 self.link.set_nick(new);
                 self.publish();
+                self.link.heal_event("nick", event);
             }
             Command::PRIVMSG(target, text) if !from_me => self.on_privmsg(&msg, target, text),
             Command::Response(resp, args) => self.on_numeric(*resp as u16, args).await?,
