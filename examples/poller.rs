@@ -70,7 +70,10 @@ mod tests {
             .store(store.clone())
             .poller(opts, move || NewFiles { dir: path.clone() });
         bot.start();
+        // The first poll primes the index; wait for it (at most 20 s).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while store.seen_count("test/newfiles").unwrap() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never primed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         std::fs::write(dir.path().join("new.txt"), "").unwrap();

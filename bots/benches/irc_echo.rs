@@ -50,6 +50,14 @@ struct Subject {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Subject {
+    /// A measurement that fails half-way must not leave a bot reconnecting to the port.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_opsbot(port: u16) -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
@@ -120,7 +128,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn measure(
     port: u16,
-    mut subject: Subject,
+    subject: Subject,
     sequential: usize,
     users: usize,
     window: Duration,
@@ -190,8 +198,7 @@ async fn measure(
         "{:>22}: {sequential} sequential: p50 {p50:.2?} p99 {p99:.2?} | {users} users: {rate:.2} replies/s | peak RSS {rss:.1} MiB, CPU {cpu:.2} s",
         subject.name
     );
-    let _ = subject.child.kill();
-    let _ = subject.child.wait();
+    drop(subject);
     (p50, p99, rate)
 }
 

@@ -548,7 +548,7 @@ mod tests {
     #[test]
     fn lines_the_transport_sent_on_an_empty_budget_are_paid_for_later() {
         let limits = Limits {
-            global: Some(Rate::new(10.0, 2)),
+            global: Some(Rate::new(1.0, 2)),
             ..Limits::unlimited(100)
         };
         let pacing = Pacing::new(OutboxSettings::default(), &limits);
@@ -558,10 +558,10 @@ mod tests {
         // The bucket is empty; a keep-alive goes out anyway and becomes debt.
         pacing.charge(20);
         assert_eq!(pacing.debt_lines.load(Ordering::Relaxed), 1);
-        // The next line waits for its own cell and the debt's: about 0.2 s, where it would be
-        // 0.1 s without the debt.
+        // The next line waits for its own cell and the debt's: about 2 s, where it would be
+        // 1 s without the debt.
         let wait = pacing.check_global(&dest, "three").unwrap_err();
-        assert!(wait > Duration::from_millis(150), "{wait:?}");
+        assert!(wait > Duration::from_millis(1500), "{wait:?}");
         std::thread::sleep(wait);
         assert!(pacing.check_global(&dest, "three").is_ok());
         assert_eq!(pacing.debt_lines.load(Ordering::Relaxed), 0);

@@ -277,6 +277,36 @@ impl TestBot {
         self.health.as_ref().expect("started").snapshot()
     }
 
+    /// Waits until the bot's health satisfies `ready` and returns that snapshot. Fails the test,
+    /// naming `what`, if it does not within 20 seconds.
+    ///
+    /// ```
+    /// # use opsbot::testkit::{Echo, TestBot};
+    /// # use opsbot::health::{ActorKind, ActorState};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut bot = TestBot::new().with(Echo);
+    /// bot.wait_status("echo running", |s| {
+    ///     s.actor(ActorKind::Handler, "echo")
+    ///         .is_some_and(|a| a.state == ActorState::Running)
+    /// })
+    /// .await;
+    /// # }
+    /// ```
+    pub async fn wait_status(&mut self, what: &str, ready: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let s = self.status();
+            if ready(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {PATIENCE:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Shuts the bot down gracefully and returns what it said while doing so.
     pub async fn shutdown(mut self) -> Vec<Said> {
         let Some(running) = self.running.take() else {

@@ -13,6 +13,14 @@ use opsbot::testkit::TestBot;
 struct Source(Arc<Mutex<Vec<Item>>>);
 
 impl Source {
+    /// Replaces every item at once (a poll never sees a half-made list).
+    fn set(&self, ids: &[&str]) {
+        *self.0.lock().unwrap() = ids
+            .iter()
+            .map(|id| Item::new(*id, format!("new: {id}")))
+            .collect();
+    }
+
     fn push(&self, id: &str) {
         self.0
             .lock()
@@ -37,6 +45,21 @@ impl Poller for Feed {
             return Err(Error::user("upstream answered 503"));
         }
         Ok(items)
+    }
+}
+
+/// Waits until `f` holds, or fails the test after 20 s.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -69,9 +92,10 @@ async fn posts_only_new_items_and_nothing_old_after_a_restart() {
     let mut bot = feed_bot(&store, &source);
     bot.start();
     // The first poll primes the index: wait until it has, then add an item.
-    while store.seen_count("test/feed").unwrap() < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the first poll primes", || {
+        (store.seen_count("test/feed").unwrap() >= 2).then_some(())
+    })
+    .await;
     source.push("c");
     let s = bot.said().await;
     assert_eq!(
@@ -102,31 +126,23 @@ async fn a_failing_poll_is_shown_and_a_panicking_poller_restarted() {
     let store = Store::open(&dir.path().join("state.redb")).unwrap();
     let source = Source::default();
     source.push("fail");
-    let mut bot = feed_bot(&store, &source);
+    // Enough restarts that a slow test thread cannot use up the budget while the source
+    // still explodes.
+    let mut bot = feed_bot(&store, &source).configure(|o| o.restart.max_restarts = 1_000);
     bot.start();
-    let err = loop {
-        if let Some(a) = bot.status().actor(ActorKind::Poller, "feed")
-            && let Some((_, e)) = &a.last_error
-        {
-            break e.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let err = eventually("the failure shows", || {
+        let a = bot.status().actor(ActorKind::Poller, "feed").cloned()?;
+        a.last_error.map(|(_, e)| e)
+    })
+    .await;
     assert!(err.contains("503"), "{err}");
 
-    source.0.lock().unwrap().clear();
-    source.push("explode");
-    let restarted = loop {
-        let a = bot
-            .status()
-            .actor(ActorKind::Poller, "feed")
-            .cloned()
-            .unwrap();
-        if a.restarts > 0 {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    source.set(&["explode"]);
+    let restarted = eventually("a restart", || {
+        let a = bot.status().actor(ActorKind::Poller, "feed").cloned()?;
+        (a.restarts > 0).then_some(a)
+    })
+    .await;
     assert!(
         restarted
             .last_error
@@ -136,12 +152,11 @@ async fn a_failing_poll_is_shown_and_a_panicking_poller_restarted() {
     );
 
     // Once the source is sane again the fresh instance polls normally and posts new items.
-    source.0.lock().unwrap().clear();
-    while store.seen_count("test/feed").unwrap() == 0 {
-        source.0.lock().unwrap().retain(|i| i.id != "explode");
-        source.push("x");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    source.set(&["x"]);
+    eventually("a sane poll primes the index", || {
+        (store.seen_count("test/feed").unwrap() > 0).then_some(())
+    })
+    .await;
     source.push("y");
     assert_eq!(bot.reply().await, "new: y");
     assert_eq!(

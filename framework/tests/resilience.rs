@@ -33,17 +33,15 @@ async fn replies_made_while_disconnected_are_sent_after_the_reconnect() {
     // Give the router the message, then cut the line and keep it cut for a while.
     tokio::time::sleep(Duration::from_millis(50)).await;
     bot.refuse_connections(true).drop_connection();
-    let down = loop {
-        let s = bot.status();
-        if matches!(
-            s.actor(ActorKind::Transport, "memory")
-                .and_then(|a| a.conn.clone()),
-            Some(ConnState::Reconnecting { .. })
-        ) {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let down = bot
+        .wait_status("reconnecting", |s| {
+            matches!(
+                s.actor(ActorKind::Transport, "memory")
+                    .and_then(|a| a.conn.clone()),
+                Some(ConnState::Reconnecting { .. })
+            )
+        })
+        .await;
     assert_eq!(down.health, BotHealth::Critical);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -132,9 +130,22 @@ fn one_failing_bot_leaves_the_other_answering() {
         }
         assert_eq!(good_health.snapshot().health, BotHealth::Healthy);
         // Once the hog lets go, the bad bot's troubles show in its own health only.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let bad_status = bad_health.snapshot();
-        assert_eq!(bad_status.health, BotHealth::Critical);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let bad_status = loop {
+            let s = bad_health.snapshot();
+            let hog_restarted = s
+                .actor(ActorKind::Handler, "hog")
+                .is_some_and(|a| a.restarts > 0);
+            if s.health == BotHealth::Critical && hog_restarted {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bad bot's health never showed its troubles: {:?}",
+                s.health
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(
             bad_status
                 .actor(ActorKind::Handler, "hog")

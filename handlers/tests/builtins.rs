@@ -95,15 +95,11 @@ async fn status_shows_restarts_last_error_and_unavailable_help() {
     bot.send("!echo ok");
     assert_eq!(bot.reply().await, "ok");
     // The restart takes its backoff (10 ms here); ask for the status once it is done.
-    while bot
-        .status()
-        .actor(ActorKind::Handler, "boom")
-        .unwrap()
-        .state
-        != ActorState::Running
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    bot.wait_status("boom restarted", |s| {
+        s.actor(ActorKind::Handler, "boom")
+            .is_some_and(|a| a.state == ActorState::Running)
+    })
+    .await;
     bot.send("!status");
     let report = bot.replies(9).await;
     assert!(

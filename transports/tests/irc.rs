@@ -221,7 +221,7 @@ async fn the_bot_comes_back_after_the_server_is_killed_and_restarted() {
 async fn a_frozen_server_is_detected_by_ping_timeout() {
     let (server, mut user, bot) = setup(
         Kind::Ngircd,
-        "ping_interval_secs = 5\nping_timeout_secs = 5",
+        "ping_interval_secs = 5\nping_timeout_secs = 5\nnick_regain_secs = 1",
     )
     .await;
     user.say("#ops", "!echo before").await;
@@ -238,8 +238,20 @@ async fn a_frozen_server_is_detected_by_ping_timeout() {
     assert!(s.actor(ActorKind::Transport, "irc").unwrap().reconnects >= 1);
     server.thaw();
     drop(user);
+    // Wait for the bot to be back under its own nick (the server may still hold the old
+    // connection when the new one registers) and in the channel.
+    bot.wait_status(Duration::from_secs(40), "back as opsbot in #ops", |s| {
+        s.actor(ActorKind::Transport, "irc").is_some_and(|a| {
+            a.conn == Some(ConnState::Connected)
+                && a.detail.as_deref().is_some_and(|d| {
+                    d.contains(&format!(" as {BOT},")) && d.contains("#ops joined")
+                })
+        })
+    })
+    .await;
     let mut user = User::connect(server.port, "alice2").await;
     user.join("#ops").await;
+    bot_joins(&mut user, BOT).await;
     user.say("#ops", "!echo after").await;
     assert_eq!(
         user.privmsg_from(BOT, Duration::from_secs(40)).await.1,
