@@ -36,15 +36,28 @@ pub struct Server {
     child: Option<Child>,
 }
 
-/// A loopback port that is free now, below the kernel's ephemeral range (32768 and up), so that
-/// no outgoing connection or `bind(0)` elsewhere can take it while a server is down for a
-/// restart. Each test process counts up from its own base.
+/// A loopback port that is free now, below the kernel's ephemeral range (read from
+/// /proc/sys/net/ipv4/ip_local_port_range), so that no outgoing connection or `bind(0)` elsewhere
+/// takes it while a server is down for a restart. Each test process counts up from its own base.
+/// Where the ephemeral range leaves no room below it, the kernel picks.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 200) as u16 * 60;
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (10_000u16, ephemeral_min.saturating_sub(10_000));
+    if span < 2_000 {
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let base = (std::process::id() % u32::from(span)) as u16;
     loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = low + (base + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
