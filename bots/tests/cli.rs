@@ -193,6 +193,26 @@ fn sigterm_stops_it_gracefully() {
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    let mut child = Command::new(BIN)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"!echo x\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8(out.stderr).unwrap();
+    assert!(log.contains("bot started"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a piped log: {log:?}"
+    );
+}
+
 fn check(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bots.toml");
