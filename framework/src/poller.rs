@@ -73,6 +73,10 @@ pub struct PollerOptions {
     pub post_to: Vec<Destination>,
     /// Longest a poll may take.
     pub timeout: Duration,
+    /// How long an id that left the source is remembered (30 days by default). An id that
+    /// comes back after that is posted again; keep this longer than a source's items can
+    /// disappear and reappear (paging, flapping feeds).
+    pub retain: Duration,
 }
 
 impl Default for PollerOptions {
@@ -81,6 +85,7 @@ impl Default for PollerOptions {
             every: Duration::from_secs(60),
             post_to: Vec::new(),
             timeout: Duration::from_secs(30),
+            retain: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -162,12 +167,13 @@ impl<P: Poller> PollerHost<P> {
                 .then(move |res, act, _| {
                     let store = act.store.clone();
                     let scope = act.scope();
+                    let retain = act.opts.retain;
                     async move {
                         match res {
                             Ok((poller, Ok(Ok(items)))) => {
                                 let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
                                 let fresh = tokio::task::spawn_blocking(move || {
-                                    store.observe(&scope, &ids)
+                                    store.observe(&scope, &ids, retain)
                                 })
                                 .await
                                 .map_err(|e| e.to_string())

@@ -18,9 +18,6 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 const PRIMED: TableDefinition<&str, u64> = TableDefinition::new("primed");
 
-/// How long an id that left its source is remembered.
-const RETAIN: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {message}")]
@@ -77,11 +74,27 @@ impl Store {
     }
 
     /// Records a poll of `scope` that returned `ids`; answers which of them are new, in order.
+    /// Ids that have been absent from the source for longer than `retain` are forgotten (an id
+    /// that comes back after that is announced again).
     ///
     /// On the very first poll of a scope nothing is new: the index is primed with what the
     /// source already shows, so a bot's first start does not flood a room with old items.
-    pub fn observe(&self, scope: &str, ids: &[String]) -> Result<Vec<bool>, StoreError> {
-        let now = now_secs();
+    pub fn observe(
+        &self,
+        scope: &str,
+        ids: &[String],
+        retain: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.observe_at(now_secs(), scope, ids, retain)
+    }
+
+    fn observe_at(
+        &self,
+        now: u64,
+        scope: &str,
+        ids: &[String],
+        retain: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         let fresh;
         {
@@ -103,7 +116,7 @@ impl Store {
             // Prune ids that left the source long ago.
             let lo = format!("{scope}\0");
             let hi = format!("{scope}\u{1}");
-            let cutoff = now.saturating_sub(RETAIN.as_secs());
+            let cutoff = now.saturating_sub(retain.as_secs());
             let stale: Vec<String> = seen
                 .range(lo.as_str()..hi.as_str())
                 .map_err(|e| self.err(e))?
@@ -137,6 +150,8 @@ impl Store {
 mod tests {
     use super::*;
 
+    const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -147,21 +162,49 @@ mod tests {
         let path = dir.path().join("state.redb");
         let store = Store::open(&path).unwrap();
         assert_eq!(
-            store.observe("b/p", &ids(&["1", "2"])).unwrap(),
+            store.observe("b/p", &ids(&["1", "2"]), KEEP).unwrap(),
             [false, false]
         );
         assert_eq!(
-            store.observe("b/p", &ids(&["1", "2", "3"])).unwrap(),
+            store.observe("b/p", &ids(&["1", "2", "3"]), KEEP).unwrap(),
             [false, false, true]
         );
         // Scopes are independent.
-        assert_eq!(store.observe("b/q", &ids(&["3"])).unwrap(), [false]);
+        assert_eq!(store.observe("b/q", &ids(&["3"]), KEEP).unwrap(), [false]);
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(
-            store.observe("b/p", &ids(&["3", "4"])).unwrap(),
+            store.observe("b/p", &ids(&["3", "4"]), KEEP).unwrap(),
             [false, true]
         );
         assert_eq!(store.seen_count("b/p").unwrap(), 4);
+    }
+
+    #[test]
+    fn ids_gone_longer_than_the_retention_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let day = 24 * 3600;
+        let keep = Duration::from_secs(7 * day);
+        let t0 = 1_000_000_000;
+        store
+            .observe_at(t0, "b/p", &ids(&["old", "kept"]), keep)
+            .unwrap();
+        // "old" leaves the feed; "kept" stays in it.
+        store
+            .observe_at(t0 + 6 * day, "b/p", &ids(&["kept"]), keep)
+            .unwrap();
+        assert_eq!(store.seen_count("b/p").unwrap(), 2, "six days: still known");
+        store
+            .observe_at(t0 + 8 * day, "b/p", &ids(&["kept"]), keep)
+            .unwrap();
+        assert_eq!(store.seen_count("b/p").unwrap(), 1, "eight days: forgotten");
+        // An id still in the feed is never forgotten, and a forgotten one is news again.
+        assert_eq!(
+            store
+                .observe_at(t0 + 9 * day, "b/p", &ids(&["kept", "old"]), keep)
+                .unwrap(),
+            [false, true]
+        );
     }
 }
