@@ -10,7 +10,7 @@
 //! pruned, so the index stays the size of what the sources show.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -41,22 +41,55 @@ fn now_secs() -> u64 {
 
 impl Store {
     /// Opens (or creates) the store at `path`, creating missing parent directories.
+    ///
+    /// Bots of one process that name the same file share one open database (a file can be open
+    /// only once); their scopes keep their indexes apart. Another process that holds the file
+    /// makes this fail with a clear error.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        static OPEN: Mutex<Vec<(PathBuf, Weak<Database>)>> = Mutex::new(Vec::new());
         let err = |message: String| StoreError {
             path: path.to_owned(),
             message,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
             std::fs::create_dir_all(parent)
                 .map_err(|e| err(format!("cannot create directory: {e}")))?;
         }
-        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let key = match (parent.map(Path::canonicalize), path.file_name()) {
+            (Some(Ok(dir)), Some(file)) => dir.join(file),
+            _ => std::env::current_dir()
+                .map(|d| d.join(path))
+                .unwrap_or_else(|_| path.to_owned()),
+        };
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.retain(|(_, db)| db.strong_count() > 0);
+        if let Some(db) = open
+            .iter()
+            .find(|(p, _)| *p == key)
+            .and_then(|(_, db)| db.upgrade())
+        {
+            return Ok(Self {
+                db,
+                path: path.to_owned(),
+            });
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                err("already in use by another process (is another opsbot running with the same state path?)".into())
+            }
+            e => err(e.to_string()),
+        })?;
         let w = db.begin_write().map_err(|e| err(e.to_string()))?;
         w.open_table(SEEN).map_err(|e| err(e.to_string()))?;
         w.open_table(PRIMED).map_err(|e| err(e.to_string()))?;
         w.commit().map_err(|e| err(e.to_string()))?;
+        let db = Arc::new(db);
+        open.push((key, Arc::downgrade(&db)));
         Ok(Self {
-            db: Arc::new(db),
+            db,
             path: path.to_owned(),
         })
     }
@@ -205,6 +238,34 @@ mod tests {
                 .observe_at(t0 + 9 * day, "b/p", &ids(&["kept", "old"]), keep)
                 .unwrap(),
             [false, true]
+        );
+    }
+
+    #[test]
+    fn bots_of_one_process_share_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let a = Store::open(&path).unwrap();
+        let b = Store::open(&dir.path().join(".").join("state.redb")).unwrap();
+        a.observe("a/p", &ids(&["1"]), KEEP).unwrap();
+        b.observe("b/p", &ids(&["1", "2"]), KEEP).unwrap();
+        assert_eq!(a.seen_count("b/p").unwrap(), 2);
+        assert_eq!(b.seen_count("a/p").unwrap(), 1);
+        drop((a, b));
+        // Once every handle is gone the file is closed, and opens again.
+        assert_eq!(Store::open(&path).unwrap().seen_count("a/p").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_file_held_elsewhere_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        // Another holder of the file lock (as another process would be).
+        let _other = Database::create(&path).unwrap();
+        let e = Store::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("state.redb") && e.contains("already in use"),
+            "{e}"
         );
     }
 }
