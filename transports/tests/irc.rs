@@ -131,6 +131,28 @@ async fn two_hundred_lines(kind: Kind) {
     );
 }
 
+/// The test servers run InspIRCd with `fakelag = no` and `threshold = 10`, the value its
+/// example config ships: the opening burst must stay under it with room for the join.
+#[tokio::test]
+async fn an_opening_burst_stays_under_inspircds_example_threshold() {
+    let (_server, mut user, bot) = setup(Kind::Inspircd, "").await;
+    user.say("#ops", "!lines 15").await;
+    let lines = user.privmsgs_from(BOT, 15, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 15);
+    assert!(
+        !user.seen.iter().any(|l| l.parts().1 == "QUIT"),
+        "the bot was quit: {:?}",
+        user.seen.iter().find(|l| l.parts().1 == "QUIT")
+    );
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
+    );
+}
+
 #[tokio::test]
 async fn two_hundred_lines_through_inspircd_without_fakelag() {
     two_hundred_lines(Kind::Inspircd).await;

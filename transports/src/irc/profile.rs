@@ -21,17 +21,21 @@ pub(crate) const PRIVMSG_OVERHEAD: usize = 12;
 ///   reply costs 2 s. In bulk it relays 3.03 lines/s of short lines, 2.85 of 200-byte and 2.50 of
 ///   400-byte lines (about 1,040 bytes/s). A line over 512 bytes disconnects the client.
 /// - **InspIRCd 3** adds 1,000 penalty units per command (PRIVMSG and PING 1 unit, JOIN 2,
-///   NICK 4, PART 5; a PONG to its own PING nothing) and takes 1,000 off once a second. With
-///   `fakelag = no` a client reaching the threshold, 20 units by default, is quit with "Excess
-///   Flood"; more than 4,096 unprocessed bytes quit it with "RecvQ exceeded".
+///   NICK 4, PART 5; a PONG to its own PING nothing) and takes 1,000 off once a second (once per
+///   pass of its main loop in which the second changed, so a starved server credits less). With
+///   `fakelag = no` a client reaching the threshold is quit with "Excess Flood": 20 units when
+///   the `<connect>` block does not say, but the example config it ships sets 10, and measured
+///   here a burst of 10 lines after the join is quit there. More than 4,096 unprocessed bytes
+///   quit a client with "RecvQ exceeded".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
     /// Unknown servers: about one line a second with a burst of four.
     Conservative,
     /// ngircd: 2.9 lines/s and 1,024 bytes/s (95% of what it relays in bulk), burst 3.
     Ngircd,
-    /// InspIRCd: 0.95 lines/s (95% of the decay), burst 10, half the penalty threshold, which
-    /// leaves the other half for joins, nick changes and keep-alives.
+    /// InspIRCd: 0.95 lines/s (95% of the decay), burst 4: with a join (2) that stays well
+    /// under the example config's threshold of 10, leaving room for nick changes, keep-alives
+    /// and decay the server misses while busy.
     Inspircd,
 }
 
@@ -62,7 +66,7 @@ impl Profile {
         let (lines, bytes) = match self {
             Self::Conservative => (Rate::new(1.0, 4), None),
             Self::Ngircd => (Rate::new(2.9, 3), Some(Rate::new(1024.0, 1536))),
-            Self::Inspircd => (Rate::new(0.95, 10), None),
+            Self::Inspircd => (Rate::new(0.95, 4), None),
         };
         Limits {
             max_line_bytes,

@@ -133,7 +133,7 @@ impl Server {
         };
         server.write_config(None);
         let conf = std::fs::read_to_string(server.conf_path()).unwrap().replace(
-            "fakelag=\"no\"",
+            "fakelag=\"no\" threshold=\"10\"",
             "fakelag=\"no\" commandrate=\"100000000\" threshold=\"1000000\" recvq=\"65536\" softsendq=\"1048576\"",
         );
         std::fs::write(server.conf_path(), conf).unwrap();
@@ -188,7 +188,7 @@ impl Server {
                      <admin name=\"test\" nick=\"test\" email=\"test@example.invalid\">\n\
                      <bind address=\"127.0.0.1\" port=\"{}\" type=\"clients\">\n\
                      <pid file=\"{}/inspircd.pid\">\n\
-                     <connect name=\"users\" allow=\"*\" fakelag=\"no\" localmax=\"50\" globalmax=\"50\" resolvehostnames=\"no\">\n",
+                     <connect name=\"users\" allow=\"*\" fakelag=\"no\" threshold=\"10\" localmax=\"50\" globalmax=\"50\" resolvehostnames=\"no\">\n",
                     self.port,
                     self.dir.path().display()
                 );
