@@ -43,7 +43,10 @@ async fn bot_joins(user: &mut User, nick: &str) {
 
 /// A user who owns `#ops` (joined first, so channel operator) and a bot that joined it.
 async fn setup(kind: Kind, extra: &str) -> (Server, User, support::RunningBot) {
-    let server = Server::start(kind);
+    setup_on(Server::start(kind), extra).await
+}
+
+async fn setup_on(server: Server, extra: &str) -> (Server, User, support::RunningBot) {
     let mut user = User::connect(server.port, "alice").await;
     user.join("#ops").await;
     let bot = support::RunningBot::start(&transport(server.port, extra), |b| {
@@ -135,7 +138,18 @@ async fn two_hundred_lines(kind: Kind) {
 /// example config ships: the opening burst must stay under it with room for the join.
 #[tokio::test]
 async fn an_opening_burst_stays_under_inspircds_example_threshold() {
-    let (_server, mut user, bot) = setup(Kind::Inspircd, "").await;
+    let (_server, user, bot) = setup(Kind::Inspircd, "").await;
+    fifteen_lines_without_a_quit(user, bot).await;
+}
+
+/// And InspIRCd with nothing said about flood control (fakelag on, threshold 20).
+#[tokio::test]
+async fn an_opening_burst_passes_inspircd_at_its_defaults() {
+    let (_server, user, bot) = setup_on(Server::start_inspircd_defaults(), "").await;
+    fifteen_lines_without_a_quit(user, bot).await;
+}
+
+async fn fifteen_lines_without_a_quit(mut user: User, bot: support::RunningBot) {
     user.say("#ops", "!lines 15").await;
     let lines = user.privmsgs_from(BOT, 15, Duration::from_secs(60)).await;
     assert_eq!(lines.len(), 15);

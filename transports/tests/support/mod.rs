@@ -141,6 +141,25 @@ impl Server {
         server
     }
 
+    /// InspIRCd as its package runs it when the `<connect>` block says nothing of flood
+    /// control: fakelag on, threshold 20.
+    pub fn start_inspircd_defaults() -> Self {
+        let mut server = Self {
+            kind: Kind::Inspircd,
+            port: free_port(),
+            tls_port: None,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.write_config(None);
+        let conf = std::fs::read_to_string(server.conf_path())
+            .unwrap()
+            .replace(" fakelag=\"no\" threshold=\"10\"", "");
+        std::fs::write(server.conf_path(), conf).unwrap();
+        server.launch();
+        server
+    }
+
     /// A server that also listens for TLS with `cert` and `key` (PEM files).
     pub fn start_with(kind: Kind, tls: Option<(PathBuf, PathBuf)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
