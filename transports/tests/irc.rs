@@ -296,6 +296,53 @@ async fn a_frozen_server_is_detected_by_ping_timeout() {
 }
 
 #[tokio::test]
+async fn a_nick_the_server_refuses_falls_back_and_is_not_asked_for_again() {
+    // ngircd allows nicks of 9 characters by default.
+    let server = Server::start(Kind::Ngircd);
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+    let config = format!(
+        "server = \"127.0.0.1\"\nport = {}\ntls = false\nnick = \"opsbot-production\"\n\
+         channels = [\"#ops\"]\nnick_regain_secs = 1\n",
+        server.port
+    );
+    let bot = support::RunningBot::start(&config, |b| b);
+    let s = bot
+        .wait_status(T, "a regain refused", |s| {
+            s.healing_log
+                .iter()
+                .any(|e| e.action == "nick" && e.detail.contains("refused by this server"))
+        })
+        .await;
+    let detail = s
+        .actor(ActorKind::Transport, "irc")
+        .unwrap()
+        .detail
+        .clone()
+        .unwrap();
+    let nick = detail
+        .split(" as ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_owned();
+    assert!(nick.starts_with("opsbot") && nick.len() <= 9, "{nick}");
+    // Over the next seconds (regain every second) the refusal is not logged again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refusals = bot
+        .status()
+        .healing_log
+        .iter()
+        .filter(|e| e.detail.contains("refused by this server"))
+        .count();
+    assert_eq!(refusals, 1);
+    bot_joins(&mut user, &nick).await;
+    user.say("#ops", &format!("{nick}: echo short name works"))
+        .await;
+    assert_eq!(user.privmsg_from(&nick, T).await.1, "short name works");
+}
+
+#[tokio::test]
 async fn a_taken_nick_falls_back_then_is_taken_back() {
     let server = Server::start(Kind::Ngircd);
     let mut squatter = User::connect(server.port, BOT).await;

@@ -130,6 +130,9 @@ struct Session<'a> {
     last_rx: Instant,
     ping_sent: Option<Instant>,
     last_regain: Instant,
+    /// The server refused our configured nick as invalid (432): do not ask again on this
+    /// connection.
+    regain_refused: bool,
     recent_sends: VecDeque<Instant>,
 }
 
@@ -270,9 +273,21 @@ impl Session<'_> {
         self.join(all).await
     }
 
-    async fn on_nick_taken(&mut self, why: &str) -> Result<(), TransportError> {
+    async fn on_nick_taken(&mut self, code: u16, why: &str) -> Result<(), TransportError> {
         if self.registered {
-            // A regain attempt failed: the nick is still taken. Keep the one we have.
+            // A regain attempt failed. Taken (433, 436, 437): keep the nick we have and try
+            // again later. Refused outright (432: too long, or characters this server does
+            // not allow): asking again would only cost an error reply each time.
+            if code == 432 && !self.regain_refused {
+                self.regain_refused = true;
+                self.link.heal_event(
+                    "nick",
+                    format!(
+                        "{} is refused by this server ({why}); keeping {} on this connection",
+                        self.irc.cfg.nick, self.nick
+                    ),
+                );
+            }
             return Ok(());
         }
         self.nick_attempt += 1;
@@ -465,7 +480,7 @@ impl Session<'_> {
                 self.link.pacing().set_limits(&limits);
                 self.publish();
             }
-            431..=437 => self.on_nick_taken(last).await?,
+            431..=437 => self.on_nick_taken(code, last).await?,
             303 => {
                 // RPL_ISON: the nicks that are online. Ours is free when it is not among them.
                 let wanted = self.irc.cfg.nick.clone();
@@ -589,6 +604,7 @@ impl Session<'_> {
             }
         }
         if !self.nick.eq_ignore_ascii_case(&self.irc.cfg.nick)
+            && !self.regain_refused
             && now.duration_since(self.last_regain) >= self.irc.cfg.nick_regain()
         {
             // Ask whether the nick is free before taking it: a refused NICK costs an error
@@ -692,6 +708,7 @@ impl Transport for Irc {
             last_rx: Instant::now(),
             ping_sent: None,
             last_regain: Instant::now(),
+            regain_refused: false,
             recent_sends: VecDeque::new(),
         };
         let connected_at = Instant::now();
