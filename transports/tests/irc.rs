@@ -645,3 +645,104 @@ async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_
             >= 1
     );
 }
+
+/// What a fake server says about the bot's channels, and what the bot does about it: channel
+/// names in another case, refusals it has no special case for, errors about a channel it is
+/// in, forwards into channels nobody configured, and parts it did not ask for.
+#[tokio::test]
+async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = format!(
+        "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\n\
+         channels = [\"#Ops\", \"#locked\"]\nrejoin_delay_secs = 1\n"
+    );
+    let bot = support::RunningBot::start(&config, |b| b);
+    let (sock, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    read_until(&mut r, "USER ").await;
+    w.write_all(b":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
+        .await
+        .unwrap();
+    let detail = |bot: &support::RunningBot| {
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .detail
+            .clone()
+            .unwrap_or_default()
+    };
+    // The server knows the channel as #ops and answers with its own spelling; it refuses
+    // #locked with a numeric the bot has no special case for (solanum's join throttle).
+    assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
+    assert_eq!(read_until(&mut r, "JOIN #locked").await, "JOIN #locked");
+    w.write_all(
+        b":opsbot!bot@127.0.0.1 JOIN #ops\r\n\
+          :fake 480 opsbot #locked :Cannot join channel (+j) - throttle exceeded\r\n",
+    )
+    .await
+    .unwrap();
+    let s = bot
+        .wait_status(T, "#Ops joined and #locked refused", |s| {
+            let d = s.actor(ActorKind::Transport, "irc").unwrap().detail.clone();
+            d.is_some_and(|d| d.contains("#Ops joined") && d.contains("#locked refused ("))
+        })
+        .await;
+    assert!(
+        s.healing_log
+            .iter()
+            .any(|e| e.action == "join refused" && e.detail.contains("throttle exceeded"))
+    );
+
+    // A numeric about a channel the bot is in is not a refusal (InspIRCd answers a PRIVMSG to
+    // a +M channel with 477); it stays joined and still answers there.
+    w.write_all(
+        b":fake 477 opsbot #ops :You need to be identified to a registered account to message this channel\r\n\
+          :alice!a@127.0.0.1 PRIVMSG #ops :!echo still in\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_until(&mut r, "PRIVMSG #ops").await,
+        "PRIVMSG #ops :still in"
+    );
+    assert!(detail(&bot).contains("#Ops joined"), "{}", detail(&bot));
+
+    // Forwarded into a channel nobody configured: the bot leaves it.
+    w.write_all(b":opsbot!bot@127.0.0.1 JOIN #overflow\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until(&mut r, "PART ").await,
+        "PART #overflow :not configured here"
+    );
+
+    // Removed from #ops (a PART it did not send): back after the rejoin delay.
+    w.write_all(b":opsbot!bot@127.0.0.1 PART #OPS :removed by alice\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
+    assert!(
+        bot.status()
+            .healing_log
+            .iter()
+            .any(|e| e.action == "parted" && e.detail.contains("removed by alice"))
+    );
+    // Kicked under yet another spelling: rejoins too.
+    w.write_all(b":opsbot!bot@127.0.0.1 JOIN #ops\r\n:alice!a@127.0.0.1 KICK #OpS opsbot :out\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
+    );
+}

@@ -50,12 +50,30 @@ const ASSUMED_TARGET: usize = 50;
 /// First retry after a channel refused us (banned, full, invite-only, bad key); doubles to 30 min.
 const REFUSED_RETRY: Duration = Duration::from_secs(60);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// A JOIN that gets neither our JOIN back nor an error in this time counts as refused (some
+/// servers answer refusals we do not know, or nothing at all).
+const JOIN_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Folds a nick or channel name as RFC 1459 does (the default CASEMAPPING): A-Z and `[]\~`
+/// match a-z and `{}|^`. Servers echo a channel in the spelling it was created with, which need
+/// not be the config's.
+fn fold(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '[' => '{',
+            ']' => '}',
+            '\\' => '|',
+            '~' => '^',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
 
 /// Where we stand with one channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Chan {
-    /// JOIN sent (or due at registration).
-    Joining,
+    /// JOIN due at registration (`sent: None`) or sent and not yet answered.
+    Joining { sent: Option<Instant> },
     /// In the channel.
     Joined,
     /// Kicked; rejoin at the instant.
@@ -85,7 +103,7 @@ impl Irc {
         let channels = cfg
             .channels
             .iter()
-            .map(|c| (c.clone(), Chan::Joining))
+            .map(|c| (c.clone(), Chan::Joining { sent: None }))
             .collect();
         let profile = cfg.profile.fixed().unwrap_or(Profile::Conservative);
         Self {
@@ -94,6 +112,23 @@ impl Irc {
             channels,
             profile,
         }
+    }
+
+    /// The configured name of the channel the server calls `name`.
+    fn chan_key(&self, name: &str) -> Option<String> {
+        let folded = fold(name);
+        self.channels.keys().find(|k| fold(k) == folded).cloned()
+    }
+
+    /// Whether a JOIN to `name` is waiting for the server's answer (a first join, or the retry
+    /// of a refused one).
+    fn awaiting_join(&self, name: &str) -> bool {
+        self.chan_key(name).is_some_and(|k| {
+            matches!(
+                self.channels.get(&k),
+                Some(Chan::Joining { sent: Some(_) } | Chan::Refused { .. })
+            )
+        })
     }
 
     /// The nick for registration attempt `n`: the configured ones, then the nick with a number.
@@ -182,7 +217,7 @@ impl Session<'_> {
             .channels
             .iter()
             .map(|(name, c)| match c {
-                Chan::Joining => format!("{name} joining"),
+                Chan::Joining { .. } => format!("{name} joining"),
                 Chan::Joined => format!("{name} joined"),
                 Chan::Kicked { by, .. } => format!("{name} kicked by {by}"),
                 Chan::Refused {
@@ -243,7 +278,12 @@ impl Session<'_> {
                 Some(key) => format!("JOIN {name} :{}\r\n", key.expose()),
                 None => format!("JOIN {name}\r\n"),
             };
-            self.irc.channels.insert(name, Chan::Joining);
+            self.irc.channels.insert(
+                name,
+                Chan::Joining {
+                    sent: Some(Instant::now()),
+                },
+            );
             self.send_raw(&line).await?;
         }
         self.publish();
@@ -300,8 +340,12 @@ impl Session<'_> {
         self.send(Command::NICK(next)).await
     }
 
-    fn on_refused(&mut self, chan: &str, reason: &str) {
+    fn on_refused(&mut self, name: &str, reason: &str) {
         let now = Instant::now();
+        let Some(key) = self.irc.chan_key(name) else {
+            return;
+        };
+        let chan = key.as_str();
         let backoff = match self.irc.channels.get(chan) {
             Some(Chan::Refused { backoff, .. }) => (*backoff * 2).min(REFUSED_RETRY_MAX),
             Some(_) => REFUSED_RETRY,
@@ -388,10 +432,17 @@ impl Session<'_> {
                         self.link.pacing().set_limits(&limits);
                     }
                 }
-                if self.irc.channels.contains_key(chan) {
-                    self.irc.channels.insert(chan.clone(), Chan::Joined);
+                if let Some(key) = self.irc.chan_key(chan) {
+                    self.irc.channels.insert(key, Chan::Joined);
                     tracing::info!(channel = %chan, "joined");
                     self.publish();
+                } else {
+                    // Not a channel of ours: a server forward (+f, +L) or an oper's SAJOIN. Leave,
+                    // rather than answer commands where nobody configured the bot to be.
+                    self.link
+                        .heal_event("part", format!("{chan} is not configured; leaving it"));
+                    let line = format!("PART {chan} :not configured here\r\n");
+                    self.send_raw(&line).await?;
                 }
             }
             Command::KICK(chan, target, reason) if target.eq_ignore_ascii_case(&self.nick) => {
@@ -402,9 +453,9 @@ impl Session<'_> {
                     reason.as_deref().unwrap_or("no reason"),
                     delay.as_secs()
                 );
-                if self.irc.channels.contains_key(chan) {
+                if let Some(key) = self.irc.chan_key(chan) {
                     self.irc.channels.insert(
-                        chan.clone(),
+                        key,
                         Chan::Kicked {
                             rejoin_at: Instant::now() + delay,
                             by,
@@ -414,9 +465,27 @@ impl Session<'_> {
                 self.publish();
                 self.link.heal_event("kicked", event);
             }
-            Command::PART(chan, _) if from_me => {
-                if let Some(c) = self.irc.channels.get_mut(chan) {
-                    *c = Chan::Joining;
+            Command::PART(chan, reason) if from_me => {
+                // The bot never leaves a configured channel by itself: this PART was forced
+                // (REMOVE, SAPART). Come back as after a kick.
+                if let Some(key) = self.irc.chan_key(chan) {
+                    let delay = self.irc.cfg.rejoin_delay();
+                    self.irc.channels.insert(
+                        key,
+                        Chan::Kicked {
+                            rejoin_at: Instant::now() + delay,
+                            by: "a forced part".into(),
+                        },
+                    );
+                    self.publish();
+                    self.link.heal_event(
+                        "parted",
+                        format!(
+                            "from {chan} ({}); rejoining in {}s",
+                            reason.as_deref().unwrap_or("no reason"),
+                            delay.as_secs()
+                        ),
+                    );
                 }
             }
             Command::NICK(new) if from_me => {
@@ -480,6 +549,15 @@ impl Session<'_> {
                 self.link.pacing().set_limits(&limits);
                 self.publish();
             }
+            // Any error about a channel we are joining is a refusal: banned (474), full (471),
+            // invite-only (473), bad key (475), registered users only (477), forwarded (470),
+            // reserved (479), join throttle (480), TLS only (489), opers only (520), rejoin
+            // delay (495), ... The same numerics about a channel we are in (477 answers a
+            // PRIVMSG to a +M channel on InspIRCd) are not about joining.
+            400..=599 if self.irc.awaiting_join(arg(1)) => {
+                let chan = arg(1).to_owned();
+                self.on_refused(&chan, last);
+            }
             431..=437 => self.on_nick_taken(code, last).await?,
             303 => {
                 // RPL_ISON: the nicks that are online. Ours is free when it is not among them.
@@ -490,10 +568,6 @@ impl Session<'_> {
                 if self.registered && !online && !self.nick.eq_ignore_ascii_case(&wanted) {
                     self.send(Command::NICK(wanted)).await?;
                 }
-            }
-            403 | 405 | 471 | 473 | 474 | 475 | 477 => {
-                let chan = arg(1).to_owned();
-                self.on_refused(&chan, last);
             }
             464 | 465 | 904 | 905 | 906 | 902 => {
                 return Err(TransportError::Refused(format!("{code}: {last}")));
@@ -573,6 +647,18 @@ impl Session<'_> {
             })
             .map(|(n, _)| n.clone())
             .collect();
+        let unanswered: Vec<String> = self
+            .irc
+            .channels
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c, Chan::Joining { sent: Some(t) } if now.duration_since(*t) > JOIN_REPLY_TIMEOUT)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for chan in unanswered {
+            self.on_refused(&chan, "no answer to JOIN");
+        }
         if !due.is_empty() {
             for chan in &due {
                 self.link
@@ -692,7 +778,7 @@ impl Transport for Irc {
         link.pacing().set_limits(&Transport::limits(self));
         // Channels are joined again from scratch on every connection.
         for c in self.channels.values_mut() {
-            *c = Chan::Joining;
+            *c = Chan::Joining { sent: None };
         }
         let nick = self.nick_for(0);
         let mut s = Session {
