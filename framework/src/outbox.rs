@@ -226,15 +226,29 @@ impl Pacing {
         }
     }
 
+    /// Takes `lines` lines and `bytes` bytes from the global budgets if they allow it now,
+    /// paying any debt on the way; answers whether they did. For a command the transport can
+    /// hold back until the budget allows (a JOIN), where [`Pacing::charge_n`] is for lines that
+    /// cannot wait.
+    pub fn try_take_n(&self, lines: u32, bytes: usize) -> bool {
+        self.take(lines as usize, bytes).is_ok()
+    }
+
     /// Consumes the global budgets for a line (and any debt) if they allow it now; else the time
     /// to wait.
     fn check_global(&self, dest: &Destination, text: &str) -> Result<(), Duration> {
+        let l = self.limiters();
+        self.take(1, text.len() + dest.name().len() + l.line_overhead)
+    }
+
+    /// Consumes `lines` lines and `own` bytes, plus as much debt as the buckets hold in one go,
+    /// if they allow it now; else the time to wait.
+    fn take(&self, lines: usize, own: usize) -> Result<(), Duration> {
         let l = self.limiters();
         let now = || l.clock.now();
         if let Some(b) = &l.bytes {
             // Bytes first, so that a refusal there has not spent a line. Debt is paid as far
             // as the bucket can hold it in one go; the rest with the next lines.
-            let own = text.len() + dest.name().len() + l.line_overhead;
             let debt = self.debt_bytes.load(Ordering::Relaxed);
             let take = (own + debt).min(l.byte_burst as usize).max(1);
             if let Ok(Err(nu)) = b.check_n(cells(take, l.byte_burst).expect("non-zero")) {
@@ -244,12 +258,14 @@ impl Pacing {
             self.debt_bytes.fetch_sub(paid, Ordering::Relaxed);
         }
         if let Some(g) = &l.global {
+            let lines = lines.max(1);
             let debt = self.debt_lines.load(Ordering::Relaxed);
-            let take = (1 + debt).min(l.global_burst as usize);
+            let take = (lines + debt).min(l.global_burst as usize);
             if let Ok(Err(nu)) = g.check_n(cells(take, l.global_burst).expect("non-zero")) {
                 return Err(nu.wait_time_from(now()));
             }
-            self.debt_lines.fetch_sub(take - 1, Ordering::Relaxed);
+            self.debt_lines
+                .fetch_sub(take.saturating_sub(lines).min(debt), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -544,6 +560,21 @@ impl actix::Handler<Queued> for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_that_can_wait_take_the_budget_only_when_it_allows() {
+        let limits = Limits {
+            global: Some(Rate::new(1.0, 4)),
+            ..Limits::unlimited(100)
+        };
+        let pacing = Pacing::new(OutboxSettings::default(), &limits);
+        // Two JOINs at two lines each fill a burst of four; a third must wait.
+        assert!(pacing.try_take_n(2, 10));
+        assert!(pacing.try_take_n(2, 10));
+        assert!(!pacing.try_take_n(2, 10));
+        // Nor can the outbox's next line go before the budget refills.
+        assert!(pacing.check_global(&Destination::room("#a"), "hi").is_err());
+    }
 
     #[test]
     fn lines_the_transport_sent_on_an_empty_budget_are_paid_for_later() {

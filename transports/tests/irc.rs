@@ -746,3 +746,34 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
         0
     );
 }
+
+/// Eight channels on InspIRCd at threshold 10: the JOINs (two penalty points each) must be
+/// paced, or the bot is quit for Excess Flood on every connect.
+#[tokio::test]
+async fn many_channels_are_joined_without_a_flood_quit() {
+    let server = Server::start(Kind::Inspircd);
+    let channels: Vec<String> = (1..=8).map(|i| format!("\"#room{i}\"")).collect();
+    let config = format!(
+        "server = \"127.0.0.1\"\nport = {}\ntls = false\nnick = \"{BOT}\"\nchannels = [{}]\n",
+        server.port,
+        channels.join(", ")
+    );
+    let bot = support::RunningBot::start(&config, |b| b);
+    let s = bot
+        .wait_status(Duration::from_secs(60), "all eight channels joined", |s| {
+            s.actor(ActorKind::Transport, "irc")
+                .and_then(|a| a.detail.clone())
+                .is_some_and(|d| d.matches(" joined").count() == 8)
+        })
+        .await;
+    let t = s.actor(ActorKind::Transport, "irc").unwrap();
+    assert_eq!(t.reconnects, 0, "{:?}", s.healing_log);
+    // And it answers in the last of them.
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#room8").await;
+    user.say("#room8", "!echo all here").await;
+    assert_eq!(
+        user.privmsg_from(BOT, T).await,
+        ("#room8".into(), "all here".into())
+    );
+}

@@ -53,6 +53,9 @@ const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// A JOIN that gets neither our JOIN back nor an error in this time counts as refused (some
 /// servers answer refusals we do not know, or nothing at all).
 const JOIN_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines sent this recently still weigh on the server's flood counter when the pacing budget is
+/// replaced (InspIRCd forgets one point a second; a burst is a few points).
+const RECENT: Duration = Duration::from_secs(10);
 
 /// Folds a nick or channel name as RFC 1459 does (the default CASEMAPPING): A-Z and `[]\~`
 /// match a-z and `{}|^`. Servers echo a channel in the spelling it was created with, which need
@@ -168,6 +171,8 @@ struct Session<'a> {
     /// The server refused our configured nick as invalid (432): do not ask again on this
     /// connection.
     regain_refused: bool,
+    /// Channels waiting for the pacing budget to allow their JOIN.
+    pending_joins: VecDeque<String>,
     recent_sends: VecDeque<Instant>,
 }
 
@@ -180,14 +185,33 @@ impl Session<'_> {
     async fn send_raw(&mut self, line: &str) -> Result<(), TransportError> {
         let cost = server_cost(line, self.registered);
         self.link.pacing().charge_n(cost, line.len());
-        self.note_sent();
+        self.note_sent(cost);
         self.writer.write_line(line).await?;
         Ok(())
     }
 
-    fn note_sent(&mut self) {
+    /// Applies the current profile and prefix to the pacing budget. A new budget starts full,
+    /// but the server still counts what we sent in the last seconds: charge that again.
+    fn set_limits(&mut self) {
+        let limits = self.irc.limits(self.prefix_len());
+        self.link.pacing().set_limits(&limits);
         let now = Instant::now();
-        self.recent_sends.push_back(now);
+        let recent = self
+            .recent_sends
+            .iter()
+            .filter(|t| now.duration_since(**t) < RECENT)
+            .count();
+        if recent > 0 {
+            self.link.pacing().charge_n(recent as u32, 0);
+        }
+    }
+
+    /// Records a command the server counts as `cost` lines.
+    fn note_sent(&mut self, cost: u32) {
+        let now = Instant::now();
+        for _ in 0..cost {
+            self.recent_sends.push_back(now);
+        }
         while self
             .recent_sends
             .front()
@@ -272,21 +296,50 @@ impl Session<'_> {
         self.send(Command::USER(user, "0".into(), real)).await
     }
 
+    /// Queues JOINs; they go out as the pacing budget allows (each costs InspIRCd two
+    /// penalty points, so ten channels at once would be an Excess Flood on a strict server).
     async fn join(&mut self, names: Vec<String>) -> Result<(), TransportError> {
         for name in names {
-            let line = match self.irc.cfg.channel_keys.get(&name) {
+            if !self.pending_joins.contains(&name) {
+                self.irc
+                    .channels
+                    .insert(name.clone(), Chan::Joining { sent: None });
+                self.pending_joins.push_back(name);
+            }
+        }
+        self.flush_joins().await
+    }
+
+    /// Sends the queued JOINs the budget allows now; the tick sends the rest later.
+    async fn flush_joins(&mut self) -> Result<(), TransportError> {
+        let mut sent = false;
+        while let Some(name) = self.pending_joins.front() {
+            let line = match self.irc.cfg.channel_keys.get(name) {
                 Some(key) => format!("JOIN {name} :{}\r\n", key.expose()),
                 None => format!("JOIN {name}\r\n"),
             };
-            self.irc.channels.insert(
-                name,
-                Chan::Joining {
-                    sent: Some(Instant::now()),
-                },
-            );
-            self.send_raw(&line).await?;
+            let cost = server_cost(&line, self.registered);
+            if !self.link.pacing().try_take_n(cost, line.len()) {
+                break;
+            }
+            let name = self.pending_joins.pop_front().expect("front exists");
+            // Keep a refusal's backoff while its retry is in flight, so a second refusal
+            // doubles it.
+            if !matches!(self.irc.channels.get(&name), Some(Chan::Refused { .. })) {
+                self.irc.channels.insert(
+                    name,
+                    Chan::Joining {
+                        sent: Some(Instant::now()),
+                    },
+                );
+            }
+            self.note_sent(cost);
+            self.writer.write_line(&line).await?;
+            sent = true;
         }
-        self.publish();
+        if sent {
+            self.publish();
+        }
         Ok(())
     }
 
@@ -428,8 +481,7 @@ impl Session<'_> {
                     self.user = Some(user.clone());
                     self.host = Some(host.clone());
                     if learnt {
-                        let limits = self.irc.limits(self.prefix_len());
-                        self.link.pacing().set_limits(&limits);
+                        self.set_limits();
                     }
                 }
                 if let Some(key) = self.irc.chan_key(chan) {
@@ -545,8 +597,7 @@ impl Session<'_> {
                     }
                     self.irc.profile = profile;
                 }
-                let limits = self.irc.limits(self.prefix_len());
-                self.link.pacing().set_limits(&limits);
+                self.set_limits();
                 self.publish();
             }
             // Any error about a channel we are joining is a refusal: banned (474), full (471),
@@ -592,9 +643,13 @@ impl Session<'_> {
         // would start a protocol line of the user's choosing.
         let text: String = d.text.chars().filter(|c| !c.is_control()).collect();
         let room = self.room(&target);
-        for piece in cut(&text, room) {
+        for (i, piece) in cut(&text, room).into_iter().enumerate() {
             let line = format!("PRIVMSG {target} :{piece}\r\n");
-            self.note_sent();
+            if i > 0 {
+                // The outbox paid for one line; a longer target than it assumed made more.
+                self.link.pacing().charge_n(1, line.len());
+            }
+            self.note_sent(1);
             self.writer.write_line(&line).await?;
         }
         d.done();
@@ -610,6 +665,7 @@ impl Session<'_> {
             }
             return Ok(());
         }
+        self.flush_joins().await?;
         let silence = now.duration_since(self.last_rx);
         match self.ping_sent {
             None if silence >= self.irc.cfg.ping_interval() => {
@@ -795,6 +851,7 @@ impl Transport for Irc {
             ping_sent: None,
             last_regain: Instant::now(),
             regain_refused: false,
+            pending_joins: VecDeque::new(),
             recent_sends: VecDeque::new(),
         };
         let connected_at = Instant::now();
