@@ -733,11 +733,20 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
             .iter()
             .any(|e| e.action == "parted" && e.detail.contains("removed by alice"))
     );
-    // Kicked under yet another spelling: rejoins too.
+    // Kicked under yet another spelling: rejoins too, and as the second removal in a row it
+    // waits twice as long (a channel that keeps removing the bot is not rejoined every second).
     w.write_all(b":opsbot!bot@127.0.0.1 JOIN #ops\r\n:alice!a@127.0.0.1 KICK #OpS opsbot :out\r\n")
         .await
         .unwrap();
     assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
+    assert!(
+        bot.status()
+            .healing_log
+            .iter()
+            .any(|e| e.action == "kicked" && e.detail.contains("rejoining in 2s")),
+        "{:?}",
+        bot.status().healing_log
+    );
     assert_eq!(
         bot.status()
             .actor(ActorKind::Transport, "irc")

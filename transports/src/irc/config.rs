@@ -37,6 +37,10 @@ pub struct IrcConfig {
     pub sasl: Option<SaslConfig>,
     /// Identify to NickServ with this password after connecting.
     pub nickserv_password: Option<Secret>,
+    /// The message to NickServ, with `{nick}` and `{password}` filled in. The default,
+    /// `IDENTIFY {nick} {password}`, is what Atheme (Libera.Chat) and Anope take; OFTC's
+    /// services want `IDENTIFY {password} {nick}`.
+    pub nickserv_command: Option<String>,
     /// Channels to join.
     #[serde(default)]
     pub channels: Vec<String>,
@@ -132,6 +136,18 @@ impl IrcConfig {
         Duration::from_secs(self.nick_regain_secs.unwrap_or(30))
     }
 
+    /// The NickServ identification line (CRLF included), if a NickServ password is set.
+    pub(crate) fn nickserv_line(&self) -> Option<String> {
+        let password = self.nickserv_password.as_ref()?;
+        let text = self
+            .nickserv_command
+            .as_deref()
+            .unwrap_or("IDENTIFY {nick} {password}")
+            .replace("{nick}", &self.nick)
+            .replace("{password}", password.expose());
+        Some(format!("PRIVMSG NickServ :{text}\r\n"))
+    }
+
     /// Problems a parse cannot see, as (key, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -194,8 +210,18 @@ impl IrcConfig {
                 out.push((key.into(), "must be at least 1".into()));
             }
         }
+        if let Some(cmd) = &self.nickserv_command
+            && (!cmd.contains("{password}") || cmd.chars().any(char::is_control))
+        {
+            out.push((
+                "nickserv_command".into(),
+                "must contain {password} and no control characters".into(),
+            ));
+        }
+        // The payload (account, NUL, account, NUL, password) must encode to under 400
+        // characters: exactly 400 would need a continuation message.
         if let Some(sasl) = &self.sasl
-            && sasl.user.len() * 2 + sasl.password.expose().len() + 2 > 300
+            && sasl.user.len() * 2 + sasl.password.expose().len() + 2 > 297
         {
             out.push((
                 "sasl".into(),
@@ -211,5 +237,46 @@ impl IrcConfig {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> IrcConfig {
+        let text = format!("server = \"irc.example.org\"\nnick = \"opsbot\"\n{extra}");
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn nickserv_identification_follows_the_services_in_use() {
+        let atheme = config("nickserv_password = \"pw\"\n");
+        assert_eq!(
+            atheme.nickserv_line().unwrap(),
+            "PRIVMSG NickServ :IDENTIFY opsbot pw\r\n"
+        );
+        let oftc = config(
+            "nickserv_password = \"pw\"\nnickserv_command = \"IDENTIFY {password} {nick}\"\n",
+        );
+        assert_eq!(
+            oftc.nickserv_line().unwrap(),
+            "PRIVMSG NickServ :IDENTIFY pw opsbot\r\n"
+        );
+        assert!(config("").nickserv_line().is_none());
+        let bad = config("nickserv_command = \"IDENTIFY {nick}\"\n");
+        assert!(
+            bad.problems()
+                .iter()
+                .any(|(k, why)| k == "nickserv_command" && why.contains("{password}"))
+        );
+    }
+
+    #[test]
+    fn a_sasl_payload_that_would_need_a_continuation_is_refused() {
+        let fits = format!("[sasl]\nuser = \"u\"\npassword = \"{}\"\n", "p".repeat(293));
+        assert!(config(&fits).problems().is_empty());
+        let exact = format!("[sasl]\nuser = \"u\"\npassword = \"{}\"\n", "p".repeat(296));
+        assert!(config(&exact).problems().iter().any(|(k, _)| k == "sasl"));
     }
 }

@@ -53,6 +53,8 @@ const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// A JOIN that gets neither our JOIN back nor an error in this time counts as refused (some
 /// servers answer refusals we do not know, or nothing at all).
 const JOIN_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A kick or forced part this long after the previous one starts the rejoin delay afresh.
+const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
 /// Lines sent this recently still weigh on the server's flood counter when the pacing budget is
 /// replaced (InspIRCd forgets one point a second; a burst is a few points).
 const RECENT: Duration = Duration::from_secs(10);
@@ -96,6 +98,8 @@ pub struct Irc {
     nicks: Vec<String>,
     channels: BTreeMap<String, Chan>,
     profile: Profile,
+    /// Per channel: removals (kicks, forced parts) in a row, and when the last one was.
+    removals: BTreeMap<String, (u32, Instant)>,
 }
 
 impl Irc {
@@ -114,7 +118,23 @@ impl Irc {
             nicks,
             channels,
             profile,
+            removals: BTreeMap::new(),
         }
+    }
+
+    /// How long to wait before rejoining `chan` after a kick or forced part: the configured
+    /// delay, doubled for every removal within ten minutes of the one before, up to 30 minutes,
+    /// so that a channel that keeps removing the bot is not rejoined every few seconds forever.
+    fn removal_delay(&mut self, chan: &str) -> Duration {
+        let now = Instant::now();
+        let entry = self.removals.entry(chan.to_owned()).or_insert((0, now));
+        if now.duration_since(entry.1) > REMOVALS_FORGOTTEN {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        let doublings = entry.0.saturating_sub(1).min(16);
+        (self.cfg.rejoin_delay() * 2u32.pow(doublings)).min(REFUSED_RETRY_MAX)
     }
 
     /// The configured name of the channel the server calls `name`.
@@ -348,12 +368,7 @@ impl Session<'_> {
         me.clone_into(&mut self.nick);
         self.link.set_nick(&self.nick);
         tracing::info!(server = %self.server, nick = %self.nick, "registered");
-        if let Some(pw) = &self.irc.cfg.nickserv_password {
-            let line = format!(
-                "PRIVMSG NickServ :IDENTIFY {} {}\r\n",
-                self.irc.cfg.nick,
-                pw.expose()
-            );
+        if let Some(line) = self.irc.cfg.nickserv_line() {
             self.send_raw(&line).await?;
         }
         let all: Vec<String> = self.irc.channels.keys().cloned().collect();
@@ -499,13 +514,13 @@ impl Session<'_> {
             }
             Command::KICK(chan, target, reason) if target.eq_ignore_ascii_case(&self.nick) => {
                 let by = from_nick.unwrap_or("the server").to_owned();
-                let delay = self.irc.cfg.rejoin_delay();
-                let event = format!(
-                    "from {chan} by {by} ({}); rejoining in {}s",
-                    reason.as_deref().unwrap_or("no reason"),
-                    delay.as_secs()
-                );
                 if let Some(key) = self.irc.chan_key(chan) {
+                    let delay = self.irc.removal_delay(&key);
+                    let event = format!(
+                        "from {chan} by {by} ({}); rejoining in {}s",
+                        reason.as_deref().unwrap_or("no reason"),
+                        delay.as_secs()
+                    );
                     self.irc.channels.insert(
                         key,
                         Chan::Kicked {
@@ -513,15 +528,15 @@ impl Session<'_> {
                             by,
                         },
                     );
+                    self.publish();
+                    self.link.heal_event("kicked", event);
                 }
-                self.publish();
-                self.link.heal_event("kicked", event);
             }
             Command::PART(chan, reason) if from_me => {
                 // The bot never leaves a configured channel by itself: this PART was forced
                 // (REMOVE, SAPART). Come back as after a kick.
                 if let Some(key) = self.irc.chan_key(chan) {
-                    let delay = self.irc.cfg.rejoin_delay();
+                    let delay = self.irc.removal_delay(&key);
                     self.irc.channels.insert(
                         key,
                         Chan::Kicked {
