@@ -236,6 +236,7 @@ struct RawOutbox {
 struct RawReconnect {
     initial_secs: Option<f64>,
     max_secs: Option<f64>,
+    refused_min_secs: Option<f64>,
 }
 
 /// A transport section: its kind and the rest of its keys, which the transport reads.
@@ -598,6 +599,11 @@ impl Validator<'_> {
                 d.max,
             ),
             stable_after: d.stable_after,
+            refused_min: self.secs(
+                format!("{k}.reconnect.refused_min_secs"),
+                b.reconnect.refused_min_secs,
+                d.refused_min,
+            ),
         };
 
         let mut settings = b.transport.unwrap_or_default();

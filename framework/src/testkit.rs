@@ -114,6 +114,7 @@ impl TestBot {
             };
             o.reconnect.initial = Duration::from_millis(10);
             o.reconnect.max = Duration::from_millis(200);
+            o.reconnect.refused_min = Duration::from_millis(10);
         });
         Self {
             builder: Some(builder),

@@ -68,7 +68,8 @@ pub enum TransportError {
     /// Could not connect or lost the connection.
     #[error("connection: {0}")]
     Connection(String),
-    /// The service refused us (bad credentials, banned): still retried, with backoff.
+    /// The service refused us (bad credentials, banned): still retried, after at least
+    /// [`ReconnectPolicy::refused_min`].
     #[error("refused: {0}")]
     Refused(String),
     /// I/O failure.
@@ -204,6 +205,9 @@ pub struct ReconnectPolicy {
     pub max: Duration,
     /// A session connected at least this long resets the backoff.
     pub stable_after: Duration,
+    /// The shortest wait after the service refused the bot ([`TransportError::Refused`]: bad
+    /// credentials, banned): asking again every minute is what gets a bot banned for longer.
+    pub refused_min: Duration,
 }
 
 impl Default for ReconnectPolicy {
@@ -212,6 +216,7 @@ impl Default for ReconnectPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(60),
             stable_after: Duration::from_secs(30),
+            refused_min: Duration::from_secs(300),
         }
     }
 }
@@ -268,6 +273,7 @@ impl<T: Transport> Actor for TransportHost<T> {
                 });
                 link.connected_at = None;
                 let result = crate::handler::catch(transport.session(&mut link)).await;
+                let refused = matches!(result, Ok(Err(TransportError::Refused(_))));
                 let why = match result {
                     Ok(Ok(SessionEnd::Finished)) => break,
                     Ok(Err(e)) => e.to_string(),
@@ -279,7 +285,10 @@ impl<T: Transport> Actor for TransportHost<T> {
                 {
                     attempt = 0;
                 }
-                let delay = full_jitter(policy.initial, policy.max, attempt);
+                let mut delay = full_jitter(policy.initial, policy.max, attempt);
+                if refused {
+                    delay = delay.max(policy.refused_min);
+                }
                 attempt = attempt.saturating_add(1);
                 link.health.update(ActorKind::Transport, kind, |s| {
                     s.conn = Some(ConnState::Reconnecting { retry_in: delay });

@@ -25,6 +25,39 @@ impl Handler for Late {
 }
 
 #[tokio::test]
+async fn after_a_refusal_the_bot_waits_at_least_the_refusal_floor() {
+    let mut bot = TestBot::new()
+        .with(Echo)
+        .configure(|o| o.reconnect.refused_min = Duration::from_secs(30));
+    bot.send("!echo up");
+    assert_eq!(bot.reply().await, "up");
+    // The line drops (a quick retry), then the service refuses the bot.
+    bot.refuse_connections(true).drop_connection();
+    let s = bot
+        .wait_status("a refused attempt", |s| {
+            s.healing_log
+                .iter()
+                .any(|e| e.action == "reconnect" && e.detail.starts_with("refused"))
+        })
+        .await;
+    let retry_in = match s.actor(ActorKind::Transport, "memory").unwrap().conn {
+        Some(ConnState::Reconnecting { retry_in }) => retry_in,
+        ref other => panic!("{other:?}"),
+    };
+    assert!(retry_in >= Duration::from_secs(30), "{retry_in:?}");
+    let refusal = s
+        .healing_log
+        .iter()
+        .find(|e| e.detail.starts_with("refused"))
+        .unwrap();
+    assert!(
+        refusal.detail.contains("next attempt in 30"),
+        "{}",
+        refusal.detail
+    );
+}
+
+#[tokio::test]
 async fn replies_made_while_disconnected_are_sent_after_the_reconnect() {
     let mut bot = TestBot::new().with(Late).with(Echo);
     bot.send("!echo up");
@@ -85,6 +118,7 @@ fn one_failing_bot_leaves_the_other_answering() {
     let fast = |o: &mut opsbot::BotOptions| {
         o.reconnect.initial = Duration::from_millis(10);
         o.reconnect.max = Duration::from_millis(50);
+        o.reconnect.refused_min = Duration::from_millis(10);
         // The bad bot cannot deliver its last apology; do not wait long for it at the end.
         o.shutdown_deadline = Duration::from_millis(500);
     };

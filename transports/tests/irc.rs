@@ -786,3 +786,38 @@ async fn many_channels_are_joined_without_a_flood_quit() {
         ("#room8".into(), "all here".into())
     );
 }
+
+/// A server that bans the bot (K-line) is not asked again within the refusal floor; a plain
+/// ERROR is an ordinary disconnect.
+#[tokio::test]
+async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bot = support::RunningBot::start(&transport(port, ""), |b| b);
+    let (sock, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    read_until(&mut r, "USER ").await;
+    w.write_all(b"ERROR :Closing Link: 127.0.0.1 (K-Lined: spam from your network)\r\n")
+        .await
+        .unwrap();
+    let s = bot
+        .wait_status(T, "the refusal", |s| {
+            s.healing_log.iter().any(|e| e.action == "reconnect")
+        })
+        .await;
+    let e = s
+        .healing_log
+        .iter()
+        .find(|e| e.action == "reconnect")
+        .unwrap();
+    assert!(
+        e.detail.starts_with("refused: server closed the link") && e.detail.contains("K-Lined"),
+        "{}",
+        e.detail
+    );
+}

@@ -459,9 +459,19 @@ impl Session<'_> {
             }
             Command::PONG(..) => self.ping_sent = None,
             Command::ERROR(reason) => {
-                return Err(TransportError::Connection(format!(
-                    "server closed the link: {reason}"
-                )));
+                let why = format!("server closed the link: {reason}");
+                // A ban (K-line, G-line, Z-line, AKILL, DNSBL) will not lift in a minute.
+                let lower = reason.to_ascii_lowercase();
+                let banned = [
+                    "k-line", "kline", "g-line", "gline", "z-line", "zline", "akill", "banned",
+                ]
+                .iter()
+                .any(|w| lower.contains(w));
+                return Err(if banned {
+                    TransportError::Refused(why)
+                } else {
+                    TransportError::Connection(why)
+                });
             }
             Command::CAP(_, CapSubCommand::ACK, _, caps)
             | Command::CAP(_, CapSubCommand::ACK, caps, _)

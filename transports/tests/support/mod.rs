@@ -546,6 +546,7 @@ impl RunningBot {
                 o.admins = vec!["*!*@127.0.0.1".into()];
                 o.reconnect.initial = Duration::from_millis(200);
                 o.reconnect.max = Duration::from_secs(2);
+                o.reconnect.refused_min = Duration::from_millis(200);
                 o.shutdown_deadline = Duration::from_secs(2);
             });
         let builder = opsbot_handlers::add_builtins(builder)
