@@ -821,3 +821,46 @@ async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
         e.detail
     );
 }
+
+/// A cloak set after joining (396) makes every relayed line longer: replies are cut for the
+/// new host, so no piece loses its tail when the server relays it.
+#[tokio::test]
+async fn a_host_that_changes_after_joining_shrinks_the_pieces() {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bot = support::RunningBot::start(&transport(port, ""), |b| b);
+    let (sock, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    read_until(&mut r, "USER ").await;
+    w.write_all(b":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
+        .await
+        .unwrap();
+    read_until(&mut r, "JOIN #ops").await;
+    let cloak = format!("{}.users.example.org", "c".repeat(40));
+    w.write_all(
+        format!(
+            ":opsbot!bot@127.0.0.1 JOIN #ops\r\n\
+             :fake 396 opsbot {cloak} :is now your displayed host\r\n\
+             :alice!a@127.0.0.1 PRIVMSG #ops :!echo {}\r\n",
+            "x".repeat(450)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = 0;
+    while got < 450 {
+        let line = read_until(&mut r, "PRIVMSG #ops :").await;
+        let piece = line.strip_prefix("PRIVMSG #ops :").unwrap();
+        let relayed = format!(":opsbot!bot@{cloak} {line}\r\n");
+        assert!(relayed.len() <= 512, "{} bytes relayed", relayed.len());
+        got += piece.len();
+    }
+    assert_eq!(got, 450);
+    drop(bot);
+}

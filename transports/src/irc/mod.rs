@@ -569,6 +569,8 @@ impl Session<'_> {
                 let event = format!("now {new} (was {})", self.nick);
                 new.clone_into(&mut self.nick);
                 self.link.set_nick(new);
+                // The relayed prefix changed length.
+                self.set_limits();
                 self.publish();
                 self.link.heal_event("nick", event);
             }
@@ -635,6 +637,16 @@ impl Session<'_> {
                 self.on_refused(&chan, last);
             }
             431..=437 => self.on_nick_taken(code, last).await?,
+            396 => {
+                // RPL_HOSTHIDDEN: `<nick> <host> :is now your displayed host` (a cloak or vhost
+                // set after identification). The server relays our lines with it from now on.
+                let host = arg(1).rsplit('@').next().unwrap_or_default();
+                if !host.is_empty() && self.host.as_deref() != Some(host) {
+                    tracing::info!(host, "displayed host changed");
+                    self.host = Some(host.to_owned());
+                    self.set_limits();
+                }
+            }
             303 => {
                 // RPL_ISON: the nicks that are online. Ours is free when it is not among them.
                 let wanted = self.irc.cfg.nick.clone();
