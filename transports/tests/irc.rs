@@ -342,6 +342,43 @@ async fn a_nick_the_server_refuses_falls_back_and_is_not_asked_for_again() {
     assert_eq!(user.privmsg_from(&nick, T).await.1, "short name works");
 }
 
+/// Moderated (+m): the first line meets "cannot send to channel"; the rest are dropped instead
+/// of each costing an error reply (2 s of ngircd's throttle apiece, which would delay the bot's
+/// PONG into a ping timeout). It stays connected and answers in private.
+#[tokio::test]
+async fn a_bot_that_may_not_speak_stops_trying_for_a_while() {
+    let (_server, mut user, bot) = setup(Kind::Ngircd, "").await;
+    user.raw("MODE #ops +m").await;
+    user.say("#ops", "!lines 30").await;
+    let s = bot
+        .wait_status(T, "muted", |s| {
+            s.actor(ActorKind::Transport, "irc")
+                .and_then(|a| a.detail.clone())
+                .is_some_and(|d| d.contains("#ops joined, muted"))
+        })
+        .await;
+    assert!(
+        s.healing_log
+            .iter()
+            .any(|e| e.action == "muted" && e.detail.contains("#ops"))
+    );
+    // The outbox empties at once: the lines are dropped, not queued behind errors.
+    bot.wait_status(T, "the outbox empty", |s| s.outbox.queued == 0)
+        .await;
+    user.say(BOT, "echo still here").await;
+    assert_eq!(
+        user.privmsg_from(BOT, T).await,
+        ("alice".into(), "still here".into())
+    );
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
+    );
+}
+
 #[tokio::test]
 async fn a_taken_nick_falls_back_then_is_taken_back() {
     let server = Server::start(Kind::Ngircd);

@@ -53,6 +53,10 @@ const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// A JOIN that gets neither our JOIN back nor an error in this time counts as refused (some
 /// servers answer refusals we do not know, or nothing at all).
 const JOIN_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// After "cannot send to channel" (404: moderated, quieted, banned), lines for the channel are
+/// dropped this long instead of each costing an error reply (ngircd charges 2 s apiece, enough
+/// to delay our PONG into a ping timeout).
+const MUTE: Duration = Duration::from_secs(60);
 /// A kick or forced part this long after the previous one starts the rejoin delay afresh.
 const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
 /// Lines sent this recently still weigh on the server's flood counter when the pacing budget is
@@ -193,6 +197,8 @@ struct Session<'a> {
     regain_refused: bool,
     /// Channels waiting for the pacing budget to allow their JOIN.
     pending_joins: VecDeque<String>,
+    /// Channels we may not speak in (folded name): until when, and lines dropped meanwhile.
+    muted: BTreeMap<String, (Instant, u64)>,
     recent_sends: VecDeque<Instant>,
 }
 
@@ -262,6 +268,9 @@ impl Session<'_> {
             .iter()
             .map(|(name, c)| match c {
                 Chan::Joining { .. } => format!("{name} joining"),
+                Chan::Joined if self.muted.contains_key(&fold(name)) => {
+                    format!("{name} joined, muted")
+                }
                 Chan::Joined => format!("{name} joined"),
                 Chan::Kicked { by, .. } => format!("{name} kicked by {by}"),
                 Chan::Refused {
@@ -637,6 +646,21 @@ impl Session<'_> {
                 self.on_refused(&chan, last);
             }
             431..=437 => self.on_nick_taken(code, last).await?,
+            404 => {
+                let chan = arg(1).to_owned();
+                if let std::collections::btree_map::Entry::Vacant(e) = self.muted.entry(fold(&chan))
+                {
+                    e.insert((Instant::now() + MUTE, 0));
+                    self.publish();
+                    self.link.heal_event(
+                        "muted",
+                        format!(
+                            "{chan}: {last}; its lines are dropped for {}s",
+                            MUTE.as_secs()
+                        ),
+                    );
+                }
+            }
             396 => {
                 // RPL_HOSTHIDDEN: `<nick> <host> :is now your displayed host` (a cloak or vhost
                 // set after identification). The server relays our lines with it from now on.
@@ -679,6 +703,18 @@ impl Session<'_> {
         // The outbox already removed control characters; make sure, since a stray CR or LF here
         // would start a protocol line of the user's choosing.
         let text: String = d.text.chars().filter(|c| !c.is_control()).collect();
+        if let Some((until, dropped)) = self.muted.get_mut(&fold(&target)) {
+            if Instant::now() < *until {
+                *dropped += 1;
+                d.done();
+                return Ok(());
+            }
+            if *dropped > 0 {
+                tracing::warn!(channel = %target, dropped = *dropped, "lines dropped while muted");
+            }
+            self.muted.remove(&fold(&target));
+            self.publish();
+        }
         let room = self.room(&target);
         for (i, piece) in cut(&text, room).into_iter().enumerate() {
             let line = format!("PRIVMSG {target} :{piece}\r\n");
@@ -889,6 +925,7 @@ impl Transport for Irc {
             last_regain: Instant::now(),
             regain_refused: false,
             pending_joins: VecDeque::new(),
+            muted: BTreeMap::new(),
             recent_sends: VecDeque::new(),
         };
         let connected_at = Instant::now();
