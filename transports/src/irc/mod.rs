@@ -328,13 +328,24 @@ impl Session<'_> {
     /// Queues JOINs; they go out as the pacing budget allows (each costs InspIRCd two
     /// penalty points, so ten channels at once would be an Excess Flood on a strict server).
     async fn join(&mut self, names: Vec<String>) -> Result<(), TransportError> {
+        let now = Instant::now();
         for name in names {
-            if !self.pending_joins.contains(&name) {
-                self.irc
-                    .channels
-                    .insert(name.clone(), Chan::Joining { sent: None });
-                self.pending_joins.push_back(name);
+            if self.pending_joins.contains(&name) {
+                continue;
             }
+            match self.irc.channels.get_mut(&name) {
+                // A retry keeps the refusal and its backoff, so that a second refusal doubles
+                // it; the next retry is one backoff away unless the JOIN succeeds.
+                Some(Chan::Refused {
+                    retry_at, backoff, ..
+                }) => *retry_at = now + *backoff,
+                _ => {
+                    self.irc
+                        .channels
+                        .insert(name.clone(), Chan::Joining { sent: None });
+                }
+            }
+            self.pending_joins.push_back(name);
         }
         self.flush_joins().await
     }
@@ -352,8 +363,6 @@ impl Session<'_> {
                 break;
             }
             let name = self.pending_joins.pop_front().expect("front exists");
-            // Keep a refusal's backoff while its retry is in flight, so a second refusal
-            // doubles it.
             if !matches!(self.irc.channels.get(&name), Some(Chan::Refused { .. })) {
                 self.irc.channels.insert(
                     name,
@@ -793,30 +802,7 @@ impl Session<'_> {
                 self.link
                     .heal_event("rejoin", format!("joining {chan} again"));
             }
-            // Keep the refusal's backoff so that a second refusal doubles it.
-            let keep: Vec<(String, Chan)> = due
-                .iter()
-                .filter_map(|n| match self.irc.channels.get(n) {
-                    Some(c @ Chan::Refused { .. }) => Some((n.clone(), c.clone())),
-                    _ => None,
-                })
-                .collect();
             self.join(due).await?;
-            for (n, c) in keep {
-                if let Chan::Refused {
-                    reason, backoff, ..
-                } = c
-                {
-                    self.irc.channels.insert(
-                        n,
-                        Chan::Refused {
-                            reason,
-                            retry_at: now + backoff,
-                            backoff,
-                        },
-                    );
-                }
-            }
         }
         if !self.nick.eq_ignore_ascii_case(&self.irc.cfg.nick)
             && !self.regain_refused
