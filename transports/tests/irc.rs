@@ -362,7 +362,7 @@ async fn a_bot_that_may_not_speak_stops_trying_for_a_while() {
             .iter()
             .any(|e| e.action == "muted" && e.detail.contains("#ops"))
     );
-    // The outbox empties at once: the lines are dropped, not queued behind errors.
+    // The outbox empties: the lines are dropped, not sent to earn an error each.
     bot.wait_status(T, "the outbox empty", |s| s.outbox.queued == 0)
         .await;
     user.say(BOT, "echo still here").await;
@@ -528,46 +528,22 @@ async fn tls_with_a_private_ca_and_a_clear_error_without_it() {
 
 #[tokio::test]
 async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let fake = support::FakeServer::bind().await;
+    let port = fake.port;
     let bot = support::RunningBot::start(&transport(port, ""), |b| b);
-    let (sock, _) = tokio::time::timeout(T, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    let mut line = String::new();
-    while !line.starts_with("USER ") {
-        line.clear();
-        r.read_line(&mut line).await.unwrap();
-    }
-    w.write_all(b":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
-        .await
-        .unwrap();
+    let mut c = fake.accept().await;
+    c.welcome().await;
     let mut garbage = Vec::new();
     garbage.extend_from_slice(b"\xff\xfe\x00 not irc at all\r\n");
     garbage.extend(std::iter::repeat_n(b'x', 20_000));
     garbage.extend_from_slice(b"\r\n:::: ::\r\n:x PRIVMSG\r\n\r\n\n");
     garbage.extend_from_slice(b":alice!a@127.0.0.1 PRIVMSG #ops :!echo caf\xe9 au lait\r\n");
-    w.write_all(&garbage).await.unwrap();
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        line.clear();
-        let n = tokio::time::timeout_at(deadline.into(), r.read_line(&mut line))
-            .await
-            .expect("a reply")
-            .unwrap();
-        assert!(n > 0, "the bot hung up");
-        if line.starts_with("PRIVMSG #ops") {
-            assert_eq!(
-                line, "PRIVMSG #ops :café au lait\r\n",
-                "Latin-1 decoded, answered in UTF-8"
-            );
-            break;
-        }
-    }
+    c.send(&garbage).await;
+    assert_eq!(
+        c.read_until("PRIVMSG #ops").await,
+        "PRIVMSG #ops :café au lait",
+        "Latin-1 decoded, answered in UTF-8"
+    );
     assert_eq!(
         bot.status()
             .actor(ActorKind::Transport, "irc")
@@ -577,30 +553,10 @@ async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
     );
 }
 
-/// Reads lines from the bot until one starts with `prefix`.
-async fn read_until(
-    r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    prefix: &str,
-) -> String {
-    use tokio::io::AsyncBufReadExt;
-    loop {
-        let mut line = String::new();
-        let n = tokio::time::timeout(T, r.read_line(&mut line))
-            .await
-            .unwrap_or_else(|_| panic!("the bot sent no {prefix} line"))
-            .unwrap();
-        assert!(n > 0, "the bot hung up while we waited for {prefix}");
-        if line.starts_with(prefix) {
-            return line.trim_end().to_owned();
-        }
-    }
-}
-
 #[tokio::test]
 async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_visibly() {
-    use tokio::io::{AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let fake = support::FakeServer::bind().await;
+    let port = fake.port;
     let bot = support::RunningBot::start(
         &format!(
             "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\nchannels = [\"#ops\", \"#vault\"]\n\
@@ -611,28 +567,18 @@ async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_
     );
 
     // First connection: SASL is refused; the bot must give up on this session, not carry on.
-    let (sock, _) = tokio::time::timeout(T, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    assert_eq!(read_until(&mut r, "PASS").await, "PASS :srvpass");
-    assert_eq!(read_until(&mut r, "CAP").await, "CAP REQ sasl");
-    w.write_all(b":fake CAP * ACK :sasl\r\n").await.unwrap();
-    assert_eq!(
-        read_until(&mut r, "AUTHENTICATE").await,
-        "AUTHENTICATE PLAIN"
-    );
-    w.write_all(b"AUTHENTICATE +\r\n").await.unwrap();
+    let mut c = fake.accept().await;
+    assert_eq!(c.read_until("PASS").await, "PASS :srvpass");
+    assert_eq!(c.read_until("CAP").await, "CAP REQ sasl");
+    c.send(b":fake CAP * ACK :sasl\r\n").await;
+    assert_eq!(c.read_until("AUTHENTICATE").await, "AUTHENTICATE PLAIN");
+    c.send(b"AUTHENTICATE +\r\n").await;
     // base64("opsacct\0opsacct\0saslpass")
     assert_eq!(
-        read_until(&mut r, "AUTHENTICATE").await,
+        c.read_until("AUTHENTICATE").await,
         "AUTHENTICATE b3BzYWNjdABvcHNhY2N0AHNhc2xwYXNz"
     );
-    w.write_all(b":fake 904 * :SASL authentication failed\r\n")
-        .await
-        .unwrap();
+    c.send(b":fake 904 * :SASL authentication failed\r\n").await;
     let s = bot
         .wait_status(T, "a SASL refusal", |s| {
             s.healing_log
@@ -644,34 +590,25 @@ async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_
     for secret in ["srvpass", "nspass", "vkey", "saslpass", "b3BzYWNj"] {
         assert!(!shown.contains(secret), "{secret} leaked into the status");
     }
-    drop((r, w));
+    drop(c);
 
     // Second connection (after backoff): SASL succeeds, NickServ and keyed joins follow.
-    let (sock, _) = tokio::time::timeout(T, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    read_until(&mut r, "CAP").await;
-    w.write_all(b":fake CAP * ACK :sasl\r\n").await.unwrap();
-    read_until(&mut r, "AUTHENTICATE").await;
-    w.write_all(b"AUTHENTICATE +\r\n").await.unwrap();
-    read_until(&mut r, "AUTHENTICATE").await;
-    w.write_all(b":fake 903 opsbot :SASL authentication successful\r\n")
-        .await
-        .unwrap();
+    let mut c = fake.accept().await;
+    c.read_until("CAP").await;
+    c.send(b":fake CAP * ACK :sasl\r\n").await;
+    c.read_until("AUTHENTICATE").await;
+    c.send(b"AUTHENTICATE +\r\n").await;
+    c.read_until("AUTHENTICATE").await;
+    c.send(b":fake 903 opsbot :SASL authentication successful\r\n")
+        .await;
     // NICK and USER went out with CAP REQ; registration completes once CAP END is sent.
-    assert_eq!(read_until(&mut r, "CAP").await, "CAP END");
-    w.write_all(b":fake 001 opsbot :Welcome\r\n").await.unwrap();
+    assert_eq!(c.read_until("CAP").await, "CAP END");
+    c.send(b":fake 001 opsbot :Welcome\r\n").await;
     assert_eq!(
-        read_until(&mut r, "PRIVMSG NickServ").await,
+        c.read_until("PRIVMSG NickServ").await,
         "PRIVMSG NickServ :IDENTIFY opsbot nspass"
     );
-    let mut joins = vec![
-        read_until(&mut r, "JOIN").await,
-        read_until(&mut r, "JOIN").await,
-    ];
+    let mut joins = vec![c.read_until("JOIN").await, c.read_until("JOIN").await];
     joins.sort();
     assert_eq!(joins, ["JOIN #ops", "JOIN #vault :vkey"]);
     assert!(
@@ -688,24 +625,15 @@ async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_
 /// in, forwards into channels nobody configured, and parts it did not ask for.
 #[tokio::test]
 async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
-    use tokio::io::{AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let fake = support::FakeServer::bind().await;
+    let port = fake.port;
     let config = format!(
         "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\n\
          channels = [\"#Ops\", \"#locked\"]\nrejoin_delay_secs = 1\n"
     );
     let bot = support::RunningBot::start(&config, |b| b);
-    let (sock, _) = tokio::time::timeout(T, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    read_until(&mut r, "USER ").await;
-    w.write_all(b":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
-        .await
-        .unwrap();
+    let mut c = fake.accept().await;
+    c.welcome().await;
     let detail = |bot: &support::RunningBot| {
         bot.status()
             .actor(ActorKind::Transport, "irc")
@@ -716,14 +644,13 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
     };
     // The server knows the channel as #ops and answers with its own spelling; it refuses
     // #locked with a numeric the bot has no special case for (solanum's join throttle).
-    assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
-    assert_eq!(read_until(&mut r, "JOIN #locked").await, "JOIN #locked");
-    w.write_all(
+    assert_eq!(c.read_until("JOIN #Ops").await, "JOIN #Ops");
+    assert_eq!(c.read_until("JOIN #locked").await, "JOIN #locked");
+    c.send(
         b":opsbot!bot@127.0.0.1 JOIN #ops\r\n\
           :fake 480 opsbot #locked :Cannot join channel (+j) - throttle exceeded\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     let s = bot
         .wait_status(T, "#Ops joined and #locked refused", |s| {
             let d = s.actor(ActorKind::Transport, "irc").unwrap().detail.clone();
@@ -738,32 +665,24 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
 
     // A numeric about a channel the bot is in is not a refusal (InspIRCd answers a PRIVMSG to
     // a +M channel with 477); it stays joined and still answers there.
-    w.write_all(
+    c.send(
         b":fake 477 opsbot #ops :You need to be identified to a registered account to message this channel\r\n\
           :alice!a@127.0.0.1 PRIVMSG #ops :!echo still in\r\n",
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        read_until(&mut r, "PRIVMSG #ops").await,
-        "PRIVMSG #ops :still in"
-    );
+    ).await;
+    assert_eq!(c.read_until("PRIVMSG #ops").await, "PRIVMSG #ops :still in");
     assert!(detail(&bot).contains("#Ops joined"), "{}", detail(&bot));
 
     // Forwarded into a channel nobody configured: the bot leaves it.
-    w.write_all(b":opsbot!bot@127.0.0.1 JOIN #overflow\r\n")
-        .await
-        .unwrap();
+    c.send(b":opsbot!bot@127.0.0.1 JOIN #overflow\r\n").await;
     assert_eq!(
-        read_until(&mut r, "PART ").await,
+        c.read_until("PART ").await,
         "PART #overflow :not configured here"
     );
 
     // Removed from #ops (a PART it did not send): back after the rejoin delay.
-    w.write_all(b":opsbot!bot@127.0.0.1 PART #OPS :removed by alice\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
+    c.send(b":opsbot!bot@127.0.0.1 PART #OPS :removed by alice\r\n")
+        .await;
+    assert_eq!(c.read_until("JOIN #Ops").await, "JOIN #Ops");
     assert!(
         bot.status()
             .healing_log
@@ -772,10 +691,9 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
     );
     // Kicked under yet another spelling: rejoins too, and as the second removal in a row it
     // waits twice as long (a channel that keeps removing the bot is not rejoined every second).
-    w.write_all(b":opsbot!bot@127.0.0.1 JOIN #ops\r\n:alice!a@127.0.0.1 KICK #OpS opsbot :out\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_until(&mut r, "JOIN #Ops").await, "JOIN #Ops");
+    c.send(b":opsbot!bot@127.0.0.1 JOIN #ops\r\n:alice!a@127.0.0.1 KICK #OpS opsbot :out\r\n")
+        .await;
+    assert_eq!(c.read_until("JOIN #Ops").await, "JOIN #Ops");
     assert!(
         bot.status()
             .healing_log
@@ -825,61 +743,82 @@ async fn many_channels_are_joined_without_a_flood_quit() {
 }
 
 /// A server that bans the bot (K-line) is not asked again within the refusal floor; a plain
-/// ERROR is an ordinary disconnect.
+/// ERROR is an ordinary disconnect, retried on the usual backoff.
 #[tokio::test]
 async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
-    use tokio::io::{AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bot = support::RunningBot::start(&transport(port, ""), |b| b);
-    let (sock, _) = tokio::time::timeout(T, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    read_until(&mut r, "USER ").await;
-    w.write_all(b"ERROR :Closing Link: 127.0.0.1 (K-Lined: spam from your network)\r\n")
-        .await
-        .unwrap();
-    let s = bot
-        .wait_status(T, "the refusal", |s| {
-            s.healing_log.iter().any(|e| e.action == "reconnect")
-        })
+    let fake = support::FakeServer::bind().await;
+    let bot = support::RunningBot::start(&transport(fake.port, ""), |b| {
+        b.configure(|o| o.reconnect.refused_min = Duration::from_secs(1))
+    });
+    let reconnects = |s: &opsbot::health::Snapshot| -> Vec<String> {
+        s.healing_log
+            .iter()
+            .filter(|e| e.action == "reconnect")
+            .map(|e| e.detail.clone())
+            .collect()
+    };
+    let mut c = fake.accept().await;
+    c.read_until("USER ").await;
+    c.send(b"ERROR :Closing Link: 127.0.0.1 (K-Lined: spam from your network)\r\n")
         .await;
-    let e = s
-        .healing_log
-        .iter()
-        .find(|e| e.action == "reconnect")
-        .unwrap();
+    let s = bot
+        .wait_status(T, "the refusal", |s| reconnects(s).len() == 1)
+        .await;
+    let refused = &reconnects(&s)[0];
     assert!(
-        e.detail.starts_with("refused: server closed the link") && e.detail.contains("K-Lined"),
-        "{}",
-        e.detail
+        refused.starts_with("refused: server closed the link") && refused.contains("K-Lined"),
+        "{refused}"
     );
+    // The usual first backoff is at most 200 ms here; a refusal waits the floor.
+    assert!(
+        next_attempt_in(refused) >= Duration::from_secs(1),
+        "{refused}"
+    );
+
+    let mut c = fake.accept().await;
+    c.read_until("USER ").await;
+    c.send(b"ERROR :Closing Link: 127.0.0.1 (Ping timeout: 120 seconds)\r\n")
+        .await;
+    let s = bot
+        .wait_status(T, "the disconnect", |s| reconnects(s).len() == 2)
+        .await;
+    let dropped = &reconnects(&s)[1];
+    assert!(
+        dropped.starts_with("connection: server closed the link"),
+        "{dropped}"
+    );
+    assert!(
+        next_attempt_in(dropped) < Duration::from_secs(1),
+        "{dropped}"
+    );
+}
+
+/// The delay a reconnect entry of the healing log announces ("...; next attempt in 1.0s").
+fn next_attempt_in(detail: &str) -> Duration {
+    let d = detail.rsplit("next attempt in ").next().unwrap();
+    let (number, unit) = d.split_at(d.find(|c: char| c.is_alphabetic() || c == 'µ').unwrap());
+    let n: f64 = number.parse().unwrap();
+    match unit {
+        "s" => Duration::from_secs_f64(n),
+        "ms" => Duration::from_secs_f64(n / 1e3),
+        "µs" => Duration::from_secs_f64(n / 1e6),
+        "ns" => Duration::from_secs_f64(n / 1e9),
+        other => panic!("unit {other} in {detail}"),
+    }
 }
 
 /// A cloak set after joining (396) makes every relayed line longer: replies are cut for the
 /// new host, so no piece loses its tail when the server relays it.
 #[tokio::test]
 async fn a_host_that_changes_after_joining_shrinks_the_pieces() {
-    use tokio::io::{AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let fake = support::FakeServer::bind().await;
+    let port = fake.port;
     let bot = support::RunningBot::start(&transport(port, ""), |b| b);
-    let (sock, _) = tokio::time::timeout(T, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    read_until(&mut r, "USER ").await;
-    w.write_all(b":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
-        .await
-        .unwrap();
-    read_until(&mut r, "JOIN #ops").await;
+    let mut c = fake.accept().await;
+    c.welcome().await;
+    c.read_until("JOIN #ops").await;
     let cloak = format!("{}.users.example.org", "c".repeat(40));
-    w.write_all(
+    c.send(
         format!(
             ":opsbot!bot@127.0.0.1 JOIN #ops\r\n\
              :fake 396 opsbot {cloak} :is now your displayed host\r\n\
@@ -888,11 +827,10 @@ async fn a_host_that_changes_after_joining_shrinks_the_pieces() {
         )
         .as_bytes(),
     )
-    .await
-    .unwrap();
+    .await;
     let mut got = 0;
     while got < 450 {
-        let line = read_until(&mut r, "PRIVMSG #ops :").await;
+        let line = c.read_until("PRIVMSG #ops :").await;
         let piece = line.strip_prefix("PRIVMSG #ops :").unwrap();
         let relayed = format!(":opsbot!bot@{cloak} {line}\r\n");
         assert!(relayed.len() <= 512, "{} bytes relayed", relayed.len());
@@ -900,4 +838,55 @@ async fn a_host_that_changes_after_joining_shrinks_the_pieces() {
     }
     assert_eq!(got, 450);
     drop(bot);
+}
+
+/// A refused channel is retried after its backoff, the retry keeps the backoff so a second
+/// refusal doubles it, and nothing is sent in between (no spinning on a ban).
+#[tokio::test]
+async fn a_second_refusal_doubles_the_backoff() {
+    let fake = support::FakeServer::bind().await;
+    let config = format!(
+        "server = \"127.0.0.1\"\nport = {}\ntls = false\nnick = \"{BOT}\"\nchannels = [\"#locked\"]\n",
+        fake.port
+    );
+    let bot = support::RunningBot::start(&config, |b| b);
+    let mut c = fake.accept().await;
+    c.welcome().await;
+    c.read_until("JOIN #locked").await;
+    c.send(":fake 474 opsbot #locked :Cannot join channel (+b)\r\n")
+        .await;
+    // The retry comes a minute later, and nothing else before it.
+    let lines = c.lines_until("JOIN #locked", Duration::from_secs(90)).await;
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("JOIN") || l == "JOIN #locked"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("JOIN")).count(), 1);
+    c.send(":fake 474 opsbot #locked :Cannot join channel (+b)\r\n")
+        .await;
+    let s = bot
+        .wait_status(T, "the second refusal", |s| {
+            s.healing_log
+                .iter()
+                .filter(|e| e.action == "join refused")
+                .count()
+                == 2
+        })
+        .await;
+    let refusals: Vec<&str> = s
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "join refused")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(refusals[0].ends_with("retry in 60s"), "{refusals:?}");
+    assert!(refusals[1].ends_with("retry in 120s"), "{refusals:?}");
+    // Ticks come every half second: give them a few, then a PING round trip shows that no
+    // JOIN went out meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.send("PING :check\r\n").await;
+    let lines = c.lines_until("PONG", T).await;
+    assert!(!lines.iter().any(|l| l.starts_with("JOIN")), "{lines:?}");
 }

@@ -124,26 +124,19 @@ impl Server {
     /// InspIRCd with its flood limits raised out of the way (for latency benchmarks, where the
     /// server's throttle would hide what the bot adds).
     pub fn start_unthrottled() -> Self {
-        let mut server = Self {
-            kind: Kind::Inspircd,
-            port: free_port(),
-            tls_port: None,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        server.write_config(None);
-        let conf = std::fs::read_to_string(server.conf_path()).unwrap().replace(
-            "fakelag=\"no\" threshold=\"10\"",
-            "fakelag=\"no\" commandrate=\"100000000\" threshold=\"1000000\" recvq=\"65536\" softsendq=\"1048576\"",
-        );
-        std::fs::write(server.conf_path(), conf).unwrap();
-        server.launch();
-        server
+        Self::start_inspircd_flood(
+            " fakelag=\"no\" commandrate=\"100000000\" threshold=\"1000000\" recvq=\"65536\" softsendq=\"1048576\"",
+        )
     }
 
     /// InspIRCd as its package runs it when the `<connect>` block says nothing of flood
     /// control: fakelag on, threshold 20.
     pub fn start_inspircd_defaults() -> Self {
+        Self::start_inspircd_flood("")
+    }
+
+    /// InspIRCd with `flood` in place of the test config's ` fakelag="no" threshold="10"`.
+    fn start_inspircd_flood(flood: &str) -> Self {
         let mut server = Self {
             kind: Kind::Inspircd,
             port: free_port(),
@@ -152,10 +145,10 @@ impl Server {
             child: None,
         };
         server.write_config(None);
-        let conf = std::fs::read_to_string(server.conf_path())
-            .unwrap()
-            .replace(" fakelag=\"no\" threshold=\"10\"", "");
-        std::fs::write(server.conf_path(), conf).unwrap();
+        let conf = std::fs::read_to_string(server.conf_path()).unwrap();
+        let ours = " fakelag=\"no\" threshold=\"10\"";
+        assert!(conf.contains(ours));
+        std::fs::write(server.conf_path(), conf.replace(ours, flood)).unwrap();
         server.launch();
         server
     }
@@ -520,6 +513,83 @@ impl User {
             }
         }
         out
+    }
+}
+
+/// A fake IRC server on a loopback port: it says exactly what a test writes, for what real
+/// servers do not do on demand (garbage, unknown refusals, bans, cloaks, SASL failures).
+pub struct FakeServer {
+    listener: tokio::net::TcpListener,
+    pub port: u16,
+}
+
+impl FakeServer {
+    pub async fn bind() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Self { listener, port }
+    }
+
+    /// The bot's next connection; fails the test after 20 s.
+    pub async fn accept(&self) -> FakeConn {
+        let (sock, _) = tokio::time::timeout(Duration::from_secs(20), self.listener.accept())
+            .await
+            .expect("the bot did not connect within 20 s")
+            .unwrap();
+        let (r, w) = sock.into_split();
+        FakeConn {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+}
+
+/// One connection from the bot to a [`FakeServer`].
+pub struct FakeConn {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+}
+
+impl FakeConn {
+    /// Writes raw bytes (whole lines, CRLF included) to the bot.
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.w.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// Reads lines from the bot until one starts with `prefix`; returns it without its CRLF.
+    pub async fn read_until(&mut self, prefix: &str) -> String {
+        self.lines_until(prefix, Duration::from_secs(20))
+            .await
+            .pop()
+            .unwrap()
+    }
+
+    /// Every line the bot sends until one starts with `prefix` (that one last), without CRLFs;
+    /// fails the test if none comes within `patience`.
+    pub async fn lines_until(&mut self, prefix: &str, patience: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout_at(deadline, self.r.read_line(&mut line))
+                .await
+                .unwrap_or_else(|_| panic!("the bot sent no {prefix} line within {patience:?}"))
+                .unwrap();
+            assert!(n > 0, "the bot hung up while we waited for {prefix}");
+            let done = line.starts_with(prefix);
+            lines.push(line.trim_end().to_owned());
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// Waits for the bot's USER line and welcomes it (001, and a 004 naming a server the bot
+    /// has no profile for).
+    pub async fn welcome(&mut self) {
+        self.read_until("USER ").await;
+        self.send(":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
+            .await;
     }
 }
 
