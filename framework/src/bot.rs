@@ -25,7 +25,7 @@ use crate::outbox::{Drain, Outbox, OutboxOptions, Pacing, Rate};
 use crate::poller::{Poller, PollerHost, PollerOptions};
 use crate::router::{Budget, Close, RouteError, RouteTable, Router};
 use crate::store::{Store, StoreError};
-use crate::supervisor::RestartPolicy;
+use crate::supervisor::{Fatal, RestartPolicy, fault_point};
 use crate::transport::{Limits, Link, ReconnectPolicy, Transport, TransportHost};
 
 /// Overrides of the transport's outbox defaults; `None` keeps the transport's value.
@@ -128,6 +128,7 @@ pub(crate) struct BotShared {
     pub(crate) catalog: Vec<CatalogEntry>,
     pub(crate) health: Health,
     pub(crate) outbox: Addr<Outbox>,
+    pub(crate) fatal: Fatal,
 }
 
 impl BotShared {
@@ -412,8 +413,9 @@ impl Bot {
         self.health.clone()
     }
 
-    /// Runs the bot on the current arbiter until `shutdown` is cancelled or its transport ends.
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    /// Runs the bot on the current arbiter until `shutdown` is cancelled, its transport ends, or
+    /// its own machinery fails (then the answer is why).
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
         let Bot {
             name,
             options,
@@ -424,6 +426,8 @@ impl Bot {
             store,
             health,
         } = self;
+        fault_point!(&name, BotTask);
+        let fatal = Fatal::default();
         let (tx, rx) = mpsc::channel(1);
         let pacing = Pacing::new(options.outbox.clone(), &transport.limits);
         let outbox = Outbox::new(
@@ -431,6 +435,7 @@ impl Bot {
             pacing.clone(),
             tx,
             health.clone(),
+            fatal.guard("outbox"),
         )
         .start();
         let catalog = handlers
@@ -449,6 +454,7 @@ impl Bot {
             catalog,
             health: health.clone(),
             outbox: outbox.clone(),
+            fatal: fatal.clone(),
         });
         let mut arbiters = Vec::new();
         let hosts = handlers
@@ -477,16 +483,31 @@ impl Bot {
             nick,
             shutdown.clone(),
             pacing,
+            fatal.clone(),
         );
         (transport.start)(link, options.reconnect, fin_tx);
         tracing::info!(bot = %name, transport = transport.kind, "bot started");
 
         tokio::select! {
+            biased;
+            () = fatal.failed() => {}
             () = shutdown.cancelled() => {}
             _ = &mut fin_rx => {}
         }
-        tracing::info!(bot = %name, "shutting down");
-        let deadline = options.shutdown_deadline;
+        // An actor that died may have closed what the transport waits on; give such a failure
+        // the moment it takes to be reported before deciding this was a normal stop.
+        tokio::task::yield_now().await;
+        let failure = fatal.reason();
+        match &failure {
+            Some(reason) => health.fail(reason),
+            None => tracing::info!(bot = %name, "shutting down"),
+        }
+        let deadline = if failure.is_some() {
+            // Say what can still be said, briefly: the service manager restarts the process.
+            options.shutdown_deadline.min(Duration::from_secs(2))
+        } else {
+            options.shutdown_deadline
+        };
         let _ = router.send(Close).await;
         if tokio::time::timeout(deadline, tracker.wait())
             .await
@@ -496,15 +517,27 @@ impl Bot {
         }
         let lost = outbox.send(Drain(deadline)).await.unwrap_or(0);
         if lost > 0 {
-            tracing::warn!(bot = %name, lost, "lines still queued at the shutdown deadline");
+            tracing::warn!(bot = %name, lost, "lines still queued at the shutdown deadline were dropped");
+            health.update_outbox(|o| o.lost_at_shutdown += lost as u64);
         }
         outbox.do_send(StopOutbox);
         drop(shared);
         let _ = tokio::time::timeout(deadline, fin_rx).await;
+        // From here on actors are dropped on purpose.
+        fatal.stopping();
         for a in arbiters {
             a.stop();
         }
-        tracing::info!(bot = %name, "stopped");
+        match failure {
+            Some(reason) => {
+                tracing::error!(bot = %name, %reason, "stopped after a failure");
+                Err(reason)
+            }
+            None => {
+                tracing::info!(bot = %name, "stopped");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -525,6 +558,11 @@ impl actix::Handler<StopOutbox> for Outbox {
 
 /// Runs bots until they all stop: at SIGINT or SIGTERM, at the end of console input, or when
 /// every transport has finished. Each bot gets its own arbiter thread.
+///
+/// A bot whose own machinery fails (a panic in the framework's router, outbox or hosts, never
+/// in a handler, which is restarted) is stopped while the others go on; once every bot has
+/// stopped, the answer is an error naming each failed bot, so that `main` exits non-zero and a
+/// service manager restarts the process.
 pub fn run(bots: Vec<Bot>) -> std::io::Result<()> {
     run_until(bots, Shutdown::new(), true)
 }
@@ -554,42 +592,89 @@ impl Shutdown {
 /// `signals`, at SIGINT or SIGTERM).
 pub fn run_until(bots: Vec<Bot>, shutdown: Shutdown, signals: bool) -> std::io::Result<()> {
     let system = actix::System::new();
-    system
-        .block_on(async move {
+    let (stopped, failures) = system.block_on(async move {
             let token = shutdown.0;
             if signals {
                 spawn_signal_watch(token.clone());
             }
             let running: Vec<_> = bots
                 .into_iter()
-                .map(|b| spawn_bot(b, token.clone()))
+                .map(|b| {
+                    let (name, health) = (b.name.clone(), b.health());
+                    let (arbiter, done) = spawn_bot(b, token.clone());
+                    (name, health, arbiter, done)
+                })
                 .collect();
             let mut stopped = Vec::new();
-            for (arbiter, done) in running {
-                let _ = done.await;
+            let mut failures = Vec::new();
+            for (name, health, arbiter, done) in running {
+                if let Err(why) = ended(done.await, &health) {
+                    failures.push(format!("bot {name} failed: {why}"));
+                }
                 arbiter.stop();
                 stopped.push(arbiter);
             }
-            stopped
-        })
-        .into_iter()
-        .for_each(|a| {
-            let _ = a.join();
+            (stopped, failures)
         });
-    Ok(())
+    for a in stopped {
+        let _ = a.join();
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(failures.join("; ")))
+    }
 }
 
-/// Starts `bot` on a new arbiter; the receiver fires when it has stopped.
-pub(crate) fn spawn_bot(bot: Bot, shutdown: CancellationToken) -> (Arbiter, oneshot::Receiver<()>) {
+/// How a bot ended, from what its task sent; nothing at all means the task itself panicked,
+/// and its guard wrote why into the bot's health.
+pub(crate) fn ended(
+    done: Result<Result<(), String>, oneshot::error::RecvError>,
+    health: &Health,
+) -> Result<(), String> {
+    done.unwrap_or_else(|_| {
+        Err(health
+            .snapshot()
+            .failed
+            .unwrap_or_else(|| "bot task ended unexpectedly".to_owned()))
+    })
+}
+
+/// Starts `bot` on a new arbiter; the receiver fires when it has stopped, with why it failed if
+/// it did (and is dropped unsent if the bot task itself panicked).
+pub(crate) fn spawn_bot(
+    bot: Bot,
+    shutdown: CancellationToken,
+) -> (Arbiter, oneshot::Receiver<Result<(), String>>) {
+    crate::handler::install_panic_hook();
     let arbiter = Arbiter::new();
     let (tx, rx) = oneshot::channel();
+    let health = bot.health.clone();
     arbiter.spawn_fn(move || {
         actix::spawn(async move {
-            bot.run(shutdown).await;
-            let _ = tx.send(());
+            // Reports a panic of the bot task itself (dropped unfinished, never sent).
+            let mut watch = BotTaskGuard(Some(health));
+            let result = bot.run(shutdown).await;
+            watch.0 = None;
+            let _ = tx.send(result);
         });
     });
     (arbiter, rx)
+}
+
+/// Marks the bot failed if its task ends without finishing (a panic in the bot task itself).
+struct BotTaskGuard(Option<Health>);
+
+impl Drop for BotTaskGuard {
+    fn drop(&mut self) {
+        if let Some(health) = self.0.take() {
+            let how = match crate::handler::take_panic_location() {
+                Some(at) => format!("panicked at {at}"),
+                None => "ended unexpectedly".to_owned(),
+            };
+            health.fail(&format!("bot task {how}"));
+        }
+    }
 }
 
 /// Watches SIGINT and SIGTERM. The handlers are installed before this returns, so a signal that

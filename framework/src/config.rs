@@ -331,6 +331,21 @@ impl Config {
     }
 }
 
+/// The longest duration a key may hold: tokio's timers reach about two years, and an `Instant`
+/// plus a longer one can overflow.
+pub const MAX_SECS: f64 = 365.0 * 86_400.0;
+/// The slowest pace a limiter can keep: one line a day.
+const MIN_RATE: f64 = 1.0 / 86_400.0;
+/// The fastest: one a nanosecond.
+const MAX_RATE: f64 = 1e9;
+
+/// Whether `c` shows as something: not a control character and not one of the invisible
+/// formatting characters (zero-width spaces and joiners, direction marks, the byte-order mark).
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}')
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -393,7 +408,15 @@ impl Validator<'_> {
     fn secs(&mut self, key: String, v: Option<f64>, default: Duration) -> Duration {
         match v {
             None => default,
-            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECS => Duration::from_secs_f64(s),
+            Some(s) if s.is_finite() && s > MAX_SECS => {
+                self.error(
+                    key,
+                    format!("{s} seconds is longer than the runtime's timers allow"),
+                    Some("at most a year (31536000)"),
+                );
+                default
+            }
             Some(s) => {
                 self.error(
                     key,
@@ -405,7 +428,34 @@ impl Validator<'_> {
         }
     }
 
+    fn millis(&mut self, key: String, v: Option<u64>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(ms) if ms as f64 / 1000.0 <= MAX_SECS => Duration::from_millis(ms),
+            Some(ms) => {
+                self.error(
+                    key,
+                    format!("{ms} ms is longer than the runtime's timers allow"),
+                    Some("at most a year (31536000000)"),
+                );
+                default
+            }
+        }
+    }
+
     fn rate(&mut self, key: &str, rate: Option<f64>, burst: Option<u32>) -> Option<Rate> {
+        if let (Some(r), Some(b)) = (rate, burst)
+            && r.is_finite()
+            && r > 0.0
+            && f64::from(b) / r > MAX_SECS
+        {
+            self.error(
+                key.replace("rate", "burst"),
+                format!("a burst of {b} at {r} per second takes longer than a year to refill"),
+                Some("lower the burst or raise the rate"),
+            );
+            return None;
+        }
         match rate {
             None => {
                 if burst.is_some() {
@@ -417,7 +467,17 @@ impl Validator<'_> {
                 }
                 None
             }
-            Some(r) if r.is_finite() && r >= 0.0 => Some(Rate::new(r, burst.unwrap_or(1).max(1))),
+            Some(r) if r == 0.0 || (r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r)) => {
+                Some(Rate::new(r, burst.unwrap_or(1).max(1)))
+            }
+            Some(r) if r.is_finite() && r > 0.0 => {
+                self.error(
+                    key.to_owned(),
+                    format!("{r} per second is outside what a pacer can keep"),
+                    Some("between one a day (0.0000116) and 1000000000 a second; 0 means unlimited"),
+                );
+                None
+            }
             Some(r) => {
                 self.error(
                     key.to_owned(),
@@ -493,7 +553,7 @@ impl Validator<'_> {
         }
         if let Some(prefix) = b.prefix {
             if prefix.is_empty()
-                || prefix.chars().any(char::is_whitespace)
+                || prefix.chars().any(|c| c.is_whitespace() || !printable(c))
                 || prefix.chars().count() > 3
             {
                 self.error(
@@ -527,12 +587,16 @@ impl Validator<'_> {
                 s.window_secs,
                 d.window,
             ),
-            backoff_initial: s
-                .backoff_initial_ms
-                .map_or(d.backoff_initial, Duration::from_millis),
-            backoff_max: s
-                .backoff_max_ms
-                .map_or(d.backoff_max, Duration::from_millis),
+            backoff_initial: self.millis(
+                format!("{k}.supervisor.backoff_initial_ms"),
+                s.backoff_initial_ms,
+                d.backoff_initial,
+            ),
+            backoff_max: self.millis(
+                format!("{k}.supervisor.backoff_max_ms"),
+                s.backoff_max_ms,
+                d.backoff_max,
+            ),
         };
         if o.restart.backoff_max < o.restart.backoff_initial {
             self.error(

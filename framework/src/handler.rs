@@ -8,9 +8,11 @@
 //! the runtime stays an implementation detail behind [`Handler`] and [`Context`].
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -23,7 +25,7 @@ use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
-use crate::supervisor::{Restarts, Verdict};
+use crate::supervisor::{CoreGuard, Restarts, Verdict, fault_point};
 
 /// A reactive handler: answers commands and passive matches.
 ///
@@ -78,20 +80,26 @@ pub trait Handler: 'static {
 #[derive(Debug)]
 pub struct Context {
     shared: Arc<BotShared>,
+    handler: &'static str,
     reply_to: Destination,
     sender: Option<Arc<str>>,
+    expired: Arc<AtomicBool>,
 }
 
 impl Context {
     pub(crate) fn new(
         shared: Arc<BotShared>,
+        handler: &'static str,
         reply_to: Destination,
         sender: Option<Arc<str>>,
+        expired: Arc<AtomicBool>,
     ) -> Self {
         Self {
             shared,
+            handler,
             reply_to,
             sender,
+            expired,
         }
     }
 
@@ -109,7 +117,19 @@ impl Context {
     }
 
     /// Says `text` to any destination.
+    ///
+    /// After the handler's timeout the user has been told that the command was stopped; a
+    /// blocking handler that cannot be interrupted may still get here afterwards, and its late
+    /// lines are dropped (and logged), so the user never reads an answer after "stopped".
     pub fn say(&self, dest: Destination, text: impl Into<String>) {
+        if self.expired.load(Ordering::Acquire) {
+            tracing::warn!(
+                handler = self.handler,
+                %dest,
+                "reply after the handler's timeout dropped"
+            );
+            return;
+        }
         self.shared.outbox.do_send(Say(Outgoing::new(dest, text)));
     }
 
@@ -167,19 +187,24 @@ pub(crate) enum Work {
 pub(crate) enum Outcome {
     Done,
     Failed(Error),
-    Panicked,
+    /// The handler panicked; `disabled` when that crash spent its restart budget.
+    Panicked {
+        disabled: bool,
+    },
     TimedOut(Duration),
     Unavailable,
 }
 
 /// One invocation sent to a host. `started` fires when the handler begins (not while the job
-/// waits behind a restart), so the dispatcher can time the handler itself.
+/// waits behind a restart), so the dispatcher can time the handler itself. The dispatcher sets
+/// `expired` when it gives up waiting; the handler's later replies are then dropped.
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) work: Work,
     pub(crate) reply_to: Destination,
     pub(crate) started: oneshot::Sender<()>,
     pub(crate) done: oneshot::Sender<Outcome>,
+    pub(crate) expired: Arc<AtomicBool>,
 }
 
 impl Message for Job {
@@ -196,6 +221,7 @@ pub(crate) struct HandlerHost<H: Handler> {
     shared: Arc<BotShared>,
     restarts: Restarts,
     timeout: Duration,
+    guard: CoreGuard,
 }
 
 impl<H: Handler> std::fmt::Debug for HandlerHost<H> {
@@ -210,12 +236,14 @@ impl<H: Handler> HandlerHost<H> {
     pub(crate) fn new(factory: Factory<H>, shared: Arc<BotShared>) -> Self {
         let restarts = Restarts::new(shared.options.restart);
         let timeout = shared.options.handler_timeout;
+        let guard = shared.fatal.guard(format!("host of handler {}", H::NAME));
         Self {
             factory,
             handler: None,
             shared,
             restarts,
             timeout,
+            guard,
         }
     }
 
@@ -232,11 +260,17 @@ impl<H: Handler> HandlerHost<H> {
                 self.handler = Some(Box::new(h));
                 self.set_state(ActorState::Running);
             }
-            Err(payload) => self.crashed(panic_message(&*payload), ctx),
+            Err(payload) => {
+                let panic = Panic::from_payload(&*payload);
+                tracing::error!(handler = H::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "handler factory panicked");
+                self.crashed(format!("factory {}", panic.summary()), ctx);
+            }
         }
     }
 
-    fn crashed(&mut self, why: String, ctx: &mut Context2<H>) {
+    /// Records a crash (`why` is shown in chat and `!status`: never a panic's message) and
+    /// restarts or disables the handler; answers whether it is now disabled.
+    fn crashed(&mut self, why: String, ctx: &mut Context2<H>) -> bool {
         self.handler = None;
         let name = H::NAME;
         let health = &self.shared.health;
@@ -260,14 +294,16 @@ impl<H: Handler> HandlerHost<H> {
                         .into_actor(self)
                         .map(|(), act, ctx| act.fresh(ctx)),
                 );
+                false
             }
             Verdict::GiveUp => {
                 self.set_state(ActorState::Failed);
                 health.heal_event(
                     &format!("handler:{name}"),
                     "failed",
-                    format!("{why}; restart budget spent, commands answer unavailable"),
+                    format!("{why}; disabled after repeated crashes, commands answer unavailable"),
                 );
+                true
             }
         }
     }
@@ -282,12 +318,17 @@ impl<H: Handler> Actor for HandlerHost<H> {
         self.shared.health.register(ActorKind::Handler, H::NAME);
         self.fresh(ctx);
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.guard.disarm();
+    }
 }
 
 impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
     type Result = ();
 
     fn handle(&mut self, job: Job, ctx: &mut Self::Context) {
+        fault_point!(self.shared.health.bot(), HandlerHost);
         let Some(mut handler) = self.handler.take() else {
             // Only reachable when failed: while restarting, `ctx.wait` holds the mailbox.
             let _ = job.done.send(Outcome::Unavailable);
@@ -298,7 +339,13 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             Work::Command(c) => c.message.sender.name.clone(),
             Work::Match(m) => m.message.sender.name.clone(),
         };
-        let mut cx = Context::new(self.shared.clone(), job.reply_to, Some(sender));
+        let mut cx = Context::new(
+            self.shared.clone(),
+            H::NAME,
+            job.reply_to,
+            Some(sender),
+            job.expired,
+        );
         let timeout = self.timeout;
         let run = async move {
             let result = match job.work {
@@ -343,8 +390,11 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
                     let _ = done.send(outcome);
                 }
                 Err(payload) => {
-                    let _ = done.send(Outcome::Panicked);
-                    act.crashed(format!("panicked: {}", panic_message(&*payload)), ctx);
+                    let panic = Panic::from_payload(&*payload);
+                    tracing::error!(handler = H::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "handler panicked");
+                    // Decide first, so that the user is told the truth: restarted, or disabled.
+                    let disabled = act.crashed(panic.summary(), ctx);
+                    let _ = done.send(Outcome::Panicked { disabled });
                 }
             }
         }));
@@ -362,10 +412,69 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs `fut` to completion, turning a panic into an error string.
-pub(crate) async fn catch<F: Future>(fut: F) -> Result<F::Output, String> {
+/// A caught panic: its full message, for the log only (it may carry a secret:
+/// `called unwrap on ... token=...`), and where it happened.
+#[derive(Debug)]
+pub(crate) struct Panic {
+    pub(crate) message: String,
+    pub(crate) at: Option<String>,
+}
+
+impl Panic {
+    /// The panic whose payload `catch_unwind` returned, on the thread that panicked.
+    pub(crate) fn from_payload(payload: &(dyn Any + Send)) -> Self {
+        Self {
+            message: panic_message(payload),
+            at: take_panic_location(),
+        }
+    }
+
+    /// What chat, `!status` and the healing log may show: the class and the location, never
+    /// the message.
+    pub(crate) fn summary(&self) -> String {
+        match &self.at {
+            Some(at) => format!("panicked at {at}"),
+            None => "panicked".to_owned(),
+        }
+    }
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened, noted by the panic hook and taken by
+    /// [`Panic::from_payload`] after `catch_unwind`.
+    static LAST_PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Where the last panic on this thread happened, if it has not been taken yet.
+pub(crate) fn take_panic_location() -> Option<String> {
+    LAST_PANIC_AT.with(|l| l.borrow_mut().take())
+}
+
+/// Notes where a panic happened, for [`Panic::from_payload`]; every panic hook the framework
+/// installs calls this.
+pub(crate) fn note_panic(info: &std::panic::PanicHookInfo<'_>) {
+    if let Some(l) = info.location() {
+        let at = format!("{}:{}", l.file(), l.line());
+        LAST_PANIC_AT.with(|cell| *cell.borrow_mut() = Some(at));
+    }
+}
+
+/// Makes sure that panics are located for [`Panic`], keeping whatever hook is installed.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            note_panic(info);
+            previous(info);
+        }));
+    });
+}
+
+/// Runs `fut` to completion, turning a panic into a [`Panic`].
+pub(crate) async fn catch<F: Future>(fut: F) -> Result<F::Output, Panic> {
     AssertUnwindSafe(fut)
         .catch_unwind()
         .await
-        .map_err(|p| panic_message(&*p))
+        .map_err(|p| Panic::from_payload(&*p))
 }

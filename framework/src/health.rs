@@ -90,6 +90,9 @@ pub enum BotHealth {
     Degraded,
     /// The transport is down: the bot can say nothing.
     Critical,
+    /// The bot's own machinery (router, outbox, transport host, a host, the bot task) failed
+    /// and the bot was stopped: see [`Snapshot::failed`].
+    Failed,
 }
 
 impl BotHealth {
@@ -100,6 +103,7 @@ impl BotHealth {
             Self::Recovering => "recovering",
             Self::Degraded => "degraded",
             Self::Critical => "critical",
+            Self::Failed => "failed",
         }
     }
 }
@@ -160,6 +164,11 @@ pub struct OutboxStatus {
     pub dropped: u64,
     /// Repeats collapsed by the anti-loop guard.
     pub collapsed: u64,
+    /// Lines dropped because their destination could not take them: the bot is not in that
+    /// room, may not speak there, or the name could not be an address.
+    pub undeliverable: u64,
+    /// Lines still queued when a shutdown's deadline ran out, and so never sent.
+    pub lost_at_shutdown: u64,
 }
 
 /// One healing-log entry.
@@ -180,6 +189,7 @@ struct Inner {
     actors: BTreeMap<(ActorKind, String), ActorStatus>,
     outbox: OutboxStatus,
     log: VecDeque<HealingEvent>,
+    failed: Option<String>,
 }
 
 /// A bot's health registry. Cheap to clone; all clones share one table.
@@ -208,6 +218,8 @@ pub struct Snapshot {
     pub outbox: OutboxStatus,
     /// The newest healing-log entries, oldest first.
     pub healing_log: Vec<HealingEvent>,
+    /// Why the bot was stopped, when its own machinery failed (`router panicked at ...`).
+    pub failed: Option<String>,
 }
 
 impl Snapshot {
@@ -230,6 +242,7 @@ impl Health {
                 actors: BTreeMap::new(),
                 outbox: OutboxStatus::default(),
                 log: VecDeque::new(),
+                failed: None,
             })),
         }
     }
@@ -284,11 +297,23 @@ impl Health {
         });
     }
 
+    /// Marks the bot failed: its own machinery broke and it has been stopped. Logged as an
+    /// error and in the healing log.
+    pub(crate) fn fail(&self, reason: &str) {
+        tracing::error!(bot = %self.bot, %reason, "bot failed; stopping it");
+        self.lock().failed.get_or_insert_with(|| reason.to_owned());
+        self.heal_event("bot", "failed", format!("{reason}; the bot is stopped"));
+    }
+
     /// A consistent copy of everything.
     pub fn snapshot(&self) -> Snapshot {
         let inner = self.lock();
         let actors: Vec<ActorStatus> = inner.actors.values().cloned().collect();
-        let health = overall(&actors);
+        let health = if inner.failed.is_some() {
+            BotHealth::Failed
+        } else {
+            overall(&actors)
+        };
         Snapshot {
             bot: self.bot.to_string(),
             transport: self.transport_kind.to_string(),
@@ -297,6 +322,7 @@ impl Health {
             actors,
             outbox: inner.outbox.clone(),
             healing_log: inner.log.iter().cloned().collect(),
+            failed: inner.failed.clone(),
         }
     }
 }

@@ -35,6 +35,7 @@ pub fn init(config: &LogConfig) {
     };
     if installed.is_ok() {
         std::panic::set_hook(Box::new(|info| {
+            crate::handler::note_panic(info);
             let message = crate::handler::panic_message(info.payload());
             let at = info
                 .location()

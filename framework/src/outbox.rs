@@ -30,8 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bot::OutboxSettings;
 use crate::health::Health;
 use crate::message::{Destination, Outgoing};
+use crate::supervisor::{CoreGuard, fault_point};
 use crate::text::split_lines;
-use crate::transport::{Delivery, Limits};
+use crate::transport::{Ack, Delivery, Limits};
 
 /// A sustained rate with a burst allowance.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,8 +53,15 @@ impl Rate {
         if !(self.per_second.is_finite() && self.per_second > 0.0) {
             return None;
         }
-        let period = Duration::from_secs_f64(1.0 / self.per_second).max(Duration::from_nanos(1));
-        Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(self.burst.max(1))?))
+        // The config refuses rates outside these bounds; clamp for values set in code.
+        let period = Duration::try_from_secs_f64(1.0 / self.per_second)
+            .unwrap_or(Duration::MAX)
+            .clamp(Duration::from_nanos(1), Duration::from_secs(86_400));
+        let burst = self
+            .burst
+            .min(u32::try_from(Duration::from_secs(365 * 86_400).as_nanos() / period.as_nanos()).unwrap_or(u32::MAX))
+            .max(1);
+        Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?))
     }
 }
 
@@ -160,12 +168,29 @@ fn cells(n: usize, cap: u32) -> Option<NonZeroU32> {
     NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX).min(cap))
 }
 
+/// How often the outbox looks again at a destination the transport's gate holds closed.
+const GATE_RECHECK: Duration = Duration::from_millis(200);
+
+/// Whether a destination can take lines now; see [`Pacing::set_gate`].
+pub type GateFn = Arc<dyn Fn(&Destination) -> bool + Send + Sync>;
+
+/// A transport's gate.
+#[derive(Clone)]
+struct Gate(GateFn);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
 /// The pacing budget of one bot's connection, shared: the outbox spends it on lines, the
 /// transport on its own protocol traffic, and the transport may switch it to a profile chosen
 /// from the server's version at any time. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Pacing {
     inner: Arc<Mutex<(OutboxSettings, Arc<Limiters>)>>,
+    gate: Arc<Mutex<Option<Gate>>>,
     /// What the transport sent while the budget was empty, still to be paid for by the lines
     /// after it (governor buckets cannot go into debt by themselves). Kept across profile
     /// changes.
@@ -178,6 +203,7 @@ impl Pacing {
         let limiters = Arc::new(Limiters::new(&settings.resolve(limits)));
         Self {
             inner: Arc::new(Mutex::new((settings, limiters))),
+            gate: Arc::default(),
             debt_lines: Arc::default(),
             debt_bytes: Arc::default(),
         }
@@ -270,10 +296,47 @@ impl Pacing {
         Ok(())
     }
 
+    /// Lets the transport say which destinations can take lines now: the outbox keeps the
+    /// lines of a destination the gate closes (a room still being joined) in their queue, without
+    /// spending any budget on them, and checks again a moment later. `None` opens every
+    /// destination.
+    pub fn set_gate(&self, gate: Option<GateFn>) {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = gate.map(Gate);
+    }
+
+    /// Whether the gate lets lines for `dest` through now.
+    fn open_for(&self, dest: &Destination) -> bool {
+        self.gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|g| (g.0)(dest))
+    }
+
     /// The longest text one line may carry under the current profile.
     pub fn max_line_bytes(&self) -> usize {
         self.limiters().max_line_bytes
     }
+}
+
+/// Why a line handed to the transport was not sent.
+#[derive(Debug)]
+enum Undelivered {
+    /// The transport is gone for good (shutdown).
+    TransportGone,
+    /// The session died before writing it: send it again after the reconnect.
+    Unacknowledged,
+    /// The transport refused it for its destination.
+    Dropped,
+    /// The destination is not ready; try again after the wait.
+    Held(Duration),
+}
+
+/// Whether a destination's name could ever be an address: not empty, and no whitespace or
+/// control characters (which a protocol would read as the end of the target or of the line).
+pub(crate) fn valid_destination(dest: &Destination) -> bool {
+    let name = dest.name();
+    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The outbox actor.
@@ -285,12 +348,15 @@ pub(crate) struct Outbox {
     queued: usize,
     dropped: HashMap<Destination, u64>,
     recent: HashMap<(Destination, String), VecDeque<Instant>>,
+    /// Destinations the transport asked to wait (a room still being joined), and until when.
+    held: HashMap<Destination, Instant>,
     pacing: Pacing,
     transport: mpsc::Sender<Delivery>,
     busy: bool,
     scheduled: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
     health: Health,
+    guard: CoreGuard,
 }
 
 impl Outbox {
@@ -299,6 +365,7 @@ impl Outbox {
         pacing: Pacing,
         transport: mpsc::Sender<Delivery>,
         health: Health,
+        guard: CoreGuard,
     ) -> Self {
         Self {
             opts,
@@ -307,12 +374,14 @@ impl Outbox {
             queued: 0,
             dropped: HashMap::new(),
             recent: HashMap::new(),
+            held: HashMap::new(),
             pacing,
             transport,
             busy: false,
             scheduled: false,
             drain_waiters: Vec::new(),
             health,
+            guard,
         }
     }
 
@@ -364,10 +433,25 @@ impl Outbox {
     fn take_next(&mut self) -> Result<Option<(Destination, String)>, Duration> {
         let mut wait = None::<Duration>;
         let limiters = self.pacing.limiters();
+        let now = Instant::now();
         for _ in 0..self.rotation.len() {
             let Some(dest) = self.rotation.pop_front() else {
                 break;
             };
+            if let Some(until) = self.held.get(&dest) {
+                if now < *until {
+                    let w = *until - now;
+                    wait = Some(wait.map_or(w, |old| old.min(w)));
+                    self.rotation.push_back(dest);
+                    continue;
+                }
+                self.held.remove(&dest);
+            }
+            if !self.pacing.open_for(&dest) {
+                wait = Some(wait.map_or(GATE_RECHECK, |old| old.min(GATE_RECHECK)));
+                self.rotation.push_back(dest);
+                continue;
+            }
             let allowed = match &limiters.keyed {
                 None => Ok(()),
                 Some(l) => l
@@ -449,15 +533,30 @@ impl Outbox {
                         ack,
                     };
                     if tx.send(delivery).await.is_err() {
-                        return Err((dest, line, true));
+                        return Err((dest, line, Undelivered::TransportGone));
                     }
-                    acked.await.map_err(|_| (dest, line, false))
+                    match acked.await {
+                        Ok(Ack::Sent) => Ok(()),
+                        Ok(Ack::Undeliverable(why)) => {
+                            tracing::warn!(%dest, %why, "line dropped: undeliverable");
+                            Err((dest, line, Undelivered::Dropped))
+                        }
+                        Ok(Ack::Hold(wait)) => Err((dest, line, Undelivered::Held(wait))),
+                        Err(_) => Err((dest, line, Undelivered::Unacknowledged)),
+                    }
                 };
                 ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
                     act.busy = false;
                     match res {
                         Ok(()) => act.health.update_outbox(|o| o.sent += 1),
-                        Err((_, _, true)) => {
+                        Err((_, _, Undelivered::Dropped)) => {
+                            act.health.update_outbox(|o| o.undeliverable += 1);
+                        }
+                        Err((dest, line, Undelivered::Held(wait))) => {
+                            act.held.insert(dest.clone(), Instant::now() + wait);
+                            act.requeue_front(dest, line);
+                        }
+                        Err((_, _, Undelivered::TransportGone)) => {
                             // The transport is gone for good (shutdown): nothing can be sent.
                             let lost = act.queued + 1;
                             tracing::warn!(lost, "transport closed; outbox discards its queue");
@@ -469,7 +568,9 @@ impl Outbox {
                             }
                             return;
                         }
-                        Err((dest, line, false)) => act.requeue_front(dest, line),
+                        Err((dest, line, Undelivered::Unacknowledged)) => {
+                            act.requeue_front(dest, line);
+                        }
                     }
                     act.pump(ctx);
                 }));
@@ -480,6 +581,10 @@ impl Outbox {
 
 impl Actor for Outbox {
     type Context = actix::Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.guard.disarm();
+    }
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Forget old anti-loop entries and idle limiter keys now and then.
@@ -501,6 +606,14 @@ impl actix::Handler<Say> for Outbox {
     type Result = ();
 
     fn handle(&mut self, Say(out): Say, ctx: &mut Self::Context) {
+        fault_point!(self.health.bot(), Outbox);
+        if !valid_destination(&out.dest) {
+            // A handler chose the destination (`cx.say`); a CR, LF, space or NUL in it would
+            // end the target early on the wire and start a protocol line of its own.
+            tracing::warn!(dest = ?out.dest.name(), "line for an impossible destination refused");
+            self.health.update_outbox(|o| o.undeliverable += 1);
+            return;
+        }
         if !self.loop_guard(&out.dest, &out.text) {
             tracing::debug!(dest = %out.dest, "repeated text collapsed");
             self.health.update_outbox(|o| o.collapsed += 1);

@@ -19,7 +19,7 @@ use crate::health::{ActorKind, ActorState};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
 use crate::store::Store;
-use crate::supervisor::{Restarts, Verdict};
+use crate::supervisor::{CoreGuard, Restarts, Verdict, fault_point};
 
 /// One thing a source shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +98,7 @@ pub(crate) struct PollerHost<P: Poller> {
     shared: Arc<BotShared>,
     store: Store,
     restarts: Restarts,
+    guard: CoreGuard,
 }
 
 impl<P: Poller> std::fmt::Debug for PollerHost<P> {
@@ -116,6 +117,7 @@ impl<P: Poller> PollerHost<P> {
         store: Store,
     ) -> Self {
         let restarts = Restarts::new(shared.options.restart);
+        let guard = shared.fatal.guard(format!("host of poller {}", P::NAME));
         Self {
             factory,
             poller: None,
@@ -123,6 +125,7 @@ impl<P: Poller> PollerHost<P> {
             shared,
             store,
             restarts,
+            guard,
         }
     }
 
@@ -140,14 +143,16 @@ impl<P: Poller> PollerHost<P> {
     }
 
     fn tick(&mut self, ctx: &mut actix::Context<Self>) {
+        fault_point!(self.shared.health.bot(), PollerHost);
         let mut poller = match self.poller.take() {
             Some(p) => p,
             None => {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)())) {
                     Ok(p) => Box::new(p),
                     Err(payload) => {
-                        let why = crate::handler::panic_message(&*payload);
-                        return self.crashed(format!("factory panicked: {why}"), ctx);
+                        let panic = crate::handler::Panic::from_payload(&*payload);
+                        tracing::error!(poller = P::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "poller factory panicked");
+                        return self.crashed(format!("factory {}", panic.summary()), ctx);
                     }
                 }
             }
@@ -185,7 +190,10 @@ impl<P: Poller> PollerHost<P> {
                                 Some(poller),
                                 Err(format!("poll timed out after {timeout:?}")),
                             ),
-                            Err(panic) => (None, Err(format!("panicked: {panic}"))),
+                            Err(panic) => {
+                                tracing::error!(poller = P::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "poller panicked");
+                                (None, Err(panic.summary()))
+                            }
                         }
                     }
                     .into_actor(act)
@@ -260,5 +268,9 @@ impl<P: Poller> Actor for PollerHost<P> {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.shared.health.register(ActorKind::Poller, P::NAME);
         self.schedule(Duration::ZERO, ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.guard.disarm();
     }
 }

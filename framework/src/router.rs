@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use crate::error::Error;
 use crate::handler::{Job, Outcome, Work};
 use crate::message::{Destination, Incoming, Outgoing};
 use crate::outbox::Say;
+use crate::supervisor::{CoreGuard, fault_point};
 
 /// Per-user command budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,6 +273,7 @@ pub(crate) struct Router {
     cooldowns: HashMap<(Arc<str>, &'static str), Instant>,
     tracker: TaskTracker,
     closed: bool,
+    guard: CoreGuard,
 }
 
 impl std::fmt::Debug for Router {
@@ -296,6 +299,7 @@ impl Router {
         });
         // One "unknown command" hint per destination every 10 s, at most.
         let hint_quota = Quota::with_period(Duration::from_secs(10)).expect("non-zero period");
+        let guard = shared.fatal.guard("router");
         Self {
             table,
             hosts,
@@ -307,6 +311,7 @@ impl Router {
             cooldowns: HashMap::new(),
             tracker,
             closed: false,
+            guard,
         }
     }
 
@@ -361,11 +366,13 @@ impl Router {
         let (hname, host) = self.hosts[handler].clone();
         let (started_tx, started_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
+        let expired = Arc::new(AtomicBool::new(false));
         host.do_send(Job {
             work,
             reply_to,
             started: started_tx,
             done: done_tx,
+            expired: expired.clone(),
         });
         let shared = self.shared.clone();
         let timeout = shared.options.handler_timeout;
@@ -378,11 +385,16 @@ impl Router {
                 match tokio::time::timeout(timeout + Duration::from_millis(100), done_rx).await {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(_)) => Outcome::Unavailable,
-                    Err(_) => Outcome::TimedOut(timeout),
+                    Err(_) => {
+                        // A blocking handler cannot be interrupted: whatever it says from now
+                        // on is dropped, so that nothing arrives after "was stopped".
+                        expired.store(true, Ordering::Release);
+                        Outcome::TimedOut(timeout)
+                    }
                 }
             };
             let Some((what, msg)) = what else {
-                if let Outcome::Panicked | Outcome::TimedOut(_) = outcome {
+                if let Outcome::Panicked { .. } | Outcome::TimedOut(_) = outcome {
                     tracing::warn!(handler = hname, ?outcome, "passive handler failed");
                 }
                 return;
@@ -390,7 +402,12 @@ impl Router {
             let text = match outcome {
                 Outcome::Done => return,
                 Outcome::Failed(e) => e.user_message(&what),
-                Outcome::Panicked => format!("sorry, {what} crashed; it is being restarted"),
+                Outcome::Panicked { disabled: false } => {
+                    format!("sorry, {what} crashed; it is being restarted")
+                }
+                Outcome::Panicked { disabled: true } => {
+                    format!("sorry, {what} crashed and is disabled after repeated crashes")
+                }
                 Outcome::TimedOut(t) => format!(
                     "{what} took longer than {} and was stopped",
                     short_duration(t)
@@ -480,6 +497,10 @@ fn address(msg: &Incoming, text: &str) -> String {
 impl Actor for Router {
     type Context = actix::Context<Self>;
 
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.guard.disarm();
+    }
+
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(Duration::from_secs(300), |act, _| {
             let now = Instant::now();
@@ -508,6 +529,7 @@ impl actix::Handler<Inbound> for Router {
         if self.closed {
             return;
         }
+        fault_point!(self.shared.health.bot(), Router);
         let nick = self.nick.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match self.table.route(&msg, &nick) {
             Route::Nothing => {}

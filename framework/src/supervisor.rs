@@ -112,6 +112,154 @@ pub fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
     floor + span.mul_f64(fastrand::f64())
 }
 
+/// The bot's own machinery failing. Set when a framework actor (router, outbox, transport host,
+/// a handler's or poller's host) ends without having been stopped, which only a panic in the
+/// framework's own code does: user code runs inside `catch_unwind` and never gets that far.
+/// Such an actor's state and mailbox are gone, so it cannot be restarted with its queue; the bot
+/// task stops the bot instead, marks it failed, and the process exits non-zero once no bot is
+/// left running, so that a service manager restarts it. A bot is never left running deaf.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fatal {
+    token: tokio_util::sync::CancellationToken,
+    reason: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Fatal {
+    /// A guard for the named actor: keep it in the actor, disarm it when the actor stops.
+    pub(crate) fn guard(&self, actor: impl Into<String>) -> CoreGuard {
+        CoreGuard {
+            actor: actor.into(),
+            fatal: self.clone(),
+            disarmed: false,
+        }
+    }
+
+    /// Records a failure; the first reason wins.
+    pub(crate) fn report(&self, reason: String) {
+        if self.is_stopping() {
+            return;
+        }
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves when a failure is reported.
+    pub(crate) async fn failed(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// The reported failure, if any.
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The bot is being taken down on purpose: actors dropped from now on did not fail.
+    pub(crate) fn stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Lives inside a framework actor; dropped without [`CoreGuard::disarm`] (the actor's task ended
+/// by a panic) it reports the actor's failure, with where the panic happened.
+#[derive(Debug)]
+pub(crate) struct CoreGuard {
+    actor: String,
+    fatal: Fatal,
+    disarmed: bool,
+}
+
+impl CoreGuard {
+    /// The actor stopped normally.
+    pub(crate) fn disarm(&mut self) {
+        self.disarmed = true;
+    }
+}
+
+impl Drop for CoreGuard {
+    fn drop(&mut self) {
+        if self.disarmed || self.fatal.is_stopping() {
+            return;
+        }
+        // The panic hook noted the location on this thread (a task's future is dropped on the
+        // thread it ran on); the message stays in the log, where the hook put it.
+        let how = match crate::handler::take_panic_location() {
+            Some(at) => format!("panicked at {at}"),
+            None => "ended unexpectedly".to_owned(),
+        };
+        self.fatal.report(format!("{} {how}", self.actor));
+    }
+}
+
+/// Test-only fault injection: makes a framework actor panic in its own code, to test
+/// [`Fatal`]. Compiled only with the `fault-injection` feature, which nothing a user builds
+/// turns on.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    use std::sync::Mutex;
+
+    /// Where a fault can be injected.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Point {
+        /// The router, when it next routes a message.
+        Router,
+        /// The outbox, when it is next given a line.
+        Outbox,
+        /// The transport host, before its next connection attempt.
+        TransportHost,
+        /// A handler's host, outside the handler's code, when it is next given a job.
+        HandlerHost,
+        /// A poller's host, outside the poller's code, at its next tick.
+        PollerHost,
+        /// The bot task, as it starts.
+        BotTask,
+    }
+
+    static ARMED: Mutex<Vec<(String, Point)>> = Mutex::new(Vec::new());
+
+    /// Makes `point` of the bot named `bot` panic once, the next time it is reached.
+    pub fn arm(bot: &str, point: Point) {
+        ARMED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((bot.to_owned(), point));
+    }
+
+    pub(crate) fn check(bot: &str, point: Point) {
+        let hit = {
+            let mut armed = ARMED.lock().unwrap_or_else(|p| p.into_inner());
+            armed
+                .iter()
+                .position(|(b, p)| b == bot && *p == point)
+                .map(|i| armed.remove(i))
+                .is_some()
+        };
+        if hit {
+            panic!("injected fault: {point:?}");
+        }
+    }
+}
+
+/// A fault-injection point (see [`fault`]); nothing at all without the feature.
+macro_rules! fault_point {
+    ($bot:expr, $point:ident) => {
+        #[cfg(feature = "fault-injection")]
+        $crate::supervisor::fault::check($bot, $crate::supervisor::fault::Point::$point);
+    };
+}
+pub(crate) use fault_point;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,6 +190,7 @@ impl TestBot {
                     arbiter.stop();
                     arbiter
                 });
+                // How the bot ended shows in its health (`Snapshot::failed`).
                 // Wait for the bot's thread, so that everything it held (the state store's
                 // file lock, for one) is released when `shutdown` returns.
                 let _ = arbiter.join();

@@ -22,7 +22,7 @@ use crate::health::{ActorKind, ActorState, ConnState, Health};
 use crate::message::{Destination, Incoming};
 use crate::outbox::{Pacing, Rate};
 use crate::router::Inbound;
-use crate::supervisor::full_jitter;
+use crate::supervisor::{CoreGuard, Fatal, fault_point, full_jitter};
 
 pub mod memory;
 
@@ -78,19 +78,48 @@ pub enum TransportError {
 }
 
 /// One line for the transport to send.
+///
+/// Answer it with exactly one of [`Delivery::done`], [`Delivery::undeliverable`] or
+/// [`Delivery::hold`]. Dropping it unanswered (the session died before the line was written)
+/// puts the line back at the head of its queue, to be sent after the reconnect.
 #[derive(Debug)]
 pub struct Delivery {
     /// Where.
     pub dest: Destination,
     /// The text: one line, sanitized and within the transport's limit.
     pub text: String,
-    pub(crate) ack: oneshot::Sender<()>,
+    pub(crate) ack: oneshot::Sender<Ack>,
+}
+
+/// How a transport answered a [`Delivery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// Written.
+    Sent,
+    /// Dropped: the destination cannot take it (the bot is not in that room).
+    Undeliverable(String),
+    /// Not yet: the destination's lines wait this long (a room still being joined).
+    Hold(Duration),
 }
 
 impl Delivery {
     /// Confirms that the line was written; the outbox then sends the next one.
     pub fn done(self) {
-        let _ = self.ack.send(());
+        let _ = self.ack.send(Ack::Sent);
+    }
+
+    /// Drops the line because its destination cannot take it now and will not soon (the bot is
+    /// not in that room, or may not speak there). The outbox counts it as undeliverable, logs
+    /// `why`, and `!status` shows the count.
+    pub fn undeliverable(self, why: impl Into<String>) {
+        let _ = self.ack.send(Ack::Undeliverable(why.into()));
+    }
+
+    /// Gives the line back because its destination will be ready soon (a room still being
+    /// joined): it returns to the head of its queue, and that destination's lines wait `wait`
+    /// while other destinations go on.
+    pub fn hold(self, wait: Duration) {
+        let _ = self.ack.send(Ack::Hold(wait));
     }
 }
 
@@ -120,9 +149,11 @@ pub struct Link {
     input_closed: CancellationToken,
     connected_at: Option<Instant>,
     pacing: Pacing,
+    fatal: Fatal,
 }
 
 impl Link {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         router: Recipient<Inbound>,
         outgoing: mpsc::Receiver<Delivery>,
@@ -131,6 +162,7 @@ impl Link {
         nick: Arc<Mutex<String>>,
         input_closed: CancellationToken,
         pacing: Pacing,
+        fatal: Fatal,
     ) -> Self {
         Self {
             router,
@@ -141,6 +173,7 @@ impl Link {
             input_closed,
             connected_at: None,
             pacing,
+            fatal,
         }
     }
 
@@ -227,6 +260,7 @@ pub(crate) struct TransportHost<T: Transport> {
     link: Option<Link>,
     policy: ReconnectPolicy,
     finished: Option<oneshot::Sender<()>>,
+    guard: CoreGuard,
 }
 
 impl<T: Transport> std::fmt::Debug for TransportHost<T> {
@@ -242,11 +276,13 @@ impl<T: Transport> TransportHost<T> {
         policy: ReconnectPolicy,
         finished: oneshot::Sender<()>,
     ) -> Self {
+        let guard = link.fatal.guard("transport host");
         Self {
             transport: Some(Box::new(transport)),
             link: Some(link),
             policy,
             finished: Some(finished),
+            guard,
         }
     }
 }
@@ -266,6 +302,7 @@ impl<T: Transport> Actor for TransportHost<T> {
         let fut = async move {
             let mut attempt = 0u32;
             loop {
+                fault_point!(link.health.bot(), TransportHost);
                 link.health.update(ActorKind::Transport, kind, |s| {
                     if s.conn.is_none() {
                         s.conn = Some(ConnState::Connecting);
@@ -277,7 +314,10 @@ impl<T: Transport> Actor for TransportHost<T> {
                 let why = match result {
                     Ok(Ok(SessionEnd::Finished)) => break,
                     Ok(Err(e)) => e.to_string(),
-                    Err(panic) => format!("session panicked: {panic}"),
+                    Err(panic) => {
+                        tracing::error!(transport = kind, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "transport session panicked");
+                        format!("session {}", panic.summary())
+                    }
                 };
                 if link
                     .connected_at
@@ -311,5 +351,9 @@ impl<T: Transport> Actor for TransportHost<T> {
             }
         };
         ctx.spawn(fut.into_actor(self).map(|(), _, ctx| ctx.stop()));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.guard.disarm();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use opsbot::health::{ActorKind, ActorStatus, Snapshot};
+use opsbot::health::{ActorKind, ActorState, ActorStatus, Snapshot};
 use opsbot::prelude::*;
 
 /// The status handler.
@@ -50,6 +50,14 @@ fn short(e: &str) -> String {
     }
 }
 
+/// A child's state in words; a failed one says why it is no longer started.
+fn state(a: &ActorStatus) -> &'static str {
+    match a.state {
+        ActorState::Failed => "failed (disabled after repeated crashes)",
+        ref s => s.as_str(),
+    }
+}
+
 fn common(a: &ActorStatus, now: SystemTime, out: &mut String) {
     if a.restarts > 0 {
         out.push_str(&format!(
@@ -86,16 +94,11 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
             ActorKind::Handler => format!(
                 "handler {}: {}, {} handled",
                 a.name,
-                a.state.as_str(),
+                state(a),
                 a.handled
             ),
             ActorKind::Poller => {
-                let mut l = format!(
-                    "poller {}: {}, {} posted",
-                    a.name,
-                    a.state.as_str(),
-                    a.handled
-                );
+                let mut l = format!("poller {}: {}, {} posted", a.name, state(a), a.handled);
                 if let Some(t) = a.last_run {
                     l.push_str(&format!(", last run {}", ago(t, now)));
                 }
@@ -110,10 +113,17 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
         lines.push(l);
     }
     let o = &s.outbox;
-    lines.push(format!(
+    let mut l = format!(
         "outbox: {} queued, {} sent, {} dropped, {} collapsed",
         o.queued, o.sent, o.dropped, o.collapsed
-    ));
+    );
+    if o.undeliverable > 0 {
+        l.push_str(&format!(", {} undeliverable", o.undeliverable));
+    }
+    if o.lost_at_shutdown > 0 {
+        l.push_str(&format!(", {} lost at shutdown", o.lost_at_shutdown));
+    }
+    lines.push(l);
     lines.join("\n")
 }
 

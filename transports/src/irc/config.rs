@@ -61,6 +61,11 @@ pub struct IrcConfig {
     pub connect_timeout_secs: Option<u64>,
     /// Seconds between attempts to take the configured nick back while using a fallback.
     pub nick_regain_secs: Option<u64>,
+    /// Seconds a JOIN may go unanswered before the channel counts as refusing the bot.
+    pub join_timeout_secs: Option<u64>,
+    /// Seconds before retrying a channel that refused the bot (banned, full, invite-only);
+    /// doubled for each further refusal, up to 30 minutes.
+    pub join_retry_secs: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -136,6 +141,16 @@ impl IrcConfig {
         Duration::from_secs(self.nick_regain_secs.unwrap_or(30))
     }
 
+    /// How long a JOIN may go unanswered.
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_secs.unwrap_or(60))
+    }
+
+    /// The first wait before retrying a channel that refused the bot.
+    pub fn join_retry(&self) -> Duration {
+        Duration::from_secs(self.join_retry_secs.unwrap_or(60))
+    }
+
     /// The NickServ identification line (CRLF included), if a NickServ password is set.
     pub(crate) fn nickserv_line(&self) -> Option<String> {
         let password = self.nickserv_password.as_ref()?;
@@ -205,9 +220,17 @@ impl IrcConfig {
             ("ping_timeout_secs", self.ping_timeout_secs),
             ("connect_timeout_secs", self.connect_timeout_secs),
             ("nick_regain_secs", self.nick_regain_secs),
+            ("join_timeout_secs", self.join_timeout_secs),
+            ("join_retry_secs", self.join_retry_secs),
+            ("rejoin_delay_secs", self.rejoin_delay_secs.map(|s| s.max(1))),
         ] {
             if v == Some(0) {
                 out.push((key.into(), "must be at least 1".into()));
+            } else if v.is_some_and(|s| s as f64 > opsbot::config::MAX_SECS) {
+                out.push((
+                    key.into(),
+                    "is longer than the runtime's timers allow (at most a year, 31536000)".into(),
+                ));
             }
         }
         if let Some(cmd) = &self.nickserv_command

@@ -25,12 +25,13 @@ mod config;
 mod conn;
 mod profile;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use irc::proto::{CapSubCommand, Command, Message, Prefix, Response};
-use opsbot::message::{Incoming, Sender};
+use irc::proto::{CapSubCommand, Command, Message, Prefix};
+use opsbot::message::{Destination, Incoming, Sender};
 use opsbot::transport::{Delivery, Limits, Link, SessionEnd, Transport, TransportError};
 
 pub use config::{IrcConfig, ProfileChoice, SaslConfig};
@@ -47,12 +48,9 @@ const ASSUMED_HOST: usize = 63;
 /// Longest target we size the outbox's split for (channel or nick); longer ones are cut exactly
 /// at send time.
 const ASSUMED_TARGET: usize = 50;
-/// First retry after a channel refused us (banned, full, invite-only, bad key); doubles to 30 min.
-const REFUSED_RETRY: Duration = Duration::from_secs(60);
+/// The longest wait before retrying a channel that refused us; the first wait is the config's
+/// `join_retry_secs` (60 by default), doubling per refusal.
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
-/// A JOIN that gets neither our JOIN back nor an error in this time counts as refused (some
-/// servers answer refusals we do not know, or nothing at all).
-const JOIN_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// After "cannot send to channel" (404: moderated, quieted, banned), lines for the channel are
 /// dropped this long instead of each costing an error reply (ngircd charges 2 s apiece, enough
 /// to delay our PONG into a ping timeout).
@@ -62,6 +60,23 @@ const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
 /// Lines sent this recently still weigh on the server's flood counter when the pacing budget is
 /// replaced (InspIRCd forgets one point a second; a burst is a few points).
 const RECENT: Duration = Duration::from_secs(10);
+/// After 001, how long the rest of the registration burst (002-005) may take when the server
+/// sends no end of MOTD (376, 422) to close it.
+const REGISTRATION_BURST: Duration = Duration::from_secs(30);
+/// How long an answer to something we asked (ISON, a NICK) may take before a reply that looks
+/// like one is no longer taken as its answer.
+const ANSWER_WINDOW: Duration = Duration::from_secs(30);
+/// A 404 (cannot send to channel) answers one of our lines only this soon after it.
+const SEND_ERROR_WINDOW: Duration = Duration::from_secs(30);
+/// A server's ERROR is followed by the server closing the link; an ERROR with the connection
+/// still open this much later was not the server's goodbye.
+const ERROR_CLOSE_WINDOW: Duration = Duration::from_secs(10);
+/// Lines the bot ignores as out of place are logged at most this often per kind.
+const STRAY_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Longest nick accepted from the server when its 005 names no NICKLEN.
+const DEFAULT_NICKLEN: usize = 30;
+/// Longest host accepted (a cloak or vhost).
+const MAX_HOST: usize = 128;
 
 /// Folds a nick or channel name as RFC 1459 does (the default CASEMAPPING): A-Z and `[]\~`
 /// match a-z and `{}|^`. Servers echo a channel in the spelling it was created with, which need
@@ -87,11 +102,12 @@ enum Chan {
     Joined,
     /// Kicked; rejoin at the instant.
     Kicked { rejoin_at: Instant, by: String },
-    /// The server refused the join; retry at the instant.
+    /// The server refused the join; retry at the instant. `sent` while a retry's JOIN is out.
     Refused {
         reason: String,
         retry_at: Instant,
         backoff: Duration,
+        sent: Option<Instant>,
     },
 }
 
@@ -104,6 +120,8 @@ pub struct Irc {
     profile: Profile,
     /// Per channel: removals (kicks, forced parts) in a row, and when the last one was.
     removals: BTreeMap<String, (u32, Instant)>,
+    /// Channels being joined (folded names): the outbox holds their lines until we are in.
+    waiting: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Irc {
@@ -123,6 +141,7 @@ impl Irc {
             channels,
             profile,
             removals: BTreeMap::new(),
+            waiting: Arc::default(),
         }
     }
 
@@ -147,13 +166,23 @@ impl Irc {
         self.channels.keys().find(|k| fold(k) == folded).cloned()
     }
 
-    /// Whether a JOIN to `name` is waiting for the server's answer (a first join, or the retry
-    /// of a refused one).
+    /// Whether a JOIN to `name` is out and waiting for the server's answer (a first join, or
+    /// the retry of a refused one).
     fn awaiting_join(&self, name: &str) -> bool {
         self.chan_key(name).is_some_and(|k| {
             matches!(
                 self.channels.get(&k),
-                Some(Chan::Joining { sent: Some(_) } | Chan::Refused { .. })
+                Some(Chan::Joining { sent: Some(_) } | Chan::Refused { sent: Some(_), .. })
+            )
+        })
+    }
+
+    /// Whether any JOIN of ours is waiting for an answer.
+    fn any_join_awaited(&self) -> bool {
+        self.channels.values().any(|c| {
+            matches!(
+                c,
+                Chan::Joining { sent: Some(_) } | Chan::Refused { sent: Some(_), .. }
             )
         })
     }
@@ -200,6 +229,74 @@ struct Session<'a> {
     /// Channels we may not speak in (folded name): until when, and lines dropped meanwhile.
     muted: BTreeMap<String, (Instant, u64)>,
     recent_sends: VecDeque<Instant>,
+    /// When 001 came.
+    registered_at: Option<Instant>,
+    /// The registration burst ended (376 or 422): no more 002-005 are taken.
+    burst_done: bool,
+    /// 004 was taken (once per connection).
+    myinfo_seen: bool,
+    /// The server's NICKLEN and CHANTYPES (005).
+    nicklen: usize,
+    chantypes: String,
+    /// Where SASL stands on this connection.
+    sasl: Sasl,
+    /// The NICK we sent and have no answer to yet.
+    nick_sent: Option<(String, Instant)>,
+    /// When we sent the ISON that has no answer yet.
+    ison_sent: Option<Instant>,
+    /// When we last wrote to each channel (folded name), to tell a 404 about our line from a
+    /// stray one.
+    last_channel_send: BTreeMap<String, Instant>,
+    /// The server's ERROR, waiting for the server to close the link.
+    server_error: Option<(TransportError, Instant)>,
+    /// Channels we were forwarded into and left, so that a repeat is not left again.
+    parted: VecDeque<String>,
+    strays: Strays,
+}
+
+/// Where SASL stands on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sasl {
+    /// Not configured, or over.
+    Done,
+    /// `CAP REQ :sasl` sent.
+    Requested,
+    /// `AUTHENTICATE PLAIN` sent.
+    Authenticating,
+    /// The payload sent; waiting for 903 or a failure.
+    Sent,
+}
+
+/// Server lines ignored as out of place, logged at most once a minute per kind with a count.
+#[derive(Debug, Default)]
+struct Strays {
+    seen: BTreeMap<&'static str, (u64, Option<Instant>)>,
+}
+
+impl Strays {
+    fn note(&mut self, kind: &'static str, line: &str) {
+        let e = self.seen.entry(kind).or_default();
+        e.0 += 1;
+        let now = Instant::now();
+        if e.1.is_none_or(|t| now.duration_since(t) >= STRAY_LOG_EVERY) {
+            tracing::warn!(
+                kind,
+                ignored = e.0,
+                line = %truncate(line, 120).escape_debug(),
+                "out-of-place server line ignored"
+            );
+            *e = (0, Some(now));
+        }
+    }
+}
+
+/// Whether `host` (or a user name) can be one: printable ASCII without spaces, `!` or `@`.
+fn valid_host(host: &str, max: usize) -> bool {
+    !host.is_empty()
+        && host.len() <= max
+        && host
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '!' && c != '@')
 }
 
 impl Session<'_> {
@@ -262,6 +359,7 @@ impl Session<'_> {
     }
 
     fn publish(&mut self) {
+        self.sync_gate();
         let chans: Vec<String> = self
             .irc
             .channels
@@ -301,6 +399,7 @@ impl Session<'_> {
             self.send_raw(&line).await?;
         }
         if self.irc.cfg.sasl.is_some() {
+            self.sasl = Sasl::Requested;
             self.send(Command::CAP(
                 None,
                 CapSubCommand::REQ,
@@ -309,7 +408,7 @@ impl Session<'_> {
             ))
             .await?;
         }
-        self.send(Command::NICK(self.nick.clone())).await?;
+        self.send_nick(self.nick.clone()).await?;
         let user = self
             .irc
             .cfg
@@ -347,7 +446,20 @@ impl Session<'_> {
             }
             self.pending_joins.push_back(name);
         }
+        self.sync_gate();
         self.flush_joins().await
+    }
+
+    /// Tells the outbox which channels are being joined: their lines wait until we are in.
+    fn sync_gate(&self) {
+        let waiting: BTreeSet<String> = self
+            .irc
+            .channels
+            .iter()
+            .filter(|(_, c)| matches!(c, Chan::Joining { .. }))
+            .map(|(n, _)| fold(n))
+            .collect();
+        *self.irc.waiting.lock().unwrap_or_else(|p| p.into_inner()) = waiting;
     }
 
     /// Sends the queued JOINs the budget allows now; the tick sends the rest later.
@@ -363,13 +475,16 @@ impl Session<'_> {
                 break;
             }
             let name = self.pending_joins.pop_front().expect("front exists");
-            if !matches!(self.irc.channels.get(&name), Some(Chan::Refused { .. })) {
-                self.irc.channels.insert(
-                    name,
-                    Chan::Joining {
-                        sent: Some(Instant::now()),
-                    },
-                );
+            match self.irc.channels.get_mut(&name) {
+                Some(Chan::Refused { sent, .. }) => *sent = Some(Instant::now()),
+                _ => {
+                    self.irc.channels.insert(
+                        name,
+                        Chan::Joining {
+                            sent: Some(Instant::now()),
+                        },
+                    );
+                }
             }
             self.note_sent(cost);
             self.writer.write_line(&line).await?;
@@ -383,6 +498,7 @@ impl Session<'_> {
 
     async fn on_welcome(&mut self, me: &str) -> Result<(), TransportError> {
         self.registered = true;
+        self.registered_at = Some(Instant::now());
         me.clone_into(&mut self.nick);
         self.link.set_nick(&self.nick);
         tracing::info!(server = %self.server, nick = %self.nick, "registered");
@@ -423,7 +539,7 @@ impl Session<'_> {
             format!("{} unavailable ({why}); trying {next}", self.nick),
         );
         self.nick = next.clone();
-        self.send(Command::NICK(next)).await
+        self.send_nick(next).await
     }
 
     fn on_refused(&mut self, name: &str, reason: &str) {
@@ -434,7 +550,7 @@ impl Session<'_> {
         let chan = key.as_str();
         let backoff = match self.irc.channels.get(chan) {
             Some(Chan::Refused { backoff, .. }) => (*backoff * 2).min(REFUSED_RETRY_MAX),
-            Some(_) => REFUSED_RETRY,
+            Some(_) => self.irc.cfg.join_retry(),
             None => return,
         };
         self.irc.channels.insert(
@@ -443,6 +559,7 @@ impl Session<'_> {
                 reason: reason.to_owned(),
                 retry_at: now + backoff,
                 backoff,
+                sent: None,
             },
         );
         // State first, then the event: whoever sees the event also sees the state.
@@ -454,6 +571,12 @@ impl Session<'_> {
     }
 
     /// Handles one line from the server; `Err` ends the session.
+    ///
+    /// Every command and numeric acts only in the state that expects it (registration numerics
+    /// while registering, SASL replies while SASL runs, nick errors for a NICK we sent, join
+    /// errors for a JOIN we sent, KICK/PART/NICK about us and our channels); anything else is
+    /// logged (rate-limited) and ignored, and what a line may set (our nick, our host) is
+    /// validated first. A hostile or broken server cannot steer the bot with stray lines.
     async fn on_line(&mut self, line: &str) -> Result<(), TransportError> {
         let msg: Message = match line.parse() {
             Ok(m) => m,
@@ -466,18 +589,24 @@ impl Session<'_> {
             Some(Prefix::Nickname(n, _, _)) => Some(n.as_str()),
             _ => None,
         };
-        let from_me = from_nick.is_some_and(|n| n.eq_ignore_ascii_case(&self.nick));
+        let from_me = from_nick.is_some_and(|n| fold(n) == fold(&self.nick));
         match &msg.command {
             Command::PING(a, b) => {
                 let line = match b {
                     Some(b) => format!("PONG {a} :{b}\r\n"),
                     None => format!("PONG :{a}\r\n"),
                 };
-                self.send_raw(&line).await?;
+                if line.len() <= IRC_LINE && !line[..line.len() - 2].contains(['\r', '\n', '\0']) {
+                    self.send_raw(&line).await?;
+                } else {
+                    self.strays.note("oversized PING", line.as_str());
+                }
             }
             Command::PONG(..) => self.ping_sent = None,
             Command::ERROR(reason) => {
-                let why = format!("server closed the link: {reason}");
+                // The server says goodbye and closes the link; the session ends when it does.
+                // An ERROR that the server does not follow by closing was not its goodbye.
+                let why = format!("server closed the link: {}", truncate(reason, 200));
                 // A ban (K-line, G-line, Z-line, AKILL, DNSBL) will not lift in a minute.
                 let lower = reason.to_ascii_lowercase();
                 let banned = [
@@ -485,11 +614,12 @@ impl Session<'_> {
                 ]
                 .iter()
                 .any(|w| lower.contains(w));
-                return Err(if banned {
+                let err = if banned {
                     TransportError::Refused(why)
                 } else {
                     TransportError::Connection(why)
-                });
+                };
+                self.server_error = Some((err, Instant::now()));
             }
             Command::CAP(_, CapSubCommand::ACK, _, caps)
             | Command::CAP(_, CapSubCommand::ACK, caps, _)
@@ -497,93 +627,100 @@ impl Session<'_> {
                     .as_deref()
                     .is_some_and(|c| c.split_whitespace().any(|c| c == "sasl")) =>
             {
-                self.send(Command::AUTHENTICATE("PLAIN".into())).await?;
+                if self.sasl == Sasl::Requested {
+                    self.sasl = Sasl::Authenticating;
+                    self.send(Command::AUTHENTICATE("PLAIN".into())).await?;
+                } else {
+                    self.strays.note("CAP ACK not asked for", line);
+                }
             }
             Command::CAP(_, CapSubCommand::NAK, ..) => {
-                tracing::warn!("server does not offer SASL; continuing without it");
-                self.send(Command::CAP(None, CapSubCommand::END, None, None))
-                    .await?;
+                if self.sasl == Sasl::Requested {
+                    self.sasl = Sasl::Done;
+                    tracing::warn!("server does not offer SASL; continuing without it");
+                    self.send(Command::CAP(None, CapSubCommand::END, None, None))
+                        .await?;
+                } else {
+                    self.strays.note("CAP NAK not asked for", line);
+                }
             }
             Command::AUTHENTICATE(arg) if arg == "+" => {
-                if let Some(sasl) = &self.irc.cfg.sasl {
+                if self.sasl == Sasl::Authenticating
+                    && let Some(sasl) = &self.irc.cfg.sasl
+                {
                     let raw = format!("{0}\0{0}\0{1}", sasl.user, sasl.password.expose());
                     let payload = base64::engine::general_purpose::STANDARD.encode(raw);
                     // Payloads over 400 bytes would need chunking; account names and passwords
                     // that long are refused by the config check instead.
                     let line = format!("AUTHENTICATE {payload}\r\n");
+                    self.sasl = Sasl::Sent;
                     self.send_raw(&line).await?;
-                }
-            }
-            Command::JOIN(chan, ..) if from_me => {
-                if let Some(Prefix::Nickname(_, user, host)) = &msg.prefix
-                    && !user.is_empty()
-                    && !host.is_empty()
-                {
-                    let learnt =
-                        self.user.as_deref() != Some(user) || self.host.as_deref() != Some(host);
-                    self.user = Some(user.clone());
-                    self.host = Some(host.clone());
-                    if learnt {
-                        self.set_limits();
-                    }
-                }
-                if let Some(key) = self.irc.chan_key(chan) {
-                    self.irc.channels.insert(key, Chan::Joined);
-                    tracing::info!(channel = %chan, "joined");
-                    self.publish();
                 } else {
-                    // Not a channel of ours: a server forward (+f, +L) or an oper's SAJOIN. Leave,
-                    // rather than answer commands where nobody configured the bot to be.
-                    self.link
-                        .heal_event("part", format!("{chan} is not configured; leaving it"));
-                    let line = format!("PART {chan} :not configured here\r\n");
-                    self.send_raw(&line).await?;
+                    self.strays.note("AUTHENTICATE outside SASL", line);
                 }
             }
-            Command::KICK(chan, target, reason) if target.eq_ignore_ascii_case(&self.nick) => {
+            Command::JOIN(chan, ..) if from_me => self.on_own_join(&msg, chan, line).await?,
+            Command::KICK(chan, target, reason) if fold(target) == fold(&self.nick) => {
                 let by = from_nick.unwrap_or("the server").to_owned();
-                if let Some(key) = self.irc.chan_key(chan) {
-                    let delay = self.irc.removal_delay(&key);
-                    let event = format!(
-                        "from {chan} by {by} ({}); rejoining in {}s",
-                        reason.as_deref().unwrap_or("no reason"),
-                        delay.as_secs()
-                    );
-                    self.irc.channels.insert(
-                        key,
-                        Chan::Kicked {
-                            rejoin_at: Instant::now() + delay,
-                            by,
-                        },
-                    );
-                    self.publish();
-                    self.link.heal_event("kicked", event);
+                match self.irc.chan_key(chan) {
+                    Some(key) if self.irc.channels.get(&key) == Some(&Chan::Joined) => {
+                        let delay = self.irc.removal_delay(&key);
+                        let event = format!(
+                            "from {chan} by {by} ({}); rejoining in {}s",
+                            truncate(reason.as_deref().unwrap_or("no reason"), 200),
+                            delay.as_secs()
+                        );
+                        self.irc.channels.insert(
+                            key,
+                            Chan::Kicked {
+                                rejoin_at: Instant::now() + delay,
+                                by,
+                            },
+                        );
+                        self.publish();
+                        self.link.heal_event("kicked", event);
+                    }
+                    _ => self.strays.note("KICK from a channel we are not in", line),
                 }
             }
             Command::PART(chan, reason) if from_me => {
                 // The bot never leaves a configured channel by itself: this PART was forced
                 // (REMOVE, SAPART). Come back as after a kick.
-                if let Some(key) = self.irc.chan_key(chan) {
-                    let delay = self.irc.removal_delay(&key);
-                    self.irc.channels.insert(
-                        key,
-                        Chan::Kicked {
-                            rejoin_at: Instant::now() + delay,
-                            by: "a forced part".into(),
-                        },
-                    );
-                    self.publish();
-                    self.link.heal_event(
-                        "parted",
-                        format!(
-                            "from {chan} ({}); rejoining in {}s",
-                            reason.as_deref().unwrap_or("no reason"),
-                            delay.as_secs()
-                        ),
-                    );
+                match self.irc.chan_key(chan) {
+                    Some(key) if self.irc.channels.get(&key) == Some(&Chan::Joined) => {
+                        let delay = self.irc.removal_delay(&key);
+                        self.irc.channels.insert(
+                            key,
+                            Chan::Kicked {
+                                rejoin_at: Instant::now() + delay,
+                                by: "a forced part".into(),
+                            },
+                        );
+                        self.publish();
+                        self.link.heal_event(
+                            "parted",
+                            format!(
+                                "from {chan} ({}); rejoining in {}s",
+                                truncate(reason.as_deref().unwrap_or("no reason"), 200),
+                                delay.as_secs()
+                            ),
+                        );
+                    }
+                    _ => self.strays.note("PART from a channel we are not in", line),
                 }
             }
             Command::NICK(new) if from_me => {
+                if !self.valid_nick(new) {
+                    self.strays.note("NICK to an invalid nick", line);
+                    return Ok(());
+                }
+                if self
+                    .nick_sent
+                    .as_ref()
+                    .is_some_and(|(n, _)| fold(n) == fold(new))
+                {
+                    self.nick_sent = None;
+                }
                 let event = format!("now {new} (was {})", self.nick);
                 new.clone_into(&mut self.nick);
                 self.link.set_nick(new);
@@ -593,13 +730,61 @@ impl Session<'_> {
                 self.link.heal_event("nick", event);
             }
             Command::PRIVMSG(target, text) if !from_me => self.on_privmsg(&msg, target, text),
-            Command::Response(resp, args) => self.on_numeric(*resp as u16, args).await?,
+            Command::Response(resp, args) => self.on_numeric(*resp as u16, args, line).await?,
             Command::Raw(cmd, args) if cmd.len() == 3 => {
                 if let Ok(code) = cmd.parse::<u16>() {
-                    self.on_numeric(code, args).await?;
+                    self.on_numeric(code, args, line).await?;
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Our own JOIN, echoed: the answer to a JOIN we sent, or a server forward.
+    async fn on_own_join(
+        &mut self,
+        msg: &Message,
+        chan: &str,
+        line: &str,
+    ) -> Result<(), TransportError> {
+        if let Some(key) = self.irc.chan_key(chan) {
+            if !self.irc.awaiting_join(chan) {
+                self.strays.note("JOIN we did not send", line);
+                return Ok(());
+            }
+            if let Some(Prefix::Nickname(_, user, host)) = &msg.prefix
+                && valid_host(user, 64)
+                && valid_host(host, MAX_HOST)
+            {
+                let learnt =
+                    self.user.as_deref() != Some(user) || self.host.as_deref() != Some(host);
+                self.user = Some(user.clone());
+                self.host = Some(host.clone());
+                if learnt {
+                    self.set_limits();
+                }
+            }
+            self.irc.channels.insert(key, Chan::Joined);
+            tracing::info!(channel = %chan, "joined");
+            self.publish();
+        } else if self.irc.any_join_awaited()
+            && self.is_channel(chan)
+            && !self.parted.iter().any(|p| fold(p) == fold(chan))
+        {
+            // Not a channel of ours, while a JOIN of ours is out: a server forward (+f, +L).
+            // Leave, rather than be where nobody configured the bot to be; replies to it are
+            // undeliverable meanwhile.
+            if self.parted.len() >= 16 {
+                self.parted.pop_front();
+            }
+            self.parted.push_back(chan.to_owned());
+            self.link
+                .heal_event("part", format!("{chan} is not configured; leaving it"));
+            let line = format!("PART {chan} :not configured here\r\n");
+            self.send_raw(&line).await?;
+        } else {
+            self.strays.note("JOIN to a channel we did not ask for", line);
         }
         Ok(())
     }
@@ -608,34 +793,70 @@ impl Session<'_> {
         let Some(Prefix::Nickname(nick, user, host)) = &msg.prefix else {
             return;
         };
+        if nick.is_empty() || nick.chars().any(char::is_control) {
+            return;
+        }
         if text.starts_with('\u{1}') {
             // CTCP (VERSION, PING, ACTION, DCC ...): not for the bot.
             return;
         }
         let sender = Sender::with_name(format!("{nick}!{user}@{host}"), nick.as_str());
-        let incoming = if is_channel(target) {
+        let incoming = if self.is_channel(target) {
+            // Only from a channel we are in: anything else was not said to us.
+            match self.irc.chan_key(target) {
+                Some(k) if self.irc.channels.get(&k) == Some(&Chan::Joined) => {}
+                _ => {
+                    self.strays.note("PRIVMSG to a channel we are not in", target);
+                    return;
+                }
+            }
             Incoming::in_room(target, sender, text)
-        } else {
+        } else if fold(target) == fold(&self.nick) {
             Incoming::direct(sender, text)
+        } else {
+            self.strays.note("PRIVMSG to someone else", target);
+            return;
         };
         self.link.incoming(incoming);
     }
 
-    async fn on_numeric(&mut self, code: u16, args: &[String]) -> Result<(), TransportError> {
+    async fn on_numeric(
+        &mut self,
+        code: u16,
+        args: &[String],
+        line: &str,
+    ) -> Result<(), TransportError> {
         let arg = |i: usize| args.get(i).map_or("", String::as_str);
-        let last = args.last().map_or("", String::as_str);
+        let last = truncate(args.last().map_or("", String::as_str), 200).to_owned();
+        let last = last.as_str();
         match code {
-            c if c == Response::RPL_WELCOME as u16 => {
-                let me = arg(0).to_owned();
+            1 => {
+                if self.registered {
+                    self.strays.note("001 after registration", line);
+                    return Ok(());
+                }
+                // Our nick as the server says it, when it is one; else the one we sent.
+                let me = if self.valid_nick(arg(0)) {
+                    arg(0).to_owned()
+                } else {
+                    self.nick.clone()
+                };
+                self.nick_sent = None;
                 self.on_welcome(&me).await?;
             }
-            c if c == Response::RPL_MYINFO as u16 => {
+            2 | 3 => {}
+            4 => {
+                if !self.in_registration() || self.myinfo_seen {
+                    self.strays.note("004 outside registration", line);
+                    return Ok(());
+                }
+                self.myinfo_seen = true;
                 let version = arg(2);
                 if self.irc.cfg.profile == ProfileChoice::Auto {
                     let profile = Profile::from_version(version);
                     if profile != self.irc.profile {
                         tracing::info!(
-                            version,
+                            version = %truncate(version, 60),
                             profile = profile.name(),
                             "pacing profile from server version"
                         );
@@ -645,6 +866,14 @@ impl Session<'_> {
                 self.set_limits();
                 self.publish();
             }
+            5 => {
+                if !self.in_registration() {
+                    self.strays.note("005 outside registration", line);
+                    return Ok(());
+                }
+                self.on_isupport(args);
+            }
+            376 | 422 => self.burst_done = true,
             // Any error about a channel we are joining is a refusal: banned (474), full (471),
             // invite-only (473), bad key (475), registered users only (477), forwarded (470),
             // reserved (479), join throttle (480), TLS only (489), opers only (520), rejoin
@@ -654,10 +883,30 @@ impl Session<'_> {
                 let chan = arg(1).to_owned();
                 self.on_refused(&chan, last);
             }
-            431..=437 => self.on_nick_taken(code, last).await?,
+            431..=437 => {
+                // Only an answer to a NICK we sent (its nick is the second argument).
+                let ours = self.nick_sent.as_ref().is_some_and(|(n, at)| {
+                    fold(n) == fold(arg(1)) && at.elapsed() < ANSWER_WINDOW
+                });
+                if ours {
+                    self.nick_sent = None;
+                    self.on_nick_taken(code, last).await?;
+                } else {
+                    self.strays.note("nick error for a NICK we did not send", line);
+                }
+            }
             404 => {
                 let chan = arg(1).to_owned();
-                if let std::collections::btree_map::Entry::Vacant(e) = self.muted.entry(fold(&chan))
+                let ours = self.irc.chan_key(&chan).is_some_and(|k| {
+                    self.irc.channels.get(&k) == Some(&Chan::Joined)
+                }) && self
+                    .last_channel_send
+                    .get(&fold(&chan))
+                    .is_some_and(|t| t.elapsed() < SEND_ERROR_WINDOW);
+                if !ours {
+                    self.strays.note("404 about a channel we did not write to", line);
+                } else if let std::collections::btree_map::Entry::Vacant(e) =
+                    self.muted.entry(fold(&chan))
                 {
                     e.insert((Instant::now() + MUTE, 0));
                     self.publish();
@@ -674,7 +923,9 @@ impl Session<'_> {
                 // RPL_HOSTHIDDEN: `<nick> <host> :is now your displayed host` (a cloak or vhost
                 // set after identification). The server relays our lines with it from now on.
                 let host = arg(1).rsplit('@').next().unwrap_or_default();
-                if !host.is_empty() && self.host.as_deref() != Some(host) {
+                if fold(arg(0)) != fold(&self.nick) || !valid_host(host, MAX_HOST) {
+                    self.strays.note("396 not about us, or not a host", line);
+                } else if self.host.as_deref() != Some(host) {
                     tracing::info!(host, "displayed host changed");
                     self.host = Some(host.to_owned());
                     self.set_limits();
@@ -682,32 +933,127 @@ impl Session<'_> {
             }
             303 => {
                 // RPL_ISON: the nicks that are online. Ours is free when it is not among them.
+                if self.ison_sent.is_none_or(|t| t.elapsed() >= ANSWER_WINDOW) {
+                    self.strays.note("303 without our ISON", line);
+                    return Ok(());
+                }
+                self.ison_sent = None;
                 let wanted = self.irc.cfg.nick.clone();
-                let online = last
-                    .split_whitespace()
-                    .any(|n| n.eq_ignore_ascii_case(&wanted));
-                if self.registered && !online && !self.nick.eq_ignore_ascii_case(&wanted) {
-                    self.send(Command::NICK(wanted)).await?;
+                let online = last.split_whitespace().any(|n| fold(n) == fold(&wanted));
+                if self.registered && !online && fold(&self.nick) != fold(&wanted) {
+                    self.send_nick(wanted).await?;
                 }
             }
-            464 | 465 | 904 | 905 | 906 | 902 => {
-                return Err(TransportError::Refused(format!("{code}: {last}")));
+            464 | 465 => {
+                if self.registered {
+                    self.strays.note("registration refusal after registration", line);
+                } else {
+                    return Err(TransportError::Refused(format!("{code}: {last}")));
+                }
+            }
+            902 | 904 | 905 | 906 => {
+                if matches!(self.sasl, Sasl::Authenticating | Sasl::Sent) {
+                    return Err(TransportError::Refused(format!("{code}: {last}")));
+                }
+                self.strays.note("SASL failure outside SASL", line);
             }
             903 => {
-                self.send(Command::CAP(None, CapSubCommand::END, None, None))
-                    .await?;
+                if self.sasl == Sasl::Sent {
+                    self.sasl = Sasl::Done;
+                    self.send(Command::CAP(None, CapSubCommand::END, None, None))
+                        .await?;
+                } else {
+                    self.strays.note("SASL success outside SASL", line);
+                }
             }
             _ => {}
         }
         Ok(())
     }
 
+    /// RPL_ISUPPORT (005): the limits the server sets on nicks and channel names.
+    fn on_isupport(&mut self, args: &[String]) {
+        // `<nick> TOKEN=value ... :are supported by this server`
+        for token in args.iter().skip(1).take(args.len().saturating_sub(2)) {
+            if let Some(n) = token.strip_prefix("NICKLEN=") {
+                if let Ok(n) = n.parse::<usize>()
+                    && (1..=255).contains(&n)
+                {
+                    self.nicklen = n;
+                }
+            } else if let Some(t) = token.strip_prefix("CHANTYPES=")
+                && !t.is_empty()
+                && t.len() <= 8
+                && t.chars().all(|c| c.is_ascii_punctuation())
+            {
+                t.clone_into(&mut self.chantypes);
+            }
+        }
+    }
+
+    /// Whether the rest of the registration burst may still come.
+    fn in_registration(&self) -> bool {
+        self.registered
+            && !self.burst_done
+            && self
+                .registered_at
+                .is_some_and(|t| t.elapsed() < REGISTRATION_BURST)
+    }
+
+    /// Whether `n` can be a nick on this server (RFC 2812's characters, the server's NICKLEN).
+    fn valid_nick(&self, n: &str) -> bool {
+        let special = |c: char| "[]\\`_^{|}".contains(c);
+        let mut chars = n.chars();
+        n.len() <= self.nicklen
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || special(c))
+            && chars.all(|c| c.is_ascii_alphanumeric() || special(c) || c == '-')
+    }
+
+    /// Whether `target` names a channel on this server (its CHANTYPES) that could be real.
+    fn is_channel(&self, target: &str) -> bool {
+        target.starts_with(|c| self.chantypes.contains(c))
+            && target.len() <= 200
+            && !target
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    }
+
+    /// Sends NICK and remembers it, so that only an answer to it is taken as one.
+    async fn send_nick(&mut self, nick: String) -> Result<(), TransportError> {
+        self.nick_sent = Some((nick.clone(), Instant::now()));
+        self.send(Command::NICK(nick)).await
+    }
+
     async fn deliver(&mut self, d: Delivery) -> Result<(), TransportError> {
         let target = d.dest.name().to_owned();
         if target.is_empty() || target.contains([' ', ',', '\r', '\n', '\0']) {
-            tracing::warn!(target = %truncate(&target, 60), "line for an impossible target dropped");
-            d.done();
+            d.undeliverable(format!("{:?} cannot be an IRC target", truncate(&target, 60)));
             return Ok(());
+        }
+        if self.is_channel(&target) {
+            // Only where we are: a reply to a channel we were forwarded into and left, or were
+            // kicked from, would earn an error reply (or worse, land where nobody wants it).
+            match self
+                .irc
+                .chan_key(&target)
+                .and_then(|k| self.irc.channels.get(&k))
+            {
+                Some(Chan::Joined) => {}
+                Some(Chan::Joining { .. }) => {
+                    d.hold(Duration::from_millis(500));
+                    return Ok(());
+                }
+                Some(Chan::Kicked { .. } | Chan::Refused { .. }) => {
+                    d.undeliverable(format!("not in {target}"));
+                    return Ok(());
+                }
+                None => {
+                    d.undeliverable(format!("{target} is not one of our channels"));
+                    return Ok(());
+                }
+            }
         }
         // The outbox already removed control characters; make sure, since a stray CR or LF here
         // would start a protocol line of the user's choosing.
@@ -715,7 +1061,7 @@ impl Session<'_> {
         if let Some((until, dropped)) = self.muted.get_mut(&fold(&target)) {
             if Instant::now() < *until {
                 *dropped += 1;
-                d.done();
+                d.undeliverable(format!("muted in {target}"));
                 return Ok(());
             }
             if *dropped > 0 {
@@ -723,6 +1069,9 @@ impl Session<'_> {
             }
             self.muted.remove(&fold(&target));
             self.publish();
+        }
+        if self.is_channel(&target) {
+            self.last_channel_send.insert(fold(&target), Instant::now());
         }
         let room = self.room(&target);
         for (i, piece) in cut(&text, room).into_iter().enumerate() {
@@ -748,6 +1097,15 @@ impl Session<'_> {
             return Ok(());
         }
         self.flush_joins().await?;
+        if self
+            .server_error
+            .as_ref()
+            .is_some_and(|(_, at)| now.duration_since(*at) > ERROR_CLOSE_WINDOW)
+        {
+            self.server_error = None;
+            self.strays
+                .note("ERROR without the server closing the link", "ERROR");
+        }
         let silence = now.duration_since(self.last_rx);
         match self.ping_sent {
             None if silence >= self.irc.cfg.ping_interval() => {
@@ -789,8 +1147,11 @@ impl Session<'_> {
             .irc
             .channels
             .iter()
-            .filter(|(_, c)| {
-                matches!(c, Chan::Joining { sent: Some(t) } if now.duration_since(*t) > JOIN_REPLY_TIMEOUT)
+            .filter(|(_, c)| match c {
+                Chan::Joining { sent: Some(t) } | Chan::Refused { sent: Some(t), .. } => {
+                    now.duration_since(*t) > self.irc.cfg.join_timeout()
+                }
+                _ => false,
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -811,6 +1172,7 @@ impl Session<'_> {
             // Ask whether the nick is free before taking it: a refused NICK costs an error
             // reply, which servers charge for (ngircd 2 s, InspIRCd 4 units).
             self.last_regain = now;
+            self.ison_sent = Some(now);
             let line = format!("ISON {}\r\n", self.irc.cfg.nick);
             self.send_raw(&line).await?;
         }
@@ -829,10 +1191,6 @@ fn server_cost(line: &str, registered: bool) -> u32 {
         "PART" => 5,
         _ => 1,
     }
-}
-
-fn is_channel(target: &str) -> bool {
-    target.starts_with(['#', '&', '+', '!'])
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -891,10 +1249,19 @@ impl Transport for Irc {
             self.profile = Profile::Conservative;
         }
         link.pacing().set_limits(&Transport::limits(self));
-        // Channels are joined again from scratch on every connection.
+        // Channels are joined again from scratch on every connection; their lines wait in the
+        // outbox until we are in.
         for c in self.channels.values_mut() {
             *c = Chan::Joining { sent: None };
         }
+        let waiting = self.waiting.clone();
+        link.pacing().set_gate(Some(Arc::new(move |dest| match dest {
+            Destination::Room(name) => !waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&fold(name)),
+            Destination::User(_) => true,
+        })));
         let nick = self.nick_for(0);
         let mut s = Session {
             irc: self,
@@ -913,20 +1280,38 @@ impl Transport for Irc {
             pending_joins: VecDeque::new(),
             muted: BTreeMap::new(),
             recent_sends: VecDeque::new(),
+            registered_at: None,
+            burst_done: false,
+            myinfo_seen: false,
+            nicklen: DEFAULT_NICKLEN,
+            chantypes: "#&+!".to_owned(),
+            sasl: Sasl::Done,
+            nick_sent: None,
+            ison_sent: None,
+            last_channel_send: BTreeMap::new(),
+            server_error: None,
+            parted: VecDeque::new(),
+            strays: Strays::default(),
         };
+        s.sync_gate();
         let connected_at = Instant::now();
         s.register().await?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                read = reader.next() => match read? {
-                    None => return Err(TransportError::Connection("server closed the connection".into())),
-                    Some(Read::Oversized(n)) => {
+                read = reader.next() => match read {
+                    // After the server's ERROR, its reason is why the link closed.
+                    Ok(None) | Err(_) if s.server_error.is_some() => {
+                        return Err(s.server_error.take().expect("checked").0);
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(None) => return Err(TransportError::Connection("server closed the connection".into())),
+                    Ok(Some(Read::Oversized(n))) => {
                         s.last_rx = Instant::now();
                         tracing::warn!(bytes = n, "oversized line from server skipped");
                     }
-                    Some(Read::Line(line)) => {
+                    Ok(Some(Read::Line(line))) => {
                         s.last_rx = Instant::now();
                         s.ping_sent = None;
                         if !line.is_empty() {
