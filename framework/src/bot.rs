@@ -488,11 +488,12 @@ impl Bot {
         (transport.start)(link, options.reconnect, fin_tx);
         tracing::info!(bot = %name, transport = transport.kind, "bot started");
 
+        let mut transport_done = false;
         tokio::select! {
             biased;
             () = fatal.failed() => {}
             () = shutdown.cancelled() => {}
-            _ = &mut fin_rx => {}
+            _ = &mut fin_rx => transport_done = true,
         }
         // An actor that died may have closed what the transport waits on; give such a failure
         // the moment it takes to be reported before deciding this was a normal stop.
@@ -522,7 +523,9 @@ impl Bot {
         }
         outbox.do_send(StopOutbox);
         drop(shared);
-        let _ = tokio::time::timeout(deadline, fin_rx).await;
+        if !transport_done {
+            let _ = tokio::time::timeout(deadline, fin_rx).await;
+        }
         // From here on actors are dropped on purpose.
         fatal.stopping();
         for a in arbiters {
@@ -593,29 +596,29 @@ impl Shutdown {
 pub fn run_until(bots: Vec<Bot>, shutdown: Shutdown, signals: bool) -> std::io::Result<()> {
     let system = actix::System::new();
     let (stopped, failures) = system.block_on(async move {
-            let token = shutdown.0;
-            if signals {
-                spawn_signal_watch(token.clone());
+        let token = shutdown.0;
+        if signals {
+            spawn_signal_watch(token.clone());
+        }
+        let running: Vec<_> = bots
+            .into_iter()
+            .map(|b| {
+                let (name, health) = (b.name.clone(), b.health());
+                let (arbiter, done) = spawn_bot(b, token.clone());
+                (name, health, arbiter, done)
+            })
+            .collect();
+        let mut stopped = Vec::new();
+        let mut failures = Vec::new();
+        for (name, health, arbiter, done) in running {
+            if let Err(why) = ended(done.await, &health) {
+                failures.push(format!("bot {name} failed: {why}"));
             }
-            let running: Vec<_> = bots
-                .into_iter()
-                .map(|b| {
-                    let (name, health) = (b.name.clone(), b.health());
-                    let (arbiter, done) = spawn_bot(b, token.clone());
-                    (name, health, arbiter, done)
-                })
-                .collect();
-            let mut stopped = Vec::new();
-            let mut failures = Vec::new();
-            for (name, health, arbiter, done) in running {
-                if let Err(why) = ended(done.await, &health) {
-                    failures.push(format!("bot {name} failed: {why}"));
-                }
-                arbiter.stop();
-                stopped.push(arbiter);
-            }
-            (stopped, failures)
-        });
+            arbiter.stop();
+            stopped.push(arbiter);
+        }
+        (stopped, failures)
+    });
     for a in stopped {
         let _ = a.join();
     }

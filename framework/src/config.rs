@@ -474,7 +474,9 @@ impl Validator<'_> {
                 self.error(
                     key.to_owned(),
                     format!("{r} per second is outside what a pacer can keep"),
-                    Some("between one a day (0.0000116) and 1000000000 a second; 0 means unlimited"),
+                    Some(
+                        "between one a day (0.0000116) and 1000000000 a second; 0 means unlimited",
+                    ),
                 );
                 None
             }
@@ -780,6 +782,143 @@ mod tests {
         assert_eq!(b.options.outbox.global, Some(Rate::new(2.5, 4)));
         assert_eq!(b.handlers, ["boom"]);
         assert_eq!(b.transport.kind, "console");
+    }
+
+    /// The values of issue "2d of 6": accepted by the check, then a panic at run time that left
+    /// the bot deaf. Each is now refused with its key and a hint.
+    #[test]
+    fn values_the_runtime_cannot_use_are_refused() {
+        let e = errors(
+            "[[bot]]\nname = \"x\"\nprefix = \"\\u0007\"\nhandler_timeout_secs = 1e300\n\
+             shutdown_deadline_secs = 4e7\n\
+             [bot.outbox]\nrate = 1e-300\nbyte_rate = 1e300\ndest_rate = 0.001\ndest_burst = 4000000000\n\
+             [bot.supervisor]\nbackoff_max_ms = 18446744073709551615\n\
+             [[bot]]\nname = \"y\"\nprefix = \"\\u200B!\"\n",
+        );
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "bot[0].prefix",
+                "bot[0].handler_timeout_secs",
+                "bot[0].shutdown_deadline_secs",
+                "bot[0].supervisor.backoff_max_ms",
+                "bot[0].outbox.rate",
+                "bot[0].outbox.byte_rate",
+                "bot[0].outbox.dest_burst",
+                "bot[1].prefix",
+                "bot[1].transport.kind",
+            ]
+        );
+        assert!(
+            e.iter()
+                .filter(|e| !e.key.ends_with("transport.kind"))
+                .all(|e| e.hint.is_some()),
+            "{e:?}"
+        );
+    }
+
+    /// Whatever number a numeric key holds, the check either refuses it (naming that key) or
+    /// the runtime can use it: limiters build, timers can be set, restarts back off.
+    #[test]
+    fn every_accepted_number_is_usable_at_run_time() {
+        let float_keys = [
+            "handler_timeout_secs",
+            "shutdown_deadline_secs",
+            "supervisor.window_secs",
+            "budget.ignore_secs",
+            "outbox.rate",
+            "outbox.dest_rate",
+            "outbox.byte_rate",
+            "outbox.loop_window_secs",
+            "reconnect.initial_secs",
+            "reconnect.max_secs",
+            "reconnect.refused_min_secs",
+        ];
+        let int_keys = [
+            "supervisor.max_restarts",
+            "supervisor.backoff_initial_ms",
+            "supervisor.backoff_max_ms",
+            "budget.commands_per_minute",
+            "outbox.burst",
+            "outbox.dest_burst",
+            "outbox.byte_burst",
+            "outbox.queue",
+            "outbox.max_line_bytes",
+            "outbox.loop_repeats",
+        ];
+        let edges = [
+            0.0, 1e-300, 1e-9, 1e-5, 0.5, 1.0, 3.0, 86_400.0, 3.2e7, 1e9, 1e12, 1e300,
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x05b0);
+        let mut floats: Vec<f64> = edges.to_vec();
+        floats.extend((0..40).map(|_| 10f64.powf(rng.f64() * 40.0 - 20.0)));
+        let mut ints: Vec<u64> = vec![0, 1, 4, 1000, u32::MAX as u64, u64::MAX];
+        ints.extend((0..20).map(|_| rng.u64(..) >> rng.u32(0..64)));
+        let one = |key: &str, value: String| {
+            let (table, field) = key.split_once('.').map_or(("", key), |(t, f)| (t, f));
+            let body = if table.is_empty() {
+                format!("[[bot]]\nname = \"x\"\n{field} = {value}\n")
+            } else {
+                // Rates and bursts come in pairs: give a burst its rate.
+                let rate = if field.ends_with("burst") {
+                    format!("{} = 1.0\n", field.replace("burst", "rate"))
+                } else {
+                    String::new()
+                };
+                format!("[[bot]]\nname = \"x\"\n[bot.{table}]\n{rate}{field} = {value}\n")
+            };
+            match Config::from_str(Path::new("p.toml"), &body) {
+                Err(ConfigErrors(errs)) => {
+                    // The key itself, or its partner in the same table (a maximum below the
+                    // initial value is reported on the maximum).
+                    let table = format!("bot[0].{}", key.rsplit_once('.').map_or("", |(t, _)| t));
+                    assert!(
+                        errs.iter().all(|e| e.key == format!("bot[0].{key}")
+                            || (!table.ends_with('.') && e.key.starts_with(&table))),
+                        "{key} = {value}: {errs:?}"
+                    );
+                }
+                Ok(c) => usable(&c.bots[0].options, &format!("{key} = {value}")),
+            }
+        };
+        for key in float_keys {
+            for v in &floats {
+                one(key, format!("{v:e}"));
+            }
+        }
+        for key in int_keys {
+            for v in &ints {
+                if *v <= i64::MAX as u64 {
+                    one(key, v.to_string());
+                }
+            }
+        }
+    }
+
+    /// What the runtime does with the options, minus the network: fails the test by panicking.
+    fn usable(o: &BotOptions, what: &str) {
+        let now = std::time::Instant::now();
+        for d in [
+            o.handler_timeout + Duration::from_millis(100),
+            o.shutdown_deadline,
+            o.restart.window,
+            o.restart.backoff_max,
+            o.budget.ignore_for,
+            o.outbox.loop_window,
+            o.reconnect.max,
+            o.reconnect.refused_min,
+        ] {
+            assert!(now.checked_add(d).is_some(), "{what}: {d:?}");
+        }
+        let limits = crate::transport::Limits::unlimited(400);
+        let pacing = crate::outbox::Pacing::new(o.outbox.clone(), &limits);
+        assert!(pacing.try_take_n(1, 10), "{what}: a first line must pass");
+        let mut r = crate::supervisor::Restarts::new(o.restart);
+        for _ in 0..30 {
+            let _ = r.record(now);
+        }
+        let _ = crate::supervisor::full_jitter(o.reconnect.initial, o.reconnect.max, 40);
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl Rate {
             .clamp(Duration::from_nanos(1), Duration::from_secs(86_400));
         let burst = self
             .burst
-            .min(u32::try_from(Duration::from_secs(365 * 86_400).as_nanos() / period.as_nanos()).unwrap_or(u32::MAX))
+            .min(
+                u32::try_from(Duration::from_secs(365 * 86_400).as_nanos() / period.as_nanos())
+                    .unwrap_or(u32::MAX),
+            )
             .max(1);
         Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?))
     }
@@ -324,6 +327,8 @@ impl Pacing {
 enum Undelivered {
     /// The transport is gone for good (shutdown).
     TransportGone,
+    /// The shutdown deadline passed before the line's turn (counted as lost).
+    Closed,
     /// The session died before writing it: send it again after the reconnect.
     Unacknowledged,
     /// The transport refused it for its destination.
@@ -354,6 +359,8 @@ pub(crate) struct Outbox {
     transport: mpsc::Sender<Delivery>,
     busy: bool,
     scheduled: bool,
+    /// Set when a shutdown's deadline has passed: nothing more is handed to the transport.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     health: Health,
     guard: CoreGuard,
@@ -379,6 +386,7 @@ impl Outbox {
             transport,
             busy: false,
             scheduled: false,
+            closed: Arc::default(),
             drain_waiters: Vec::new(),
             health,
             guard,
@@ -500,7 +508,7 @@ impl Outbox {
     }
 
     fn pump(&mut self, ctx: &mut actix::Context<Self>) {
-        if self.busy || self.scheduled {
+        if self.busy || self.scheduled || self.closed.load(Ordering::Acquire) {
             return;
         }
         match self.take_next() {
@@ -522,9 +530,14 @@ impl Outbox {
                 self.publish();
                 let pacing = self.pacing.clone();
                 let tx = self.transport.clone();
+                let closed = self.closed.clone();
                 let fut = async move {
                     while let Err(wait) = pacing.check_global(&dest, &line) {
                         actix::clock::sleep(wait).await;
+                    }
+                    if closed.load(Ordering::Acquire) {
+                        // The shutdown deadline passed while this line waited for its turn.
+                        return Err((dest, line, Undelivered::Closed));
                     }
                     let (ack, acked) = oneshot::channel();
                     let delivery = Delivery {
@@ -556,6 +569,7 @@ impl Outbox {
                             act.held.insert(dest.clone(), Instant::now() + wait);
                             act.requeue_front(dest, line);
                         }
+                        Err((_, _, Undelivered::Closed)) => return,
                         Err((_, _, Undelivered::TransportGone)) => {
                             // The transport is gone for good (shutdown): nothing can be sent.
                             let lost = act.queued + 1;
@@ -665,8 +679,11 @@ impl Message for Queued {
 impl actix::Handler<Queued> for Outbox {
     type Result = usize;
 
+    /// Closes the outbox (the deadline passed) and answers how many lines it will never send:
+    /// those queued, and one still waiting for its turn.
     fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
-        self.queued
+        self.closed.store(true, Ordering::Release);
+        self.queued + usize::from(self.busy)
     }
 }
 

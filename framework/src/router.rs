@@ -346,12 +346,14 @@ impl Router {
         let ignore_for = self.shared.options.budget.ignore_for;
         self.ignored.insert(id.clone(), now + ignore_for);
         tracing::warn!(sender = %id, "command budget spent; ignoring sender");
+        let how_long = if ignore_for < Duration::from_secs(60) {
+            format!("{}s", ignore_for.as_secs().max(1))
+        } else {
+            format!("{} minutes", ignore_for.as_secs().div_ceil(60))
+        };
         self.tell(
             msg,
-            &format!(
-                "too many commands; ignoring you for {} minutes",
-                ignore_for.as_secs().div_ceil(60)
-            ),
+            &format!("too many commands; ignoring you for {how_long}"),
         );
         false
     }

@@ -171,8 +171,9 @@ impl Fatal {
     }
 }
 
-/// Lives inside a framework actor; dropped without [`CoreGuard::disarm`] (the actor's task ended
-/// by a panic) it reports the actor's failure, with where the panic happened.
+/// Lives inside a framework actor; dropped while its thread unwinds (the actor's task ended by
+/// a panic), or without [`CoreGuard::disarm`], it reports the actor's failure, with where the
+/// panic happened.
 #[derive(Debug)]
 pub(crate) struct CoreGuard {
     actor: String,
@@ -189,7 +190,9 @@ impl CoreGuard {
 
 impl Drop for CoreGuard {
     fn drop(&mut self) {
-        if self.disarmed || self.fatal.is_stopping() {
+        // actix runs an actor's `stopped` also when its task is dropped by a panic, so a guard
+        // dropped while the thread unwinds reports even when it was disarmed.
+        if (self.disarmed && !std::thread::panicking()) || self.fatal.is_stopping() {
             return;
         }
         // The panic hook noted the location on this thread (a task's future is dropped on the

@@ -238,6 +238,19 @@ impl TestBot {
         self
     }
 
+    /// Cuts the connection in the middle of the next line (see
+    /// [`Remote::cut_mid_delivery`]).
+    pub fn cut_mid_delivery(&mut self) -> &mut Self {
+        self.remote().cut_mid_delivery();
+        self
+    }
+
+    /// A live view of the bot's health, which outlives [`TestBot::shutdown`].
+    pub fn health(&mut self) -> Health {
+        self.start();
+        self.health.clone().expect("started")
+    }
+
     /// Makes reconnect attempts fail (or succeed again).
     pub fn refuse_connections(&mut self, refuse: bool) -> &mut Self {
         self.remote().refuse(refuse);

@@ -1,13 +1,14 @@
 //! Connections that drop, bots that fail, and the bots beside them that must not notice.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use opsbot::health::{ActorKind, BotHealth, ConnState};
 use opsbot::prelude::*;
 use opsbot::testkit::{Echo, TestBot};
 use opsbot::transport::Limits;
 use opsbot::transport::memory::{self, Said};
-use opsbot::{Bot, Shutdown};
+use opsbot::{Bot, Destination, Shutdown};
 
 /// Answers after a pause, so that the answer is produced while the connection is down.
 #[derive(Clone)]
@@ -96,8 +97,11 @@ async fn replies_made_while_disconnected_are_sent_after_the_reconnect() {
     assert_eq!(status.health, BotHealth::Healthy);
 }
 
-/// Blocks its bot's whole thread (a handler that should have been declared blocking) and
-/// panics afterwards.
+/// Set while the hog holds its bot's thread.
+static HOG_BLOCKING: AtomicBool = AtomicBool::new(false);
+
+/// Blocks its bot's whole thread for three seconds (a handler that should have been declared
+/// blocking) and panics afterwards.
 #[derive(Clone)]
 struct Hog;
 
@@ -106,11 +110,16 @@ impl Handler for Hog {
     const COMMANDS: &'static [Command] = &[Command::new("hog", "", "Misbehave.")];
 
     async fn command(&mut self, _cx: &mut Context, _call: Call) -> Result {
-        std::thread::sleep(Duration::from_secs(2));
+        HOG_BLOCKING.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(3));
+        HOG_BLOCKING.store(false, Ordering::SeqCst);
         panic!("hog gave up");
     }
 }
 
+/// One bot's blocked thread never slows another: while the bad bot's thread is held, each answer
+/// of the good bot comes within a few hundred milliseconds (a single thread shared by both
+/// would make them wait the whole three seconds).
 #[test]
 fn one_failing_bot_leaves_the_other_answering() {
     let (t_bad, bad) = memory::pair("memory", "bad", Limits::unlimited(400));
@@ -151,20 +160,34 @@ fn one_failing_bot_leaves_the_other_answering() {
         let from = |who: &str, text: &str| Incoming::in_room("#ops", Sender::new(who), text);
         // The bad bot's thread is blocked by its hog, then its connection keeps failing.
         assert!(bad.send(from("a", "!hog")));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !HOG_BLOCKING.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the hog never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         bad.refuse(true);
         bad.drop_connection("network unreachable");
         for i in 0..5 {
+            let asked = Instant::now();
             assert!(good.send(from("b", &format!("!echo {i}"))));
             let said: Said = tokio::time::timeout(Duration::from_secs(5), good.recv())
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(said.text, i.to_string());
+            let took = said.at.duration_since(asked);
+            assert!(
+                took < Duration::from_millis(300),
+                "answer {i} took {took:?} while the other bot's thread was blocked"
+            );
         }
+        assert!(
+            HOG_BLOCKING.load(Ordering::SeqCst),
+            "every answer came while the other bot's thread was blocked"
+        );
         assert_eq!(good_health.snapshot().health, BotHealth::Healthy);
         // Once the hog lets go, the bad bot's troubles show in its own health only.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(20);
         let bad_status = loop {
             let s = bad_health.snapshot();
             let hog_restarted = s
@@ -174,7 +197,7 @@ fn one_failing_bot_leaves_the_other_answering() {
                 break s;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the bad bot's health never showed its troubles: {:?}",
                 s.health
             );
@@ -193,7 +216,243 @@ fn one_failing_bot_leaves_the_other_answering() {
             .unwrap()
             .unwrap();
         assert_eq!(said.text, "still fine");
+        assert_eq!(good_health.snapshot().health, BotHealth::Healthy);
     });
     shutdown.trigger();
     runner.join().unwrap().unwrap();
+}
+
+/// Says `count` numbered lines in one reply.
+#[derive(Clone)]
+struct Count;
+
+impl Handler for Count {
+    const NAME: &'static str = "count";
+    const COMMANDS: &'static [Command] = &[Command::new("count", "<n>", "Say 1..n.")];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        let n: u32 = call.arg(0)?;
+        let text: Vec<String> = (1..=n).map(|i| format!("line {i}")).collect();
+        cx.reply(text.join("\n"));
+        Ok(())
+    }
+}
+
+fn numbered(n: u32) -> Vec<String> {
+    (1..=n).map(|i| format!("line {i}")).collect()
+}
+
+/// A line the transport took but never acknowledged (the connection was cut while it was being
+/// written) is sent after the reconnect, in its place: nothing lost, nothing twice.
+#[tokio::test]
+async fn a_line_cut_mid_delivery_is_sent_after_the_reconnect() {
+    let mut bot = TestBot::with_limits(Limits {
+        global: Some(opsbot::outbox::Rate::new(20.0, 1)),
+        ..Limits::unlimited(400)
+    })
+    .with(Count);
+    bot.send("!count 10");
+    assert_eq!(bot.reply().await, "line 1");
+    assert_eq!(bot.reply().await, "line 2");
+    bot.cut_mid_delivery();
+    let rest = bot.replies(8).await;
+    assert_eq!(rest, numbered(10)[2..]);
+    let s = bot.status();
+    assert_eq!(
+        s.actor(ActorKind::Transport, "memory").unwrap().reconnects,
+        1
+    );
+    assert_eq!(s.outbox.sent, 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(bot.drain_said().is_empty(), "a line was said twice");
+}
+
+/// A shutdown waits for a command still running when it finishes within the deadline...
+#[tokio::test]
+async fn shutdown_lets_a_running_command_finish_within_the_deadline() {
+    let mut bot = TestBot::new()
+        .with(Late)
+        .configure(|o| o.shutdown_deadline = Duration::from_secs(5));
+    bot.send("!late");
+    // The router has the message once the handler runs; shut down while it sleeps.
+    bot.wait_status("late running", |s| {
+        s.actor(ActorKind::Handler, "late").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let said: Vec<String> = bot.shutdown().await.into_iter().map(|s| s.text).collect();
+    assert_eq!(said, ["late answer"]);
+}
+
+/// Answers after ten seconds.
+#[derive(Clone)]
+struct Sleepy;
+
+impl Handler for Sleepy {
+    const NAME: &'static str = "sleepy";
+    const COMMANDS: &'static [Command] = &[Command::new("sleepy", "", "Answer after 10 s.")];
+
+    async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cx.reply("too late");
+        Ok(())
+    }
+}
+
+/// ...and cuts it at the deadline when it does not.
+#[tokio::test]
+async fn shutdown_cuts_a_running_command_at_the_deadline() {
+    let mut bot = TestBot::new()
+        .with(Sleepy)
+        .with(Echo)
+        .configure(|o| o.shutdown_deadline = Duration::from_millis(500));
+    bot.send("!sleepy");
+    bot.send("!echo sync");
+    assert_eq!(bot.reply().await, "sync");
+    let started = Instant::now();
+    let said = bot.shutdown().await;
+    assert!(said.is_empty(), "{said:?}");
+    // Two deadlines at most (commands, then the outbox), with room for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A backlog longer than the shutdown deadline: what does not go out in time is dropped,
+/// counted, logged and shown.
+#[tokio::test]
+async fn a_backlog_longer_than_the_deadline_is_counted_as_lost() {
+    let mut bot = TestBot::with_limits(Limits {
+        global: Some(opsbot::outbox::Rate::new(20.0, 1)),
+        ..Limits::unlimited(400)
+    })
+    .with(Count)
+    .configure(|o| o.shutdown_deadline = Duration::from_secs(1));
+    let health = bot.health();
+    bot.send("!count 100");
+    assert_eq!(bot.reply().await, "line 1");
+    let said = bot.shutdown().await;
+    // About a second's worth at 20 a second.
+    assert!((5..60).contains(&said.len()), "{} lines said", said.len());
+    let texts: Vec<String> = said.into_iter().map(|s| s.text).collect();
+    assert_eq!(texts, numbered(100)[1..1 + texts.len()]);
+    let o = health.snapshot().outbox;
+    assert_eq!(o.sent as usize, 1 + texts.len());
+    assert_eq!(o.lost_at_shutdown as usize, 100 - 1 - texts.len());
+}
+
+/// Says to a destination of the caller's choosing.
+#[derive(Clone)]
+struct Relay;
+
+impl Handler for Relay {
+    const NAME: &'static str = "relay";
+    const COMMANDS: &'static [Command] = &[Command::new("relay", "", "Say to bad places.")];
+
+    async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+        for dest in [
+            Destination::room("#a\r\nQUIT :bye"),
+            Destination::room("#a\nJOIN #b"),
+            Destination::user("bob x"),
+            Destination::room("#a\0"),
+            Destination::room(""),
+        ] {
+            cx.say(dest, "hello");
+        }
+        cx.reply("relayed");
+        Ok(())
+    }
+}
+
+/// A destination a handler chose that contains CR, LF, a space or NUL is refused by the outbox
+/// before any transport sees it: it could end a protocol line early and start another.
+#[tokio::test]
+async fn a_destination_that_could_inject_protocol_lines_is_refused() {
+    let mut bot = TestBot::new().with(Relay);
+    bot.send("!relay");
+    let said = bot.said().await;
+    assert_eq!(
+        (said.dest, said.text),
+        (Destination::room("#test"), "relayed".to_owned())
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(bot.drain_said().is_empty());
+    assert_eq!(bot.status().outbox.undeliverable, 5);
+}
+
+/// The delay a reconnect entry of the healing log announces ("...; next attempt in 1.0s").
+fn next_attempt(detail: &str) -> Duration {
+    let d = detail.rsplit("next attempt in ").next().unwrap();
+    let split = d.find(|c: char| c.is_alphabetic() || c == 'µ').unwrap();
+    let (number, unit) = d.split_at(split);
+    let n: f64 = number.parse().unwrap();
+    match unit {
+        "s" => Duration::from_secs_f64(n),
+        "ms" => Duration::from_secs_f64(n / 1e3),
+        "µs" => Duration::from_secs_f64(n / 1e6),
+        "ns" => Duration::from_secs_f64(n / 1e9),
+        other => panic!("unit {other} in {detail}"),
+    }
+}
+
+/// After a connection has been up for `stable_after`, the next drop starts the backoff afresh
+/// (the first step), not where the last outage left it.
+#[tokio::test]
+async fn the_reconnect_backoff_starts_afresh_after_a_stable_connection() {
+    let mut bot = TestBot::new().with(Echo).configure(|o| {
+        o.reconnect.initial = Duration::from_millis(20);
+        o.reconnect.max = Duration::from_secs(10);
+        o.reconnect.refused_min = Duration::ZERO;
+        o.reconnect.stable_after = Duration::from_millis(300);
+    });
+    bot.send("!echo up");
+    assert_eq!(bot.reply().await, "up");
+    // Five failed attempts: the steps grow to 20 ms * 2^5 = 640 ms.
+    bot.refuse_connections(true).drop_connection();
+    bot.wait_status("five failed attempts", |s| {
+        s.actor(ActorKind::Transport, "memory")
+            .is_some_and(|a| a.reconnects >= 6)
+    })
+    .await;
+    bot.refuse_connections(false);
+    bot.send("!echo back");
+    assert_eq!(bot.reply().await, "back");
+    // Stay up past the stable period, then drop once more.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = bot.status().healing_log.len();
+    bot.drop_connection();
+    let s = bot
+        .wait_status("the next drop", |s| s.healing_log.len() > before)
+        .await;
+    let last = &s.healing_log.last().unwrap().detail;
+    // The first step is at most 20 ms; without the reset it would be at least 10% of 1.28 s.
+    assert!(next_attempt(last) <= Duration::from_millis(20), "{last}");
+}
+
+/// A user ignored for overspending the command budget is heard again after `ignore_for`.
+#[tokio::test]
+async fn an_ignored_user_is_heard_again_after_the_ignore_period() {
+    let mut bot = TestBot::new().with(Echo).configure(|o| {
+        o.budget = opsbot::router::Budget {
+            per_minute: 60,
+            ignore_for: Duration::from_secs(1),
+        };
+    });
+    for i in 0..61 {
+        bot.send(&format!("!echo {i}"));
+    }
+    let mut replies = bot.replies(61).await;
+    replies.sort();
+    assert!(
+        replies.contains(&"tester: too many commands; ignoring you for 1s".to_owned()),
+        "{replies:?}"
+    );
+    bot.send("!echo ignored");
+    bot.send_as("other", "#test", "!echo sync");
+    assert_eq!(bot.reply().await, "sync");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    bot.send("!echo heard again");
+    assert_eq!(bot.reply().await, "heard again");
 }

@@ -91,12 +91,9 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
                 l.push_str(&format!(", {} reconnects", a.reconnects));
                 l
             }
-            ActorKind::Handler => format!(
-                "handler {}: {}, {} handled",
-                a.name,
-                state(a),
-                a.handled
-            ),
+            ActorKind::Handler => {
+                format!("handler {}: {}, {} handled", a.name, state(a), a.handled)
+            }
             ActorKind::Poller => {
                 let mut l = format!("poller {}: {}, {} posted", a.name, state(a), a.handled);
                 if let Some(t) = a.last_run {

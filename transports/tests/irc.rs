@@ -533,6 +533,7 @@ async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
     let bot = support::RunningBot::start(&transport(port, ""), |b| b);
     let mut c = fake.accept().await;
     c.welcome().await;
+    c.let_in("#ops").await;
     let mut garbage = Vec::new();
     garbage.extend_from_slice(b"\xff\xfe\x00 not irc at all\r\n");
     garbage.extend(std::iter::repeat_n(b'x', 20_000));
@@ -629,9 +630,9 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
     let port = fake.port;
     let config = format!(
         "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\n\
-         channels = [\"#Ops\", \"#locked\"]\nrejoin_delay_secs = 1\n"
+         channels = [\"#Ops\", \"#locked\"]\nrejoin_delay_secs = 1\njoin_retry_secs = 1\n"
     );
-    let bot = support::RunningBot::start(&config, |b| b);
+    let bot = support::RunningBot::start(&config, |b| b.handler(support::Tricky));
     let mut c = fake.accept().await;
     c.welcome().await;
     let detail = |bot: &support::RunningBot| {
@@ -672,12 +673,31 @@ async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
     assert_eq!(c.read_until("PRIVMSG #ops").await, "PRIVMSG #ops :still in");
     assert!(detail(&bot).contains("#Ops joined"), "{}", detail(&bot));
 
-    // Forwarded into a channel nobody configured: the bot leaves it.
-    c.send(b":opsbot!bot@127.0.0.1 JOIN #overflow\r\n").await;
+    // The retry of #locked is forwarded into a channel nobody configured (470, then the
+    // server's JOIN): the bot leaves it, and a command said there before it left is not
+    // answered there.
+    assert_eq!(c.read_until("JOIN #locked").await, "JOIN #locked");
+    c.send(
+        b":fake 470 opsbot #locked #overflow :Forwarding to another channel\r\n\
+          :opsbot!bot@127.0.0.1 JOIN #overflow\r\n\
+          :alice!a@127.0.0.1 PRIVMSG #overflow :!echo from overflow\r\n",
+    )
+    .await;
     assert_eq!(
         c.read_until("PART ").await,
         "PART #overflow :not configured here"
     );
+    // A reply a handler addresses to the channel it left is dropped and counted, not sent.
+    // See: issue "2b of 6", edge 4.
+    c.send(
+        b":alice!a@127.0.0.1 PRIVMSG #ops :!sayto #overflow leaked\r\n\
+          :alice!a@127.0.0.1 PRIVMSG #ops :!echo sync\r\n",
+    )
+    .await;
+    let lines = c.lines_until("PRIVMSG #ops", T).await;
+    assert_eq!(lines.last().unwrap(), "PRIVMSG #ops :sync");
+    assert!(!lines.iter().any(|l| l.contains("#overflow")), "{lines:?}");
+    assert_eq!(bot.status().outbox.undeliverable, 1);
 
     // Removed from #ops (a PART it did not send): back after the rejoin delay.
     c.send(b":opsbot!bot@127.0.0.1 PART #OPS :removed by alice\r\n")
@@ -761,6 +781,8 @@ async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
     c.read_until("USER ").await;
     c.send(b"ERROR :Closing Link: 127.0.0.1 (K-Lined: spam from your network)\r\n")
         .await;
+    // A server closes the link after its ERROR.
+    drop(c);
     let s = bot
         .wait_status(T, "the refusal", |s| reconnects(s).len() == 1)
         .await;
@@ -779,6 +801,7 @@ async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
     c.read_until("USER ").await;
     c.send(b"ERROR :Closing Link: 127.0.0.1 (Ping timeout: 120 seconds)\r\n")
         .await;
+    drop(c);
     let s = bot
         .wait_status(T, "the disconnect", |s| reconnects(s).len() == 2)
         .await;

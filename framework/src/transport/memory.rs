@@ -28,6 +28,7 @@ pub struct Said {
 enum Input {
     Message(Incoming),
     Drop(String),
+    CutMidDelivery,
 }
 
 /// The bot's end.
@@ -40,6 +41,7 @@ pub struct MemoryTransport {
     output: mpsc::UnboundedSender<Said>,
     refuse: Arc<AtomicBool>,
     input_open: bool,
+    cut_next_delivery: bool,
 }
 
 /// The other end: what a user (or a test) types, and what the bot said.
@@ -64,6 +66,7 @@ pub fn pair(kind: &'static str, nick: &str, limits: Limits) -> (MemoryTransport,
             output: out_tx,
             refuse: refuse.clone(),
             input_open: true,
+            cut_next_delivery: false,
         },
         Remote {
             input: in_tx,
@@ -82,6 +85,13 @@ impl Remote {
     /// Breaks the current connection, as a network failure would.
     pub fn drop_connection(&self, why: &str) {
         let _ = self.input.send(Input::Drop(why.to_owned()));
+    }
+
+    /// Breaks the connection in the middle of the next line: the transport takes it from the
+    /// outbox and dies before writing it, as a connection cut mid-answer does. The line must be
+    /// sent after the reconnect.
+    pub fn cut_mid_delivery(&self) {
+        let _ = self.input.send(Input::CutMidDelivery);
     }
 
     /// Makes new connection attempts fail (true) or succeed again (false).
@@ -141,12 +151,19 @@ impl Transport for MemoryTransport {
                 msg = self.input.recv(), if self.input_open => match msg {
                     Some(Input::Message(m)) => link.incoming(m),
                     Some(Input::Drop(why)) => return Err(TransportError::Connection(why)),
+                    Some(Input::CutMidDelivery) => self.cut_next_delivery = true,
                     None => {
                         self.input_open = false;
                         link.end_of_input();
                     }
                 },
                 delivery = link.next_delivery() => match delivery {
+                    Some(d) if self.cut_next_delivery => {
+                        self.cut_next_delivery = false;
+                        // Taken, never written, never acknowledged.
+                        drop(d);
+                        return Err(TransportError::Connection("cut mid-delivery by test".into()));
+                    }
                     Some(d) => {
                         let said = Said { dest: d.dest.clone(), text: d.text.clone(), at: std::time::Instant::now() };
                         if self.output.send(said).is_err() {

@@ -222,7 +222,10 @@ impl IrcConfig {
             ("nick_regain_secs", self.nick_regain_secs),
             ("join_timeout_secs", self.join_timeout_secs),
             ("join_retry_secs", self.join_retry_secs),
-            ("rejoin_delay_secs", self.rejoin_delay_secs.map(|s| s.max(1))),
+            (
+                "rejoin_delay_secs",
+                self.rejoin_delay_secs.map(|s| s.max(1)),
+            ),
         ] {
             if v == Some(0) {
                 out.push((key.into(), "must be at least 1".into()));

@@ -71,6 +71,8 @@ const SEND_ERROR_WINDOW: Duration = Duration::from_secs(30);
 /// A server's ERROR is followed by the server closing the link; an ERROR with the connection
 /// still open this much later was not the server's goodbye.
 const ERROR_CLOSE_WINDOW: Duration = Duration::from_secs(10);
+/// A JOIN into a channel nobody configured this soon after a refusal is a forward.
+const FORWARD_WINDOW: Duration = Duration::from_secs(5);
 /// Lines the bot ignores as out of place are logged at most this often per kind.
 const STRAY_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Longest nick accepted from the server when its 005 names no NICKLEN.
@@ -251,6 +253,8 @@ struct Session<'a> {
     server_error: Option<(TransportError, Instant)>,
     /// Channels we were forwarded into and left, so that a repeat is not left again.
     parted: VecDeque<String>,
+    /// When a channel last refused a JOIN of ours (a forward's JOIN follows its 470).
+    last_refusal: Option<Instant>,
     strays: Strays,
 }
 
@@ -562,6 +566,7 @@ impl Session<'_> {
                 sent: None,
             },
         );
+        self.last_refusal = Some(now);
         // State first, then the event: whoever sees the event also sees the state.
         self.publish();
         self.link.heal_event(
@@ -768,11 +773,15 @@ impl Session<'_> {
             self.irc.channels.insert(key, Chan::Joined);
             tracing::info!(channel = %chan, "joined");
             self.publish();
-        } else if self.irc.any_join_awaited()
+        } else if (self.irc.any_join_awaited()
+            || self
+                .last_refusal
+                .is_some_and(|t| t.elapsed() < FORWARD_WINDOW))
             && self.is_channel(chan)
             && !self.parted.iter().any(|p| fold(p) == fold(chan))
         {
-            // Not a channel of ours, while a JOIN of ours is out: a server forward (+f, +L).
+            // Not a channel of ours, right after a JOIN of ours: a server forward (+f, +L; the
+            // server says 470 about our channel, then puts us in another).
             // Leave, rather than be where nobody configured the bot to be; replies to it are
             // undeliverable meanwhile.
             if self.parted.len() >= 16 {
@@ -784,7 +793,8 @@ impl Session<'_> {
             let line = format!("PART {chan} :not configured here\r\n");
             self.send_raw(&line).await?;
         } else {
-            self.strays.note("JOIN to a channel we did not ask for", line);
+            self.strays
+                .note("JOIN to a channel we did not ask for", line);
         }
         Ok(())
     }
@@ -806,7 +816,8 @@ impl Session<'_> {
             match self.irc.chan_key(target) {
                 Some(k) if self.irc.channels.get(&k) == Some(&Chan::Joined) => {}
                 _ => {
-                    self.strays.note("PRIVMSG to a channel we are not in", target);
+                    self.strays
+                        .note("PRIVMSG to a channel we are not in", target);
                     return;
                 }
             }
@@ -885,26 +896,31 @@ impl Session<'_> {
             }
             431..=437 => {
                 // Only an answer to a NICK we sent (its nick is the second argument).
-                let ours = self.nick_sent.as_ref().is_some_and(|(n, at)| {
-                    fold(n) == fold(arg(1)) && at.elapsed() < ANSWER_WINDOW
-                });
+                let ours = self
+                    .nick_sent
+                    .as_ref()
+                    .is_some_and(|(n, at)| fold(n) == fold(arg(1)) && at.elapsed() < ANSWER_WINDOW);
                 if ours {
                     self.nick_sent = None;
                     self.on_nick_taken(code, last).await?;
                 } else {
-                    self.strays.note("nick error for a NICK we did not send", line);
+                    self.strays
+                        .note("nick error for a NICK we did not send", line);
                 }
             }
             404 => {
                 let chan = arg(1).to_owned();
-                let ours = self.irc.chan_key(&chan).is_some_and(|k| {
-                    self.irc.channels.get(&k) == Some(&Chan::Joined)
-                }) && self
-                    .last_channel_send
-                    .get(&fold(&chan))
-                    .is_some_and(|t| t.elapsed() < SEND_ERROR_WINDOW);
+                let ours = self
+                    .irc
+                    .chan_key(&chan)
+                    .is_some_and(|k| self.irc.channels.get(&k) == Some(&Chan::Joined))
+                    && self
+                        .last_channel_send
+                        .get(&fold(&chan))
+                        .is_some_and(|t| t.elapsed() < SEND_ERROR_WINDOW);
                 if !ours {
-                    self.strays.note("404 about a channel we did not write to", line);
+                    self.strays
+                        .note("404 about a channel we did not write to", line);
                 } else if let std::collections::btree_map::Entry::Vacant(e) =
                     self.muted.entry(fold(&chan))
                 {
@@ -946,7 +962,8 @@ impl Session<'_> {
             }
             464 | 465 => {
                 if self.registered {
-                    self.strays.note("registration refusal after registration", line);
+                    self.strays
+                        .note("registration refusal after registration", line);
                 } else {
                     return Err(TransportError::Refused(format!("{code}: {last}")));
                 }
@@ -1029,7 +1046,10 @@ impl Session<'_> {
     async fn deliver(&mut self, d: Delivery) -> Result<(), TransportError> {
         let target = d.dest.name().to_owned();
         if target.is_empty() || target.contains([' ', ',', '\r', '\n', '\0']) {
-            d.undeliverable(format!("{:?} cannot be an IRC target", truncate(&target, 60)));
+            d.undeliverable(format!(
+                "{:?} cannot be an IRC target",
+                truncate(&target, 60)
+            ));
             return Ok(());
         }
         if self.is_channel(&target) {
@@ -1255,13 +1275,14 @@ impl Transport for Irc {
             *c = Chan::Joining { sent: None };
         }
         let waiting = self.waiting.clone();
-        link.pacing().set_gate(Some(Arc::new(move |dest| match dest {
-            Destination::Room(name) => !waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&fold(name)),
-            Destination::User(_) => true,
-        })));
+        link.pacing()
+            .set_gate(Some(Arc::new(move |dest| match dest {
+                Destination::Room(name) => !waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&fold(name)),
+                Destination::User(_) => true,
+            })));
         let nick = self.nick_for(0);
         let mut s = Session {
             irc: self,
@@ -1291,6 +1312,7 @@ impl Transport for Irc {
             last_channel_send: BTreeMap::new(),
             server_error: None,
             parted: VecDeque::new(),
+            last_refusal: None,
             strays: Strays::default(),
         };
         s.sync_gate();

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod chaos;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, Stdio};
@@ -524,6 +526,13 @@ pub struct FakeServer {
 }
 
 impl FakeServer {
+    /// Whether the bot has opened another connection (it reconnected) that was not accepted.
+    pub async fn has_pending_connection(&self) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), self.listener.accept())
+            .await
+            .is_ok()
+    }
+
     pub async fn bind() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -551,6 +560,11 @@ pub struct FakeConn {
 }
 
 impl FakeConn {
+    /// The two halves, for a test that reads and writes at once.
+    pub fn into_parts(self) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf) {
+        (self.r, self.w)
+    }
+
     /// Writes raw bytes (whole lines, CRLF included) to the bot.
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.w.write_all(bytes.as_ref()).await.unwrap();
@@ -584,11 +598,21 @@ impl FakeConn {
         }
     }
 
-    /// Waits for the bot's USER line and welcomes it (001, and a 004 naming a server the bot
-    /// has no profile for).
+    /// Waits for the bot's USER line and welcomes it (001, a 004 naming a server the bot has
+    /// no profile for, and the end of the MOTD, which closes registration).
     pub async fn welcome(&mut self) {
         self.read_until("USER ").await;
-        self.send(":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n")
+        self.send(
+            ":fake 001 opsbot :Welcome\r\n:fake 004 opsbot fake fakeircd-1 o o\r\n\
+             :fake 376 opsbot :End of /MOTD command.\r\n",
+        )
+        .await;
+    }
+
+    /// Waits for the bot's `JOIN <chan>` and lets it in (echoes the JOIN, as servers do).
+    pub async fn let_in(&mut self, chan: &str) {
+        self.read_until(&format!("JOIN {chan}")).await;
+        self.send(format!(":opsbot!bot@127.0.0.1 JOIN {chan}\r\n"))
             .await;
     }
 }
@@ -690,11 +714,17 @@ impl Handler for Tricky {
     const COMMANDS: &'static [Command] = &[
         Command::new("inject", "", "Reply with CR, LF and NUL inside."),
         Command::new("big", "", "Reply with 2,000 bytes of multi-byte text."),
+        Command::new("sayto", "<channel> <text>", "Say the text in a channel."),
     ];
 
     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
         match call.command().name {
             "inject" => cx.reply("x\r\nQUIT :bye\0\r\nJOIN #elsewhere"),
+            "sayto" => {
+                let chan: String = call.arg(0)?;
+                let text: String = call.arg(1)?;
+                cx.say(Destination::room(chan), text);
+            }
             _ => cx.reply(big_text()),
         }
         Ok(())
