@@ -4,9 +4,29 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsbot");
+
+/// How long any wait on the binary may take before the test fails (and the process is killed):
+/// a broken signal path or a hang fails the test, it never hangs CI.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits for `child` to exit within [`PATIENCE`]; kills it and fails the test otherwise.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("opsbot did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -71,11 +91,27 @@ impl Session {
         }
     }
 
+    /// The rest of the output until stdout closes, within [`PATIENCE`].
+    fn rest(&self) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut rest = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => rest.push(l),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return rest,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("opsbot kept its stdout open past {PATIENCE:?} (said {rest:?})")
+                }
+            }
+        }
+    }
+
     /// Closes stdin and returns the rest of the output and the exit status.
     fn finish(mut self) -> (Vec<String>, std::process::ExitStatus) {
         drop(self.stdin.take());
-        let rest: Vec<String> = self.lines.iter().collect();
-        (rest, self.child.wait().unwrap())
+        let rest = self.rest();
+        (rest, wait_exit(&mut self.child))
     }
 }
 
@@ -176,11 +212,14 @@ fn bad_bytes_and_huge_lines_do_not_hurt_the_console() {
     assert!(code.success());
 }
 
+/// SIGTERM drains: an answer being paced out when the signal comes still arrives whole before
+/// a clean exit.
 #[test]
 fn sigterm_stops_it_gracefully() {
-    let mut s = Session::start(&[]);
-    s.type_line(b"!echo up");
-    assert_eq!(s.next(), "up");
+    let config = examples().join("selfheal.toml");
+    let mut s = Session::start(&["run", "--config", config.to_str().unwrap()]);
+    s.type_line(b"!lines 100");
+    assert_eq!(s.next(), "line 1 of 100");
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -189,7 +228,10 @@ fn sigterm_stops_it_gracefully() {
             .unwrap()
             .success()
     );
-    let status = s.child.wait().unwrap();
+    let rest = s.rest();
+    let expected: Vec<String> = (2..=100).map(|i| format!("line {i} of 100")).collect();
+    assert_eq!(rest, expected);
+    let status = wait_exit(&mut s.child);
     assert!(status.success(), "{status:?}");
 }
 
@@ -204,8 +246,14 @@ fn logs_to_a_pipe_are_plain_text() {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(b"!echo x\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8(out.stderr).unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
+    });
+    assert!(wait_exit(&mut child).success());
+    let log = reader.join().unwrap();
     assert!(log.contains("bot started"), "{log}");
     assert!(
         !log.contains('\x1b'),
@@ -271,6 +319,34 @@ fn check_names_the_file_the_key_and_the_problem() {
         String::from_utf8_lossy(&out.stderr)
             .contains("`bot[0].prefix`: `` cannot be a command prefix")
     );
+}
+
+/// The config of issue "2d of 6": `check` used to accept it, and `run` then answered nothing
+/// at all and exited 0 at the end of input. Now `check` and `run` refuse it, naming the key.
+#[test]
+fn a_rate_no_pacer_can_keep_is_refused_before_running() {
+    let text = "[[bot]]\nname = \"x\"\nhandlers = [\"lines\"]\n[bot.transport]\nkind = \"console\"\n\
+                [bot.outbox]\nrate = 1e-300\n";
+    let (ok, _, err) = check(text);
+    assert!(!ok);
+    assert!(
+        err.starts_with(
+            "bots.toml:7: `bot[0].outbox.rate`: 1e-300 per second is outside what a pacer can keep"
+        ),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deaf.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_exit(&mut child).code(), Some(2));
 }
 
 #[test]

@@ -457,7 +457,7 @@ impl Router {
             }
             self.cooldowns.insert(key, now);
         }
-        let parsed = match shell_words::split(&args) {
+        let parsed = match shell_words::split(&hashes_literal(&args)) {
             Ok(a) => a,
             Err(_) => {
                 let e = Error::Usage(command.usage_line(&prefix));
@@ -476,6 +476,33 @@ impl Router {
         let reply_to = msg.reply_to();
         self.dispatch(handler, Work::Command(call), reply_to, Some((what, msg)));
     }
+}
+
+/// Escapes each `#` that starts a word outside quotes, so that shell-style splitting keeps it:
+/// shell-words reads such a `#` as the start of a comment and drops the rest of the line, and
+/// chat arguments are channel names (`!join #ops`) far more often than comments.
+fn hashes_literal(args: &str) -> std::borrow::Cow<'_, str> {
+    if !args.contains('#') {
+        return std::borrow::Cow::Borrowed(args);
+    }
+    let mut out = String::with_capacity(args.len() + 4);
+    let (mut single, mut double, mut escaped, mut word_start) = (false, false, false, true);
+    for c in args.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && !single {
+            escaped = true;
+        } else if c == '\'' && !double {
+            single = !single;
+        } else if c == '"' && !single {
+            double = !double;
+        } else if c == '#' && word_start && !single && !double {
+            out.push('\\');
+        }
+        word_start = !single && !double && !escaped && c.is_whitespace();
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `30s`, or `250ms` below a second.
@@ -658,6 +685,19 @@ mod tests {
         );
         assert_eq!(t.route(&room("!!!"), "bot"), Route::Nothing);
         assert_eq!(t.route(&room("bot:"), "bot"), Route::Nothing);
+    }
+
+    /// shell-words takes a `#` that starts a word for a comment: `!sayto #ops hi` lost both its
+    /// arguments.
+    #[test]
+    fn channel_names_survive_argument_splitting() {
+        let split = |s: &str| shell_words::split(&hashes_literal(s)).unwrap();
+        assert_eq!(split("#ops hi there"), ["#ops", "hi", "there"]);
+        assert_eq!(
+            split("a #b 'c #d' \"#e\" f#g"),
+            ["a", "#b", "c #d", "#e", "f#g"]
+        );
+        assert_eq!(split("\\#x #y"), ["#x", "#y"]);
     }
 
     #[test]

@@ -166,5 +166,6 @@ async fn the_command_budget_ignores_a_flooder_after_telling_them_once() {
     for i in 0..5 {
         bot.send_as("root", "#test", &format!("!echo admin {i}"));
     }
-    assert_eq!(bot.replies(5).await.len(), 5);
+    let expected: Vec<String> = (0..5).map(|i| format!("admin {i}")).collect();
+    assert_eq!(bot.replies(5).await, expected);
 }

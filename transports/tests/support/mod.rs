@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod chaos;
+pub mod cut;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
