@@ -151,7 +151,8 @@ async fn a_nick_refused_as_invalid_is_never_asked_for_again_on_the_wire() {
     c.send(":fake 432 * opsbot-long :Erroneous nickname\r\n")
         .await;
     assert_eq!(c.read_until("NICK").await, "NICK opsbot");
-    c.welcome().await;
+    c.send(":fake 001 opsbot :Welcome\r\n:fake 376 opsbot :End\r\n")
+        .await;
     c.let_in("#ops").await;
     // The regain: ISON first, then NICK when the nick is not online; the server refuses it.
     assert_eq!(c.read_until("ISON").await, "ISON opsbot-long");
@@ -188,9 +189,8 @@ async fn channel_and_host_lines_count_only_about_us() {
          :bob!b@127.0.0.1 NICK opsbot2\r\n\
          :opsbot!bot@127.0.0.1 NICK 9:bad,nick\r\n\
          :opsbot!bot@127.0.0.1 JOIN #elsewhere\r\n\
-         :fake 396 someoneelse very.long.cloak.for.someone.else.example.org :is now your host\r\n\
-         :fake 396 opsbot bad\x01host\x07with\x1bcontrol :is now your host\r\n\
-         :fake 396 opsbot two words :is now your host\r\n",
+         :fake 396 someoneelse a.very.long.cloak.for.someone.else.users.example.org :is now your host\r\n\
+         :fake 396 opsbot bad\x01host\x07with\x1bcontrol.characters.users.example.org :is now your host\r\n",
         "after channel lines",
     )
     .await
@@ -201,9 +201,9 @@ async fn channel_and_host_lines_count_only_about_us() {
         d.contains("as opsbot,") && d.ends_with("#ops joined"),
         "{d}"
     );
-    // The host is still the one the JOIN showed (127.0.0.1): a reply of 450 bytes fits in one
-    // line, as it would not with a longer host.
-    let long = "x".repeat(450);
+    // The host is still the one the JOIN showed (127.0.0.1): a reply of 420 bytes fits in one
+    // line, as it would not with either of the long hosts.
+    let long = "x".repeat(420);
     c.send(format!(":alice!a@127.0.0.1 PRIVMSG #ops :!echo {long}\r\n"))
         .await;
     assert_eq!(
