@@ -361,6 +361,8 @@ pub(crate) struct Outbox {
     scheduled: bool,
     /// Set when a shutdown's deadline has passed: nothing more is handed to the transport.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the line in flight is in the transport's hands (it will be written).
+    handed: Arc<std::sync::atomic::AtomicBool>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     health: Health,
     guard: CoreGuard,
@@ -387,6 +389,7 @@ impl Outbox {
             busy: false,
             scheduled: false,
             closed: Arc::default(),
+            handed: Arc::default(),
             drain_waiters: Vec::new(),
             health,
             guard,
@@ -531,6 +534,8 @@ impl Outbox {
                 let pacing = self.pacing.clone();
                 let tx = self.transport.clone();
                 let closed = self.closed.clone();
+                let handed = self.handed.clone();
+                handed.store(false, Ordering::Release);
                 let fut = async move {
                     while let Err(wait) = pacing.check_global(&dest, &line) {
                         actix::clock::sleep(wait).await;
@@ -548,6 +553,7 @@ impl Outbox {
                     if tx.send(delivery).await.is_err() {
                         return Err((dest, line, Undelivered::TransportGone));
                     }
+                    handed.store(true, Ordering::Release);
                     match acked.await {
                         Ok(Ack::Sent) => Ok(()),
                         Ok(Ack::Undeliverable(why)) => {
@@ -680,10 +686,10 @@ impl actix::Handler<Queued> for Outbox {
     type Result = usize;
 
     /// Closes the outbox (the deadline passed) and answers how many lines it will never send:
-    /// those queued, and one still waiting for its turn.
+    /// those queued, and one still waiting for its turn (not one the transport already has).
     fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
         self.closed.store(true, Ordering::Release);
-        self.queued + usize::from(self.busy)
+        self.queued + usize::from(self.busy && !self.handed.load(Ordering::Acquire))
     }
 }
 
