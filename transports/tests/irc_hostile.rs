@@ -386,3 +386,34 @@ async fn chaos_seed_by_hand() {
         .unwrap_or(4);
     chaos(seed).await;
 }
+
+/// A line for a channel the bot is still joining waits until the server has let it in (a line
+/// sent before would be refused, and lost); other channels go on meanwhile.
+#[tokio::test]
+async fn lines_for_a_channel_being_joined_wait_for_the_join() {
+    let fake = FakeServer::bind().await;
+    let bot = RunningBot::start(
+        &config(fake.port, "").replace("[\"#ops\"]", "[\"#ops\", \"#late\"]"),
+        |b| b.handler(support::Tricky),
+    );
+    let mut c = fake.accept().await;
+    c.welcome().await;
+    // Channels are joined in name order: #late first, then #ops, which lets the bot in.
+    c.read_until("JOIN #late").await;
+    c.let_in("#ops").await;
+    // #late has not let the bot in yet.
+    let lines = then_echo(
+        &mut c,
+        ":alice!a@127.0.0.1 PRIVMSG #ops :!sayto #late hello\r\n",
+        "sync",
+    )
+    .await;
+    assert!(!lines.iter().any(|l| l.contains("#late")), "{lines:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.send("PING :check\r\n").await;
+    let lines = c.lines_until("PONG", T).await;
+    assert!(!lines.iter().any(|l| l.contains("#late")), "{lines:?}");
+    c.send(":opsbot!bot@127.0.0.1 JOIN #late\r\n").await;
+    assert_eq!(c.read_until("PRIVMSG #late").await, "PRIVMSG #late :hello");
+    assert_eq!(bot.status().outbox.undeliverable, 0);
+}
