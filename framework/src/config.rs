@@ -346,6 +346,15 @@ fn printable(c: char) -> bool {
         && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}')
 }
 
+/// A number as a person would write it in the file: `1e-300`, not three hundred zeros.
+fn num(x: f64) -> String {
+    if x != 0.0 && !(1e-4..1e9).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -412,7 +421,10 @@ impl Validator<'_> {
             Some(s) if s.is_finite() && s > MAX_SECS => {
                 self.error(
                     key,
-                    format!("{s} seconds is longer than the runtime's timers allow"),
+                    format!(
+                        "{} seconds is longer than the runtime's timers allow",
+                        num(s)
+                    ),
                     Some("at most a year (31536000)"),
                 );
                 default
@@ -420,7 +432,7 @@ impl Validator<'_> {
             Some(s) => {
                 self.error(
                     key,
-                    format!("{s} is not a positive number of seconds"),
+                    format!("{} is not a positive number of seconds", num(s)),
                     None,
                 );
                 default
@@ -451,7 +463,10 @@ impl Validator<'_> {
         {
             self.error(
                 key.replace("rate", "burst"),
-                format!("a burst of {b} at {r} per second takes longer than a year to refill"),
+                format!(
+                    "a burst of {b} at {} per second takes longer than a year to refill",
+                    num(r)
+                ),
                 Some("lower the burst or raise the rate"),
             );
             return None;
@@ -473,7 +488,7 @@ impl Validator<'_> {
             Some(r) if r.is_finite() && r > 0.0 => {
                 self.error(
                     key.to_owned(),
-                    format!("{r} per second is outside what a pacer can keep"),
+                    format!("{} per second is outside what a pacer can keep", num(r)),
                     Some(
                         "between one a day (0.0000116) and 1000000000 a second; 0 means unlimited",
                     ),
@@ -483,7 +498,7 @@ impl Validator<'_> {
             Some(r) => {
                 self.error(
                     key.to_owned(),
-                    format!("{r} is not a rate"),
+                    format!("{} is not a rate", num(r)),
                     Some("lines per second; 0 means unlimited"),
                 );
                 None
