@@ -480,7 +480,16 @@ impl Session<'_> {
             }
             let name = self.pending_joins.pop_front().expect("front exists");
             match self.irc.channels.get_mut(&name) {
-                Some(Chan::Refused { sent, .. }) => *sent = Some(Instant::now()),
+                Some(Chan::Refused {
+                    sent,
+                    retry_at,
+                    backoff,
+                    ..
+                }) => {
+                    // The next retry counts from this one going out, not from its queueing.
+                    *sent = Some(Instant::now());
+                    *retry_at = Instant::now() + *backoff;
+                }
                 _ => {
                     self.irc.channels.insert(
                         name,
@@ -1156,9 +1165,14 @@ impl Session<'_> {
             .irc
             .channels
             .iter()
-            .filter(|(_, c)| match c {
+            .filter(|(name, c)| match c {
                 Chan::Kicked { rejoin_at, .. } => *rejoin_at <= now,
-                Chan::Refused { retry_at, .. } => *retry_at <= now,
+                // Not while its retry is queued or out: the retry's answer decides.
+                Chan::Refused {
+                    retry_at,
+                    sent: None,
+                    ..
+                } => *retry_at <= now && !self.pending_joins.contains(*name),
                 _ => false,
             })
             .map(|(n, _)| n.clone())
