@@ -125,11 +125,13 @@ impl Message for Drain {
 
 #[derive(Debug)]
 struct Limiters {
-    global: Option<DefaultDirectRateLimiter>,
-    bytes: Option<DefaultDirectRateLimiter>,
+    /// The rates the buckets below were built for (global, bytes, per destination).
+    rates: (Option<Rate>, Option<Rate>, Option<Rate>),
+    global: Option<Arc<DefaultDirectRateLimiter>>,
+    bytes: Option<Arc<DefaultDirectRateLimiter>>,
     byte_burst: u32,
     global_burst: u32,
-    keyed: Option<DefaultKeyedRateLimiter<Destination>>,
+    keyed: Option<Arc<DefaultKeyedRateLimiter<Destination>>>,
     max_line_bytes: usize,
     line_overhead: usize,
     /// One clock for all waits: building a quanta clock calibrates it (CPUID), far too slow to
@@ -140,24 +142,41 @@ struct Limiters {
 impl Limiters {
     fn new(opts: &OutboxOptions) -> Self {
         Self {
+            rates: (opts.global, opts.global_bytes, opts.per_destination),
             global: opts
                 .global
                 .and_then(Rate::quota)
-                .map(governor::RateLimiter::direct),
+                .map(|q| Arc::new(governor::RateLimiter::direct(q))),
             bytes: opts
                 .global_bytes
                 .and_then(Rate::quota)
-                .map(governor::RateLimiter::direct),
+                .map(|q| Arc::new(governor::RateLimiter::direct(q))),
             byte_burst: opts.global_bytes.map_or(0, |r| r.burst.max(1)),
             global_burst: opts.global.map_or(0, |r| r.burst.max(1)),
             keyed: opts
                 .per_destination
                 .and_then(Rate::quota)
-                .map(governor::RateLimiter::hashmap),
+                .map(|q| Arc::new(governor::RateLimiter::hashmap(q))),
             max_line_bytes: opts.max_line_bytes,
             line_overhead: opts.line_overhead,
             clock: DefaultClock::default(),
         }
+    }
+
+    /// The same buckets (with what they have spent) under a new line length, when the rates
+    /// are unchanged; `None` when they changed and new buckets are needed.
+    fn resized(&self, opts: &OutboxOptions) -> Option<Self> {
+        (self.rates == (opts.global, opts.global_bytes, opts.per_destination)).then(|| Self {
+            rates: self.rates,
+            global: self.global.clone(),
+            bytes: self.bytes.clone(),
+            byte_burst: self.byte_burst,
+            global_burst: self.global_burst,
+            keyed: self.keyed.clone(),
+            max_line_bytes: opts.max_line_bytes,
+            line_overhead: opts.line_overhead,
+            clock: self.clock.clone(),
+        })
     }
 
     /// What `bytes` cost in the byte budget, clamped to what the bucket can ever hold.
@@ -220,10 +239,17 @@ impl Pacing {
             .clone()
     }
 
-    /// Switches to a service's limits; values set in the config still win over them.
-    pub fn set_limits(&self, limits: &Limits) {
+    /// Switches to a service's limits; values set in the config still win over them. When only
+    /// the line length changed (a new nick or host on IRC), the buckets are kept with what they
+    /// have spent; answers whether they were replaced by new, full ones, in which case the
+    /// transport should charge them with what it sent in the last seconds.
+    pub fn set_limits(&self, limits: &Limits) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let opts = inner.0.resolve(limits);
+        if let Some(kept) = inner.1.resized(&opts) {
+            inner.1 = Arc::new(kept);
+            return false;
+        }
         tracing::info!(
             lines = ?opts.global,
             bytes = ?opts.global_bytes,
@@ -231,6 +257,7 @@ impl Pacing {
             "pacing profile set"
         );
         inner.1 = Arc::new(Limiters::new(&opts));
+        true
     }
 
     /// Charges a line the transport sent by itself (a keep-alive, a join) to the global budgets
@@ -710,6 +737,30 @@ mod tests {
         assert!(!pacing.try_take_n(2, 10));
         // Nor can the outbox's next line go before the budget refills.
         assert!(pacing.check_global(&Destination::room("#a"), "hi").is_err());
+    }
+
+    /// A hostile IRC server announcing a new host for the bot again and again used to hand it
+    /// a fresh, full budget each time (and the transport charged its recent lines to each):
+    /// replies were delayed by seconds. A new line length keeps the budget as spent.
+    #[test]
+    fn a_new_line_length_keeps_the_budget_a_new_rate_replaces_it() {
+        let limits = Limits {
+            global: Some(Rate::new(1.0, 2)),
+            ..Limits::unlimited(100)
+        };
+        let pacing = Pacing::new(OutboxSettings::default(), &limits);
+        assert!(pacing.try_take_n(2, 10));
+        assert!(!pacing.set_limits(&Limits {
+            max_line_bytes: 80,
+            ..limits
+        }));
+        assert_eq!(pacing.max_line_bytes(), 80);
+        assert!(!pacing.try_take_n(1, 10), "the spent budget was kept");
+        assert!(pacing.set_limits(&Limits {
+            global: Some(Rate::new(2.0, 2)),
+            ..limits
+        }));
+        assert!(pacing.try_take_n(2, 10), "a new rate starts a new budget");
     }
 
     #[test]

@@ -318,10 +318,13 @@ impl Session<'_> {
     }
 
     /// Applies the current profile and prefix to the pacing budget. A new budget starts full,
-    /// but the server still counts what we sent in the last seconds: charge that again.
+    /// but the server still counts what we sent in the last seconds: charge that again. (A new
+    /// nick or host only changes the line length; the budget is kept as it is.)
     fn set_limits(&mut self) {
         let limits = self.irc.limits(self.prefix_len());
-        self.link.pacing().set_limits(&limits);
+        if !self.link.pacing().set_limits(&limits) {
+            return;
+        }
         let now = Instant::now();
         let recent = self
             .recent_sends
