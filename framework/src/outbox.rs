@@ -739,6 +739,17 @@ mod tests {
         assert!(pacing.check_global(&Destination::room("#a"), "hi").is_err());
     }
 
+    #[test]
+    fn a_transports_gate_holds_the_destinations_it_closes() {
+        let pacing = Pacing::new(OutboxSettings::default(), &Limits::unlimited(100));
+        let (a, b) = (Destination::room("#a"), Destination::room("#b"));
+        assert!(pacing.open_for(&a) && pacing.open_for(&b));
+        pacing.set_gate(Some(Arc::new(|d: &Destination| d.name() != "#a")));
+        assert!(!pacing.open_for(&a) && pacing.open_for(&b));
+        pacing.set_gate(None);
+        assert!(pacing.open_for(&a));
+    }
+
     /// A hostile IRC server announcing a new host for the bot again and again used to hand it
     /// a fresh, full budget each time (and the transport charged its recent lines to each):
     /// replies were delayed by seconds. A new line length keeps the budget as spent.

@@ -459,3 +459,22 @@ async fn an_ignored_user_is_heard_again_after_the_ignore_period() {
     bot.send("!echo heard again");
     assert_eq!(bot.reply().await, "heard again");
 }
+
+/// The cut takes the last line of its destination's queue: it must still go out after the
+/// reconnect (the destination has to be put back in the outbox's rotation).
+#[tokio::test]
+async fn the_last_line_cut_mid_delivery_is_sent_after_the_reconnect() {
+    let mut bot = TestBot::new().with(Count).with(Echo);
+    bot.send("!echo up");
+    assert_eq!(bot.reply().await, "up");
+    bot.cut_mid_delivery();
+    bot.send("!count 1");
+    assert_eq!(bot.reply().await, "line 1");
+    let s = bot
+        .wait_status("one reconnect", |s| {
+            s.actor(ActorKind::Transport, "memory")
+                .is_some_and(|a| a.reconnects == 1)
+        })
+        .await;
+    assert_eq!(s.outbox.queued, 0);
+}

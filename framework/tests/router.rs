@@ -169,3 +169,50 @@ async fn the_command_budget_ignores_a_flooder_after_telling_them_once() {
     let expected: Vec<String> = (0..5).map(|i| format!("admin {i}")).collect();
     assert_eq!(bot.replies(5).await, expected);
 }
+
+/// Tells what its context says about the call: the prefix and whether the sender is an admin.
+#[derive(Clone)]
+struct Introspect;
+
+impl Handler for Introspect {
+    const NAME: &'static str = "introspect";
+    const COMMANDS: &'static [Command] = &[Command::new("whoami", "", "Say what the bot knows.")];
+
+    async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+        cx.reply(format!(
+            "prefix {} admin {}",
+            cx.prefix(),
+            cx.sender_is_admin()
+        ));
+        Ok(())
+    }
+}
+
+/// A handler that checks access itself reads the same admin list the router uses.
+#[tokio::test]
+async fn handlers_see_the_prefix_and_whether_the_sender_is_an_admin() {
+    let mut bot = TestBot::new().with(Introspect).configure(|o| {
+        o.prefix = "?".into();
+        o.admins = vec!["root".into(), "*!*@ops.example.com".into()];
+    });
+    bot.send("?whoami");
+    assert_eq!(bot.reply().await, "prefix ? admin false");
+    bot.send_as("root", "#test", "?whoami");
+    assert_eq!(bot.reply().await, "prefix ? admin true");
+    bot.send_as("alice!a@ops.example.com", "#test", "?whoami");
+    assert_eq!(bot.reply().await, "prefix ? admin true");
+    bot.send_as("mallory!m@evil.example.com", "#test", "?whoami");
+    assert_eq!(bot.reply().await, "prefix ? admin false");
+}
+
+/// Chatter shorter than the bot's nick is not a command and must not trip the `nick: cmd`
+/// check (a slice past its end would panic the router).
+#[tokio::test]
+async fn chatter_shorter_than_the_nick_is_ignored() {
+    let mut bot = bot();
+    for text in ["ok", "t", "", "testbo", "testbot", "testbot:", "tèst"] {
+        bot.send(text);
+    }
+    bot.send("!echo still here");
+    assert_eq!(bot.reply().await, "still here");
+}
