@@ -270,6 +270,9 @@ pub(crate) struct Router {
     budget: Option<DefaultKeyedRateLimiter<Arc<str>>>,
     ignored: HashMap<Arc<str>, Instant>,
     hint_limiter: DefaultKeyedRateLimiter<Destination>,
+    /// All hints together: many different people (or one person under many names) typing
+    /// nonsense at the bot must not fill its output budget with hints.
+    hint_total: governor::DefaultDirectRateLimiter,
     cooldowns: HashMap<(Arc<str>, &'static str), Instant>,
     tracker: TaskTracker,
     closed: bool,
@@ -308,6 +311,9 @@ impl Router {
             budget,
             ignored: HashMap::new(),
             hint_limiter: governor::RateLimiter::hashmap(hint_quota),
+            hint_total: governor::RateLimiter::direct(Quota::per_minute(
+                NonZeroU32::new(6).expect("non-zero"),
+            )),
             cooldowns: HashMap::new(),
             tracker,
             closed: false,
@@ -567,7 +573,7 @@ impl actix::Handler<Inbound> for Router {
                     return;
                 }
                 let dest = msg.reply_to();
-                if self.hint_limiter.check_key(&dest).is_ok() {
+                if self.hint_limiter.check_key(&dest).is_ok() && self.hint_total.check().is_ok() {
                     let hint = Error::UnknownCommand {
                         prefix: self.table.prefix.clone(),
                     };

@@ -127,6 +127,30 @@ async fn unknown_commands_get_one_hint_not_a_flood() {
     );
 }
 
+/// Nonsense from many people at once (or one under many names) gets six hints a minute in all,
+/// so that it cannot fill the bot's output budget; real commands are still answered.
+#[tokio::test]
+async fn unknown_command_hints_are_capped_across_everyone() {
+    let mut bot = bot();
+    for i in 0..20 {
+        bot.send_direct(&format!("user{i}"), "nonsense");
+    }
+    bot.send_as("tester", "#test", "!echo sync");
+    let mut said = Vec::new();
+    loop {
+        let s = bot.said().await;
+        if s.text == "sync" {
+            break;
+        }
+        said.push(s.text);
+    }
+    assert_eq!(said.len(), 6, "{said:?}");
+    assert!(
+        said.iter().all(|t| t == "unknown command: try !help"),
+        "{said:?}"
+    );
+}
+
 #[tokio::test]
 async fn passive_matchers_get_their_captures() {
     let mut bot = bot();
