@@ -739,6 +739,29 @@ mod tests {
         assert!(pacing.check_global(&Destination::room("#a"), "hi").is_err());
     }
 
+    /// Bytes the transport sent on an empty byte budget are paid for by the next line too.
+    #[test]
+    fn bytes_sent_on_an_empty_byte_budget_are_paid_for_later() {
+        let limits = Limits {
+            global_bytes: Some(Rate::new(100.0, 100)),
+            ..Limits::unlimited(100)
+        };
+        let pacing = Pacing::new(OutboxSettings::default(), &limits);
+        let dest = Destination::room("#a");
+        assert!(pacing.check_global(&dest, &"x".repeat(98)).is_ok());
+        // The budget is spent; a 60-byte keep-alive goes out anyway and becomes debt.
+        pacing.charge(60);
+        assert_eq!(pacing.debt_bytes.load(Ordering::Relaxed), 60);
+        // The next 20-byte line waits for its own bytes and the debt's: the bucket must be full
+        // (100 bytes at 100 a second, about a second), where its own 22 bytes alone would take
+        // about a fifth of that.
+        let wait = pacing.check_global(&dest, &"y".repeat(18)).unwrap_err();
+        assert!(wait > Duration::from_millis(600), "{wait:?}");
+        std::thread::sleep(wait);
+        assert!(pacing.check_global(&dest, &"y".repeat(18)).is_ok());
+        assert_eq!(pacing.debt_bytes.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn a_transports_gate_holds_the_destinations_it_closes() {
         let pacing = Pacing::new(OutboxSettings::default(), &Limits::unlimited(100));

@@ -279,3 +279,21 @@ async fn long_lines_cost_more_under_a_byte_budget() {
         }
     }
 }
+
+/// The anti-loop guard forgets after its window: the same text is said again later.
+#[tokio::test]
+async fn repeated_text_is_allowed_again_after_the_loop_window() {
+    let mut bot = TestBot::new().with(Echo).configure(|o| {
+        o.outbox.loop_repeats = 2;
+        o.outbox.loop_window = Duration::from_millis(300);
+    });
+    for _ in 0..3 {
+        bot.send("!echo again");
+    }
+    bot.send("!echo sync");
+    assert_eq!(bot.replies(3).await, ["again", "again", "sync"]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bot.send("!echo again");
+    assert_eq!(bot.reply().await, "again");
+    assert_eq!(bot.status().outbox.collapsed, 1);
+}

@@ -204,7 +204,8 @@ impl Handler for Introspect {
 
     async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
         cx.reply(format!(
-            "prefix {} admin {}",
+            "bot {} prefix {} admin {}",
+            cx.bot_name(),
             cx.prefix(),
             cx.sender_is_admin()
         ));
@@ -220,13 +221,13 @@ async fn handlers_see_the_prefix_and_whether_the_sender_is_an_admin() {
         o.admins = vec!["root".into(), "*!*@ops.example.com".into()];
     });
     bot.send("?whoami");
-    assert_eq!(bot.reply().await, "prefix ? admin false");
+    assert_eq!(bot.reply().await, "bot test prefix ? admin false");
     bot.send_as("root", "#test", "?whoami");
-    assert_eq!(bot.reply().await, "prefix ? admin true");
+    assert_eq!(bot.reply().await, "bot test prefix ? admin true");
     bot.send_as("alice!a@ops.example.com", "#test", "?whoami");
-    assert_eq!(bot.reply().await, "prefix ? admin true");
+    assert_eq!(bot.reply().await, "bot test prefix ? admin true");
     bot.send_as("mallory!m@evil.example.com", "#test", "?whoami");
-    assert_eq!(bot.reply().await, "prefix ? admin false");
+    assert_eq!(bot.reply().await, "bot test prefix ? admin false");
 }
 
 /// Chatter shorter than the bot's nick is not a command and must not trip the `nick: cmd`
