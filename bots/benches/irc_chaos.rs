@@ -10,62 +10,22 @@
 #[path = "../../transports/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::FakeServer;
 use support::chaos::Chaos;
+use support::{FakeServer, Process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const BOUND: Duration = Duration::from_secs(5);
 
-struct Bot {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_bot(port: u16) -> Bot {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("chaos.toml");
-    std::fs::write(
-        &config,
-        format!(
+fn start_bot(port: u16) -> Process {
+    Process::opsbot(
+        env!("CARGO_BIN_EXE_opsbot"),
+        &format!(
             "[log]\nlevel = \"error\"\n[[bot]]\nname = \"chaos\"\n[bot.transport]\nkind = \"irc\"\n\
              server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"opsbot\"\nchannels = [\"#ops\"]\n"
         ),
     )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_opsbot"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Bot { child, _dir: dir }
-}
-
-/// The process's CPU time (user + system), in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split(' ').collect())
-        .unwrap_or_default();
-    let t = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (t(11) + t(12)) / 100.0
 }
 
 struct Run {
@@ -94,7 +54,7 @@ async fn run(rate: u32, secs: u64, seed: u64) -> Run {
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
     let mut probes = tokio::time::interval(Duration::from_secs(2));
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    let cpu_before = cpu_secs(bot.child.id());
+    let cpu_before = bot.usage().1;
     let mut asked: Vec<(usize, Instant)> = Vec::new();
     let mut latencies = Vec::new();
     let (mut sent, mut next) = (0u64, 0usize);
@@ -160,7 +120,7 @@ async fn run(rate: u32, secs: u64, seed: u64) -> Run {
             Err(_) => break,
         }
     }
-    let cpu = cpu_secs(bot.child.id()) - cpu_before;
+    let cpu = bot.usage().1 - cpu_before;
     held = held && !fake.has_pending_connection().await;
     latencies.sort();
     Run {

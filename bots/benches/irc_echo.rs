@@ -12,10 +12,10 @@
 #[path = "../../transports/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Kind, Server, User};
+use support::{Kind, Process, Server, User};
 
 const CHANNEL: &str = "#bench";
 
@@ -46,42 +46,19 @@ async fn bare_echo(port: u16, nick: &str) {
 struct Subject {
     name: &'static str,
     nick: &'static str,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Subject {
-    /// A measurement that fails half-way must not leave a bot reconnecting to the port.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    process: Process,
 }
 
 fn start_opsbot(port: u16) -> Subject {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nlevel = \"warn\"\n[[bot]]\nname = \"bench\"\n[bot.transport]\nkind = \"irc\"\n\
-             server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"opsbot\"\nchannels = [\"{CHANNEL}\"]\n\
-             [bot.budget]\ncommands_per_minute = 0\n[bot.outbox]\nrate = 0\nbyte_rate = 0\nloop_repeats = 0\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_opsbot"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let config = format!(
+        "[log]\nlevel = \"warn\"\n[[bot]]\nname = \"bench\"\n[bot.transport]\nkind = \"irc\"\n\
+         server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"opsbot\"\nchannels = [\"{CHANNEL}\"]\n\
+         [bot.budget]\ncommands_per_minute = 0\n[bot.outbox]\nrate = 0\nbyte_rate = 0\nloop_repeats = 0\n"
+    );
     Subject {
         name: "opsbot",
         nick: "opsbot",
-        child,
-        _dir: dir,
+        process: Process::opsbot(env!("CARGO_BIN_EXE_opsbot"), &config),
     }
 }
 
@@ -94,32 +71,8 @@ fn start_bare(port: u16) -> Subject {
     Subject {
         name: "bare irc crate loop",
         nick: "bareecho",
-        child,
-        _dir: tempfile::tempdir().unwrap(),
+        process: Process::new(child),
     }
-}
-
-fn proc_usage(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split(' ').collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    (hwm_kib / 1024.0, ticks / 100.0)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -192,7 +145,7 @@ async fn measure(
         replies += t.await.unwrap();
     }
     let rate = f64::from(replies) / started.elapsed().as_secs_f64();
-    let (rss, cpu) = proc_usage(subject.child.id());
+    let (rss, cpu) = subject.process.usage();
     let (p50, p99) = (pct(&lat, 0.5), pct(&lat, 0.99));
     println!(
         "{:>22}: {sequential} sequential: p50 {p50:.2?} p99 {p99:.2?} | {users} users: {rate:.2} replies/s | peak RSS {rss:.1} MiB, CPU {cpu:.2} s",

@@ -671,11 +671,7 @@ struct BotTaskGuard(Option<Health>);
 impl Drop for BotTaskGuard {
     fn drop(&mut self) {
         if let Some(health) = self.0.take() {
-            let how = match crate::handler::take_panic_location() {
-                Some(at) => format!("panicked at {at}"),
-                None => "ended unexpectedly".to_owned(),
-            };
-            health.fail(&format!("bot task {how}"));
+            health.fail(&format!("bot task {}", crate::handler::how_it_ended()));
         }
     }
 }

@@ -450,6 +450,15 @@ pub(crate) fn take_panic_location() -> Option<String> {
     LAST_PANIC_AT.with(|l| l.borrow_mut().take())
 }
 
+/// How a framework actor ended while its thread unwound, for the failure report: where the
+/// last panic on this thread happened (never its message).
+pub(crate) fn how_it_ended() -> String {
+    match take_panic_location() {
+        Some(at) => format!("panicked at {at}"),
+        None => "ended unexpectedly".to_owned(),
+    }
+}
+
 /// Notes where a panic happened, for [`Panic::from_payload`]; every panic hook the framework
 /// installs calls this.
 pub(crate) fn note_panic(info: &std::panic::PanicHookInfo<'_>) {

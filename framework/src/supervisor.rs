@@ -197,10 +197,7 @@ impl Drop for CoreGuard {
         }
         // The panic hook noted the location on this thread (a task's future is dropped on the
         // thread it ran on); the message stays in the log, where the hook put it.
-        let how = match crate::handler::take_panic_location() {
-            Some(at) => format!("panicked at {at}"),
-            None => "ended unexpectedly".to_owned(),
-        };
+        let how = crate::handler::how_it_ended();
         self.fatal.report(format!("{} {how}", self.actor));
     }
 }

@@ -62,6 +62,29 @@ impl Handler for Echo {
     }
 }
 
+/// The delay a reconnect entry of the healing log announces (`...; next attempt in 1.2s`, the
+/// transport host's wording). Panics, failing the test, on a detail without one.
+pub fn next_attempt_in(detail: &str) -> Duration {
+    let d = detail
+        .rsplit_once("next attempt in ")
+        .unwrap_or_else(|| panic!("no next attempt in {detail:?}"))
+        .1;
+    let split = d
+        .find(|c: char| c.is_alphabetic() || c == 'µ')
+        .unwrap_or_else(|| panic!("no unit in {detail:?}"));
+    let (number, unit) = d.split_at(split);
+    let n: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in {detail:?}"));
+    match unit {
+        "s" => Duration::from_secs_f64(n),
+        "ms" => Duration::from_secs_f64(n / 1e3),
+        "µs" => Duration::from_secs_f64(n / 1e6),
+        "ns" => Duration::from_secs_f64(n / 1e9),
+        other => panic!("unit {other} in {detail:?}"),
+    }
+}
+
 /// How long [`TestBot::said`] waits before failing the test.
 const PATIENCE: Duration = Duration::from_secs(20);
 

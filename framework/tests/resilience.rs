@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use opsbot::health::{ActorKind, BotHealth, ConnState};
 use opsbot::prelude::*;
-use opsbot::testkit::{Echo, TestBot};
+use opsbot::testkit::{Echo, TestBot, next_attempt_in};
 use opsbot::transport::Limits;
 use opsbot::transport::memory::{self, Said};
 use opsbot::{Bot, Destination, Shutdown};
@@ -385,21 +385,6 @@ async fn a_destination_that_could_inject_protocol_lines_is_refused() {
     assert_eq!(bot.status().outbox.undeliverable, 5);
 }
 
-/// The delay a reconnect entry of the healing log announces ("...; next attempt in 1.0s").
-fn next_attempt(detail: &str) -> Duration {
-    let d = detail.rsplit("next attempt in ").next().unwrap();
-    let split = d.find(|c: char| c.is_alphabetic() || c == 'µ').unwrap();
-    let (number, unit) = d.split_at(split);
-    let n: f64 = number.parse().unwrap();
-    match unit {
-        "s" => Duration::from_secs_f64(n),
-        "ms" => Duration::from_secs_f64(n / 1e3),
-        "µs" => Duration::from_secs_f64(n / 1e6),
-        "ns" => Duration::from_secs_f64(n / 1e9),
-        other => panic!("unit {other} in {detail}"),
-    }
-}
-
 /// After a connection has been up for `stable_after`, the next drop starts the backoff afresh
 /// (the first step), not where the last outage left it.
 #[tokio::test]
@@ -431,7 +416,7 @@ async fn the_reconnect_backoff_starts_afresh_after_a_stable_connection() {
         .await;
     let last = &s.healing_log.last().unwrap().detail;
     // The first step is at most 20 ms; without the reset it would be at least 10% of 1.28 s.
-    assert!(next_attempt(last) <= Duration::from_millis(20), "{last}");
+    assert!(next_attempt_in(last) <= Duration::from_millis(20), "{last}");
 }
 
 /// A user ignored for overspending the command budget is heard again after `ignore_for`.

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use opsbot::health::{ActorKind, ConnState};
+use opsbot::testkit::next_attempt_in;
 use support::{Kind, Server, User};
 
 const BOT: &str = "opsbot";
@@ -814,20 +815,6 @@ async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
         next_attempt_in(dropped) < Duration::from_secs(1),
         "{dropped}"
     );
-}
-
-/// The delay a reconnect entry of the healing log announces ("...; next attempt in 1.0s").
-fn next_attempt_in(detail: &str) -> Duration {
-    let d = detail.rsplit("next attempt in ").next().unwrap();
-    let (number, unit) = d.split_at(d.find(|c: char| c.is_alphabetic() || c == 'µ').unwrap());
-    let n: f64 = number.parse().unwrap();
-    match unit {
-        "s" => Duration::from_secs_f64(n),
-        "ms" => Duration::from_secs_f64(n / 1e3),
-        "µs" => Duration::from_secs_f64(n / 1e6),
-        "ns" => Duration::from_secs_f64(n / 1e9),
-        other => panic!("unit {other} in {detail}"),
-    }
 }
 
 /// A cloak set after joining (396) makes every relayed line longer: replies are cut for the

@@ -12,7 +12,7 @@ pub mod cut;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Child, Command as OsCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use opsbot::health::{Health, Snapshot};
@@ -28,6 +28,67 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 pub enum Kind {
     Ngircd,
     Inspircd,
+}
+
+/// A process killed when dropped (a measurement that fails half-way must not leave a bot
+/// reconnecting to a port), with the temporary directory its config lives in.
+pub struct Process {
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    pub fn new(child: Child) -> Self {
+        Self {
+            child,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `opsbot run` (the binary at `bin`) with `config` as its config file.
+    pub fn opsbot(bin: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bot.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = OsCommand::new(bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, _dir: dir }
+    }
+
+    /// Peak resident memory in MiB and CPU time (user + system) in seconds, from /proc.
+    pub fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split(' ').collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (hwm_kib / 1024.0, (ticks(11) + ticks(12)) / 100.0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A running IRC server.
@@ -225,12 +286,12 @@ impl Server {
         let conf = self.conf_path();
         let mut cmd = match self.kind {
             Kind::Ngircd => {
-                let mut c = Process::new(which("ngircd"));
+                let mut c = OsCommand::new(which("ngircd"));
                 c.arg("-n").arg("-f").arg(&conf);
                 c
             }
             Kind::Inspircd => {
-                let mut c = Process::new(which("inspircd"));
+                let mut c = OsCommand::new(which("inspircd"));
                 c.arg("--nofork").arg("--config").arg(&conf);
                 if is_root() {
                     c.arg("--runasroot");
@@ -272,7 +333,7 @@ impl Server {
     fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
         assert!(
-            Process::new("kill")
+            OsCommand::new("kill")
                 .args([sig, &pid])
                 .status()
                 .unwrap()
@@ -299,7 +360,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
             // A frozen server must be thawed to die cleanly.
-            let _ = Process::new("kill")
+            let _ = OsCommand::new("kill")
                 .args(["-CONT", &c.id().to_string()])
                 .status();
         }
@@ -308,7 +369,7 @@ impl Drop for Server {
 }
 
 fn is_root() -> bool {
-    Process::new("id")
+    OsCommand::new("id")
         .arg("-u")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
