@@ -111,6 +111,24 @@ async fn registration_numerics_count_only_during_registration() {
     assert!(!fake.has_pending_connection().await);
 }
 
+/// A PING whose token would make the PONG longer than a line may be is not echoed: nothing the
+/// bot writes goes over 512 bytes, whatever the server sends.
+#[tokio::test]
+async fn a_ping_too_long_to_answer_within_a_line_gets_no_pong() {
+    let (fake, mut c, bot) = joined("").await;
+    let token = "t".repeat(600);
+    let lines = then_echo(&mut c, &format!("PING :{token}\r\n"), "after the ping").await;
+    assert!(!lines.iter().any(|l| l.starts_with("PONG")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.len() <= 510),
+        "a line over 512 bytes"
+    );
+    c.send("PING :short\r\n").await;
+    assert_eq!(c.read_until("PONG").await, "PONG :short");
+    assert_still_connected(&bot);
+    assert!(!fake.has_pending_connection().await);
+}
+
 /// 433/432 are answers to a NICK the bot sent, about that nick; others change nothing.
 #[tokio::test]
 async fn nick_errors_count_only_for_a_nick_we_sent() {
