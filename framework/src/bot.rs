@@ -71,6 +71,7 @@ impl OutboxSettings {
             global_bytes: self.global_bytes.or(limits.global_bytes),
             line_overhead: limits.line_overhead,
             per_destination: self.per_destination.or(limits.per_destination),
+            multiline: limits.multiline,
             queue: self.queue,
             loop_repeats: self.loop_repeats,
             loop_window: self.loop_window,

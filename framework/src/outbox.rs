@@ -31,7 +31,7 @@ use crate::bot::OutboxSettings;
 use crate::health::Health;
 use crate::message::{Destination, Outgoing};
 use crate::supervisor::{CoreGuard, fault_point};
-use crate::text::split_lines;
+use crate::text::{pack_lines, split_lines};
 use crate::transport::{Ack, Delivery, Limits};
 
 /// A sustained rate with a burst allowance.
@@ -83,6 +83,8 @@ pub struct OutboxOptions {
     pub line_overhead: usize,
     /// Pace per destination; `None`: unlimited.
     pub per_destination: Option<Rate>,
+    /// Pack several lines into one message (see [`crate::transport::Limits::multiline`]).
+    pub multiline: bool,
     /// Lines that may wait, over all destinations.
     pub queue: usize,
     /// The anti-loop guard: at most this many identical texts to one destination per window
@@ -100,6 +102,7 @@ impl Default for OutboxOptions {
             global_bytes: None,
             line_overhead: 0,
             per_destination: None,
+            multiline: false,
             queue: 2000,
             loop_repeats: 5,
             loop_window: Duration::from_secs(120),
@@ -134,6 +137,7 @@ struct Limiters {
     keyed: Option<Arc<DefaultKeyedRateLimiter<Destination>>>,
     max_line_bytes: usize,
     line_overhead: usize,
+    multiline: bool,
     /// One clock for all waits: building a quanta clock calibrates it (CPUID), far too slow to
     /// do per line.
     clock: DefaultClock,
@@ -159,6 +163,7 @@ impl Limiters {
                 .map(|q| Arc::new(governor::RateLimiter::hashmap(q))),
             max_line_bytes: opts.max_line_bytes,
             line_overhead: opts.line_overhead,
+            multiline: opts.multiline,
             clock: DefaultClock::default(),
         }
     }
@@ -175,6 +180,7 @@ impl Limiters {
             keyed: self.keyed.clone(),
             max_line_bytes: opts.max_line_bytes,
             line_overhead: opts.line_overhead,
+            multiline: opts.multiline,
             clock: self.clock.clone(),
         })
     }
@@ -346,6 +352,17 @@ impl Pacing {
     /// The longest text one line may carry under the current profile.
     pub fn max_line_bytes(&self) -> usize {
         self.limiters().max_line_bytes
+    }
+
+    /// Cuts `text` into the messages the transport takes: safe single lines, or for a
+    /// multi-line transport, lines packed up to the size limit.
+    pub fn cut(&self, text: &str) -> Vec<String> {
+        let l = self.limiters();
+        if l.multiline {
+            pack_lines(text, l.max_line_bytes)
+        } else {
+            split_lines(text, l.max_line_bytes)
+        }
     }
 }
 
@@ -667,7 +684,7 @@ impl actix::Handler<Say> for Outbox {
             return;
         }
         let mut dropped = 0;
-        for line in split_lines(&out.text, self.pacing.max_line_bytes()) {
+        for line in self.pacing.cut(&out.text) {
             if !self.enqueue(out.dest.clone(), line, false) {
                 dropped += 1;
             }

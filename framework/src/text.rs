@@ -36,6 +36,28 @@ pub fn split_lines(text: &str, max_bytes: usize) -> Vec<String> {
     out
 }
 
+/// Like [`split_lines`], for a transport whose messages may hold several lines: the safe lines
+/// are joined with `\n` into as few messages of at most `max_bytes` bytes as they fit in, so a
+/// break falls between lines wherever a line fits whole, and inside a line (at a space, else a
+/// character boundary) only when it is longer than a message.
+pub fn pack_lines(text: &str, max_bytes: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in split_lines(text, max_bytes) {
+        if !current.is_empty() && current.len() + 1 + line.len() > max_bytes.max(4) {
+            out.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(&line);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 /// Removes control characters (tabs become spaces).
 fn clean(raw: &str) -> String {
     raw.chars()
@@ -100,5 +122,35 @@ mod tests {
     fn blank_lines_are_dropped() {
         assert!(split_lines("\n \n\t\n", 10).is_empty());
         assert_eq!(split_lines("a\n\nb", 10), ["a", "b"]);
+    }
+
+    #[test]
+    fn packed_messages_hold_whole_lines_where_they_fit() {
+        assert_eq!(pack_lines("a\nbb\nccc\ndddd", 7), ["a\nbb", "ccc", "dddd"]);
+        assert_eq!(
+            pack_lines("one\r\ntwo\0\n\nthree", 100),
+            ["one\ntwo\nthree"]
+        );
+        assert!(pack_lines("\n\n", 10).is_empty());
+    }
+
+    #[test]
+    fn packing_loses_nothing_and_respects_the_limit() {
+        let alphabet = ['a', 'é', '€', '𝄞', ' ', '\n'];
+        let mut rng = 7u64;
+        for max in [4usize, 5, 9, 64, 300] {
+            let text: String = (0..5000)
+                .map(|_| {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    alphabet[(rng >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            let packed = pack_lines(&text, max);
+            assert!(packed.iter().all(|m| m.len() <= max && !m.is_empty()));
+            let words = |s: &str| s.split_whitespace().collect::<String>();
+            assert_eq!(words(&packed.concat()), words(&text), "max {max}");
+        }
     }
 }

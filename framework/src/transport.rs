@@ -39,6 +39,10 @@ pub struct Limits {
     pub line_overhead: usize,
     /// Pace per destination (`None`: unlimited).
     pub per_destination: Option<Rate>,
+    /// Whether one message may carry several lines (XMPP, Webex): the outbox then packs a
+    /// reply's lines into as few messages as `max_line_bytes` allows, breaking between lines
+    /// where it can. IRC's lines are single by protocol.
+    pub multiline: bool,
 }
 
 impl Limits {
@@ -50,6 +54,7 @@ impl Limits {
             global_bytes: None,
             line_overhead: 0,
             per_destination: None,
+            multiline: false,
         }
     }
 }

@@ -254,6 +254,7 @@ async fn long_lines_cost_more_under_a_byte_budget() {
     let limits = Limits {
         global_bytes: Some(bytes),
         line_overhead: 10,
+        multiline: false,
         ..Limits::unlimited(400)
     };
     let mut bot = TestBot::with_limits(limits).with(Echo);
@@ -296,4 +297,39 @@ async fn repeated_text_is_allowed_again_after_the_loop_window() {
     bot.send("!echo again");
     assert_eq!(bot.reply().await, "again");
     assert_eq!(bot.status().outbox.collapsed, 1);
+}
+
+/// `!para N` answers N numbered lines in one reply.
+#[derive(Clone)]
+struct Para;
+
+impl Handler for Para {
+    const NAME: &'static str = "para";
+    const COMMANDS: &'static [Command] =
+        &[Command::new("para", "<n>", "Answer n lines in one reply.")];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        let n: u32 = call.arg(0)?;
+        let text: Vec<String> = (1..=n).map(|i| format!("line {i}")).collect();
+        cx.reply(text.join("\n"));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_multiline_transport_gets_lines_packed_into_few_messages() {
+    let limits = Limits {
+        multiline: true,
+        ..Limits::unlimited(30)
+    };
+    let mut bot = TestBot::with_limits(limits).with(Para);
+    bot.send("!para 9");
+    // "line 1\nline 2\nline 3\nline 4" is 27 bytes; a fifth line would make 34.
+    assert_eq!(bot.reply().await, "line 1\nline 2\nline 3\nline 4");
+    assert_eq!(bot.reply().await, "line 5\nline 6\nline 7\nline 8");
+    assert_eq!(bot.reply().await, "line 9");
+    // The same reply on a single-line transport is nine messages.
+    let mut single = TestBot::with_limits(Limits::unlimited(30)).with(Para);
+    single.send("!para 9");
+    assert_eq!(single.replies(9).await[8], "line 9");
 }

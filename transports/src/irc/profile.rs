@@ -73,6 +73,7 @@ impl Profile {
             global: Some(lines),
             global_bytes: bytes,
             line_overhead: PRIVMSG_OVERHEAD,
+            multiline: false,
             per_destination: None,
         }
     }
