@@ -2,7 +2,7 @@
 //!
 //! Every transport implements [`opsbot::transport::Transport`]: one session of one connection.
 //! Reconnecting, backoff and pacing are the framework's, so a transport only speaks its protocol.
-//! Heavy protocols come behind cargo features (`irc`), so that a console-only build stays small.
+//! Heavy protocols come behind cargo features (`irc`, `xmpp`), so that a console-only build stays small.
 //!
 //! [`check`] validates a `[bot.transport]` section without connecting, and [`from_config`] turns
 //! it into a transport: swapping protocols is a one-line config change.
@@ -10,6 +10,10 @@
 pub mod console;
 #[cfg(feature = "irc")]
 pub mod irc;
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+mod tls;
+#[cfg(feature = "xmpp")]
+pub mod xmpp;
 
 use std::path::Path;
 
@@ -21,6 +25,8 @@ pub const KINDS: &[&str] = &[
     "console",
     #[cfg(feature = "irc")]
     "irc",
+    #[cfg(feature = "xmpp")]
+    "xmpp",
 ];
 
 fn error(file: &Path, key: String, message: String, hint: Option<String>) -> ConfigError {
@@ -34,7 +40,7 @@ fn error(file: &Path, key: String, message: String, hint: Option<String>) -> Con
 }
 
 /// Reads a transport's own settings with key paths in errors.
-#[cfg_attr(not(feature = "irc"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "irc", feature = "xmpp")), allow(dead_code))]
 fn settings<T: serde::de::DeserializeOwned>(
     file: &Path,
     t: &TransportConfig,
@@ -74,6 +80,15 @@ pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
                 .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
                 .collect(),
         },
+        #[cfg(feature = "xmpp")]
+        "xmpp" => match settings::<xmpp::XmppConfig>(file, t) {
+            Err(e) => vec![e],
+            Ok(cfg) => cfg
+                .problems()
+                .into_iter()
+                .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
+                .collect(),
+        },
         other => vec![error(
             file,
             format!("{}.kind", t.key),
@@ -95,6 +110,11 @@ pub fn from_config(
         "irc" => {
             let cfg: irc::IrcConfig = settings(Path::new("<config>"), t)?;
             Ok(builder.transport(irc::Irc::new(cfg)))
+        }
+        #[cfg(feature = "xmpp")]
+        "xmpp" => {
+            let cfg: xmpp::XmppConfig = settings(Path::new("<config>"), t)?;
+            Ok(builder.transport(xmpp::Xmpp::new(cfg)))
         }
         other => Err(error(
             Path::new("<config>"),

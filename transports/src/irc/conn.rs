@@ -14,9 +14,7 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Longest line read from a server: 512 bytes of message plus 8 KiB of IRCv3 tags.
 pub(crate) const MAX_LINE: usize = 512 + 8192;
@@ -39,7 +37,7 @@ pub(crate) async fn connect(
     if !tls {
         return Ok(Box::pin(tcp));
     }
-    let config = tls_config(ca_file)?;
+    let config = crate::tls::client_config(ca_file)?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -50,37 +48,6 @@ pub(crate) async fn connect(
         .connect(name, tcp)
         .await?;
     Ok(Box::pin(stream))
-}
-
-fn tls_config(ca_file: Option<&Path>) -> io::Result<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A certificate the store cannot parse is skipped; the others still count.
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| io::Error::other(format!("CA file {}: {e}", path.display())))?;
-        for cert in certs {
-            let cert =
-                cert.map_err(|e| io::Error::other(format!("CA file {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| io::Error::other(format!("CA file {}: {e}", path.display())))?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(io::Error::other(
-            "no trusted CA certificates: install ca-certificates or set ca_file",
-        ));
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// What the reader produced.

@@ -1,0 +1,42 @@
+//! TLS client settings shared by the transports: the system's CA store plus an optional PEM
+//! file of a private CA, rustls with the ring provider.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+/// The TLS client configuration: trust the system's CA certificates and those in `ca_file`.
+pub(crate) fn client_config(ca_file: Option<&Path>) -> io::Result<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A certificate the store cannot parse is skipped; the others still count.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| io::Error::other(format!("CA file {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| io::Error::other(format!("CA file {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| io::Error::other(format!("CA file {}: {e}", path.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(io::Error::other(
+            "no trusted CA certificates: install ca-certificates or set ca_file",
+        ));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

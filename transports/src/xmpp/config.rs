@@ -1,0 +1,292 @@
+//! `[bot.transport]` for `kind = "xmpp"`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opsbot::config::Secret;
+use serde::Deserialize;
+use tokio_xmpp::jid::{BareJid, ResourcePart};
+
+/// Largest message text the config may ask for: Prosody's default stanza size limit
+/// (`c2s_stanza_size_limit`, 256 KiB) less room for the stanza around the text and its escaping.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The XMPP transport's settings, as written in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppConfig {
+    /// The bot's account, `name@domain`.
+    pub jid: String,
+    /// The account's password (write `${ENV_VAR}`).
+    pub password: Secret,
+    /// Host to connect to; without it, the JID's domain through DNS SRV
+    /// (`_xmpp-client._tcp`, or `_xmpps-client._tcp` with `direct_tls`).
+    pub server: Option<String>,
+    /// Port; 5222 (5223 with `direct_tls`) unless set or found through SRV.
+    pub port: Option<u16>,
+    /// Encrypt the connection (STARTTLS, required when on). On by default; off only for a
+    /// server on a loopback address.
+    #[serde(default = "yes")]
+    pub tls: bool,
+    /// TLS from the first byte (XEP-0368) instead of STARTTLS.
+    #[serde(default)]
+    pub direct_tls: bool,
+    /// A PEM file of CA certificates to trust besides the system's (for a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Resource to bind; the server picks one when unset.
+    pub resource: Option<String>,
+    /// Nick in rooms; the JID's name when unset.
+    pub nick: Option<String>,
+    /// Rooms to join, as room JIDs (`ops@conference.example.org`).
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// Passwords of rooms that need one, by room JID.
+    #[serde(default)]
+    pub room_passwords: BTreeMap<String, Secret>,
+    /// Longest text, in bytes, of one message the bot sends; longer replies are split.
+    pub max_message_bytes: Option<usize>,
+    /// Seconds of silence from the server before the bot pings it (XEP-0199).
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds to wait for any answer to that ping before the connection is declared dead.
+    pub ping_timeout_secs: Option<u64>,
+    /// Seconds allowed for connecting, encrypting, authenticating and binding.
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds to wait before rejoining a room the bot was kicked from (doubled for each
+    /// further removal within ten minutes, up to 30 minutes).
+    pub rejoin_delay_secs: Option<u64>,
+    /// Seconds a join may go unanswered before it counts as refused.
+    pub join_timeout_secs: Option<u64>,
+    /// Seconds before retrying a room that refused the bot; doubled for each further refusal,
+    /// up to 30 minutes.
+    pub join_retry_secs: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Whether `host` names the local machine: a loopback address or `localhost`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl XmppConfig {
+    /// The account's JID (checked by [`XmppConfig::problems`]).
+    pub fn bare_jid(&self) -> BareJid {
+        BareJid::new(&self.jid).expect("checked by problems()")
+    }
+
+    /// The host the connection goes to, when one is configured.
+    pub fn host(&self) -> String {
+        self.server
+            .clone()
+            .unwrap_or_else(|| self.bare_jid().domain().to_string())
+    }
+
+    /// The room nick.
+    pub fn nick(&self) -> String {
+        self.nick.clone().unwrap_or_else(|| {
+            self.bare_jid()
+                .node()
+                .map_or_else(|| "opsbot".to_owned(), ToString::to_string)
+        })
+    }
+
+    /// Longest text of one message.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes.unwrap_or(4096)
+    }
+
+    /// Silence before a ping.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.unwrap_or(60))
+    }
+
+    /// Wait for an answer to the ping.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs.unwrap_or(60))
+    }
+
+    /// Time allowed to connect and log in.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.unwrap_or(30))
+    }
+
+    /// Delay before rejoining after a kick.
+    pub fn rejoin_delay(&self) -> Duration {
+        Duration::from_secs(self.rejoin_delay_secs.unwrap_or(10).max(1))
+    }
+
+    /// Time a join may go unanswered.
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_secs.unwrap_or(30))
+    }
+
+    /// First wait after a refused join.
+    pub fn join_retry(&self) -> Duration {
+        Duration::from_secs(self.join_retry_secs.unwrap_or(60))
+    }
+
+    /// Everything wrong with the settings, as (key, message) pairs.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match BareJid::new(&self.jid) {
+            Err(e) => out.push(("jid".into(), format!("`{}` is not a JID: {e}", self.jid))),
+            Ok(j) if j.node().is_none() => out.push((
+                "jid".into(),
+                format!("`{}` has no account name (write name@domain)", self.jid),
+            )),
+            Ok(_) => {}
+        }
+        if self.password.expose().is_empty() {
+            out.push(("password".into(), "is empty".into()));
+        }
+        if let Some(s) = &self.server
+            && (s.trim().is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            out.push(("server".into(), format!("`{s}` is not a host name")));
+        }
+        if self.port == Some(0) {
+            out.push(("port".into(), "must be 1 to 65535".into()));
+        }
+        if !self.tls {
+            let host = self.server.clone().or_else(|| {
+                BareJid::new(&self.jid)
+                    .ok()
+                    .map(|j| j.domain().to_string())
+            });
+            if !host.as_deref().is_some_and(is_loopback) {
+                out.push((
+                    "tls".into(),
+                    "may be off only for a server on a loopback address (127.0.0.1, ::1, \
+                     localhost): the password would cross the network in the clear"
+                        .into(),
+                ));
+            }
+            if self.direct_tls {
+                out.push((
+                    "direct_tls".into(),
+                    "needs `tls = true`".into(),
+                ));
+            }
+        }
+        if let Some(r) = &self.resource
+            && (r.chars().any(char::is_control) || ResourcePart::new(r).is_err())
+        {
+            out.push(("resource".into(), format!("`{r}` is not a valid resource")));
+        }
+        if let Some(n) = &self.nick
+            && (n.trim().is_empty() || n.chars().any(char::is_control) || ResourcePart::new(n).is_err())
+        {
+            out.push(("nick".into(), format!("`{n}` is not a valid room nick")));
+        }
+        for (i, r) in self.rooms.iter().enumerate() {
+            match BareJid::new(r) {
+                Ok(j) if j.node().is_some() && j.to_string() == *r => {}
+                _ => out.push((
+                    format!("rooms[{i}]"),
+                    format!("`{r}` is not a room JID (write room@conference.example.org)"),
+                )),
+            }
+        }
+        for name in self.room_passwords.keys() {
+            if !self.rooms.contains(name) {
+                out.push((format!("room_passwords.{name}"), "is not in `rooms`".into()));
+            }
+        }
+        if let Some(m) = self.max_message_bytes
+            && !(64..=MAX_MESSAGE_BYTES).contains(&m)
+        {
+            out.push((
+                "max_message_bytes".into(),
+                format!("must be 64 to {MAX_MESSAGE_BYTES}"),
+            ));
+        }
+        for (key, v) in [
+            ("ping_interval_secs", self.ping_interval_secs),
+            ("ping_timeout_secs", self.ping_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("rejoin_delay_secs", self.rejoin_delay_secs),
+            ("join_timeout_secs", self.join_timeout_secs),
+            ("join_retry_secs", self.join_retry_secs),
+        ] {
+            if v == Some(0) {
+                out.push((key.into(), "must be at least 1".into()));
+            } else if v.is_some_and(|s| s as f64 > opsbot::config::MAX_SECS) {
+                out.push((
+                    key.into(),
+                    "is longer than the runtime's timers allow (at most a year, 31536000)".into(),
+                ));
+            }
+        }
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            out.push((
+                "ca_file".into(),
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> XmppConfig {
+        let text = format!("jid = \"bot@example.org\"\npassword = \"pw\"\n{extra}");
+        toml::from_str(&text).unwrap()
+    }
+
+    fn keys(cfg: &XmppConfig) -> Vec<String> {
+        cfg.problems().into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn plaintext_only_to_a_loopback_server() {
+        assert_eq!(keys(&config("tls = false\n")), ["tls"]);
+        assert_eq!(
+            keys(&config("tls = false\nserver = \"xmpp.example.org\"\n")),
+            ["tls"]
+        );
+        assert_eq!(
+            keys(&config("tls = false\nserver = \"10.0.0.1\"\n")),
+            ["tls"]
+        );
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost", "127.8.9.10"] {
+            let cfg = config(&format!("tls = false\nserver = \"{host}\"\n"));
+            assert!(cfg.problems().is_empty(), "{host}: {:?}", cfg.problems());
+        }
+        assert!(config("").problems().is_empty());
+    }
+
+    #[test]
+    fn jids_rooms_and_limits_are_checked() {
+        let bad = config(
+            "rooms = [\"ops@conference.example.org\", \"no-node.example.org\", \"a b@x\"]\n\
+             room_passwords = { \"other@conference.example.org\" = \"x\" }\n\
+             max_message_bytes = 10\nping_timeout_secs = 0\nnick = \"\"\n",
+        );
+        assert_eq!(
+            keys(&bad),
+            [
+                "nick",
+                "rooms[1]",
+                "rooms[2]",
+                "room_passwords.other@conference.example.org",
+                "max_message_bytes",
+                "ping_timeout_secs"
+            ]
+        );
+        let mut no_node = config("");
+        no_node.jid = "example.org".into();
+        assert_eq!(keys(&no_node), ["jid"]);
+        assert_eq!(config("").nick(), "bot");
+    }
+}

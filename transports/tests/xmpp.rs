@@ -1,0 +1,1 @@
+//! XMPP transport against a real Prosody.
