@@ -421,3 +421,63 @@ fn irc_settings_are_checked_before_connecting() {
         "{err}"
     );
 }
+
+#[test]
+fn the_irc_and_xmpp_examples_differ_only_in_their_transport() {
+    let load = |name: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(examples().join(name)).unwrap()).unwrap()
+    };
+    let (mut irc, mut xmpp) = (load("irc.toml"), load("xmpp.toml"));
+    let transport = |t: &mut toml::Table| -> toml::Value {
+        let bots = t["bot"].as_array_mut().unwrap();
+        assert_eq!(bots.len(), 1);
+        bots[0].as_table_mut().unwrap().remove("transport").unwrap()
+    };
+    let (ti, tx) = (transport(&mut irc), transport(&mut xmpp));
+    assert_eq!(ti["kind"].as_str(), Some("irc"));
+    assert_eq!(tx["kind"].as_str(), Some("xmpp"));
+    assert_eq!(irc, xmpp, "the examples differ outside [bot.transport]");
+    for (file, var) in [
+        ("irc.toml", "IRC_SASL_PASSWORD"),
+        ("xmpp.toml", "XMPP_PASSWORD"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(examples().join(file))
+            .env(var, "example-secret")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn xmpp_settings_are_checked_before_connecting() {
+    let head = "[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"xmpp\"\npassword = \"pw\"\n";
+    let (ok, _, err) = check(&format!(
+        "{head}jid = \"bot@xmpp.example.org\"\ntls = false\nrooms = [\"not a room\"]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].transport.tls`: may be off only for a server on a loopback address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`bot[0].transport.rooms[0]`: `not a room` is not a room JID"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!("{head}jid = \"bot@localhost\"\ntls = false\n"));
+    assert!(ok, "{err}");
+    let (ok, _, err) = check(&format!(
+        "{head}jid = \"bot@example.org\"\nresourse = \"x\"\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].transport.resourse`: unknown field"),
+        "{err}"
+    );
+}

@@ -154,11 +154,10 @@ impl XmppConfig {
             out.push(("port".into(), "must be 1 to 65535".into()));
         }
         if !self.tls {
-            let host = self.server.clone().or_else(|| {
-                BareJid::new(&self.jid)
-                    .ok()
-                    .map(|j| j.domain().to_string())
-            });
+            let host = self
+                .server
+                .clone()
+                .or_else(|| BareJid::new(&self.jid).ok().map(|j| j.domain().to_string()));
             if !host.as_deref().is_some_and(is_loopback) {
                 out.push((
                     "tls".into(),
@@ -168,10 +167,7 @@ impl XmppConfig {
                 ));
             }
             if self.direct_tls {
-                out.push((
-                    "direct_tls".into(),
-                    "needs `tls = true`".into(),
-                ));
+                out.push(("direct_tls".into(), "needs `tls = true`".into()));
             }
         }
         if let Some(r) = &self.resource
@@ -180,7 +176,9 @@ impl XmppConfig {
             out.push(("resource".into(), format!("`{r}` is not a valid resource")));
         }
         if let Some(n) = &self.nick
-            && (n.trim().is_empty() || n.chars().any(char::is_control) || ResourcePart::new(n).is_err())
+            && (n.trim().is_empty()
+                || n.chars().any(char::is_control)
+                || ResourcePart::new(n).is_err())
         {
             out.push(("nick".into(), format!("`{n}` is not a valid room nick")));
         }

@@ -25,8 +25,8 @@ use tokio_xmpp::parsers::ns;
 use tokio_xmpp::parsers::starttls;
 use tokio_xmpp::parsers::stream_features::StreamFeatures;
 use tokio_xmpp::xmlstream::{
-    FallibleStreamElement, PendingFeaturesRecv, ReadError, RecvFeaturesError, StreamHeader, Timeouts, XmppStream,
-    XmppStreamElement, initiate_stream,
+    FallibleStreamElement, PendingFeaturesRecv, ReadError, RecvFeaturesError, StreamHeader,
+    Timeouts, XmppStream, XmppStreamElement, initiate_stream,
 };
 
 use super::config::XmppConfig;
@@ -163,7 +163,10 @@ async fn tcp(cfg: &XmppConfig, domain: &str) -> Result<(TcpStream, String), Tran
 async fn tls(stream: BoxStream, domain: &str, ca_file: Option<&Path>) -> io::Result<BoxStream> {
     let config = crate::tls::client_config(ca_file)?;
     let name = ServerName::try_from(domain.to_owned()).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("server name {domain}: {e}"))
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("server name {domain}: {e}"),
+        )
     })?;
     let stream = TlsConnector::from(Arc::new(config))
         .connect(name, stream)
@@ -253,7 +256,12 @@ pub(crate) async fn login(
                 )));
             }
         }
-        raw = tls(plain.into_inner().into_inner(), &domain, cfg.ca_file.as_deref()).await?;
+        raw = tls(
+            plain.into_inner().into_inner(),
+            &domain,
+            cfg.ca_file.as_deref(),
+        )
+        .await?;
         security = "STARTTLS";
     } else {
         security = "plaintext (loopback)";

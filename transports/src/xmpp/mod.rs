@@ -64,10 +64,7 @@ const LEGACY_DELAY: &str = "jabber:x:delay";
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Room {
     /// Presence due (`sent: None`) or sent and not yet answered, with the nick asked for.
-    Joining {
-        sent: Option<Instant>,
-        nick: String,
-    },
+    Joining { sent: Option<Instant>, nick: String },
     /// In the room as `nick`; `live` once the replayed history is over.
     Joined {
         nick: String,
@@ -289,7 +286,8 @@ impl Session<'_> {
 
     async fn request_ack(&mut self) -> Result<(), TransportError> {
         self.link.pacing().charge_n(0, 30);
-        self.send(XmppStreamElement::SM(sm::Nonza::Req(sm::R))).await
+        self.send(XmppStreamElement::SM(sm::Nonza::Req(sm::R)))
+            .await
     }
 
     /// Takes the server's `h`: a reply is delivered once it is covered.
@@ -365,9 +363,7 @@ impl Session<'_> {
         features: &tokio_xmpp::parsers::stream_features::StreamFeatures,
     ) -> Result<bool, TransportError> {
         let sm_offered = features.stream_management.is_some();
-        if sm_offered
-            && let Some(prev) = self.x.sm.as_ref().and_then(|s| s.resume_id.clone())
-        {
+        if sm_offered && let Some(prev) = self.x.sm.as_ref().and_then(|s| s.resume_id.clone()) {
             let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
             self.stream
                 .send(&XmppStreamElement::SM(sm::Nonza::Resume(sm::Resume {
@@ -379,7 +375,8 @@ impl Session<'_> {
                 XmppStreamElement::SM(sm::Nonza::Resumed(r)) => {
                     self.sm_on = true;
                     self.x.resumed += 1;
-                    self.link.heal_event("resumed", "stream resumed: rooms kept");
+                    self.link
+                        .heal_event("resumed", "stream resumed: rooms kept");
                     self.on_ack(r.h);
                     if let Some(u) = self.x.unacked.take() {
                         // The server never got it: send it again on the resumed stream.
@@ -493,7 +490,9 @@ impl Session<'_> {
         if let Some(pw) = self.x.cfg.room_passwords.get(&room.to_string()) {
             x = x.append(Element::builder("password", ns::MUC).append(pw.expose()));
         }
-        let presence = Presence::available().with_to(to).with_payloads(vec![x.build()]);
+        let presence = Presence::available()
+            .with_to(to)
+            .with_payloads(vec![x.build()]);
         self.x.rooms.insert(
             room,
             Room::Joining {
@@ -565,7 +564,9 @@ impl Session<'_> {
                 };
                 self.last_nick = nick.clone();
                 self.link.set_nick(&nick);
-                self.x.rooms.insert(room, Room::Joined { nick, live, since });
+                self.x
+                    .rooms
+                    .insert(room, Room::Joined { nick, live, since });
                 self.publish();
             }
             PresenceType::Unavailable if own => {
@@ -656,7 +657,10 @@ impl Session<'_> {
         self.x.refusals.insert(room.clone(), backoff);
         self.link.heal_event(
             "refused",
-            format!("{room} refused the bot ({reason}); retrying in {}s", backoff.as_secs()),
+            format!(
+                "{room} refused the bot ({reason}); retrying in {}s",
+                backoff.as_secs()
+            ),
         );
         self.x.rooms.insert(
             room,
@@ -716,7 +720,11 @@ impl Session<'_> {
         if id.as_ref().is_some_and(|i| self.x.own_ids.contains(i)) {
             return;
         }
-        let incoming = match (m.type_.clone(), self.x.rooms.get(&room), from.clone().try_into_full()) {
+        let incoming = match (
+            m.type_.clone(),
+            self.x.rooms.get(&room),
+            from.clone().try_into_full(),
+        ) {
             (MessageType::Groupchat, Some(Room::Joined { nick, live, .. }), Ok(occ)) => {
                 if !live || occ.resource().as_str() == nick {
                     return;
@@ -738,16 +746,19 @@ impl Session<'_> {
                 Incoming::direct(Sender::with_name(id, occ.to_string()), text.clone())
             }
             (_, Some(_), Err(_)) => return,
-            (_, None, _) => {
-                Incoming::direct(Sender::with_name(room.to_string(), from.to_string()), text.clone())
-            }
+            (_, None, _) => Incoming::direct(
+                Sender::with_name(room.to_string(), from.to_string()),
+                text.clone(),
+            ),
         };
         self.link.incoming(Incoming { id, ..incoming });
     }
 
     async fn on_iq(&mut self, iq: Iq) -> Result<(), TransportError> {
         match iq {
-            Iq::Get { from, id, payload, .. } => {
+            Iq::Get {
+                from, id, payload, ..
+            } => {
                 if payload.is("ping", ns::PING) {
                     let mut result = Iq::Result {
                         from: None,
@@ -830,7 +841,8 @@ impl Session<'_> {
         msg.id = Some(Id(id.clone()));
         if to.try_as_full().is_ok() && self.x.rooms.contains_key(&to.to_bare()) {
             // A private message through a room carries the MUC user marker.
-            msg.payloads.push(Element::builder("x", ns::MUC_USER).build());
+            msg.payloads
+                .push(Element::builder("x", ns::MUC_USER).build());
         }
         self.x.own_ids.push_back(id);
         if self.x.own_ids.len() > OWN_IDS {
@@ -896,7 +908,8 @@ impl Session<'_> {
                     }
                 }
                 Due::Rejoin => {
-                    self.link.heal_event("rejoin", format!("joining {room} again"));
+                    self.link
+                        .heal_event("rejoin", format!("joining {room} again"));
                     let nick = self.x.cfg.nick();
                     self.join(room, nick).await?;
                 }
