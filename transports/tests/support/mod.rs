@@ -9,6 +9,8 @@
 
 pub mod chaos;
 pub mod cut;
+#[cfg(feature = "xmpp")]
+pub mod xmpp;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -696,15 +698,28 @@ impl RunningBot {
         let table: toml::Table = toml::from_str(transport_toml).unwrap();
         let cfg: IrcConfig = toml::Value::Table(table).try_into().unwrap();
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
-        let builder = Bot::builder("ircbot")
-            .transport(Irc::new(cfg))
-            .configure(|o| {
-                o.admins = vec!["*!*@127.0.0.1".into()];
-                o.reconnect.initial = Duration::from_millis(200);
-                o.reconnect.max = Duration::from_secs(2);
-                o.reconnect.refused_min = Duration::from_millis(200);
-                o.shutdown_deadline = Duration::from_secs(2);
-            });
+        Self::launch(
+            Bot::builder("ircbot").transport(Irc::new(cfg)),
+            "*!*@127.0.0.1",
+            extra,
+        )
+    }
+
+    /// Starts a bot on `transport` with the built-in handlers, the demos and `extra`; `admin`
+    /// is the admin mask.
+    pub fn launch(
+        builder: opsbot::BotBuilder,
+        admin: &str,
+        extra: impl FnOnce(opsbot::BotBuilder) -> opsbot::BotBuilder,
+    ) -> Self {
+        let admin = admin.to_owned();
+        let builder = builder.configure(|o| {
+            o.admins = vec![admin];
+            o.reconnect.initial = Duration::from_millis(200);
+            o.reconnect.max = Duration::from_secs(2);
+            o.reconnect.refused_min = Duration::from_millis(200);
+            o.shutdown_deadline = Duration::from_secs(2);
+        });
         let builder = opsbot_handlers::add_builtins(builder)
             .handler(opsbot_handlers::demo::Lines)
             .handler(opsbot_handlers::demo::Boom);
