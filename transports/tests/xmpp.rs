@@ -291,3 +291,248 @@ async fn a_wrong_password_is_one_refusal_at_the_floor_not_a_loop() {
     let s = bot.status();
     assert_eq!(reconnects(&s), 1, "{:?}", s.healing_log);
 }
+
+/// Lines of the form `line i of n` in `bodies`: (first occurrences in order, duplicates).
+fn numbered(bodies: &[String]) -> (Vec<usize>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut order = Vec::new();
+    let mut dups = 0;
+    for b in bodies {
+        let i: usize = b
+            .strip_prefix("line ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a numbered line: {b:?}"));
+        if seen.insert(i) {
+            order.push(i);
+        } else {
+            dups += 1;
+        }
+    }
+    (order, dups)
+}
+
+/// The count after `what` in the transport's detail (`3 re-sent`).
+fn count_in(detail: &str, what: &str) -> usize {
+    detail
+        .split(';')
+        .flat_map(|part| part.split(','))
+        .find_map(|p| p.trim().strip_suffix(what)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{what}` count in {detail:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_killed_and_restarted_mid_answer_the_answer_arrives_complete() {
+    let mut prosody = server();
+    let bot = bot(&prosody, &["ops"], "");
+    ready(&bot, 1).await;
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.chat(BOT, "!lines 50").await;
+    let mut bodies = Vec::new();
+    while bodies.len() < 10 {
+        bodies.push(alice.expect_from(BOT, T).await.body);
+    }
+    prosody.kill();
+    let killed = Instant::now();
+    prosody.restart();
+    // Back in the room and connected again, within a bound the backoff (at most 2 s in these
+    // tests) and login explain.
+    let s = bot
+        .wait_status(Duration::from_secs(30), "back after the restart", |s| {
+            reconnects(s) >= 1 && connected(s) && detail(s).contains("joined as opsbot")
+        })
+        .await;
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while numbered(&bodies).0.len() < 50 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(said) = alice.next_from(BOT, left).await else {
+            panic!("lines missing after the restart: {:?}", numbered(&bodies));
+        };
+        bodies.push(said.body);
+    }
+    let (order, dups) = numbered(&bodies);
+    assert_eq!(order, (1..=50).collect::<Vec<_>>(), "lost or out of order");
+    let resent = count_in(&detail(&bot.status()), "re-sent");
+    assert!(
+        dups <= resent,
+        "{dups} duplicates but only {resent} lines were sent again unacknowledged"
+    );
+    // Still answering, in the room too.
+    alice.join(&room("ops"), "alice").await;
+    alice.groupchat(&room("ops"), "!echo after").await;
+    assert_eq!(
+        alice.expect_in_room(&room("ops"), "opsbot", T).await.body,
+        "after"
+    );
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_prosody_is_detected_within_the_keepalive_bound_and_healed_after_it_thaws() {
+    let prosody = server();
+    // ping_interval_secs = 2, ping_timeout_secs = 3: dead after at most 5 s of silence.
+    let bot = bot(&prosody, &["ops"], "");
+    ready(&bot, 1).await;
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    prosody.freeze();
+    let frozen = Instant::now();
+    let s = bot
+        .wait_status(Duration::from_secs(15), "the dead link noticed", |s| {
+            reconnects(s) >= 1
+        })
+        .await;
+    let noticed = frozen.elapsed();
+    // 5 s of silence at most, plus a tick and a loaded machine.
+    assert!(
+        noticed < Duration::from_secs(9),
+        "noticed after {noticed:?}"
+    );
+    let entry = s
+        .healing_log
+        .iter()
+        .find(|e| e.action == "reconnect")
+        .unwrap();
+    assert!(
+        entry.detail.contains("no answer from the server within 3s"),
+        "{}",
+        entry.detail
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    prosody.thaw();
+    bot.wait_status(Duration::from_secs(30), "connected again", |s| {
+        connected(s) && detail(s).contains("joined as opsbot")
+    })
+    .await;
+    alice.chat(BOT, "!echo thawed").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "thawed");
+}
+
+/// Alice in a room, for the shared cut scenario.
+struct InRoom {
+    user: XmppUser,
+    room: String,
+}
+
+impl support::cut::ChatUser for InRoom {
+    async fn ask(&mut self, text: &str) {
+        self.user.groupchat(&self.room, text).await;
+    }
+
+    async fn next_from_bot(&mut self, within: Duration) -> Option<String> {
+        let said = self.user.next_in_room(&self.room, "opsbot", within).await?;
+        Some(said.body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_lost_when_the_network_cuts_the_bot_off_and_the_stream_resumes() {
+    let prosody = server();
+    let proxy = support::cut::CutProxy::start(prosody.port).await;
+    let rooms = [room("cut")];
+    let text = prosody
+        .bot_toml("opsbot", "botpass", &[rooms[0].as_str()], "")
+        .replace(
+            &format!("port = {}", prosody.port),
+            &format!("port = {}", proxy.port),
+        );
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b,
+    );
+    ready(&bot, 1).await;
+    let mut user = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    user.join(&room("cut"), "alice").await;
+    let mut alice = InRoom {
+        user,
+        room: room("cut"),
+    };
+    support::cut::nothing_lost_across_a_cut(&mut alice, &proxy, 30, 10, T).await;
+    let d = detail(&bot.status());
+    assert_eq!(count_in(&d, "resumed"), 1, "{d}");
+    assert_eq!(reconnects(&bot.status()), 1);
+}
+
+/// `!big N`: one reply of N characters of 1, 2, 3 and 4 bytes, no spaces.
+#[derive(Clone)]
+struct Big;
+
+fn big(n: usize) -> String {
+    "aé€𝄞".chars().cycle().take(n).collect()
+}
+
+impl opsbot::prelude::Handler for Big {
+    const NAME: &'static str = "big";
+    const COMMANDS: &'static [opsbot::prelude::Command] = &[opsbot::prelude::Command::new(
+        "big",
+        "<n>",
+        "Answer n characters.",
+    )];
+
+    async fn command(
+        &mut self,
+        cx: &mut opsbot::prelude::Context,
+        call: opsbot::prelude::Call,
+    ) -> opsbot::prelude::Result {
+        let n: usize = call.arg(0)?;
+        cx.reply(big(n));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20000_character_reply_arrives_whole_in_messages_within_the_limit() {
+    let prosody = server();
+    let bot = bot_with(&prosody, &[], "max_message_bytes = 1000\n", |b| {
+        b.handler(Big)
+    });
+    ready(&bot, 0).await;
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.chat(BOT, "!big 20000").await;
+    let want = big(20_000);
+    let mut got = String::new();
+    let mut messages = 0;
+    while got.len() < want.len() {
+        let body = alice.expect_from(BOT, T).await.body;
+        assert!(body.len() <= 1000, "a message of {} bytes", body.len());
+        got.push_str(&body);
+        messages += 1;
+    }
+    assert_eq!(got, want);
+    // Full messages: a cut only where the next character would not fit.
+    assert!(messages <= want.len().div_ceil(997), "{messages} messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_line_answer_with_the_default_pace_loses_nothing_and_keeps_the_link() {
+    let prosody = server();
+    let bot = bot(&prosody, &["ops"], "");
+    ready(&bot, 1).await;
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.join(&room("ops"), "alice").await;
+    alice.groupchat(&room("ops"), "!lines 200").await;
+    let start = Instant::now();
+    let mut bodies = Vec::new();
+    while bodies.len() < 200 {
+        bodies.push(
+            alice
+                .expect_in_room(&room("ops"), "opsbot", Duration::from_secs(30))
+                .await
+                .body,
+        );
+    }
+    let took = start.elapsed();
+    let expected: Vec<String> = (1..=200).map(|i| format!("line {i} of 200")).collect();
+    assert_eq!(bodies, expected);
+    let s = bot.status();
+    assert_eq!(reconnects(&s), 0, "{:?}", s.healing_log);
+    assert_eq!(s.outbox.dropped, 0);
+    println!(
+        "200 lines in {:.1} s: {:.1} lines/s",
+        took.as_secs_f64(),
+        200.0 / took.as_secs_f64()
+    );
+}

@@ -22,11 +22,12 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::jid::BareJid;
 use tokio_xmpp::parsers::ns;
+use tokio_xmpp::parsers::sm;
 use tokio_xmpp::parsers::starttls;
 use tokio_xmpp::parsers::stream_features::StreamFeatures;
 use tokio_xmpp::xmlstream::{
-    FallibleStreamElement, PendingFeaturesRecv, ReadError, RecvFeaturesError, StreamHeader,
-    Timeouts, XmppStream, XmppStreamElement, initiate_stream,
+    FallibleStreamElement, PendingFeaturesRecv, ReadError, RecvFeaturesError, StreamElementError,
+    StreamHeader, Timeouts, XmppStream, XmppStreamElement, initiate_stream,
 };
 
 use super::config::XmppConfig;
@@ -205,6 +206,17 @@ async fn next<S: tokio::io::AsyncBufRead + AsyncWrite + Unpin>(
             Some(Err(ReadError::HardError(e))) => return Err(e.into()),
             Some(Err(ReadError::ParseError(e))) => {
                 return Err(conn_err(format!("unreadable XML while logging in: {e}")));
+            }
+            Some(Ok(FallibleStreamElement::Err(StreamElementError::InvalidNonza {
+                qname,
+                ..
+            }))) if qname.0.as_str() == ns::SM && qname.1.as_str() == "failed" => {
+                // XEP-0198 makes `h` optional on <failed/> (Prosody leaves it out);
+                // xmpp-parsers 0.23 requires it.
+                return Ok(XmppStreamElement::SM(sm::Nonza::Failed(sm::Failed {
+                    h: None,
+                    error: None,
+                })));
             }
             Some(Ok(el)) => match el.into_read_error() {
                 Ok(XmppStreamElement::StreamError(e)) => return Err(stream_error(&e.0)),

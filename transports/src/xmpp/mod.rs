@@ -363,17 +363,23 @@ impl Session<'_> {
         features: &tokio_xmpp::parsers::stream_features::StreamFeatures,
     ) -> Result<bool, TransportError> {
         let sm_offered = features.stream_management.is_some();
-        if sm_offered && let Some(prev) = self.x.sm.as_ref().and_then(|s| s.resume_id.clone()) {
+        // The id is taken out for the attempt: whatever goes wrong with it, the next
+        // connection starts afresh instead of trying the same resumption again.
+        let prev = self.x.sm.as_mut().and_then(|s| s.resume_id.take());
+        if sm_offered && let Some(prev) = prev {
             let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
             self.stream
                 .send(&XmppStreamElement::SM(sm::Nonza::Resume(sm::Resume {
                     h,
-                    previd: sm::StreamId(prev),
+                    previd: sm::StreamId(prev.clone()),
                 })))
                 .await?;
             match conn::next_element(&mut self.stream).await? {
                 XmppStreamElement::SM(sm::Nonza::Resumed(r)) => {
                     self.sm_on = true;
+                    if let Some(sm) = self.x.sm.as_mut() {
+                        sm.resume_id = Some(prev);
+                    }
                     self.x.resumed += 1;
                     self.link
                         .heal_event("resumed", "stream resumed: rooms kept");
@@ -872,7 +878,7 @@ impl Session<'_> {
             && now.duration_since(since) > timeout
         {
             return Err(TransportError::Connection(format!(
-                "no acknowledgement from the server within {}s",
+                "no answer from the server within {}s (acknowledgement)",
                 timeout.as_secs()
             )));
         }
@@ -1092,7 +1098,7 @@ impl Transport for Xmpp {
                     Some(Err(ReadError::HardError(e))) => {
                         if e.kind() == std::io::ErrorKind::TimedOut {
                             return Err(TransportError::Connection(format!(
-                                "no answer to the keep-alive within {}s",
+                                "no answer from the server within {}s (keep-alive)",
                                 s.x.cfg.ping_timeout().as_secs()
                             )));
                         }
