@@ -1,0 +1,245 @@
+//! The XMPP transport against a server that misbehaves: a fake one on loopback that speaks just
+//! enough XMPP to log the bot in, then sends what a real server would not (or a broken one
+//! would): history without stamps, unknown elements, invalid stanzas, a 1 MB message, forged
+//! senders, carbons, and finally XML that does not parse.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use opsbot::health::{ActorKind, ConnState};
+use opsbot_transports::xmpp::{Xmpp, XmppConfig};
+use support::RunningBot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(10);
+const ROOM: &str = "ops@conference.localhost";
+
+/// One connection from the bot, scripted by the test.
+struct Conn {
+    tcp: TcpStream,
+    /// What the bot wrote and the test has not yet consumed.
+    buf: String,
+}
+
+impl Conn {
+    async fn send(&mut self, xml: &str) {
+        self.tcp.write_all(xml.as_bytes()).await.unwrap();
+    }
+
+    /// Reads until `needle` has arrived; answers everything up to and including it.
+    async fn until(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(i) = self.buf.find(needle) {
+                let rest = self.buf.split_off(i + needle.len());
+                return std::mem::replace(&mut self.buf, rest);
+            }
+            let mut chunk = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.tcp.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} from the bot; got {:?}", self.buf))
+                .unwrap();
+            assert!(
+                n > 0,
+                "the bot closed the connection waiting for {needle:?}"
+            );
+            self.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    }
+
+    /// Logs the bot in (PLAIN, bind; no stream management) and lets it into the room with
+    /// the given history before the subject.
+    async fn log_in(&mut self, history: &str) {
+        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+                      xmlns:stream='http://etherx.jabber.org/streams' id='s1' \
+                      from='localhost' version='1.0'>";
+        self.until("version='1.0'>").await;
+        self.send(&format!(
+            "{header}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+             <mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+        ))
+        .await;
+        self.until("</auth>").await;
+        self.send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+            .await;
+        self.until("version='1.0'>").await;
+        self.send(&format!(
+            "{header}<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+             </stream:features>"
+        ))
+        .await;
+        let bind = self.until("</iq>").await;
+        let id = bind
+            .split("id=")
+            .nth(1)
+            .and_then(|r| r.get(1..))
+            .and_then(|r| r.split(['\'', '"']).next())
+            .unwrap()
+            .to_owned();
+        self.send(&format!(
+            "<iq type='result' id='{id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <jid>opsbot@localhost/bot</jid></bind></iq>"
+        ))
+        .await;
+        self.until(&format!("{ROOM}/opsbot")).await;
+        self.send(&format!(
+            "<presence from='{ROOM}/alice' to='opsbot@localhost/bot'>\
+             <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' \
+             role='moderator' jid='alice@localhost/x'/></x></presence>\
+             <presence from='{ROOM}/opsbot' to='opsbot@localhost/bot'>\
+             <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' \
+             role='participant'/><status code='110'/></x></presence>\
+             {history}\
+             <message type='groupchat' from='{ROOM}' to='opsbot@localhost/bot'>\
+             <subject>ops</subject></message>"
+        ))
+        .await;
+    }
+
+    /// The bodies of the messages the bot sends, up to and including one that says `last`.
+    async fn bodies_until(&mut self, last: &str) -> Vec<String> {
+        let text = self.until(&format!(">{last}</body>")).await;
+        text.split("<body")
+            .skip(1)
+            .filter_map(|b| b.split_once('>').map(|(_, r)| r))
+            .map(|b| b.split("</body>").next().unwrap_or(b).to_owned())
+            .collect()
+    }
+}
+
+fn from_alice(body: &str) -> String {
+    format!(
+        "<message type='chat' from='alice@localhost/x' to='opsbot@localhost/bot' id='a'>\
+         <body>{body}</body></message>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_server_input_is_skipped_or_handled_without_a_crash_or_a_reconnect_loop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = format!(
+        "jid = \"opsbot@localhost\"\npassword = \"pw\"\nserver = \"127.0.0.1\"\nport = {port}\n\
+         tls = false\nresource = \"bot\"\nrooms = [\"{ROOM}\"]\n"
+    );
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b,
+    );
+    let (tcp, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut c = Conn {
+        tcp,
+        buf: String::new(),
+    };
+    // History as a server may send it although the bot asked for none: one stamped, one not,
+    // both before the subject.
+    c.log_in(&format!(
+        "<message type='groupchat' from='{ROOM}/alice' id='h1'><body>!echo old stamped</body>\
+         <delay xmlns='urn:xmpp:delay' from='{ROOM}' stamp='2026-01-01T00:00:00Z'/></message>\
+         <message type='groupchat' from='{ROOM}/alice' id='h2'><body>!echo old unstamped</body>\
+         </message>"
+    ))
+    .await;
+    bot.wait_status(T, "in the room", |s| {
+        s.actor(ActorKind::Transport, "xmpp")
+            .and_then(|a| a.detail.clone())
+            .is_some_and(|d| d.contains("joined as opsbot") && !d.contains("(history)"))
+    })
+    .await;
+    c.send(&format!(
+        "<message type='groupchat' from='{ROOM}/alice' id='l1'><body>!echo live</body></message>"
+    ))
+    .await;
+    let big = "A".repeat(1024 * 1024);
+    let hostile = [
+        // A stanza that does not parse (an iq without an id) and one with an unknown payload.
+        "<iq type='get' from='alice@localhost/x'><query xmlns='urn:example:q'/></iq>".to_owned(),
+        format!(
+            "<message type='chat' from='alice@localhost/x' id='u'><body>!echo one</body>\
+             <weird xmlns='urn:example:w'><deep/></weird></message>"
+        ),
+        // The bot's own account as the sender, a carbon, an error and a headline.
+        "<message type='chat' from='opsbot@localhost/evil'><body>!echo forged</body></message>"
+            .to_owned(),
+        "<message type='chat' from='opsbot@localhost'><received xmlns='urn:xmpp:carbons:2'>\
+         <forwarded xmlns='urn:xmpp:forward:0'><message type='chat' from='alice@localhost/x'>\
+         <body>!echo carbon</body></message></forwarded></received></message>"
+            .to_owned(),
+        "<message type='error' from='alice@localhost/x'><body>!echo error</body></message>"
+            .to_owned(),
+        "<message type='headline' from='alice@localhost/x'><body>!echo headline</body></message>"
+            .to_owned(),
+        // A 1 MB message.
+        from_alice(&format!("!echo {big}")),
+        from_alice("!echo two"),
+    ];
+    for h in &hostile {
+        c.send(h).await;
+    }
+    let bodies = c.bodies_until("two").await;
+    assert_eq!(
+        bodies,
+        ["live", "one", "two"],
+        "the bot answered what it should not"
+    );
+    // The unparsable iq got nothing (an error reply at most): still one connection.
+    let s = bot.status();
+    let t = s.actor(ActorKind::Transport, "xmpp").unwrap();
+    assert_eq!(t.reconnects, 0);
+
+    // What ends a stream by the protocol's rules ends it: a top-level element that is neither
+    // a stanza nor a known nonza (RFC 6120 makes it a stream error), then XML that does not
+    // parse. Each is one reconnect, then business as usual.
+    let mut old = c;
+    for (n, (poison, word)) in [
+        ("<foo xmlns='urn:example:unknown'><bar/></foo>", "three"),
+        ("<message from='alice@localhost/x'><body>x</wrong>", "four"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        old.send(poison).await;
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
+            .await
+            .expect("the bot reconnects")
+            .unwrap();
+        let mut next = Conn {
+            tcp,
+            buf: String::new(),
+        };
+        next.log_in("").await;
+        let want = u32::try_from(n).unwrap() + 1;
+        bot.wait_status(T, "back in the room", |s| {
+            s.actor(ActorKind::Transport, "xmpp")
+                .is_some_and(|a| a.conn == Some(ConnState::Connected) && a.reconnects == want)
+        })
+        .await;
+        next.send(&from_alice(&format!("!echo {word}"))).await;
+        assert_eq!(next.bodies_until(word).await, [word]);
+        old = next;
+    }
+    // No further connection attempts: the bad XML was one event, not a loop.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), listener.accept())
+            .await
+            .is_err(),
+        "the bot connected again"
+    );
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "xmpp")
+            .unwrap()
+            .reconnects,
+        2
+    );
+    drop(old);
+}
