@@ -968,6 +968,16 @@ impl Session<'_> {
                 self.on_ack(a.h);
                 if self.x.unacked.is_some() {
                     self.request_ack().await?;
+                } else {
+                    // Answer with our own count (XEP-0198 allows an <a/> at any time): the
+                    // server's <a/> otherwise waits for a delayed TCP acknowledgement, and a
+                    // server that does not disable Nagle's algorithm (Prosody) then holds its
+                    // next stanza to us until that comes, up to 40 ms on Linux.
+                    let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
+                    self.link.pacing().charge_n(0, 40);
+                    self.stream
+                        .send(&XmppStreamElement::SM(sm::Nonza::Ack(sm::A { h })))
+                        .await?;
                 }
             }
             XmppStreamElement::StreamError(e) => return Err(conn::stream_error(&e.0)),

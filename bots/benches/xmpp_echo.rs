@@ -1,0 +1,153 @@
+//! `!echo` round trips through a real Prosody: the `opsbot` binary against the floor, a minimal
+//! client-to-client echo (a bare XML-stream client that answers every chat message) on the same
+//! server; then the 200-line answer with the default pace and Prosody's default limits.
+//!
+//! Both subjects connect in plaintext over loopback, so the numbers compare the same path. For
+//! the round trips the server's c2s limit and the bot's pacing and budget are raised.
+//! Run: `cargo bench -p opsbot-bots --bench xmpp_echo` (`cargo test --benches` runs a short
+//! version).
+
+#[path = "../../transports/tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::Process;
+use support::xmpp::{Prosody, XmppUser};
+use tokio_xmpp::Stanza;
+use tokio_xmpp::parsers::message::MessageType;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn opsbot(prosody: &Prosody, raised: bool) -> Process {
+    let limits = if raised {
+        "[bot.budget]\ncommands_per_minute = 0\n[bot.outbox]\nrate = 0\nbyte_rate = 0\nloop_repeats = 0\n"
+    } else {
+        ""
+    };
+    let config = format!(
+        "[log]\nlevel = \"warn\"\n[[bot]]\nname = \"bench\"\nhandlers = [\"lines\"]\n[bot.transport]\nkind = \"xmpp\"\n\
+         jid = \"opsbot@localhost\"\npassword = \"botpass\"\nserver = \"127.0.0.1\"\nport = {}\n\
+         tls = false\nresource = \"bot\"\n{limits}",
+        prosody.port
+    );
+    Process::opsbot(env!("CARGO_BIN_EXE_opsbot"), &config)
+}
+
+/// The floor: answers `!echo X` with `X`, nothing else.
+async fn floor_echo(port: u16) {
+    let mut me = XmppUser::connect_as(port, "echo", "echopass", "floor").await;
+    loop {
+        let Some(Stanza::Message(m)) = me
+            .next_stanza(Instant::now() + Duration::from_secs(3600))
+            .await
+        else {
+            continue;
+        };
+        let (Some(from), Some(body)) = (m.from.clone(), m.bodies.values().next()) else {
+            continue;
+        };
+        if let Some(text) = body.strip_prefix("!echo ") {
+            me.message(&from.to_string(), MessageType::Chat, text).await;
+        }
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Waits until `to` answers (the bot may still be logging in), then times `n` sequential round
+/// trips.
+async fn round_trips(user: &mut XmppUser, to: &str, n: usize) -> (Duration, Duration) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        user.chat(to, "!echo ready").await;
+        if user
+            .next_from(to, Duration::from_millis(500))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{to} never answered");
+    }
+    // Late answers to the readiness probes.
+    while user
+        .next_from(to, Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let text = format!("seq{i}");
+        let t = Instant::now();
+        user.chat(to, &format!("!echo {text}")).await;
+        loop {
+            let said = user.expect_from(to, PATIENCE).await;
+            if said.body == text {
+                break;
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    (pct(&lat, 0.5), pct(&lat, 0.99))
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 20 } else { 1000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Round trips, limits raised.
+        let prosody = Prosody::start_with("limits = { c2s = { rate = \"100mb/s\"; burst = \"2s\" } }");
+        for (user, pw) in [("opsbot", "botpass"), ("alice", "alicepass"), ("echo", "echopass")] {
+            prosody.register(user, pw);
+        }
+        let bot = opsbot(&prosody, true);
+        let floor = tokio::spawn(floor_echo(prosody.port));
+        let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+        let (f50, f99) = round_trips(&mut alice, "echo@localhost/floor", n).await;
+        let (b50, b99) = round_trips(&mut alice, "opsbot@localhost", n).await;
+        let (rss, cpu) = bot.usage();
+        floor.abort();
+        println!("{n} sequential round trips, Prosody 0.12, limits raised:");
+        println!("  floor (client-to-client echo): p50 {f50:.2?} p99 {f99:.2?}");
+        println!(
+            "  opsbot:                        p50 {b50:.2?} p99 {b99:.2?} | peak RSS {rss:.1} MiB, CPU {cpu:.2} s"
+        );
+        println!(
+            "xmpp_echo: opsbot/floor latency ratio p50 {:.2}, p99 {:.2}",
+            b50.as_secs_f64() / f50.as_secs_f64(),
+            b99.as_secs_f64() / f99.as_secs_f64()
+        );
+        drop(bot);
+        drop(prosody);
+
+        // The 200-line answer with the defaults, on a Prosody with its default limits.
+        let prosody = Prosody::start();
+        prosody.register("opsbot", "botpass");
+        prosody.register("alice", "alicepass");
+        let bot = opsbot(&prosody, false);
+        let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+        round_trips(&mut alice, "opsbot@localhost", 1).await;
+        let lines = if quick { 40 } else { 200 };
+        let t = Instant::now();
+        alice.chat("opsbot@localhost", &format!("!lines {lines}")).await;
+        for i in 1..=lines {
+            let said = alice.expect_from("opsbot@localhost", PATIENCE).await;
+            assert_eq!(said.body, format!("line {i} of {lines}"));
+        }
+        let took = t.elapsed().as_secs_f64();
+        let (rss, _) = bot.usage();
+        println!(
+            "xmpp_echo: {lines}-line answer with default pacing: {took:.1} s, {:.1} lines/s, nothing lost; peak RSS {rss:.1} MiB",
+            f64::from(lines) / took
+        );
+    });
+}
