@@ -163,10 +163,9 @@ async fn hostile_server_input_is_skipped_or_handled_without_a_crash_or_a_reconne
     let hostile = [
         // A stanza that does not parse (an iq without an id) and one with an unknown payload.
         "<iq type='get' from='alice@localhost/x'><query xmlns='urn:example:q'/></iq>".to_owned(),
-        format!(
-            "<message type='chat' from='alice@localhost/x' id='u'><body>!echo one</body>\
-             <weird xmlns='urn:example:w'><deep/></weird></message>"
-        ),
+        "<message type='chat' from='alice@localhost/x' id='u'><body>!echo one</body>\
+         <weird xmlns='urn:example:w'><deep/></weird></message>"
+            .to_owned(),
         // The bot's own account as the sender, a carbon, an error and a headline.
         "<message type='chat' from='opsbot@localhost/evil'><body>!echo forged</body></message>"
             .to_owned(),

@@ -269,16 +269,12 @@ impl XmppUser {
             .send(&XmppStreamElement::Stanza(bind.into()))
             .await
             .unwrap();
-        let jid = loop {
-            match stream.next().await.unwrap().unwrap() {
-                FallibleStreamElement::Ok(XmppStreamElement::Stanza(Stanza::Iq(Iq::Result {
-                    payload: Some(p),
-                    ..
-                }))) => {
-                    break FullJid::new(&p.get_child("jid", ns::BIND).unwrap().text()).unwrap();
-                }
-                other => panic!("while binding: {other:?}"),
-            }
+        let jid = match stream.next().await.unwrap().unwrap() {
+            FallibleStreamElement::Ok(XmppStreamElement::Stanza(Stanza::Iq(Iq::Result {
+                payload: Some(p),
+                ..
+            }))) => FullJid::new(&p.get_child("jid", ns::BIND).unwrap().text()).unwrap(),
+            other => panic!("while binding: {other:?}"),
         };
         let mut u = Self {
             jid,
@@ -349,9 +345,8 @@ impl XmppUser {
 
     async fn next_presence(&mut self, deadline: Instant) -> Option<Presence> {
         loop {
-            match self.next_stanza(deadline).await? {
-                Stanza::Presence(p) => return Some(p),
-                _ => {}
+            if let Stanza::Presence(p) = self.next_stanza(deadline).await? {
+                return Some(p);
             }
         }
     }
