@@ -10,6 +10,9 @@ use opsbot::testkit::next_attempt_in;
 use opsbot_transports::xmpp::{Xmpp, XmppConfig};
 use support::RunningBot;
 use support::xmpp::{MUC, Prosody, XmppUser};
+use tokio_xmpp::jid::Jid;
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::MessageType;
 
 const T: Duration = Duration::from_secs(15);
@@ -561,5 +564,93 @@ async fn a_200_line_answer_with_the_default_pace_loses_nothing_and_keeps_the_lin
         "200 lines in {:.1} s: {:.1} lines/s",
         took.as_secs_f64(),
         200.0 / took.as_secs_f64()
+    );
+}
+
+/// An owner's request to the room: kick a nick, or destroy the room.
+async fn owner_request(owner: &mut XmppUser, room_jid: &str, ns: &str, child: Element) {
+    let q = Element::builder("query", ns).append(child).build();
+    let iq = Iq::Set {
+        from: None,
+        to: Some(Jid::new(room_jid).unwrap()),
+        id: "own1".into(),
+        payload: q,
+    };
+    owner.send(iq.into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicked_or_with_its_room_destroyed_the_bot_rejoins_after_a_delay() {
+    let prosody = server();
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    // Alice creates the room, so she owns it.
+    alice.join(&room("kick"), "alice").await;
+    let bot = bot(&prosody, &["kick"], "rejoin_delay_secs = 1\n");
+    ready(&bot, 1).await;
+    let item = Element::builder("item", "http://jabber.org/protocol/muc#admin")
+        .attr(
+            tokio_xmpp::minidom::rxml::NcName::try_from("nick").unwrap(),
+            "opsbot",
+        )
+        .attr(
+            tokio_xmpp::minidom::rxml::NcName::try_from("role").unwrap(),
+            "none",
+        )
+        .build();
+    owner_request(
+        &mut alice,
+        &room("kick"),
+        "http://jabber.org/protocol/muc#admin",
+        item,
+    )
+    .await;
+    let s = bot
+        .wait_status(T, "the kick noticed", |s| {
+            detail(s).contains("kicked, rejoin in")
+        })
+        .await;
+    assert!(
+        s.healing_log
+            .iter()
+            .any(|e| e.action == "removed" && e.detail.contains("kicked")),
+        "{:?}",
+        s.healing_log
+    );
+    // Back after the delay, and answering.
+    ready(&bot, 1).await;
+    alice.groupchat(&room("kick"), "!echo back").await;
+    assert_eq!(
+        alice.expect_in_room(&room("kick"), "opsbot", T).await.body,
+        "back"
+    );
+    // The second removal within ten minutes waits twice as long.
+    let destroy = Element::builder("destroy", "http://jabber.org/protocol/muc#owner").build();
+    owner_request(
+        &mut alice,
+        &room("kick"),
+        "http://jabber.org/protocol/muc#owner",
+        destroy,
+    )
+    .await;
+    let s = bot
+        .wait_status(T, "the destruction noticed", |s| {
+            detail(s).contains("destroyed, rejoin in")
+        })
+        .await;
+    assert!(
+        s.healing_log.iter().any(|e| e.action == "removed"
+            && e.detail.contains("destroyed")
+            && e.detail.contains("rejoining in 2s")),
+        "{:?}",
+        s.healing_log
+    );
+    ready(&bot, 1).await;
+    assert!(
+        bot.status()
+            .healing_log
+            .iter()
+            .filter(|e| e.action == "rejoin")
+            .count()
+            >= 2
     );
 }
