@@ -359,6 +359,7 @@ fn every_example_config_checks_clean() {
                 .args(["check", "--config"])
                 .arg(&path)
                 .env("IRC_SASL_PASSWORD", "from-the-environment")
+                .env("XMPP_PASSWORD", "from-the-environment")
                 .output()
                 .unwrap();
             assert!(
