@@ -7,6 +7,8 @@
 //! [`check`] validates a `[bot.transport]` section without connecting, and [`from_config`] turns
 //! it into a transport: swapping protocols is a one-line config change.
 
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+mod common;
 pub mod console;
 #[cfg(feature = "irc")]
 pub mod irc;
@@ -56,6 +58,22 @@ fn settings<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Reads a transport's settings and lists their problems, keys prefixed with the section's.
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+fn checked<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    t: &TransportConfig,
+    problems: fn(&T) -> Vec<(String, String)>,
+) -> Vec<ConfigError> {
+    match settings::<T>(file, t) {
+        Err(e) => vec![e],
+        Ok(cfg) => problems(&cfg)
+            .into_iter()
+            .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
+            .collect(),
+    }
+}
+
 /// Checks a transport section without connecting; returns every problem.
 pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
     match t.kind.as_str() {
@@ -72,23 +90,9 @@ pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
             })
             .collect(),
         #[cfg(feature = "irc")]
-        "irc" => match settings::<irc::IrcConfig>(file, t) {
-            Err(e) => vec![e],
-            Ok(cfg) => cfg
-                .problems()
-                .into_iter()
-                .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
-                .collect(),
-        },
+        "irc" => checked(file, t, irc::IrcConfig::problems),
         #[cfg(feature = "xmpp")]
-        "xmpp" => match settings::<xmpp::XmppConfig>(file, t) {
-            Err(e) => vec![e],
-            Ok(cfg) => cfg
-                .problems()
-                .into_iter()
-                .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
-                .collect(),
-        },
+        "xmpp" => checked(file, t, xmpp::XmppConfig::problems),
         other => vec![error(
             file,
             format!("{}.kind", t.key),

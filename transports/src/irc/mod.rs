@@ -37,6 +37,7 @@ use opsbot::transport::{Delivery, Limits, Link, SessionEnd, Transport, Transport
 pub use config::{IrcConfig, ProfileChoice, SaslConfig};
 pub use profile::Profile;
 
+use crate::common::{Removals, refusal_backoff};
 use conn::{LineReader, LineWriter, Read};
 
 /// The most a server relays in one line, CRLF included (RFC 1459 §2.3).
@@ -48,15 +49,10 @@ const ASSUMED_HOST: usize = 63;
 /// Longest target we size the outbox's split for (channel or nick); longer ones are cut exactly
 /// at send time.
 const ASSUMED_TARGET: usize = 50;
-/// The longest wait before retrying a channel that refused us; the first wait is the config's
-/// `join_retry_secs` (60 by default), doubling per refusal.
-const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// After "cannot send to channel" (404: moderated, quieted, banned), lines for the channel are
 /// dropped this long instead of each costing an error reply (ngircd charges 2 s apiece, enough
 /// to delay our PONG into a ping timeout).
 const MUTE: Duration = Duration::from_secs(60);
-/// A kick or forced part this long after the previous one starts the rejoin delay afresh.
-const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
 /// Lines sent this recently still weigh on the server's flood counter when the pacing budget is
 /// replaced (InspIRCd forgets one point a second; a burst is a few points).
 const RECENT: Duration = Duration::from_secs(10);
@@ -120,8 +116,8 @@ pub struct Irc {
     nicks: Vec<String>,
     channels: BTreeMap<String, Chan>,
     profile: Profile,
-    /// Per channel: removals (kicks, forced parts) in a row, and when the last one was.
-    removals: BTreeMap<String, (u32, Instant)>,
+    /// Per channel: kicks and forced parts, for the rejoin delay.
+    removals: Removals<String>,
     /// Channels being joined (folded names): the outbox holds their lines until we are in.
     waiting: Arc<Mutex<BTreeSet<String>>>,
 }
@@ -142,24 +138,9 @@ impl Irc {
             nicks,
             channels,
             profile,
-            removals: BTreeMap::new(),
+            removals: Removals::default(),
             waiting: Arc::default(),
         }
-    }
-
-    /// How long to wait before rejoining `chan` after a kick or forced part: the configured
-    /// delay, doubled for every removal within ten minutes of the one before, up to 30 minutes,
-    /// so that a channel that keeps removing the bot is not rejoined every few seconds forever.
-    fn removal_delay(&mut self, chan: &str) -> Duration {
-        let now = Instant::now();
-        let entry = self.removals.entry(chan.to_owned()).or_insert((0, now));
-        if now.duration_since(entry.1) > REMOVALS_FORGOTTEN {
-            entry.0 = 0;
-        }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-        let doublings = entry.0.saturating_sub(1).min(16);
-        (self.cfg.rejoin_delay() * 2u32.pow(doublings)).min(REFUSED_RETRY_MAX)
     }
 
     /// The configured name of the channel the server calls `name`.
@@ -565,8 +546,10 @@ impl Session<'_> {
         };
         let chan = key.as_str();
         let backoff = match self.irc.channels.get(chan) {
-            Some(Chan::Refused { backoff, .. }) => (*backoff * 2).min(REFUSED_RETRY_MAX),
-            Some(_) => self.irc.cfg.join_retry(),
+            Some(Chan::Refused { backoff, .. }) => {
+                refusal_backoff(Some(*backoff), self.irc.cfg.join_retry())
+            }
+            Some(_) => refusal_backoff(None, self.irc.cfg.join_retry()),
             None => return,
         };
         self.irc.channels.insert(
@@ -681,7 +664,10 @@ impl Session<'_> {
                 let by = from_nick.unwrap_or("the server").to_owned();
                 match self.irc.chan_key(chan) {
                     Some(key) if self.irc.channels.get(&key) == Some(&Chan::Joined) => {
-                        let delay = self.irc.removal_delay(&key);
+                        let delay = self
+                            .irc
+                            .removals
+                            .delay(key.clone(), self.irc.cfg.rejoin_delay());
                         let event = format!(
                             "from {chan} by {by} ({}); rejoining in {}s",
                             truncate(reason.as_deref().unwrap_or("no reason"), 200),
@@ -705,7 +691,10 @@ impl Session<'_> {
                 // (REMOVE, SAPART). Come back as after a kick.
                 match self.irc.chan_key(chan) {
                     Some(key) if self.irc.channels.get(&key) == Some(&Chan::Joined) => {
-                        let delay = self.irc.removal_delay(&key);
+                        let delay = self
+                            .irc
+                            .removals
+                            .delay(key.clone(), self.irc.cfg.rejoin_delay());
                         self.irc.channels.insert(
                             key,
                             Chan::Kicked {

@@ -204,31 +204,15 @@ impl XmppConfig {
                 format!("must be 64 to {MAX_MESSAGE_BYTES}"),
             ));
         }
-        for (key, v) in [
+        out.extend(crate::common::secs_problems(&[
             ("ping_interval_secs", self.ping_interval_secs),
             ("ping_timeout_secs", self.ping_timeout_secs),
             ("connect_timeout_secs", self.connect_timeout_secs),
             ("rejoin_delay_secs", self.rejoin_delay_secs),
             ("join_timeout_secs", self.join_timeout_secs),
             ("join_retry_secs", self.join_retry_secs),
-        ] {
-            if v == Some(0) {
-                out.push((key.into(), "must be at least 1".into()));
-            } else if v.is_some_and(|s| s as f64 > opsbot::config::MAX_SECS) {
-                out.push((
-                    key.into(),
-                    "is longer than the runtime's timers allow (at most a year, 31536000)".into(),
-                ));
-            }
-        }
-        if let Some(ca) = &self.ca_file
-            && !ca.is_file()
-        {
-            out.push((
-                "ca_file".into(),
-                format!("{} is not a readable file", ca.display()),
-            ));
-        }
+        ]));
+        out.extend(crate::common::ca_file_problem(self.ca_file.as_deref()));
         out
     }
 }

@@ -193,8 +193,9 @@ async fn open<S: tokio::io::AsyncBufRead + AsyncWrite + Unpin>(
     .await?)
 }
 
-/// The next element during negotiation; soft timeouts are waited out (the hard one ends it).
-async fn next<S: tokio::io::AsyncBufRead + AsyncWrite + Unpin>(
+/// The next element while logging in and setting the stream up (binding, acknowledgements);
+/// soft timeouts are waited out (the hard one ends it).
+pub(crate) async fn next<S: tokio::io::AsyncBufRead + AsyncWrite + Unpin>(
     stream: &mut XmppStream<S>,
 ) -> Result<XmppStreamElement, TransportError> {
     loop {
@@ -321,10 +322,4 @@ pub(crate) async fn login(
         peer,
         security,
     })
-}
-
-/// The next element of a logged-in stream, for the session's own request/answer steps
-/// (binding, enabling acknowledgements).
-pub(crate) async fn next_element(stream: &mut Xml) -> Result<XmppStreamElement, TransportError> {
-    next(stream).await
 }

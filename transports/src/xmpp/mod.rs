@@ -38,6 +38,7 @@ use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmppStreamElement,
 };
 
+use crate::common::{Removals, refusal_backoff};
 pub use config::{MAX_MESSAGE_BYTES, XmppConfig};
 use conn::Xml;
 
@@ -49,10 +50,6 @@ const MESSAGE_OVERHEAD: usize = 110;
 const MAX_ELEMENT_BYTES: usize = 4 * 1024 * 1024;
 /// Longest body taken as a command; longer ones are skipped (and logged).
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
-/// Removals of a room longer ago than this no longer lengthen the next rejoin delay.
-const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
-/// The longest wait between attempts to join a room that refuses or removes the bot.
-const RETRY_MAX: Duration = Duration::from_secs(1800);
 /// How long after its join a room without a subject counts as live anyway.
 const SUBJECT_GRACE: Duration = Duration::from_secs(20);
 /// How many of our own message ids are remembered to recognise their reflections.
@@ -63,8 +60,13 @@ const LEGACY_DELAY: &str = "jabber:x:delay";
 /// Where we stand with one room.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Room {
-    /// Presence due (`sent: None`) or sent and not yet answered, with the nick asked for.
-    Joining { sent: Option<Instant>, nick: String },
+    /// Presence due (`sent: None`) or sent and not yet answered, with the nick asked for;
+    /// `refused` is the wait after the previous refusal when this join retries one.
+    Joining {
+        sent: Option<Instant>,
+        nick: String,
+        refused: Option<Duration>,
+    },
     /// In the room as `nick`; `live` once the replayed history is over.
     Joined {
         nick: String,
@@ -83,10 +85,14 @@ enum Room {
 
 /// What a room needs at a tick.
 enum Due {
-    Join(String),
-    Unanswered,
+    /// Send the join presence with this nick (and the wait after the refusal it retries).
+    Join(String, Option<Duration>),
+    /// The join went unanswered: a refusal.
+    Unanswered(Option<Duration>),
+    /// No subject came: the history is over.
     Live,
-    Rejoin,
+    /// Join again after a removal or a refusal.
+    Rejoin(Option<Duration>),
 }
 
 /// Stream management (XEP-0198) state, kept across connections for resumption.
@@ -118,10 +124,8 @@ struct Unacked {
 pub struct Xmpp {
     cfg: XmppConfig,
     rooms: BTreeMap<BareJid, Room>,
-    /// Per room: removals in a row, and when the last one was.
-    removals: BTreeMap<BareJid, (u32, Instant)>,
-    /// Per room: refusals in a row.
-    refusals: BTreeMap<BareJid, Duration>,
+    /// Per room: kicks and destructions, for the rejoin delay.
+    removals: Removals<BareJid>,
     /// Rooms being joined: the outbox holds their lines until we are in.
     waiting: Arc<Mutex<BTreeSet<String>>>,
     sm: Option<Sm>,
@@ -147,6 +151,7 @@ impl Xmpp {
                     Room::Joining {
                         sent: None,
                         nick: nick.clone(),
+                        refused: None,
                     },
                 )
             })
@@ -154,8 +159,7 @@ impl Xmpp {
         Self {
             cfg,
             rooms,
-            removals: BTreeMap::new(),
-            refusals: BTreeMap::new(),
+            removals: Removals::default(),
             waiting: Arc::default(),
             sm: None,
             unacked: None,
@@ -169,20 +173,6 @@ impl Xmpp {
     fn next_id(&mut self) -> String {
         self.counter += 1;
         format!("ob{:x}-{}", std::process::id(), self.counter)
-    }
-
-    /// How long to wait before rejoining `room` after a removal: the configured delay, doubled
-    /// for every removal within ten minutes of the one before, up to 30 minutes.
-    fn removal_delay(&mut self, room: &BareJid) -> Duration {
-        let now = Instant::now();
-        let entry = self.removals.entry(room.clone()).or_insert((0, now));
-        if now.duration_since(entry.1) > REMOVALS_FORGOTTEN {
-            entry.0 = 0;
-        }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-        let doublings = entry.0.saturating_sub(1).min(16);
-        (self.cfg.rejoin_delay() * 2u32.pow(doublings)).min(RETRY_MAX)
     }
 
     fn sync_gate(&self) {
@@ -258,19 +248,22 @@ struct Session<'a> {
     stream: Xml,
     me: FullJid,
     bare: BareJid,
-    sm_on: bool,
     ping_sent: Option<(String, Instant)>,
     peer: String,
     security: &'static str,
     occupants: HashMap<FullJid, BareJid>,
-    last_nick: String,
 }
 
 impl Session<'_> {
+    /// Whether stream management is on for this connection.
+    fn sm_on(&self) -> bool {
+        self.x.sm.is_some()
+    }
+
     async fn send(&mut self, el: XmppStreamElement) -> Result<(), TransportError> {
         let counts = matches!(el, XmppStreamElement::Stanza(_));
         self.stream.send(&el).await?;
-        if counts && self.sm_on {
+        if counts && self.sm_on() {
             let sm = self.x.sm.get_or_insert_with(Sm::default);
             sm.outbound = sm.outbound.wrapping_add(1);
             sm.oldest_unacked.get_or_insert_with(Instant::now);
@@ -332,7 +325,7 @@ impl Session<'_> {
                 ),
             })
             .collect();
-        let acks = if self.sm_on {
+        let acks = if self.sm_on() {
             let resumable = self.x.sm.as_ref().is_some_and(|s| s.resume_id.is_some());
             format!(
                 "acks on{}; {} awaiting ack, {} resumed, {} re-sent",
@@ -374,9 +367,8 @@ impl Session<'_> {
                     previd: sm::StreamId(prev.clone()),
                 })))
                 .await?;
-            match conn::next_element(&mut self.stream).await? {
+            match conn::next(&mut self.stream).await? {
                 XmppStreamElement::SM(sm::Nonza::Resumed(r)) => {
-                    self.sm_on = true;
                     if let Some(sm) = self.x.sm.as_mut() {
                         sm.resume_id = Some(prev);
                     }
@@ -431,7 +423,7 @@ impl Session<'_> {
             .send(&XmppStreamElement::Stanza(bind.into()))
             .await?;
         loop {
-            match conn::next_element(&mut self.stream).await? {
+            match conn::next(&mut self.stream).await? {
                 XmppStreamElement::Stanza(Stanza::Iq(Iq::Result {
                     id: rid,
                     payload: Some(p),
@@ -466,9 +458,8 @@ impl Session<'_> {
                 })))
                 .await?;
             loop {
-                match conn::next_element(&mut self.stream).await? {
+                match conn::next(&mut self.stream).await? {
                     XmppStreamElement::SM(sm::Nonza::Enabled(e)) => {
-                        self.sm_on = true;
                         self.x.sm = Some(Sm {
                             resume_id: e.resume.then_some(e.id).flatten().map(|i| i.0),
                             ..Sm::default()
@@ -485,8 +476,12 @@ impl Session<'_> {
         }
         Ok(false)
     }
-
-    async fn join(&mut self, room: BareJid, nick: String) -> Result<(), TransportError> {
+    async fn join(
+        &mut self,
+        room: BareJid,
+        nick: String,
+        refused: Option<Duration>,
+    ) -> Result<(), TransportError> {
         let Ok(to) = room.with_resource_str(&nick) else {
             tracing::warn!(%room, %nick, "nick not usable in a JID");
             return Ok(());
@@ -504,6 +499,7 @@ impl Session<'_> {
             Room::Joining {
                 sent: Some(Instant::now()),
                 nick,
+                refused,
             },
         );
         self.send_own(presence.into(), 200).await
@@ -519,11 +515,15 @@ impl Session<'_> {
         };
         let nick = from.resource().to_string();
         let codes = muc_codes(&p.payloads);
-        let own = codes.contains(&110)
-            || matches!(&state, Room::Joined { nick: n, .. } | Room::Joining { nick: n, .. } if *n == nick && p.type_ == PresenceType::Error);
+        let own = codes.contains(&110);
         match p.type_ {
             PresenceType::Error => {
-                let Room::Joining { nick: asked, .. } = state else {
+                let Room::Joining {
+                    nick: asked,
+                    refused,
+                    ..
+                } = state
+                else {
                     return Ok(());
                 };
                 let cond = error_condition(&p.payloads);
@@ -533,9 +533,9 @@ impl Session<'_> {
                         "nick",
                         format!("{room}: nick {asked} is taken; joining as {next}"),
                     );
-                    self.join(room, next).await?;
+                    self.join(room, next, refused).await?;
                 } else {
-                    self.refused(room, cond);
+                    self.refused(room, cond, refused);
                 }
             }
             PresenceType::None if own => {
@@ -557,18 +557,13 @@ impl Session<'_> {
                     };
                     self.send_own(iq.into(), 200).await?;
                 }
-                let rejoined = matches!(state, Room::Joining { .. });
-                if rejoined {
-                    self.x.refusals.remove(&room);
-                    if !matches!(state, Room::Joined { .. }) {
-                        tracing::info!(%room, %nick, "joined");
-                    }
+                if matches!(state, Room::Joining { .. }) {
+                    tracing::info!(%room, %nick, "joined");
                 }
                 let (live, since) = match state {
                     Room::Joined { live, since, .. } => (live, since),
                     _ => (false, Instant::now()),
                 };
-                self.last_nick = nick.clone();
                 self.link.set_nick(&nick);
                 self.x
                     .rooms
@@ -613,10 +608,14 @@ impl Session<'_> {
                     .map(Element::text)
                     .unwrap_or_default();
                 if why == "banned" {
-                    self.refused(room, format!("banned {reason}").trim_end().to_owned());
+                    let reason = format!("banned {reason}").trim_end().to_owned();
+                    self.refused(room, reason, None);
                     return Ok(());
                 }
-                let delay = self.x.removal_delay(&room);
+                let delay = self
+                    .x
+                    .removals
+                    .delay(room.clone(), self.x.cfg.rejoin_delay());
                 self.link.heal_event(
                     "removed",
                     format!(
@@ -654,13 +653,10 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn refused(&mut self, room: BareJid, reason: String) {
-        let backoff = self
-            .x
-            .refusals
-            .get(&room)
-            .map_or(self.x.cfg.join_retry(), |b| (*b * 2).min(RETRY_MAX));
-        self.x.refusals.insert(room.clone(), backoff);
+    /// The room refused the bot; `previous` is the wait after the refusal before, if this
+    /// join retried one.
+    fn refused(&mut self, room: BareJid, reason: String, previous: Option<Duration>) {
+        let backoff = refusal_backoff(previous, self.x.cfg.join_retry());
         self.link.heal_event(
             "refused",
             format!(
@@ -686,20 +682,11 @@ impl Session<'_> {
         }
         let room = from.to_bare();
         if m.type_ == MessageType::Groupchat
-            && from.resource().is_none()
             && !m.subjects.is_empty()
+            && (from.resource().is_none() || body(&m).is_none())
             && let Some(Room::Joined { live, .. }) = self.x.rooms.get_mut(&room)
         {
             // The subject ends the history the room replays on join.
-            *live = true;
-            self.publish();
-            return;
-        }
-        if m.type_ == MessageType::Groupchat
-            && body(&m).is_none()
-            && !m.subjects.is_empty()
-            && let Some(Room::Joined { live, .. }) = self.x.rooms.get_mut(&room)
-        {
             *live = true;
             self.publish();
             return;
@@ -766,17 +753,12 @@ impl Session<'_> {
                 from, id, payload, ..
             } => {
                 if payload.is("ping", ns::PING) {
-                    let mut result = Iq::Result {
+                    let result = Iq::Result {
                         from: None,
                         to: from,
                         id,
                         payload: None,
                     };
-                    if let Iq::Result { to, .. } = &mut result
-                        && to.is_none()
-                    {
-                        *to = None;
-                    }
                     self.send_own(result.into(), 80).await?;
                 } else {
                     self.refuse_iq(from, id).await?;
@@ -856,7 +838,7 @@ impl Session<'_> {
         }
         self.send(XmppStreamElement::Stanza(msg.clone().into()))
             .await?;
-        if self.sm_on {
+        if self.sm_on() {
             let seq = self.x.sm.as_ref().map_or(0, |s| s.outbound);
             self.x.unacked = Some(Unacked {
                 delivery: d,
@@ -874,7 +856,7 @@ impl Session<'_> {
         let now = Instant::now();
         let timeout = self.x.cfg.ping_timeout();
         if let Some(since) = self.x.sm.as_ref().and_then(|s| s.oldest_unacked)
-            && self.sm_on
+            && self.sm_on()
             && now.duration_since(since) > timeout
         {
             return Err(TransportError::Connection(format!(
@@ -885,39 +867,46 @@ impl Session<'_> {
         let mut due = Vec::new();
         for (room, state) in &self.x.rooms {
             let action = match state {
-                Room::Joining { sent: None, nick } => Due::Join(nick.clone()),
-                Room::Joining { sent: Some(at), .. }
-                    if now.duration_since(*at) > self.x.cfg.join_timeout() =>
-                {
-                    Due::Unanswered
+                Room::Joining {
+                    sent: None,
+                    nick,
+                    refused,
+                } => Due::Join(nick.clone(), *refused),
+                Room::Joining {
+                    sent: Some(at),
+                    refused,
+                    ..
+                } if now.duration_since(*at) > self.x.cfg.join_timeout() => {
+                    Due::Unanswered(*refused)
                 }
                 Room::Joined {
                     live: false, since, ..
                 } if now.duration_since(*since) > SUBJECT_GRACE => Due::Live,
-                Room::Removed { rejoin_at: at, .. } | Room::Refused { retry_at: at, .. }
-                    if now >= *at =>
-                {
-                    Due::Rejoin
-                }
+                Room::Removed { rejoin_at, .. } if now >= *rejoin_at => Due::Rejoin(None),
+                Room::Refused {
+                    retry_at, backoff, ..
+                } if now >= *retry_at => Due::Rejoin(Some(*backoff)),
                 _ => continue,
             };
             due.push((room.clone(), action));
         }
         for (room, action) in due {
             match action {
-                Due::Join(nick) => self.join(room, nick).await?,
-                Due::Unanswered => self.refused(room, "no answer to the join".into()),
+                Due::Join(nick, refused) => self.join(room, nick, refused).await?,
+                Due::Unanswered(refused) => {
+                    self.refused(room, "no answer to the join".into(), refused);
+                }
                 Due::Live => {
                     if let Some(Room::Joined { live, .. }) = self.x.rooms.get_mut(&room) {
                         // No subject came: the history is surely over by now.
                         *live = true;
                     }
                 }
-                Due::Rejoin => {
+                Due::Rejoin(refused) => {
                     self.link
                         .heal_event("rejoin", format!("joining {room} again"));
                     let nick = self.x.cfg.nick();
-                    self.join(room, nick).await?;
+                    self.join(room, nick, refused).await?;
                 }
             }
             self.publish();
@@ -987,9 +976,7 @@ impl Session<'_> {
     }
 
     fn count_inbound(&mut self) {
-        if self.sm_on
-            && let Some(sm) = self.x.sm.as_mut()
-        {
+        if let Some(sm) = self.x.sm.as_mut() {
             sm.inbound = sm.inbound.wrapping_add(1);
         }
     }
@@ -1070,12 +1057,10 @@ impl Transport for Xmpp {
             stream: logged_in.stream,
             me,
             bare,
-            sm_on: false,
             ping_sent: None,
             peer: logged_in.peer,
             security: logged_in.security,
             occupants: HashMap::new(),
-            last_nick: nick.clone(),
         };
         let resumed = tokio::time::timeout(connect_timeout, s.establish(&features))
             .await
@@ -1086,12 +1071,13 @@ impl Transport for Xmpp {
                 *state = Room::Joining {
                     sent: None,
                     nick: nick.clone(),
+                    refused: None,
                 };
             }
             s.send_own(Presence::available().into(), 60).await?;
         }
         s.publish();
-        s.link.set_nick(&s.last_nick.clone());
+        s.link.set_nick(&nick);
         let detail_me = s.me.clone();
         s.link.connected(format!("{detail_me} via {}", s.peer));
         s.publish();

@@ -93,13 +93,69 @@ impl Drop for Process {
     }
 }
 
+/// A server process of the test's own, stopped by signals: SIGKILL (also when dropped, after a
+/// SIGCONT so that a frozen one dies cleanly), SIGSTOP and SIGCONT.
+#[derive(Default)]
+pub struct Daemon(Option<Child>);
+
+impl Daemon {
+    /// Takes over a started process and waits until it listens on every one of `ports`.
+    pub fn start(&mut self, mut child: Child, ports: &[u16], what: &str, log: &std::path::Path) {
+        for port in ports {
+            wait_listening(&mut child, *port, what, log);
+        }
+        self.0 = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Kills the process outright (SIGKILL): every connection drops.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(
+            OsCommand::new("kill")
+                .args([sig, &self.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open but nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen process.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.thaw();
+        }
+        self.kill();
+    }
+}
+
 /// A running IRC server.
 pub struct Server {
     pub kind: Kind,
     pub port: u16,
     pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Daemon,
 }
 
 /// A loopback port that is free now, below the kernel's ephemeral range (read from
@@ -208,7 +264,7 @@ impl Server {
             port: free_port(),
             tls_port: None,
             dir: tempfile::tempdir().unwrap(),
-            child: None,
+            process: Daemon::default(),
         };
         server.write_config(None);
         let conf = std::fs::read_to_string(server.conf_path()).unwrap();
@@ -229,7 +285,7 @@ impl Server {
             port,
             tls_port,
             dir,
-            child: None,
+            process: Daemon::default(),
         };
         server.write_config(tls);
         server.launch();
@@ -308,22 +364,15 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("start IRC server");
-        self.child = Some(child);
         let what = format!("{:?}", self.kind);
         let log = self.dir.path().join("server.log");
-        let child = self.child.as_mut().unwrap();
-        wait_listening(child, self.port, &what, &log);
-        if let Some(tls_port) = self.tls_port {
-            wait_listening(child, tls_port, &what, &log);
-        }
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
+        self.process.start(child, &ports, &what, &log);
     }
 
     /// Kills the server outright (SIGKILL): every connection drops.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the server again on the same port.
@@ -332,41 +381,18 @@ impl Server {
         self.launch();
     }
 
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        assert!(
-            OsCommand::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
     /// Freezes the server (SIGSTOP): connections stay open but nothing answers.
     pub fn freeze(&self) {
-        self.signal("-STOP");
+        self.process.freeze();
     }
 
     /// Thaws a frozen server.
     pub fn thaw(&self) {
-        self.signal("-CONT");
+        self.process.thaw();
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A frozen server must be thawed to die cleanly.
-            let _ = OsCommand::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
-        self.kill();
     }
 }
 

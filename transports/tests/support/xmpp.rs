@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::process::{Child, Command as OsCommand, Stdio};
+use std::process::{Command as OsCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -29,7 +29,7 @@ use tokio_xmpp::xmlstream::{
     initiate_stream,
 };
 
-use super::{free_port, wait_listening};
+use super::{Daemon, free_port};
 
 pub const DOMAIN: &str = "localhost";
 pub const MUC: &str = "conference.localhost";
@@ -38,7 +38,7 @@ pub const MUC: &str = "conference.localhost";
 pub struct Prosody {
     pub port: u16,
     pub dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Daemon,
     extra: String,
 }
 
@@ -59,7 +59,7 @@ impl Prosody {
         let mut p = Self {
             port,
             dir,
-            child: None,
+            process: Daemon::default(),
             extra: extra.to_owned(),
         };
         p.write_config();
@@ -130,7 +130,7 @@ Component "{MUC}" "muc"
     fn launch(&mut self) {
         let log = self.dir.path().join("server.log");
         let stdout = std::fs::File::create(self.dir.path().join("stdout.log")).unwrap();
-        let mut child = OsCommand::new(super::which("prosody"))
+        let child = OsCommand::new(super::which("prosody"))
             .arg("--config")
             .arg(self.config())
             .stdout(stdout.try_clone().unwrap())
@@ -139,20 +139,12 @@ Component "{MUC}" "muc"
             .spawn()
             .unwrap();
         // Prosody runs as `lua5.4 /usr/bin/prosody`: the child itself holds the socket.
-        wait_listening(&mut child, self.port, "prosody", &log);
-        self.child = Some(child);
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process.start(child, &[self.port], "prosody", &log);
     }
 
     /// SIGKILL: every connection drops, and nothing in memory survives.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     pub fn restart(&mut self) {
@@ -160,23 +152,13 @@ Component "{MUC}" "muc"
         self.launch();
     }
 
-    fn signal(&self, sig: &str) {
-        assert!(
-            OsCommand::new("kill")
-                .args([sig, &self.pid().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
     /// SIGSTOP: connections stay open, nothing answers.
     pub fn freeze(&self) {
-        self.signal("-STOP");
+        self.process.freeze();
     }
 
     pub fn thaw(&self) {
-        self.signal("-CONT");
+        self.process.thaw();
     }
 
     pub fn log(&self) -> String {
@@ -194,17 +176,6 @@ Component "{MUC}" "muc"
             self.ca_file().display(),
             rooms.join(", ")
         )
-    }
-}
-
-impl Drop for Prosody {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            let _ = OsCommand::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
-        self.kill();
     }
 }
 

@@ -1,0 +1,104 @@
+//! What the room-based transports (IRC, XMPP) share: checks of common settings, and the
+//! per-room backoff after removals and refusals.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The longest wait before rejoining a room that removed or refused the bot.
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// A removal this long after the previous one starts the rejoin delay afresh.
+const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
+
+/// Problems with optional timings in whole seconds: zero, or longer than the runtime's timers.
+pub(crate) fn secs_problems(values: &[(&str, Option<u64>)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (key, v) in values {
+        if *v == Some(0) {
+            out.push(((*key).into(), "must be at least 1".into()));
+        } else if v.is_some_and(|s| s as f64 > opsbot::config::MAX_SECS) {
+            out.push((
+                (*key).into(),
+                "is longer than the runtime's timers allow (at most a year, 31536000)".into(),
+            ));
+        }
+    }
+    out
+}
+
+/// The problem with a `ca_file` setting, if it names no readable file.
+pub(crate) fn ca_file_problem(ca: Option<&Path>) -> Option<(String, String)> {
+    ca.filter(|ca| !ca.is_file()).map(|ca| {
+        (
+            "ca_file".into(),
+            format!("{} is not a readable file", ca.display()),
+        )
+    })
+}
+
+/// The wait before retrying a room that refused the bot: `first`, then double the previous
+/// wait, up to [`RETRY_MAX`].
+pub(crate) fn refusal_backoff(previous: Option<Duration>, first: Duration) -> Duration {
+    previous.map_or(first, |b| (b * 2).min(RETRY_MAX))
+}
+
+/// Removals (kicks, forced parts, destroyed rooms) per room, for the rejoin delay.
+#[derive(Debug)]
+pub(crate) struct Removals<K: Ord>(BTreeMap<K, (u32, Instant)>);
+
+impl<K: Ord> Default for Removals<K> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<K: Ord> Removals<K> {
+    /// Notes a removal from `room` and answers how long to wait before rejoining: `base`,
+    /// doubled for every removal within ten minutes of the one before, up to [`RETRY_MAX`], so
+    /// that a room that keeps removing the bot is not rejoined every few seconds forever.
+    pub(crate) fn delay(&mut self, room: K, base: Duration) -> Duration {
+        let now = Instant::now();
+        let entry = self.0.entry(room).or_insert((0, now));
+        if now.duration_since(entry.1) > REMOVALS_FORGOTTEN {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        let doublings = entry.0.saturating_sub(1).min(16);
+        (base * 2u32.pow(doublings)).min(RETRY_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removals_double_the_delay_and_refusals_double_the_backoff() {
+        let mut r = Removals::default();
+        let base = Duration::from_secs(10);
+        assert_eq!(r.delay("a", base), base);
+        assert_eq!(r.delay("a", base), base * 2);
+        assert_eq!(r.delay("b", base), base);
+        for _ in 0..20 {
+            r.delay("a", base);
+        }
+        assert_eq!(r.delay("a", base), RETRY_MAX);
+        let first = Duration::from_secs(60);
+        assert_eq!(refusal_backoff(None, first), first);
+        assert_eq!(refusal_backoff(Some(first), first), first * 2);
+        assert_eq!(refusal_backoff(Some(RETRY_MAX), first), RETRY_MAX);
+    }
+
+    #[test]
+    fn timings_must_be_positive_and_within_a_year() {
+        let p = secs_problems(&[
+            ("a", Some(0)),
+            ("b", Some(1)),
+            ("c", None),
+            ("d", Some(u64::MAX)),
+        ]);
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "d"]);
+    }
+}
