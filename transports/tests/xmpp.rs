@@ -654,3 +654,180 @@ async fn kicked_or_with_its_room_destroyed_the_bot_rejoins_after_a_delay() {
             >= 2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_from_the_first_byte() {
+    let tls_port = support::free_port();
+    let prosody = Prosody::start_with(&format!("c2s_direct_tls_ports = {{ {tls_port} }}"));
+    prosody.register("opsbot", "botpass");
+    prosody.register("alice", "alicepass");
+    let text = prosody
+        .bot_toml("opsbot", "botpass", &[], "direct_tls = true\n")
+        .replace(
+            &format!("port = {}", prosody.port),
+            &format!("port = {tls_port}"),
+        );
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b,
+    );
+    let s = ready(&bot, 0).await;
+    assert!(
+        detail(&s).contains(&format!("via 127.0.0.1:{tls_port} (direct TLS)")),
+        "{}",
+        detail(&s)
+    );
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.chat(BOT, "!echo over direct TLS").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "over direct TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_client_taking_the_bots_resource_is_a_refusal_not_a_fight() {
+    let prosody = server();
+    let text = prosody.bot_toml("opsbot", "botpass", &[], "");
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b.configure(|o| o.reconnect.refused_min = Duration::from_secs(30)),
+    );
+    ready(&bot, 0).await;
+    // Same account, same resource: the server replaces the bot's session with a conflict.
+    let _usurper = XmppUser::connect_as(prosody.port, "opsbot", "botpass", "bot").await;
+    let s = bot
+        .wait_status(T, "the conflict", |s| reconnects(s) >= 1)
+        .await;
+    let entry = s
+        .healing_log
+        .iter()
+        .find(|e| e.action == "reconnect")
+        .unwrap();
+    assert!(
+        entry.detail.contains("refused: stream error Conflict"),
+        "{}",
+        entry.detail
+    );
+    assert!(
+        next_attempt_in(&entry.detail) >= Duration::from_secs(30),
+        "{}",
+        entry.detail
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        reconnects(&bot.status()),
+        1,
+        "the bot fought for its resource"
+    );
+}
+
+/// Alice (the room's owner) makes `room` password-protected.
+async fn protect(owner: &mut XmppUser, room_jid: &str, secret: &str) {
+    let field = |var: &str, value: &str| {
+        Element::builder("field", "jabber:x:data")
+            .attr(
+                tokio_xmpp::minidom::rxml::NcName::try_from("var").unwrap(),
+                var,
+            )
+            .append(
+                Element::builder("value", "jabber:x:data")
+                    .append(value)
+                    .build(),
+            )
+            .build()
+    };
+    let form = Element::builder("x", "jabber:x:data")
+        .attr(
+            tokio_xmpp::minidom::rxml::NcName::try_from("type").unwrap(),
+            "submit",
+        )
+        .append(field(
+            "FORM_TYPE",
+            "http://jabber.org/protocol/muc#roomconfig",
+        ))
+        .append(field("muc#roomconfig_passwordprotectedroom", "1"))
+        .append(field("muc#roomconfig_roomsecret", secret))
+        .build();
+    owner_request(
+        owner,
+        room_jid,
+        "http://jabber.org/protocol/muc#owner",
+        form,
+    )
+    .await;
+    let deadline = Instant::now() + T;
+    loop {
+        match owner.next_stanza(deadline).await {
+            Some(tokio_xmpp::Stanza::Iq(Iq::Result { id, .. })) if id == "own1" => return,
+            Some(tokio_xmpp::Stanza::Iq(Iq::Error { id, error, .. })) if id == "own1" => {
+                panic!("the room refused its configuration: {error:?}")
+            }
+            Some(_) => {}
+            None => panic!("no answer to the room configuration"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_refuses_the_bot_is_retried_with_a_doubling_wait_and_its_password_works() {
+    let prosody = server();
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.join(&room("locked"), "alice").await;
+    protect(&mut alice, &room("locked"), "s3cret").await;
+    let bot = bot(&prosody, &["locked"], "join_retry_secs = 1\n");
+    let s = bot
+        .wait_status(T, "two refusals", |s| {
+            s.healing_log
+                .iter()
+                .filter(|e| e.action == "refused")
+                .count()
+                >= 2
+        })
+        .await;
+    let refusals: Vec<&str> = s
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "refused")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(
+        refusals[0].contains("(not-authorized); retrying in 1s"),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals[1].contains("(not-authorized); retrying in 2s"),
+        "{refusals:?}"
+    );
+    assert!(
+        detail(&s).contains("refused (not-authorized), retry in"),
+        "{}",
+        detail(&s)
+    );
+    // Still answering outside the room meanwhile.
+    alice.chat(BOT, "!echo outside").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "outside");
+    drop(bot);
+
+    // With the room's password, the bot gets in.
+    let bot = bot_with(
+        &prosody,
+        &["locked"],
+        &format!(
+            "room_passwords = {{ \"{}\" = \"s3cret\" }}\n",
+            room("locked")
+        ),
+        |b| b,
+    );
+    ready(&bot, 1).await;
+    alice.groupchat(&room("locked"), "!echo inside").await;
+    assert_eq!(
+        alice
+            .expect_in_room(&room("locked"), "opsbot", T)
+            .await
+            .body,
+        "inside"
+    );
+}

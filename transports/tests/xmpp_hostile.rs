@@ -199,14 +199,18 @@ async fn hostile_server_input_is_skipped_or_handled_without_a_crash_or_a_reconne
     // a stanza nor a known nonza (RFC 6120 makes it a stream error), then XML that does not
     // parse. Each is one reconnect, then business as usual.
     let mut old = c;
+    // Last, an element over the 4 MiB read cap: the connection ends rather than the memory.
+    let huge = from_alice(&"A".repeat(5 * 1024 * 1024));
     for (n, (poison, word)) in [
         ("<foo xmlns='urn:example:unknown'><bar/></foo>", "three"),
         ("<message from='alice@localhost/x'><body>x</wrong>", "four"),
+        (huge.as_str(), "five"),
     ]
     .into_iter()
     .enumerate()
     {
-        old.send(poison).await;
+        // The bot may close the connection while a large element is still being written.
+        let _ = old.tcp.write_all(poison.as_bytes()).await;
         let (tcp, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
             .await
             .expect("the bot reconnects")
@@ -238,7 +242,74 @@ async fn hostile_server_input_is_skipped_or_handled_without_a_crash_or_a_reconne
             .actor(ActorKind::Transport, "xmpp")
             .unwrap()
             .reconnects,
-        2
+        3
     );
     drop(old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_starttls_never_gets_the_password_and_is_a_refusal() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // TLS on (the default): the server is asked for STARTTLS and does not offer it.
+    let text = format!(
+        "jid = \"opsbot@localhost\"\npassword = \"hunter2\"\nserver = \"127.0.0.1\"\nport = {port}\n"
+    );
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b.configure(|o| o.reconnect.refused_min = Duration::from_secs(30)),
+    );
+    let (tcp, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut c = Conn {
+        tcp,
+        buf: String::new(),
+    };
+    c.until("version='1.0'>").await;
+    c.send(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='localhost' version='1.0'>\
+         <stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+         <mechanism>PLAIN</mechanism></mechanisms></stream:features>",
+    )
+    .await;
+    // The bot hangs up without a word more.
+    let mut rest = Vec::new();
+    tokio::time::timeout(T, c.tcp.read_to_end(&mut rest))
+        .await
+        .expect("the bot hangs up")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        !rest.contains("auth"),
+        "the bot tried to log in anyway: {rest:?}"
+    );
+    let s = bot
+        .wait_status(T, "the refusal", |s| {
+            s.actor(ActorKind::Transport, "xmpp")
+                .is_some_and(|a| a.reconnects == 1)
+        })
+        .await;
+    let entry = s
+        .healing_log
+        .iter()
+        .find(|e| e.action == "reconnect")
+        .unwrap();
+    assert!(
+        entry
+            .detail
+            .contains("refused: localhost does not offer STARTTLS"),
+        "{}",
+        entry.detail
+    );
+    assert!(
+        opsbot::testkit::next_attempt_in(&entry.detail) >= Duration::from_secs(30),
+        "{}",
+        entry.detail
+    );
 }
