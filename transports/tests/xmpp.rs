@@ -831,3 +831,18 @@ async fn a_room_that_refuses_the_bot_is_retried_with_a_doubling_wait_and_its_pas
         "inside"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_bot_keeps_its_connection() {
+    let prosody = server();
+    // Keep-alive after 2 s of silence, dead after 3 s more: an idle bot must still never
+    // mistake the quiet for a dead link.
+    let bot = bot(&prosody, &["ops"], "");
+    ready(&bot, 1).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = bot.status();
+    assert_eq!(reconnects(&s), 0, "{:?}", s.healing_log);
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.chat(BOT, "!echo awake").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "awake");
+}

@@ -106,8 +106,8 @@ struct Sm {
     outbound: u32,
     /// The server's last `h`: how many of ours it has.
     acked: u32,
-    /// When the oldest unacknowledged stanza went out.
-    oldest_unacked: Option<Instant>,
+    /// When our `<r/>` went out, while the server has not answered it.
+    requested: Option<Instant>,
 }
 
 /// A reply written but not yet acknowledged by the server.
@@ -266,7 +266,6 @@ impl Session<'_> {
         if counts && self.sm_on() {
             let sm = self.x.sm.get_or_insert_with(Sm::default);
             sm.outbound = sm.outbound.wrapping_add(1);
-            sm.oldest_unacked.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
@@ -277,19 +276,23 @@ impl Session<'_> {
         self.send(XmppStreamElement::Stanza(stanza)).await
     }
 
+    /// Asks the server how many of our stanzas it has; the answer must come within the ping
+    /// timeout.
     async fn request_ack(&mut self) -> Result<(), TransportError> {
         self.link.pacing().charge_n(0, 30);
         self.send(XmppStreamElement::SM(sm::Nonza::Req(sm::R)))
-            .await
+            .await?;
+        if let Some(sm) = self.x.sm.as_mut() {
+            sm.requested.get_or_insert_with(Instant::now);
+        }
+        Ok(())
     }
 
     /// Takes the server's `h`: a reply is delivered once it is covered.
     fn on_ack(&mut self, h: u32) {
         let Some(sm) = self.x.sm.as_mut() else { return };
         sm.acked = h;
-        if h == sm.outbound {
-            sm.oldest_unacked = None;
-        }
+        sm.requested = None;
         if let Some(u) = &self.x.unacked
             && seq_covered(u.seq, h)
         {
@@ -855,14 +858,19 @@ impl Session<'_> {
     async fn tick(&mut self) -> Result<(), TransportError> {
         let now = Instant::now();
         let timeout = self.x.cfg.ping_timeout();
-        if let Some(since) = self.x.sm.as_ref().and_then(|s| s.oldest_unacked)
-            && self.sm_on()
-            && now.duration_since(since) > timeout
-        {
-            return Err(TransportError::Connection(format!(
-                "no answer from the server within {}s (acknowledgement)",
-                timeout.as_secs()
-            )));
+        if let Some(sm) = &self.x.sm {
+            match sm.requested {
+                Some(at) if now.duration_since(at) > timeout => {
+                    return Err(TransportError::Connection(format!(
+                        "no answer from the server within {}s (acknowledgement)",
+                        timeout.as_secs()
+                    )));
+                }
+                // Our own stanzas (presences, pings) the server has not yet counted: ask, so
+                // that what the server has is known before the next drop.
+                None if sm.acked != sm.outbound => self.request_ack().await?,
+                _ => {}
+            }
         }
         let mut due = Vec::new();
         for (room, state) in &self.x.rooms {
