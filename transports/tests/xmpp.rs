@@ -846,3 +846,54 @@ async fn an_idle_bot_keeps_its_connection() {
     alice.chat(BOT, "!echo awake").await;
     assert_eq!(alice.expect_from(BOT, T).await.body, "awake");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_bot_backs_off_from_the_room_and_keeps_answering_elsewhere() {
+    let prosody = server();
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.join(&room("strict"), "alice").await;
+    let bot = bot(&prosody, &["strict"], "join_retry_secs = 1\n");
+    ready(&bot, 1).await;
+    let item = Element::builder("item", "http://jabber.org/protocol/muc#admin")
+        .attr(
+            tokio_xmpp::minidom::rxml::NcName::try_from("jid").unwrap(),
+            BOT,
+        )
+        .attr(
+            tokio_xmpp::minidom::rxml::NcName::try_from("affiliation").unwrap(),
+            "outcast",
+        )
+        .build();
+    owner_request(
+        &mut alice,
+        &room("strict"),
+        "http://jabber.org/protocol/muc#admin",
+        item,
+    )
+    .await;
+    // Banned: a refusal, retried after 1 s, refused again (forbidden), then after 2 s.
+    let s = bot
+        .wait_status(T, "two refusals", |s| {
+            s.healing_log
+                .iter()
+                .filter(|e| e.action == "refused")
+                .count()
+                >= 2
+        })
+        .await;
+    let refusals: Vec<&str> = s
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "refused")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(refusals[0].contains("(banned"), "{refusals:?}");
+    assert!(refusals[0].contains("retrying in 1s"), "{refusals:?}");
+    assert!(
+        refusals[1].contains("(forbidden); retrying in 2s"),
+        "{refusals:?}"
+    );
+    assert_eq!(reconnects(&s), 0);
+    alice.chat(BOT, "!echo elsewhere").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "elsewhere");
+}

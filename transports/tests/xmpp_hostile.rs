@@ -53,6 +53,12 @@ impl Conn {
     /// Logs the bot in (PLAIN, bind; no stream management) and lets it into the room with
     /// the given history before the subject.
     async fn log_in(&mut self, history: &str) {
+        self.authenticate().await;
+        self.let_in(history, true).await;
+    }
+
+    /// Logs the bot in (PLAIN, bind; no stream management) and waits for its join.
+    async fn authenticate(&mut self) {
         let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
                       xmlns:stream='http://etherx.jabber.org/streams' id='s1' \
                       from='localhost' version='1.0'>";
@@ -85,6 +91,18 @@ impl Conn {
         ))
         .await;
         self.until(&format!("{ROOM}/opsbot")).await;
+    }
+
+    /// Lets the bot into the room: presences, `history`, and the subject if `subject`.
+    async fn let_in(&mut self, history: &str, subject: bool) {
+        let subject = if subject {
+            format!(
+                "<message type='groupchat' from='{ROOM}' to='opsbot@localhost/bot'>\
+                 <subject>ops</subject></message>"
+            )
+        } else {
+            String::new()
+        };
         self.send(&format!(
             "<presence from='{ROOM}/alice' to='opsbot@localhost/bot'>\
              <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' \
@@ -92,9 +110,7 @@ impl Conn {
              <presence from='{ROOM}/opsbot' to='opsbot@localhost/bot'>\
              <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' \
              role='participant'/><status code='110'/></x></presence>\
-             {history}\
-             <message type='groupchat' from='{ROOM}' to='opsbot@localhost/bot'>\
-             <subject>ops</subject></message>"
+             {history}{subject}"
         ))
         .await;
     }
@@ -311,5 +327,114 @@ async fn a_server_without_starttls_never_gets_the_password_and_is_a_refusal() {
         opsbot::testkit::next_attempt_in(&entry.detail) >= Duration::from_secs(30),
         "{}",
         entry.detail
+    );
+}
+
+/// Starts a bot on a fake server that has accepted its connection; `extra` is added to the
+/// transport's settings.
+async fn bot_on_fake(extra: &str) -> (RunningBot, TcpListener, Conn) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = format!(
+        "jid = \"opsbot@localhost\"\npassword = \"pw\"\nserver = \"127.0.0.1\"\nport = {port}\n\
+         tls = false\nresource = \"bot\"\nrooms = [\"{ROOM}\"]\n{extra}"
+    );
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b,
+    );
+    let (tcp, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let conn = Conn {
+        tcp,
+        buf: String::new(),
+    };
+    (bot, listener, conn)
+}
+
+fn room_detail(s: &opsbot::health::Snapshot) -> String {
+    s.actor(ActorKind::Transport, "xmpp")
+        .and_then(|a| a.detail.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_never_sends_its_subject_counts_as_live_only_after_the_grace() {
+    let (bot, _listener, mut c) = bot_on_fake("").await;
+    c.authenticate().await;
+    let joined = Instant::now();
+    // History without stamps, and no subject to end it.
+    c.let_in(
+        &format!(
+            "<message type='groupchat' from='{ROOM}/alice' id='h1'><body>!echo old</body></message>"
+        ),
+        false,
+    )
+    .await;
+    bot.wait_status(T, "in the room", |s| {
+        room_detail(s).contains("joined as opsbot (history)")
+    })
+    .await;
+    c.send(&format!(
+        "<message type='groupchat' from='{ROOM}/alice' id='e1'><body>!echo early</body></message>"
+    ))
+    .await;
+    bot.wait_status(Duration::from_secs(30), "the history over", |s| {
+        let d = room_detail(s);
+        d.contains("joined as opsbot;") || d.ends_with("joined as opsbot")
+    })
+    .await;
+    // 20 s: the grace, counted from the join.
+    assert!(
+        joined.elapsed() >= Duration::from_secs(19),
+        "{:?}",
+        joined.elapsed()
+    );
+    c.send(&format!(
+        "<message type='groupchat' from='{ROOM}/alice' id='l1'><body>!echo late</body></message>"
+    ))
+    .await;
+    assert_eq!(c.bodies_until("late").await, ["late"], "history ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_the_room_never_answers_is_a_refusal_retried_with_a_doubling_wait() {
+    let (bot, _listener, mut c) = bot_on_fake("join_timeout_secs = 1\njoin_retry_secs = 1\n").await;
+    c.authenticate().await;
+    let s = bot
+        .wait_status(Duration::from_secs(15), "two refusals", |s| {
+            s.healing_log
+                .iter()
+                .filter(|e| e.action == "refused")
+                .count()
+                >= 2
+        })
+        .await;
+    let refusals: Vec<&str> = s
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "refused")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(
+        refusals[0].contains("(no answer to the join); retrying in 1s"),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals[1].contains("(no answer to the join); retrying in 2s"),
+        "{refusals:?}"
+    );
+    // Two joins went out, and nothing else is wrong with the connection.
+    assert_eq!(s.actor(ActorKind::Transport, "xmpp").unwrap().reconnects, 0);
+    c.send(&from_alice("!echo still here")).await;
+    assert!(
+        c.bodies_until("still here")
+            .await
+            .ends_with(&["still here".to_owned()])
     );
 }
