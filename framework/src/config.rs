@@ -175,7 +175,53 @@ struct RawFile {
     #[serde(default)]
     state: RawState,
     #[serde(default)]
+    http_client: RawHttpClient,
+    #[serde(default)]
     bot: Vec<RawBot>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpClient {
+    max_connections_per_host: Option<usize>,
+    idle_timeout_secs: Option<f64>,
+    connect_timeout_secs: Option<f64>,
+    timeout_secs: Option<f64>,
+    retries: Option<u32>,
+    ca_file: Option<PathBuf>,
+}
+
+/// The process's one HTTP client (`[http_client]`), shared by every bot's transport and
+/// handlers: the defaults are what ended a run of pool-exhaustion timeouts in production
+/// (a pool of 50 per host, 120 s, 3 retries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpClientConfig {
+    /// Requests in flight to one host at once, which is also the most connections opened to
+    /// it; more wait for a free one, and that wait does not count against `timeout`.
+    pub max_connections_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Limit on establishing a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Limit on one attempt of a request, from sending it to the end of the answer's body.
+    pub timeout: Duration,
+    /// Further attempts after a transient failure, for requests that are safe to repeat.
+    pub retries: u32,
+    /// A PEM file of extra CA certificates to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_host: 50,
+            idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(120),
+            retries: 3,
+            ca_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +318,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Logging.
     pub log: LogConfig,
+    /// The shared HTTP client.
+    pub http_client: HttpClientConfig,
     /// The bots, in file order.
     pub bots: Vec<BotConfig>,
 }
@@ -316,6 +364,7 @@ impl Config {
         Self {
             path: PathBuf::from("<built-in>"),
             log: LogConfig::default(),
+            http_client: HttpClientConfig::default(),
             bots: vec![BotConfig {
                 name: "opsbot".into(),
                 options,
@@ -551,10 +600,66 @@ impl Validator<'_> {
                 bot
             })
             .collect();
+        let http_client = self.http_client(raw.http_client);
         Config {
             path: self.file.clone(),
             log: raw.log,
+            http_client,
             bots,
+        }
+    }
+
+    fn http_client(&mut self, raw: RawHttpClient) -> HttpClientConfig {
+        let d = HttpClientConfig::default();
+        let k = "http_client";
+        let max_connections_per_host = match raw.max_connections_per_host {
+            None => d.max_connections_per_host,
+            Some(n @ 1..=10_000) => n,
+            Some(n) => {
+                self.error(
+                    format!("{k}.max_connections_per_host"),
+                    format!("{n} connections per host cannot work"),
+                    Some("between 1 and 10000; 50 by default"),
+                );
+                d.max_connections_per_host
+            }
+        };
+        let retries = match raw.retries {
+            None => d.retries,
+            Some(n @ 0..=10) => n,
+            Some(n) => {
+                self.error(
+                    format!("{k}.retries"),
+                    format!("{n} retries would hide an outage for too long"),
+                    Some("between 0 and 10; 3 by default"),
+                );
+                d.retries
+            }
+        };
+        if let Some(ca) = &raw.ca_file
+            && !ca.is_file()
+        {
+            self.error(
+                format!("{k}.ca_file"),
+                format!("{} is not a readable file", ca.display()),
+                Some("a PEM file of CA certificates"),
+            );
+        }
+        HttpClientConfig {
+            max_connections_per_host,
+            idle_timeout: self.secs(
+                format!("{k}.idle_timeout_secs"),
+                raw.idle_timeout_secs,
+                d.idle_timeout,
+            ),
+            connect_timeout: self.secs(
+                format!("{k}.connect_timeout_secs"),
+                raw.connect_timeout_secs,
+                d.connect_timeout,
+            ),
+            timeout: self.secs(format!("{k}.timeout_secs"), raw.timeout_secs, d.timeout),
+            retries,
+            ca_file: raw.ca_file,
         }
     }
 

@@ -48,6 +48,8 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod logging;
 pub mod message;
 pub mod outbox;
@@ -57,6 +59,8 @@ pub mod store;
 pub mod supervisor;
 pub mod testkit;
 pub mod text;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 pub use bot::{Bot, BotBuilder, BotOptions, Shutdown, run, run_until};

@@ -43,6 +43,14 @@ pub enum Destination {
     Room(Arc<str>),
     /// One person, privately, by the transport's address for them (a nick on IRC).
     User(Arc<str>),
+    /// A thread inside a room (Webex): the room's name and the id of the thread's first
+    /// message. Paced with its room; transports without threads send to the room.
+    Thread {
+        /// The room.
+        room: Arc<str>,
+        /// The message that started the thread.
+        parent: Arc<str>,
+    },
 }
 
 impl Destination {
@@ -56,10 +64,26 @@ impl Destination {
         Self::User(name.into())
     }
 
-    /// The transport's name for the destination.
+    /// A thread in a room.
+    pub fn thread(room: impl Into<Arc<str>>, parent: impl Into<Arc<str>>) -> Self {
+        Self::Thread {
+            room: room.into(),
+            parent: parent.into(),
+        }
+    }
+
+    /// The transport's name for the destination (for a thread, its room's).
     pub fn name(&self) -> &str {
         match self {
-            Self::Room(n) | Self::User(n) => n,
+            Self::Room(n) | Self::User(n) | Self::Thread { room: n, .. } => n,
+        }
+    }
+
+    /// The destination whose pace this one shares: a thread is paced with its room.
+    pub fn paced_as(&self) -> Destination {
+        match self {
+            Self::Thread { room, .. } => Self::Room(room.clone()),
+            other => other.clone(),
         }
     }
 }
@@ -69,6 +93,7 @@ impl fmt::Display for Destination {
         match self {
             Self::Room(n) => write!(f, "{n}"),
             Self::User(n) => write!(f, "@{n}"),
+            Self::Thread { room, parent } => write!(f, "{room} (thread {parent})"),
         }
     }
 }
@@ -84,6 +109,11 @@ pub struct Incoming {
     pub text: String,
     /// The service's message id, when it has one.
     pub id: Option<String>,
+    /// The thread the message was said in (Webex), if any: replies go there.
+    pub thread: Option<Arc<str>>,
+    /// Whether the service says the message was meant for the bot (a Webex mention, which the
+    /// transport has already stripped from the text): routed like `nick: text`.
+    pub addressed: bool,
 }
 
 impl Incoming {
@@ -94,6 +124,8 @@ impl Incoming {
             sender,
             text: text.into(),
             id: None,
+            thread: None,
+            addressed: false,
         }
     }
 
@@ -104,6 +136,8 @@ impl Incoming {
             sender,
             text: text.into(),
             id: None,
+            thread: None,
+            addressed: false,
         }
     }
 
@@ -112,11 +146,12 @@ impl Incoming {
         self.room.is_none()
     }
 
-    /// Where a reply to this message goes: the room, or the sender privately.
+    /// Where a reply to this message goes: its thread, the room, or the sender privately.
     pub fn reply_to(&self) -> Destination {
-        match &self.room {
-            Some(room) => Destination::Room(room.clone()),
-            None => Destination::User(self.sender.name.clone()),
+        match (&self.room, &self.thread) {
+            (Some(room), Some(parent)) => Destination::thread(room.clone(), parent.clone()),
+            (Some(room), None) => Destination::Room(room.clone()),
+            (None, _) => Destination::User(self.sender.name.clone()),
         }
     }
 }

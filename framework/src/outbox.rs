@@ -510,7 +510,7 @@ impl Outbox {
             let allowed = match &limiters.keyed {
                 None => Ok(()),
                 Some(l) => l
-                    .check_key(&dest)
+                    .check_key(&dest.paced_as())
                     .map_err(|nu| nu.wait_time_from(limiters.clock.now())),
             };
             match allowed {

@@ -197,7 +197,7 @@ impl RouteTable {
             Some(rest)
         } else if let Some(rest) = addressed_to(text, nick) {
             Some(rest.strip_prefix(self.prefix.as_str()).unwrap_or(rest))
-        } else if msg.is_direct() {
+        } else if msg.is_direct() || msg.addressed {
             Some(text)
         } else {
             None
@@ -660,6 +660,13 @@ mod tests {
             (room("Bot, !ECHO hi"), "ECHO"),
             (Incoming::direct(Sender::new("alice"), "say hi"), "say"),
             (Incoming::direct(Sender::new("alice"), "!echo hi"), "echo"),
+            (
+                Incoming {
+                    addressed: true,
+                    ..room("echo hi")
+                },
+                "echo",
+            ),
         ] {
             match t.route(&msg, "bot") {
                 Route::Command {

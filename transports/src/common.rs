@@ -1,4 +1,4 @@
-//! What the room-based transports (IRC, XMPP) share: checks of common settings, and the
+//! What the transports share: checks of common settings, and the
 //! per-room backoff after removals and refusals.
 
 use std::collections::BTreeMap;
@@ -24,6 +24,15 @@ pub(crate) fn secs_problems(values: &[(&str, Option<u64>)]) -> Vec<(String, Stri
         }
     }
     out
+}
+
+/// Whether `host` (a name or an address, IPv6 perhaps in brackets) is this machine.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The problem with a `ca_file` setting, if it names no readable file.

@@ -2,18 +2,18 @@
 //!
 //! Every transport implements [`opsbot::transport::Transport`]: one session of one connection.
 //! Reconnecting, backoff and pacing are the framework's, so a transport only speaks its protocol.
-//! Heavy protocols come behind cargo features (`irc`, `xmpp`), so that a console-only build stays small.
+//! Heavy protocols come behind cargo features (`irc`, `xmpp`, `webex`), so that a console-only build stays small.
 //!
 //! [`check`] validates a `[bot.transport]` section without connecting, and [`from_config`] turns
 //! it into a transport: swapping protocols is a one-line config change.
 
-#[cfg(any(feature = "irc", feature = "xmpp"))]
+#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
 mod common;
 pub mod console;
 #[cfg(feature = "irc")]
 pub mod irc;
-#[cfg(any(feature = "irc", feature = "xmpp"))]
-mod tls;
+#[cfg(feature = "webex")]
+pub mod webex;
 #[cfg(feature = "xmpp")]
 pub mod xmpp;
 
@@ -29,6 +29,8 @@ pub const KINDS: &[&str] = &[
     "irc",
     #[cfg(feature = "xmpp")]
     "xmpp",
+    #[cfg(feature = "webex")]
+    "webex",
 ];
 
 fn error(file: &Path, key: String, message: String, hint: Option<String>) -> ConfigError {
@@ -42,7 +44,10 @@ fn error(file: &Path, key: String, message: String, hint: Option<String>) -> Con
 }
 
 /// Reads a transport's own settings with key paths in errors.
-#[cfg_attr(not(any(feature = "irc", feature = "xmpp")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "irc", feature = "xmpp", feature = "webex")),
+    allow(dead_code)
+)]
 fn settings<T: serde::de::DeserializeOwned>(
     file: &Path,
     t: &TransportConfig,
@@ -59,7 +64,7 @@ fn settings<T: serde::de::DeserializeOwned>(
 }
 
 /// Reads a transport's settings and lists their problems, keys prefixed with the section's.
-#[cfg(any(feature = "irc", feature = "xmpp"))]
+#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
 fn checked<T: serde::de::DeserializeOwned>(
     file: &Path,
     t: &TransportConfig,
@@ -93,6 +98,8 @@ pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
         "irc" => checked(file, t, irc::IrcConfig::problems),
         #[cfg(feature = "xmpp")]
         "xmpp" => checked(file, t, xmpp::XmppConfig::problems),
+        #[cfg(feature = "webex")]
+        "webex" => checked(file, t, webex::WebexConfig::problems),
         other => vec![error(
             file,
             format!("{}.kind", t.key),
@@ -119,6 +126,11 @@ pub fn from_config(
         "xmpp" => {
             let cfg: xmpp::XmppConfig = settings(Path::new("<config>"), t)?;
             Ok(builder.transport(xmpp::Xmpp::new(cfg)))
+        }
+        #[cfg(feature = "webex")]
+        "webex" => {
+            let cfg: webex::WebexConfig = settings(Path::new("<config>"), t)?;
+            Ok(builder.transport(webex::Webex::new(cfg)))
         }
         other => Err(error(
             Path::new("<config>"),

@@ -37,7 +37,7 @@ pub(crate) async fn connect(
     if !tls {
         return Ok(Box::pin(tcp));
     }
-    let config = crate::tls::client_config(ca_file)?;
+    let config = opsbot::tls::client_config(ca_file)?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

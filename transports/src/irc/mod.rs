@@ -1283,7 +1283,7 @@ impl Transport for Irc {
         let waiting = self.waiting.clone();
         link.pacing()
             .set_gate(Some(Arc::new(move |dest| match dest {
-                Destination::Room(name) => !waiting
+                Destination::Room(name) | Destination::Thread { room: name, .. } => !waiting
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .contains(&fold(name)),

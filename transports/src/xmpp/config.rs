@@ -1,11 +1,12 @@
 //! `[bot.transport]` for `kind = "xmpp"`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use opsbot::config::Secret;
+
+use crate::common::is_loopback;
 use serde::Deserialize;
 use tokio_xmpp::jid::{BareJid, ResourcePart};
 
@@ -68,12 +69,6 @@ fn yes() -> bool {
 }
 
 /// Whether `host` names the local machine: a loopback address or `localhost`.
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 impl XmppConfig {
     /// The account's JID (checked by [`XmppConfig::problems`]).
     pub fn bare_jid(&self) -> BareJid {

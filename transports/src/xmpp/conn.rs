@@ -162,7 +162,7 @@ async fn tcp(cfg: &XmppConfig, domain: &str) -> Result<(TcpStream, String), Tran
 }
 
 async fn tls(stream: BoxStream, domain: &str, ca_file: Option<&Path>) -> io::Result<BoxStream> {
-    let config = crate::tls::client_config(ca_file)?;
+    let config = opsbot::tls::client_config(ca_file)?;
     let name = ServerName::try_from(domain.to_owned()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

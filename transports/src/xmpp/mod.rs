@@ -795,8 +795,8 @@ impl Session<'_> {
     }
 
     async fn deliver(&mut self, d: Delivery) -> Result<(), TransportError> {
-        let (to, type_) = match d.dest.clone() {
-            Destination::Room(name) => {
+        let (to, type_) = match d.dest.paced_as() {
+            Destination::Room(name) | Destination::Thread { room: name, .. } => {
                 let Ok(room) = BareJid::new(&name) else {
                     d.undeliverable(format!("{name} is not a room JID"));
                     return Ok(());
@@ -1046,7 +1046,7 @@ impl Transport for Xmpp {
         let waiting = self.waiting.clone();
         link.pacing()
             .set_gate(Some(Arc::new(move |dest| match dest {
-                Destination::Room(name) => !waiting
+                Destination::Room(name) | Destination::Thread { room: name, .. } => !waiting
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .contains(name.as_ref()),

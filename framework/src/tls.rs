@@ -1,16 +1,16 @@
-//! TLS client settings shared by the transports: the system's CA store plus an optional PEM
-//! file of a private CA, rustls with the ring provider.
+//! TLS client settings shared by the transports and the HTTP client: the system's CA store plus
+//! an optional PEM file of a private CA, rustls with the ring provider.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
 
 /// The TLS client configuration: trust the system's CA certificates and those in `ca_file`.
-pub(crate) fn client_config(ca_file: Option<&Path>) -> io::Result<ClientConfig> {
+pub fn client_config(ca_file: Option<&Path>) -> io::Result<ClientConfig> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -33,7 +33,7 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> io::Result<ClientConfig> 
             "no trusted CA certificates: install ca-certificates or set ca_file",
         ));
     }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?

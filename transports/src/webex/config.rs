@@ -1,0 +1,236 @@
+//! `[bot.transport]` for `kind = "webex"`.
+
+use std::time::Duration;
+
+use opsbot::config::Secret;
+use serde::Deserialize;
+
+use crate::common::{is_loopback, secs_problems};
+
+/// The most bytes Webex takes in one message's text or markdown.
+pub const MAX_MESSAGE_BYTES: usize = 7439;
+
+/// Webex's public REST API.
+pub const REST_URL: &str = "https://webexapis.com/v1";
+/// Webex's service catalog (U2C), which names the device registration service (WDM).
+pub const U2C_URL: &str = "https://u2c.wbx2.com/u2c/api/v1";
+/// The WDM service to use when the catalog cannot be read.
+pub const WDM_URL: &str = "https://wdm-a.wbx2.com/wdm/api/v1";
+
+/// The Webex transport's settings, as written in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebexConfig {
+    /// The bot's access token (write `${ENV_VAR}`).
+    pub token: Secret,
+    /// The REST API's base URL.
+    #[serde(default = "rest_url")]
+    pub rest_url: String,
+    /// The service catalog's base URL; an empty string skips the catalog and uses `wdm_url`.
+    #[serde(default = "u2c_url")]
+    pub u2c_url: String,
+    /// The device registration service, when the catalog is skipped or cannot be read.
+    #[serde(default = "wdm_url")]
+    pub wdm_url: String,
+    /// The name the bot's device is registered under, and found again by.
+    #[serde(default = "device_name")]
+    pub device_name: String,
+    /// People (email addresses) who may use the bot; with the other two lists empty, everyone.
+    #[serde(default)]
+    pub approved_users: Vec<String>,
+    /// Email domains whose people may use the bot.
+    #[serde(default)]
+    pub approved_domains: Vec<String>,
+    /// Rooms (room ids) in which anyone may use the bot.
+    #[serde(default)]
+    pub approved_rooms: Vec<String>,
+    /// Whether messages from other bots (`@webex.bot` accounts) may run commands.
+    #[serde(default)]
+    pub allow_bots: bool,
+    /// Longest text, in bytes, of one message the bot sends; longer replies are split.
+    pub max_message_bytes: Option<usize>,
+    /// Seconds of silence on the WebSocket before the bot pings.
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds to wait for any answer to that ping before the socket is declared dead.
+    pub ping_timeout_secs: Option<u64>,
+    /// Seconds allowed for registering the device and opening the socket.
+    pub connect_timeout_secs: Option<u64>,
+}
+
+fn rest_url() -> String {
+    REST_URL.into()
+}
+
+fn u2c_url() -> String {
+    U2C_URL.into()
+}
+
+fn wdm_url() -> String {
+    WDM_URL.into()
+}
+
+fn device_name() -> String {
+    "opsbot".into()
+}
+
+impl WebexConfig {
+    /// Problems with the values, by key.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let token = self.token.expose();
+        if token.trim().is_empty() {
+            out.push(("token".into(), "is empty".into()));
+        } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            out.push((
+                "token".into(),
+                "contains spaces or control characters (write the token alone, without `Bearer`)"
+                    .into(),
+            ));
+        }
+        for (key, url, optional) in [
+            ("rest_url", &self.rest_url, false),
+            ("u2c_url", &self.u2c_url, true),
+            ("wdm_url", &self.wdm_url, false),
+        ] {
+            if optional && url.is_empty() {
+                continue;
+            }
+            if let Some(problem) = url_problem(url) {
+                out.push((key.into(), problem));
+            }
+        }
+        if self.device_name.trim().is_empty() || self.device_name.chars().any(char::is_control) {
+            out.push((
+                "device_name".into(),
+                "must be a name without control characters".into(),
+            ));
+        }
+        for (i, u) in self.approved_users.iter().enumerate() {
+            if !u.contains('@') || u.chars().any(|c| c.is_whitespace()) {
+                out.push((
+                    format!("approved_users[{i}]"),
+                    format!("`{u}` is not an email address"),
+                ));
+            }
+        }
+        for (i, d) in self.approved_domains.iter().enumerate() {
+            if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_whitespace()) {
+                out.push((
+                    format!("approved_domains[{i}]"),
+                    format!("`{d}` is not a domain (write example.com, without `@`)"),
+                ));
+            }
+        }
+        match self.max_message_bytes {
+            Some(n) if !(64..=MAX_MESSAGE_BYTES).contains(&n) => out.push((
+                "max_message_bytes".into(),
+                format!("must be 64 to {MAX_MESSAGE_BYTES} (Webex's limit)"),
+            )),
+            _ => {}
+        }
+        out.extend(secs_problems(&[
+            ("ping_interval_secs", self.ping_interval_secs),
+            ("ping_timeout_secs", self.ping_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+        ]));
+        out
+    }
+
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes.unwrap_or(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.unwrap_or(20))
+    }
+
+    pub(crate) fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs.unwrap_or(20))
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.unwrap_or(60))
+    }
+
+    /// The REST base without a trailing slash.
+    pub(crate) fn rest(&self) -> &str {
+        self.rest_url.trim_end_matches('/')
+    }
+}
+
+/// Why `url` cannot be a base URL: not http(s), or plain http to anything but this machine
+/// (the token would cross the network in the clear).
+fn url_problem(url: &str) -> Option<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some(format!("`{url}` is not a URL (write https://host/path)"));
+    };
+    let host = rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .rsplit('@')
+        .next()
+        .unwrap_or("");
+    let host_only = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    if host_only.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!("`{url}` is not a URL (write https://host/path)"));
+    }
+    match scheme {
+        "https" => None,
+        "http" if is_loopback(host_only) => None,
+        "http" => Some(
+            "may use http only for a server on a loopback address: the token would cross the \
+             network in the clear"
+                .into(),
+        ),
+        _ => Some(format!("`{scheme}` is not http or https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> WebexConfig {
+        toml::from_str(&format!("token = \"abc\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn defaults_point_at_webex_and_check_clean() {
+        let c = cfg("");
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.rest(), "https://webexapis.com/v1");
+        assert_eq!(c.max_message_bytes(), 7439);
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_and_bad_values_are_named() {
+        let c = cfg(
+            "rest_url = \"http://127.0.0.1:9/v1\"\nu2c_url = \"\"\nwdm_url = \"http://[::1]:8/wdm\"",
+        );
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let c = cfg(
+            "rest_url = \"http://webexapis.com/v1\"\nwdm_url = \"ftp://x\"\n\
+             approved_users = [\"bob\"]\napproved_domains = [\"@x.com\"]\n\
+             max_message_bytes = 9000\nping_interval_secs = 0",
+        );
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "rest_url",
+                "wdm_url",
+                "approved_users[0]",
+                "approved_domains[0]",
+                "max_message_bytes",
+                "ping_interval_secs"
+            ]
+        );
+        let c: WebexConfig = toml::from_str("token = \"Bearer abc\"").unwrap();
+        assert_eq!(c.problems()[0].0, "token");
+    }
+}
