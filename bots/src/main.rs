@@ -87,6 +87,9 @@ fn build(config: &Config) -> anyhow::Result<Vec<Bot>> {
 
 fn run(config: &Config) -> anyhow::Result<()> {
     opsbot::logging::init(&config.log);
+    #[cfg(feature = "webex")]
+    opsbot::http::init(&config.http_client)
+        .with_context(|| format!("{}: http_client", config.path.display()))?;
     let bots = build(config)?;
     if config.bots.iter().any(|b| b.transport.kind == "console") {
         tracing_hint();

@@ -268,9 +268,10 @@ impl HttpClient {
             throttle.ready().await;
             let outcome = {
                 // Waiting for a slot is not part of the attempt's time limit.
-                let _slot = slots.acquire().await.map_err(|_| {
-                    HttpError::Invalid("the HTTP client is shutting down".into())
-                })?;
+                let _slot = slots
+                    .acquire()
+                    .await
+                    .map_err(|_| HttpError::Invalid("the HTTP client is shutting down".into()))?;
                 self.stats.attempts.fetch_add(1, Ordering::Relaxed);
                 if attempt > 0 {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -341,10 +342,7 @@ impl HttpClient {
                 .and_then(parse_retry_after)
                 .unwrap_or(DEFAULT_RETRY_AFTER)
         });
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY as u64)
-        {
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
             return Err(HttpError::Invalid(format!(
                 "answer of {} bytes is over the {MAX_BODY}-byte limit",
                 resp.content_length().unwrap_or(0)
@@ -403,7 +401,9 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Some(Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
+        return Some(Duration::from_secs_f64(
+            secs.min(MAX_RETRY_AFTER.as_secs_f64()),
+        ));
     }
     let when = httpdate(value)?;
     let now = std::time::SystemTime::now();

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::future::LocalBoxFuture;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, SinkExt, StreamExt};
 use opsbot::http::{HttpClient, HttpError, HttpResponse, Repeat, Throttle};
 use opsbot::message::{Destination, Incoming, Sender};
@@ -421,12 +421,16 @@ impl Webex {
     /// Whether the sender may use the bot.
     fn approved(&self, email: &str, room: &str) -> bool {
         let c = &self.cfg;
-        if c.approved_users.is_empty() && c.approved_domains.is_empty() && c.approved_rooms.is_empty()
+        if c.approved_users.is_empty()
+            && c.approved_domains.is_empty()
+            && c.approved_rooms.is_empty()
         {
             return true;
         }
         let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
-        c.approved_users.iter().any(|u| u.eq_ignore_ascii_case(email))
+        c.approved_users
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(email))
             || c.approved_domains
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(domain))
@@ -511,9 +515,8 @@ fn device_of(v: &Value) -> Option<Device> {
     })
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What one event asks of us.
 enum Event {
@@ -738,7 +741,10 @@ impl Webex {
             }
             Ok(resp) if matches!(resp.status, 429 | 423) => {
                 // Retries ran out; the throttle already holds this bot for the wait.
-                d.hold(resp.retry_after.unwrap_or(opsbot::http::DEFAULT_RETRY_AFTER));
+                d.hold(
+                    resp.retry_after
+                        .unwrap_or(opsbot::http::DEFAULT_RETRY_AFTER),
+                );
             }
             Ok(resp) if resp.status == 401 => {
                 // The delivery goes back to its queue; the token is checked again on reconnect.

@@ -9,6 +9,8 @@
 
 pub mod chaos;
 pub mod cut;
+#[cfg(feature = "webex")]
+pub mod webex;
 #[cfg(feature = "xmpp")]
 pub mod xmpp;
 
@@ -710,6 +712,7 @@ impl FakeConn {
 /// A bot on the IRC transport, running the real framework on its own thread.
 pub struct RunningBot {
     pub health: Health,
+    pub all: Vec<Health>,
     shutdown: Shutdown,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -738,24 +741,42 @@ impl RunningBot {
         admin: &str,
         extra: impl FnOnce(opsbot::BotBuilder) -> opsbot::BotBuilder,
     ) -> Self {
-        let admin = admin.to_owned();
-        let builder = builder.configure(|o| {
-            o.admins = vec![admin];
-            o.reconnect.initial = Duration::from_millis(200);
-            o.reconnect.max = Duration::from_secs(2);
-            o.reconnect.refused_min = Duration::from_millis(200);
-            o.shutdown_deadline = Duration::from_secs(2);
-        });
-        let builder = opsbot_handlers::add_builtins(builder)
-            .handler(opsbot_handlers::demo::Lines)
-            .handler(opsbot_handlers::demo::Boom);
-        let bot = extra(builder).build().unwrap();
-        let health = bot.health();
+        let mut extra = Some(extra);
+        Self::launch_all(vec![builder], admin, |b| (extra.take().unwrap())(b))
+    }
+
+    /// Starts several bots in one process (one runner), each with the built-in handlers, the
+    /// demos and `extra`; `health` is the first bot's, `all` every bot's.
+    pub fn launch_all(
+        builders: Vec<opsbot::BotBuilder>,
+        admin: &str,
+        mut extra: impl FnMut(opsbot::BotBuilder) -> opsbot::BotBuilder,
+    ) -> Self {
+        let bots: Vec<opsbot::Bot> = builders
+            .into_iter()
+            .map(|builder| {
+                let admin = admin.to_owned();
+                let builder = builder.configure(|o| {
+                    o.admins = vec![admin];
+                    o.reconnect.initial = Duration::from_millis(200);
+                    o.reconnect.max = Duration::from_secs(2);
+                    o.reconnect.refused_min = Duration::from_millis(200);
+                    o.shutdown_deadline = Duration::from_secs(2);
+                });
+                let builder = opsbot_handlers::add_builtins(builder)
+                    .handler(opsbot_handlers::demo::Lines)
+                    .handler(opsbot_handlers::demo::Boom);
+                extra(builder).build().unwrap()
+            })
+            .collect();
+        let all: Vec<Health> = bots.iter().map(|b| b.health()).collect();
+        let health = all[0].clone();
         let shutdown = Shutdown::new();
         let s = shutdown.clone();
-        let thread = std::thread::spawn(move || opsbot::run_until(vec![bot], s, false));
+        let thread = std::thread::spawn(move || opsbot::run_until(bots, s, false));
         Self {
             health,
+            all,
             shutdown,
             thread: Some(thread),
         }

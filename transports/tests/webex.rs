@@ -1,0 +1,632 @@
+//! The Webex transport against the fake Webex of `support/webex.rs` (REST and the Mercury
+//! WebSocket on loopback ports it picks), with each failure made to happen.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opsbot::health::{ActorKind, ConnState, Snapshot};
+use opsbot::http::{HttpClient, HttpClientConfig};
+use opsbot::prelude::*;
+use opsbot_transports::webex::{MAX_MESSAGE_BYTES, Webex, WebexConfig};
+use support::RunningBot;
+use support::webex::{Account, FakeWebex, Fault};
+
+const T: Duration = Duration::from_secs(20);
+const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
+const ALICE: &str = "alice@example.com";
+
+fn config(fake: &FakeWebex, account: &Account, extra: &str) -> WebexConfig {
+    let cfg: WebexConfig = toml::from_str(&fake.bot_toml(account, extra)).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    cfg
+}
+
+fn builder(fake: &FakeWebex, account: &Account, extra: &str) -> opsbot::BotBuilder {
+    opsbot::Bot::builder(account.name.as_str()).transport(Webex::new(config(fake, account, extra)))
+}
+
+/// Starts a bot for `account` on the fake, with `extra` transport settings.
+fn bot(fake: &FakeWebex, account: &Account, extra: &str) -> RunningBot {
+    RunningBot::launch(builder(fake, account, extra), ALICE, |b| b.handler(Big20))
+}
+
+fn transport(s: &Snapshot) -> Option<&opsbot::health::ActorStatus> {
+    s.actor(ActorKind::Transport, "webex")
+}
+
+fn detail(s: &Snapshot) -> String {
+    transport(s)
+        .and_then(|a| a.detail.clone())
+        .unwrap_or_default()
+}
+
+fn connected(s: &Snapshot) -> bool {
+    transport(s).is_some_and(|a| a.conn == Some(ConnState::Connected))
+}
+
+fn reconnects(s: &Snapshot) -> u32 {
+    transport(s).map_or(0, |a| a.reconnects)
+}
+
+async fn up(fake: &FakeWebex, bot: &RunningBot, account: &Account) {
+    bot.wait_status(T, "connected", connected).await;
+    fake.wait_connected(&account.token, T).await;
+}
+
+/// `!big20`: one reply of 20,000 bytes in lines of multi-byte text.
+#[derive(Clone)]
+struct Big20;
+
+fn big20() -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    while s.len() < 20_000 {
+        i += 1;
+        s.push_str(&format!("{i:04} é€𝄞 line of the long answer\n"));
+    }
+    s.truncate(s.trim_end().len());
+    s
+}
+
+impl Handler for Big20 {
+    const NAME: &'static str = "big20";
+    const COMMANDS: &'static [Command] = &[Command::new("big20", "", "Reply with 20 KB.")];
+
+    async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+        cx.reply(big20());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_and_status_answer_in_a_group_room_and_one_to_one() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+
+    // In a group room Webex puts the bot's name first; `!cmd`, `name cmd` and `name !cmd` work.
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !help");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].field("roomId").as_deref(), Some(ROOM));
+    assert!(p[0].text().contains("status"), "{}", p[0].text());
+    assert_eq!(p[0].field("parentId"), None);
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot status");
+    let p = fake.wait_posts(&a.token, 2, T).await;
+    assert!(p[1].text().contains("webex"), "{}", p[1].text());
+    assert!(p[1].text().contains("opsbot@webex.bot"), "{}", p[1].text());
+    fake.say(&a, ALICE, Some(ROOM), None, "!echo plain prefix");
+    let p = fake.wait_posts(&a.token, 3, T).await;
+    assert_eq!(p[2].text(), "plain prefix");
+
+    // 1:1: no name, the prefix optional, the answer to the person.
+    fake.say(&a, ALICE, None, None, "help");
+    let p = fake.wait_posts(&a.token, 4, T).await;
+    assert_eq!(p[3].field("toPersonEmail").as_deref(), Some(ALICE));
+    assert_eq!(p[3].field("roomId"), None);
+    assert!(p[3].text().contains("echo"), "{}", p[3].text());
+    fake.say(&a, ALICE, None, None, "!status");
+    let p = fake.wait_posts(&a.token, 5, T).await;
+    assert!(p[4].text().contains("webex"), "{}", p[4].text());
+
+    // Every event was acknowledged, the bot's own reflected posts included, and none of those
+    // ran: five commands, five posts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.posts().len(), 5);
+    assert!(fake.acks().len() >= 10, "{:?}", fake.acks());
+    // Markdown that would mention everybody is shown, not acted on.
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo <@all> look");
+    let p = fake.wait_posts(&a.token, 6, T).await;
+    assert_eq!(p[5].text(), "&lt;@all> look");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_a_thread_is_answered_in_that_thread() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    let parent = fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo top");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].field("parentId"), None);
+    fake.say(
+        &a,
+        ALICE,
+        Some(ROOM),
+        Some(&parent),
+        "opsbot !echo in thread",
+    );
+    let p = fake.wait_posts(&a.token, 2, T).await;
+    assert_eq!(p[1].text(), "in thread");
+    assert_eq!(p[1].field("roomId").as_deref(), Some(ROOM));
+    assert_eq!(p[1].field("parentId").as_deref(), Some(parent.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_approved_people_domains_and_rooms_get_answers() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(
+        &fake,
+        &a,
+        "approved_users = [\"alice@example.com\"]\napproved_domains = [\"corp.example\"]\n\
+         approved_rooms = [\"open-room\"]",
+    );
+    up(&fake, &bot, &a).await;
+    fake.say(
+        &a,
+        "mallory@evil.example",
+        Some(ROOM),
+        None,
+        "opsbot !echo m1",
+    );
+    fake.say(&a, "mallory@evil.example", None, None, "!echo m2");
+    fake.say(&a, "eve@corp.example.evil", None, None, "!echo m3");
+    fake.say(&a, "other@webex.bot", None, None, "!echo from a bot");
+    fake.say(&a, ALICE, None, None, "!echo alice");
+    fake.say(&a, "bob@corp.example", None, None, "!echo bob");
+    fake.say(
+        &a,
+        "carol@else.example",
+        Some("open-room"),
+        None,
+        "opsbot !echo carol",
+    );
+    let p = fake.wait_posts(&a.token, 3, T).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let texts: Vec<String> = fake.posts().iter().map(|p| p.text()).collect();
+    assert_eq!(texts, ["alice", "bob", "carol"], "{p:?}");
+    let s = bot.status();
+    assert!(detail(&s).contains("refused senders 3"), "{}", detail(&s));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_is_reopened_and_the_bot_answers() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    assert!(fake.drop_socket(&a.token));
+    bot.wait_status(T, "a reconnect", |s| reconnects(s) >= 1 && connected(s))
+        .await;
+    fake.wait_connected(&a.token, T).await;
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo after the drop");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "after the drop");
+    assert_eq!(fake.devices(&a.token), 1, "the device was reused");
+    // A close frame with an ordinary code is a reconnect too.
+    assert!(fake.close_socket(&a.token, 4000));
+    bot.wait_status(T, "a second reconnect", |s| {
+        reconnects(s) >= 2 && connected(s)
+    })
+    .await;
+    fake.wait_connected(&a.token, T).await;
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo after the close");
+    let p = fake.wait_posts(&a.token, 2, T).await;
+    assert_eq!(p[1].text(), "after the close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_declared_dead_and_reopened() {
+    let fake = FakeWebex::start().await;
+    fake.set_ping_every(None);
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "ping_interval_secs = 1\nping_timeout_secs = 2");
+    up(&fake, &bot, &a).await;
+    let muted = Instant::now();
+    assert!(fake.mute_socket(&a.token));
+    bot.wait_status(T, "a reconnect", |s| reconnects(s) >= 1 && connected(s))
+        .await;
+    // Dead after the interval and the timeout (about 3 s), not never.
+    assert!(
+        muted.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        muted.elapsed()
+    );
+    fake.wait_connected(&a.token, T).await;
+    fake.say(&a, ALICE, None, None, "!echo alive");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_device_is_registered_again() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    assert_eq!(fake.devices(&a.token), 1);
+    fake.stale_devices(&a.token);
+    assert!(fake.drop_socket(&a.token));
+    let s = bot
+        .wait_status(T, "a new device", |s| {
+            s.healing_log.iter().any(|e| e.action == "re-register")
+        })
+        .await;
+    assert!(
+        s.healing_log
+            .iter()
+            .any(|e| e.detail.contains("the device is stale")),
+        "{:?}",
+        s.healing_log
+    );
+    fake.wait_connected(&a.token, T).await;
+    assert_eq!(fake.devices(&a.token), 2);
+    fake.say(&a, ALICE, None, None, "!echo on the new device");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "on the new device");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_authorized_close_codes_are_refusals_not_a_tight_loop() {
+    for code in [4401u16, 1008] {
+        let fake = FakeWebex::start().await;
+        let a = fake.add_bot("opsbot");
+        fake.refuse_sockets(Some(code));
+        let bot = RunningBot::launch(builder(&fake, &a, ""), ALICE, |b| {
+            b.configure(|o| {
+                o.reconnect.initial = Duration::from_millis(100);
+                o.reconnect.refused_min = Duration::from_secs(3);
+            })
+        });
+        let s = bot
+            .wait_status(T, "a refusal", |s| {
+                s.healing_log.iter().any(|e| e.detail.contains("refused"))
+            })
+            .await;
+        let first = fake.upgrades(&a.token)[0];
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let attempts = fake
+            .upgrades(&a.token)
+            .iter()
+            .filter(|t| t.duration_since(first) < Duration::from_secs(7))
+            .count();
+        // A tight loop would be dozens; the refusal floor allows one every 3 s or more.
+        assert!(
+            (2..=3).contains(&attempts),
+            "code {code}: {attempts} attempts; {:?}",
+            s.healing_log
+        );
+        assert!(
+            s.healing_log
+                .iter()
+                .any(|e| e.detail.contains(&code.to_string())),
+            "{:?}",
+            s.healing_log
+        );
+        // Let it in: the bot connects and answers.
+        fake.refuse_sockets(None);
+        up(&fake, &bot, &a).await;
+        fake.say(&a, ALICE, None, None, "!echo let in");
+        let p = fake.wait_posts(&a.token, 1, T).await;
+        assert_eq!(p[0].text(), "let in");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_holds_that_bot_for_its_retry_after_while_another_answers() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("alpha");
+    let b = fake.add_bot("beta");
+    let bots = RunningBot::launch_all(
+        vec![builder(&fake, &a, ""), builder(&fake, &b, "")],
+        ALICE,
+        |x| x,
+    );
+    for (acc, h) in [(&a, &bots.all[0]), (&b, &bots.all[1])] {
+        let deadline = Instant::now() + T;
+        while !connected(&h.snapshot()) {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fake.wait_connected(&acc.token, T).await;
+    }
+    fake.fail(
+        "POST /v1/messages",
+        Some(&a.token),
+        1,
+        Fault::Status(429, Some("2".into())),
+    );
+    fake.say(&a, ALICE, None, None, "!echo held");
+    // Wait for the 429 to be given before beta's command.
+    let deadline = Instant::now() + T;
+    let throttled_at = loop {
+        if let Some(r) = fake
+            .requests()
+            .into_iter()
+            .find(|r| r.token == a.token && r.method == "POST" && r.path == "/v1/messages")
+        {
+            break r.at;
+        }
+        assert!(Instant::now() < deadline, "alpha never posted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    fake.say(&b, ALICE, None, None, "!echo beta goes on");
+    let pb = fake.wait_posts(&b.token, 1, T).await;
+    assert!(
+        pb[0].at.duration_since(throttled_at) < Duration::from_secs(2),
+        "beta waited for alpha's Retry-After"
+    );
+    let pa = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(pa[0].text(), "held");
+    // Nothing from alpha inside its 2 s (allowing the fake's own clock a little).
+    let early: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.token == a.token
+                && r.at > throttled_at
+                && r.at < throttled_at + Duration::from_millis(1950)
+        })
+        .collect();
+    assert!(
+        early.is_empty(),
+        "alpha asked during its Retry-After: {early:?}"
+    );
+    assert!(pa[0].at >= throttled_at + Duration::from_millis(1950));
+    assert_eq!(fake.posts().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_and_a_timed_out_post_is_not_sent_twice() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    // A client of its own with a short timeout, so that a slow answer is a timeout.
+    let client = Arc::new(
+        HttpClient::new(HttpClientConfig {
+            timeout: Duration::from_secs(1),
+            ..HttpClientConfig::default()
+        })
+        .unwrap(),
+    );
+    let transport = Webex::with_client(config(&fake, &a, ""), client.clone());
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("opsbot").transport(transport),
+        ALICE,
+        |b| b,
+    );
+    up(&fake, &bot, &a).await;
+
+    // 503 twice, then the post goes through, once.
+    fake.fail(
+        "POST /v1/messages",
+        Some(&a.token),
+        2,
+        Fault::Status(503, None),
+    );
+    fake.say(&a, ALICE, None, None, "!echo after two errors");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "after two errors");
+    let tries = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/messages")
+        .count();
+    assert_eq!(tries, 3);
+
+    // The fake takes the post and answers after the client gave up: not sent again.
+    fake.fail(
+        "POST /v1/messages",
+        Some(&a.token),
+        1,
+        Fault::Slow(Duration::from_secs(3)),
+    );
+    fake.say(&a, ALICE, None, None, "!echo only once");
+    let s = bot
+        .wait_status(T, "an unconfirmed reply", |s| {
+            detail(s).contains("unconfirmed replies 1")
+        })
+        .await;
+    assert!(
+        s.healing_log.iter().any(|e| e.action == "unconfirmed"),
+        "{:?}",
+        s.healing_log
+    );
+    fake.say(&a, ALICE, None, None, "!echo next");
+    let p = fake.wait_posts(&a.token, 3, T).await;
+    assert_eq!(p[2].text(), "next");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let once = fake
+        .posts()
+        .iter()
+        .filter(|p| p.text() == "only once")
+        .count();
+    assert_eq!(once, 1);
+    assert!(
+        client
+            .stats()
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_runs_once() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    let id = fake.say(&a, ALICE, None, None, "!echo once");
+    fake.wait_posts(&a.token, 1, T).await;
+    fake.redeliver(&a, &id);
+    fake.redeliver(&a, &id);
+    fake.say(&a, ALICE, None, None, "!echo marker");
+    let p = fake.wait_posts(&a.token, 2, T).await;
+    assert_eq!(p[1].text(), "marker");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.posts().len(), 2);
+    let s = bot.status();
+    assert!(detail(&s).contains("duplicates 2"), "{}", detail(&s));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_old_unacknowledged_messages_never_run() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let first = bot(&fake, &a, "");
+    up(&fake, &first, &a).await;
+    drop(first);
+    let deadline = Instant::now() + T;
+    while fake.connected(&a.token) {
+        assert!(Instant::now() < deadline, "the socket outlived the bot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While the bot is down, commands pile up unacknowledged, one of them an hour old.
+    fake.say(&a, ALICE, None, None, "!echo old 1");
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo old 2");
+    fake.say_at(
+        &a,
+        ALICE,
+        None,
+        None,
+        "!echo old 3",
+        "2020-01-01T00:00:00.000Z",
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = bot(&fake, &a, "");
+    up(&fake, &second, &a).await;
+    second
+        .wait_status(T, "the old messages read", |s| {
+            detail(s).contains("older than the bot 3")
+        })
+        .await;
+    fake.say(&a, ALICE, None, None, "!echo new");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.posts().len(), 1, "{p:?}");
+    assert_eq!(p[0].text(), "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_kb_reply_arrives_in_ordered_parts_within_the_limit() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !big20");
+    let want = big20();
+    let deadline = Instant::now() + T;
+    loop {
+        let got: Vec<String> = fake.posts().iter().map(|p| p.text()).collect();
+        if got.join("\n") == want {
+            assert!(got.len() >= 3, "{}", got.len());
+            for part in &got {
+                assert!(part.len() <= MAX_MESSAGE_BYTES, "{}", part.len());
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the parts never made up the reply: {} parts, {} bytes",
+            got.len(),
+            got.iter().map(String::len).sum::<usize>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ten bots in one process, 100 commands each over five rooms, all at once; answers with
+/// `latency` per REST call. Answers every room's replies in order, or fails.
+async fn burst(fake: &FakeWebex, raise: bool) -> (Duration, Arc<HttpClient>) {
+    let client = Arc::new(HttpClient::new(HttpClientConfig::default()).unwrap());
+    let accounts: Vec<Account> = (0..10).map(|i| fake.add_bot(&format!("bot{i}"))).collect();
+    let builders = accounts
+        .iter()
+        .map(|a| {
+            opsbot::Bot::builder(a.name.as_str())
+                .transport(Webex::with_client(config(fake, a, ""), client.clone()))
+        })
+        .collect();
+    let bots = RunningBot::launch_all(builders, ALICE, |b| {
+        b.configure(|o| {
+            o.budget.per_minute = 0;
+            if raise {
+                o.outbox.global = Some(opsbot::outbox::Rate::new(1000.0, 1000));
+                o.outbox.per_destination = Some(opsbot::outbox::Rate::new(1000.0, 1000));
+            }
+        })
+    });
+    for (a, h) in accounts.iter().zip(&bots.all) {
+        let deadline = Instant::now() + T;
+        while !connected(&h.snapshot()) {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fake.wait_connected(&a.token, T).await;
+    }
+    let start = Instant::now();
+    for i in 0..100 {
+        for a in &accounts {
+            let room = format!("room-{}", i % 5);
+            fake.say(
+                a,
+                ALICE,
+                Some(&room),
+                None,
+                &format!("{} !echo {i}", a.name),
+            );
+        }
+    }
+    let mut last_ok = Instant::now();
+    let mut count = 0;
+    loop {
+        let n = fake.posts().len();
+        if n >= 1000 {
+            break;
+        }
+        if n > count {
+            count = n;
+            last_ok = Instant::now();
+        }
+        assert!(
+            last_ok.elapsed() < Duration::from_secs(30),
+            "stalled at {n} of 1000 replies"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let posts = fake.posts();
+    assert_eq!(posts.len(), 1000, "nothing more, nothing lost");
+    for a in &accounts {
+        for r in 0..5 {
+            let room = format!("room-{r}");
+            let seq: Vec<u32> = posts
+                .iter()
+                .filter(|p| p.token == a.token && p.field("roomId").as_deref() == Some(&room))
+                .map(|p| p.text().parse().unwrap())
+                .collect();
+            let want: Vec<u32> = (0..100).filter(|i| i % 5 == r).collect();
+            assert_eq!(seq, want, "{} in {room}", a.name);
+        }
+    }
+    drop(bots);
+    (took, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_bots_send_a_thousand_replies_at_once_without_a_timeout_or_a_loss() {
+    let fake = FakeWebex::start().await;
+    fake.set_latency(Duration::from_millis(50));
+    let (_took, client) = burst(&fake, true).await;
+    let stats = client.stats();
+    assert_eq!(stats.timeouts.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Every bot shares the one client, whose per-host limit bounds the requests in flight; the
+    // pool may open a connection that a freed one then makes spare, so allow a fifth more.
+    let limit = HttpClientConfig::default().max_connections_per_host;
+    assert!(
+        fake.rest_connections() <= limit + limit / 5,
+        "{} connections for ten bots",
+        fake.rest_connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_burst_at_the_default_pace_loses_nothing() {
+    let fake = FakeWebex::start().await;
+    fake.set_latency(Duration::from_millis(50));
+    burst(&fake, false).await;
+}
