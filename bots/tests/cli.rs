@@ -360,6 +360,7 @@ fn every_example_config_checks_clean() {
                 .arg(&path)
                 .env("IRC_SASL_PASSWORD", "from-the-environment")
                 .env("XMPP_PASSWORD", "from-the-environment")
+                .env("WEBEX_TOKEN", "from-the-environment")
                 .output()
                 .unwrap();
             assert!(
@@ -424,23 +425,29 @@ fn irc_settings_are_checked_before_connecting() {
 }
 
 #[test]
-fn the_irc_and_xmpp_examples_differ_only_in_their_transport() {
+fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport() {
     let load = |name: &str| -> toml::Table {
         toml::from_str(&std::fs::read_to_string(examples().join(name)).unwrap()).unwrap()
     };
-    let (mut irc, mut xmpp) = (load("irc.toml"), load("xmpp.toml"));
     let transport = |t: &mut toml::Table| -> toml::Value {
         let bots = t["bot"].as_array_mut().unwrap();
         assert_eq!(bots.len(), 1);
         bots[0].as_table_mut().unwrap().remove("transport").unwrap()
     };
-    let (ti, tx) = (transport(&mut irc), transport(&mut xmpp));
-    assert_eq!(ti["kind"].as_str(), Some("irc"));
-    assert_eq!(tx["kind"].as_str(), Some("xmpp"));
-    assert_eq!(irc, xmpp, "the examples differ outside [bot.transport]");
+    let mut irc = load("irc.toml");
+    assert_eq!(transport(&mut irc)["kind"].as_str(), Some("irc"));
+    for (file, kind) in [("xmpp.toml", "xmpp"), ("webex.toml", "webex")] {
+        let mut other = load(file);
+        assert_eq!(transport(&mut other)["kind"].as_str(), Some(kind));
+        assert_eq!(
+            irc, other,
+            "{file} differs from irc.toml outside [bot.transport]"
+        );
+    }
     for (file, var) in [
         ("irc.toml", "IRC_SASL_PASSWORD"),
         ("xmpp.toml", "XMPP_PASSWORD"),
+        ("webex.toml", "WEBEX_TOKEN"),
     ] {
         let out = Command::new(BIN)
             .args(["check", "--config"])
@@ -453,6 +460,40 @@ fn the_irc_and_xmpp_examples_differ_only_in_their_transport() {
             "{file}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+#[test]
+fn webex_and_http_client_settings_are_checked_before_connecting() {
+    let head = "[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"webex\"\n";
+    let (ok, _, err) = check(&format!(
+        "{head}token = \"abc\"\nrest_url = \"http://webexapis.com/v1\"\napproved_domains = [\"@x.org\"]\nmax_message_bytes = 10000\n"
+    ));
+    assert!(!ok);
+    for want in [
+        "`bot[0].transport.rest_url`: may use http only for a server on a loopback address",
+        "`bot[0].transport.approved_domains[0]`: `@x.org` is not a domain",
+        "`bot[0].transport.max_message_bytes`: must be 64 to 7439",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    assert!(!err.contains("abc"), "the token leaked: {err}");
+    let (ok, _, err) = check(&format!("{head}tokn = \"abc\"\n"));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].transport.tokn`: unknown field `tokn`"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!(
+        "[http_client]\nmax_connections_per_host = 0\ntimeout_secs = -1\nretries = 99\n{head}token = \"abc\"\n"
+    ));
+    assert!(!ok);
+    for want in [
+        "`http_client.max_connections_per_host`: 0 connections per host cannot work",
+        "`http_client.timeout_secs`: -1 is not a positive number of seconds",
+        "`http_client.retries`: 99 retries would hide an outage for too long",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
     }
 }
 
