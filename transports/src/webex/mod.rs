@@ -788,7 +788,15 @@ mod tests {
             uuid_of(&id).as_deref(),
             Some("92db3be0-43bd-11e6-8ae9-dd5b3dfc565d")
         );
-        assert_eq!(uuid_of(&format!("{id}=")), uuid_of(&id), "padding accepted");
+        // An id whose URI length is not a multiple of three has padding in its padded form.
+        let padded = base64::engine::general_purpose::STANDARD.encode("ciscospark://us/PEOPLE/abc");
+        assert!(padded.ends_with('='));
+        assert_eq!(uuid_of(&padded).as_deref(), Some("abc"), "padding accepted");
+        assert_eq!(
+            uuid_of(padded.trim_end_matches('=')).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(uuid_of("not base64!"), None);
     }
 
     #[test]
