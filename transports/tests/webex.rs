@@ -97,6 +97,10 @@ async fn help_and_status_answer_in_a_group_room_and_one_to_one() {
     let p = fake.wait_posts(&a.token, 2, T).await;
     assert!(p[1].text().contains("webex"), "{}", p[1].text());
     assert!(p[1].text().contains("opsbot@webex.bot"), "{}", p[1].text());
+    assert!(
+        !p[1].text().contains(&a.token),
+        "the token leaked into !status"
+    );
     fake.say(&a, ALICE, Some(ROOM), None, "!echo plain prefix");
     let p = fake.wait_posts(&a.token, 3, T).await;
     assert_eq!(p[2].text(), "plain prefix");
@@ -367,6 +371,159 @@ async fn a_429_holds_that_bot_for_its_retry_after_while_another_answers() {
     );
     assert!(pa[0].at >= throttled_at + Duration::from_millis(1950));
     assert_eq!(fake.posts().len(), 2);
+
+    // After the wait, alpha keeps a gap between its replies; beta does not.
+    let s = bots.all[0].snapshot();
+    assert!(
+        detail(&s).contains("slowed to a reply per 0.5s"),
+        "{}",
+        detail(&s)
+    );
+    assert!(
+        s.healing_log.iter().any(|e| e.action == "slow down"),
+        "{:?}",
+        s.healing_log
+    );
+    fake.say(&a, ALICE, None, None, "!echo one");
+    fake.say(&a, ALICE, None, None, "!echo two");
+    let pa = fake.wait_posts(&a.token, 3, T).await;
+    assert!(
+        pa[2].at.duration_since(pa[1].at) >= Duration::from_millis(450),
+        "alpha's replies came {:?} apart",
+        pa[2].at.duration_since(pa[1].at)
+    );
+    assert!(!detail(&bots.all[1].snapshot()).contains("slowed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_and_events_are_ignored_and_the_bot_answers() {
+    use tokio_tungstenite::tungstenite::Message;
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    for frame in [
+        Message::text("not json"),
+        Message::text("{}"),
+        Message::text("{\"id\": 5, \"data\": null}"),
+        Message::text("[1, 2, 3]"),
+        Message::binary(vec![0xff, 0x00, 0xfe]),
+        Message::text(
+            "{\"id\":\"e1\",\"data\":{\"eventType\":\"conversation.activity\",\"activity\":{\"verb\":\"post\"}}}",
+        ),
+        Message::text(
+            "{\"id\":\"e2\",\"data\":{\"eventType\":\"conversation.activity\",\"activity\":{\"verb\":\"post\",\"id\":\"no-such-message\",\"actor\":{}}}}",
+        ),
+        Message::text(format!(
+            "{{\"id\":\"e3\",\"data\":{{\"eventType\":\"conversation.activity\",\"activity\":{{\"verb\":\"post\",\"id\":\"{}\"}}}}}}",
+            "x".repeat(10_000)
+        )),
+    ] {
+        assert!(fake.raw(&a.token, frame));
+    }
+    fake.say(&a, ALICE, None, None, "!echo still here");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "still here");
+    let s = bot.status();
+    assert_eq!(reconnects(&s), 0, "{:?}", s.healing_log);
+    // Envelopes with an id were acknowledged, whatever they held.
+    let acks = fake.acks();
+    for id in ["e1", "e2", "e3"] {
+        assert!(acks.iter().any(|a| a == id), "{id} not acked: {acks:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_client_waits_out_429_and_423_and_retries_only_what_it_may() {
+    use opsbot::http::{HttpError, Repeat, Throttle};
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let client = Arc::new(HttpClient::new(HttpClientConfig::default()).unwrap());
+    let me = format!("http://127.0.0.1:{}/v1/people/me", fake.rest_port);
+    let auth = format!("Bearer {}", a.token);
+    let get = |client: Arc<HttpClient>, throttle: Arc<Throttle>, url: String, auth: String| async move {
+        client
+            .send(&throttle, Repeat::Safe, &url, |c| {
+                c.get(&url).header("Authorization", &auth)
+            })
+            .await
+    };
+
+    // 423 with Retry-After: 1 is waited out, then retried once.
+    let throttle = Arc::new(Throttle::new());
+    fake.fail(
+        "GET /v1/people/me",
+        None,
+        1,
+        Fault::Status(423, Some("1".into())),
+    );
+    let t = Instant::now();
+    let r = get(client.clone(), throttle.clone(), me.clone(), auth.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(throttle.throttled(), 1);
+
+    // 429 without Retry-After holds this caller 15 s, and not another.
+    let throttle = Arc::new(Throttle::new());
+    fake.fail("GET /v1/people/me", None, 1, Fault::Status(429, None));
+    let held = tokio::spawn(get(
+        client.clone(),
+        throttle.clone(),
+        me.clone(),
+        auth.clone(),
+    ));
+    let deadline = Instant::now() + T;
+    while throttle.throttled() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = throttle.remaining().unwrap();
+    assert!(
+        left > Duration::from_secs(13) && left <= Duration::from_secs(15),
+        "{left:?}"
+    );
+    let other = Arc::new(Throttle::new());
+    let r = get(client.clone(), other, me.clone(), auth.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "another caller is not held");
+    let asked = |fake: &FakeWebex| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == "/v1/people/me")
+            .count()
+    };
+    let before = asked(&fake);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(asked(&fake), before, "retried before the Retry-After");
+    held.abort();
+
+    // No server there: what is safe to repeat is tried 1 + 3 times, and so is a post, which
+    // certainly did not arrive; both end as a connection error.
+    let closed = support::free_port();
+    let url = format!("http://127.0.0.1:{closed}/v1/messages");
+    let throttle = Throttle::new();
+    let before = client
+        .stats()
+        .attempts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let r = client
+        .send(&throttle, Repeat::IfNotSent, &url, |c| {
+            c.post(&url).body("{}")
+        })
+        .await;
+    assert!(matches!(r, Err(HttpError::Connect(_))), "{r:?}");
+    let after = client
+        .stats()
+        .attempts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,57 @@ pub struct Webex {
     /// Ids of messages already handled, oldest first.
     seen: Seen,
     stats: Stats,
+    slow: Slowdown,
+}
+
+/// The gap kept between this bot's replies after the service answered 429 (or 423): half a
+/// second after the first, doubling with each further one up to [`SLOW_MAX`], halving for
+/// each [`SLOW_RELAX`] without one until it is gone. The `Retry-After` wait itself is the
+/// throttle's; this keeps the bot from running straight back into the limit after it.
+#[derive(Debug, Default)]
+struct Slowdown {
+    gap: Duration,
+    /// The throttle's count of 429s when last looked at.
+    seen: u64,
+    /// When the gap last changed.
+    changed: Option<Instant>,
+    /// When the last reply was posted.
+    last_post: Option<Instant>,
+}
+
+const SLOW_MIN: Duration = Duration::from_millis(500);
+const SLOW_MAX: Duration = Duration::from_secs(8);
+const SLOW_RELAX: Duration = Duration::from_secs(60);
+
+impl Slowdown {
+    /// Looks at the throttle's count; answers the new gap when a new 429 widened it.
+    fn observe(&mut self, throttled: u64, now: Instant) -> Option<Duration> {
+        if throttled > self.seen {
+            self.seen = throttled;
+            self.gap = (self.gap * 2).clamp(SLOW_MIN, SLOW_MAX);
+            self.changed = Some(now);
+            return Some(self.gap);
+        }
+        if !self.gap.is_zero()
+            && self
+                .changed
+                .is_some_and(|c| now.duration_since(c) >= SLOW_RELAX)
+        {
+            self.gap /= 2;
+            if self.gap < SLOW_MIN {
+                self.gap = Duration::ZERO;
+            }
+            self.changed = Some(now);
+        }
+        None
+    }
+
+    /// How long the next reply waits to keep the gap.
+    fn wait(&self, now: Instant) -> Duration {
+        self.last_post.map_or(Duration::ZERO, |l| {
+            (l + self.gap).saturating_duration_since(now)
+        })
+    }
 }
 
 /// What `!status` counts.
@@ -264,6 +315,7 @@ impl Webex {
             device: None,
             seen: Seen::default(),
             stats: Stats::default(),
+            slow: Slowdown::default(),
         }
     }
 
@@ -414,6 +466,13 @@ impl Webex {
         );
         if let Some(wait) = self.api.throttle.remaining() {
             let _ = write!(d, " (holding {:.0}s)", wait.as_secs_f64().ceil());
+        }
+        if !self.slow.gap.is_zero() {
+            let _ = write!(
+                d,
+                " · slowed to a reply per {:.1}s",
+                self.slow.gap.as_secs_f64()
+            );
         }
         d
     }
@@ -691,7 +750,11 @@ impl Transport for Webex {
                     };
                     let body = self.post_of(&d);
                     let api = self.api.clone();
+                    let gap = self.slow.wait(Instant::now());
                     posting.push(async move {
+                        if !gap.is_zero() {
+                            tokio::time::sleep(gap).await;
+                        }
                         let url = format!("{}/messages", api.rest);
                         let r = api.post(&url, &body).await;
                         (d, r)
@@ -734,6 +797,16 @@ impl Webex {
                 d.hold(Duration::from_secs(2u64 << (*failures).min(5)));
             }
         };
+        let now = Instant::now();
+        self.slow.last_post = Some(now);
+        if let Some(gap) = self.slow.observe(self.api.throttle.throttled(), now) {
+            let why = format!(
+                "Webex answered 429: one reply per {:.1} s from now on, relaxing after a minute without one",
+                gap.as_secs_f64()
+            );
+            tracing::warn!(kind = "webex", "{why}");
+            link.heal_event("slow down", why);
+        }
         match result {
             Ok(resp) if resp.is_success() => {
                 *failures = 0;
@@ -807,6 +880,30 @@ mod tests {
         assert_eq!(strip_name("opsbotty help", "opsbot"), None);
         assert_eq!(strip_name("help", "opsbot"), None);
         assert_eq!(strip_name("é", "opsbot"), None);
+    }
+
+    #[test]
+    fn a_429_widens_the_gap_and_quiet_minutes_narrow_it() {
+        let mut s = Slowdown::default();
+        let t0 = Instant::now();
+        assert_eq!(s.observe(0, t0), None);
+        assert_eq!(s.wait(t0), Duration::ZERO);
+        assert_eq!(s.observe(1, t0), Some(SLOW_MIN));
+        assert_eq!(s.observe(3, t0), Some(SLOW_MIN * 2));
+        s.last_post = Some(t0);
+        assert_eq!(s.wait(t0), SLOW_MIN * 2);
+        for n in 4..14 {
+            s.observe(n, t0);
+        }
+        assert_eq!(s.gap, SLOW_MAX);
+        let mut t = t0;
+        for _ in 0..4 {
+            t += SLOW_RELAX;
+            assert_eq!(s.observe(13, t), None);
+        }
+        assert_eq!(s.gap, SLOW_MIN);
+        s.observe(13, t + SLOW_RELAX);
+        assert_eq!(s.gap, Duration::ZERO);
     }
 
     #[test]

@@ -94,6 +94,7 @@ struct Device {
 
 enum Cmd {
     Event(Value),
+    Raw(Message),
     Drop,
     Close(u16),
     Mute,
@@ -257,6 +258,11 @@ impl FakeWebex {
             }
         }
         any
+    }
+
+    /// Sends `frame` as it is on `token`'s socket (malformed input).
+    pub fn raw(&self, token: &str, frame: Message) -> bool {
+        self.command(token, || Cmd::Raw(frame.clone()))
     }
 
     /// Drops `token`'s socket without a close frame.
@@ -837,6 +843,12 @@ async fn serve_ws(conn: TcpStream, st: Arc<Mutex<State>>) {
                     }
                 }
                 Some(Cmd::Event(_)) => {}
+                Some(Cmd::Raw(m)) => {
+                    if ws.send(m).await.is_err() {
+                        forget(&st);
+                        return;
+                    }
+                }
                 Some(Cmd::Mute) => muted = true,
                 Some(Cmd::Close(code)) => {
                     let _ = ws.send(Message::Close(Some(CloseFrame { code: code.into(), reason: "".into() }))).await;
