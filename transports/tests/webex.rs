@@ -787,3 +787,56 @@ async fn the_same_burst_at_the_default_pace_loses_nothing() {
     fake.set_latency(Duration::from_millis(50));
     burst(&fake, false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_catalog_the_configured_device_service_is_used() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    fake.fail("GET /u2c/", None, 100, Fault::Status(500, None));
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.iter().any(|p| p == "/u2c/api/v1/catalog"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p == "/wdm-fallback/api/v1/devices"),
+        "{paths:?}"
+    );
+    fake.say(&a, ALICE, None, None, "!echo via wdm_url");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "via wdm_url");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_a_refusal_and_never_shown() {
+    let fake = FakeWebex::start().await;
+    let mut a = fake.add_bot("opsbot");
+    a.token = "wrong-token-value".into();
+    let bot = RunningBot::launch(builder(&fake, &a, ""), ALICE, |b| {
+        b.configure(|o| o.reconnect.refused_min = Duration::from_secs(3))
+    });
+    let s = bot
+        .wait_status(T, "a refusal", |s| {
+            s.healing_log.iter().any(|e| e.detail.contains("refused"))
+        })
+        .await;
+    assert!(
+        s.healing_log
+            .iter()
+            .any(|e| e.detail.contains("the token was refused (401)")),
+        "{:?}",
+        s.healing_log
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = bot.status();
+    let tries = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/people/me")
+        .count();
+    assert!((1..=3).contains(&tries), "{tries} tries in 4 s");
+    let shown = format!("{:?} {}", s.healing_log, detail(&s));
+    assert!(!shown.contains("wrong-token-value"), "{shown}");
+}
