@@ -8,7 +8,6 @@
 //! in-flight commands get until the deadline to finish, the outbox sends what it holds, and only
 //! then does the transport close.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,149 +20,14 @@ use tokio_util::task::TaskTracker;
 use crate::command::Command;
 use crate::handler::{CatalogEntry, Factory, Handler, HandlerHost, Job};
 use crate::health::Health;
-use crate::outbox::{Drain, Outbox, OutboxOptions, Pacing, Rate};
+pub use crate::options::{BotOptions, OutboxSettings};
+use crate::outbox::{Drain, Outbox, Pacing};
 use crate::poller::{Poller, PollerHost, PollerOptions};
-use crate::router::{Budget, Close, RouteError, RouteTable, Router};
+use crate::router::{Close, RouteError, RouteTable, Router};
+use crate::shared::BotShared;
 use crate::store::{Store, StoreError};
-use crate::supervisor::{Fatal, RestartPolicy, fault_point};
+use crate::supervisor::{Fatal, fault_point};
 use crate::transport::{Limits, Link, ReconnectPolicy, Transport, TransportHost};
-
-/// Overrides of the transport's outbox defaults; `None` keeps the transport's value.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutboxSettings {
-    /// Longest line in bytes.
-    pub max_line_bytes: Option<usize>,
-    /// Global pace (a rate of 0 lines per second means unlimited).
-    pub global: Option<Rate>,
-    /// Global byte pace (0 bytes per second means unlimited).
-    pub global_bytes: Option<Rate>,
-    /// Per-destination pace (0: unlimited).
-    pub per_destination: Option<Rate>,
-    /// Lines that may wait.
-    pub queue: usize,
-    /// Anti-loop: identical texts allowed per window (0 disables).
-    pub loop_repeats: u32,
-    /// Anti-loop window.
-    pub loop_window: Duration,
-}
-
-impl Default for OutboxSettings {
-    fn default() -> Self {
-        let d = OutboxOptions::default();
-        Self {
-            max_line_bytes: None,
-            global: None,
-            global_bytes: None,
-            per_destination: None,
-            queue: d.queue,
-            loop_repeats: d.loop_repeats,
-            loop_window: d.loop_window,
-        }
-    }
-}
-
-impl OutboxSettings {
-    /// The effective options over a transport's limits.
-    pub fn resolve(&self, limits: &Limits) -> OutboxOptions {
-        OutboxOptions {
-            max_line_bytes: self.max_line_bytes.unwrap_or(limits.max_line_bytes),
-            global: self.global.or(limits.global),
-            global_bytes: self.global_bytes.or(limits.global_bytes),
-            line_overhead: limits.line_overhead,
-            per_destination: self.per_destination.or(limits.per_destination),
-            multiline: limits.multiline,
-            queue: self.queue,
-            loop_repeats: self.loop_repeats,
-            loop_window: self.loop_window,
-        }
-    }
-}
-
-/// Everything about a bot that is not its handlers or transport. `Default` gives the
-/// production defaults; new fields will always come with a default.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct BotOptions {
-    /// Command prefix.
-    pub prefix: String,
-    /// Sender ids allowed to run admin-only commands.
-    pub admins: Vec<String>,
-    /// Longest a handler may take for one message.
-    pub handler_timeout: Duration,
-    /// Restart policy for handlers and pollers.
-    pub restart: RestartPolicy,
-    /// Per-user command budget.
-    pub budget: Budget,
-    /// Outbox overrides.
-    pub outbox: OutboxSettings,
-    /// Reconnect backoff.
-    pub reconnect: ReconnectPolicy,
-    /// How long a graceful shutdown may take (in-flight commands, then the outbox).
-    pub shutdown_deadline: Duration,
-    /// Where the state store lives (needed only when the bot has pollers).
-    pub state_path: Option<PathBuf>,
-}
-
-impl Default for BotOptions {
-    fn default() -> Self {
-        Self {
-            prefix: "!".into(),
-            admins: Vec::new(),
-            handler_timeout: Duration::from_secs(30),
-            restart: RestartPolicy::default(),
-            budget: Budget::default(),
-            outbox: OutboxSettings::default(),
-            reconnect: ReconnectPolicy::default(),
-            shutdown_deadline: Duration::from_secs(10),
-            state_path: None,
-        }
-    }
-}
-
-/// What every actor of one bot shares.
-#[derive(Debug)]
-pub(crate) struct BotShared {
-    pub(crate) prefix: String,
-    pub(crate) admins: HashSet<String>,
-    pub(crate) options: BotOptions,
-    pub(crate) catalog: Vec<CatalogEntry>,
-    pub(crate) health: Health,
-    pub(crate) outbox: Addr<Outbox>,
-    pub(crate) fatal: Fatal,
-}
-
-impl BotShared {
-    pub(crate) fn is_admin(&self, sender_id: &str) -> bool {
-        self.admins.contains(sender_id)
-            || self
-                .admins
-                .iter()
-                .any(|a| a.contains(['*', '?']) && wildcard(a.as_bytes(), sender_id.as_bytes()))
-    }
-}
-
-/// Glob match with `*` (any run) and `?` (one byte), as IRC host masks use them
-/// (`*!*@ops.example.com`). Comparison is ASCII case-insensitive.
-pub(crate) fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&text[t])) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
 
 /// Why a bot could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -711,24 +575,4 @@ fn spawn_signal_watch(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::wildcard;
-
-    #[test]
-    fn host_masks_match_as_globs() {
-        assert!(wildcard(
-            b"*!*@ops.example.com",
-            b"alice!al@ops.example.com"
-        ));
-        assert!(wildcard(b"alice!*@*", b"ALICE!x@y"));
-        assert!(!wildcard(
-            b"*!*@ops.example.com",
-            b"mallory!m@evil.example.com"
-        ));
-        assert!(wildcard(b"a?c", b"abc") && !wildcard(b"a?c", b"abbc"));
-        assert!(wildcard(b"*", b"") && !wildcard(b"", b"x"));
-    }
 }

@@ -208,3 +208,12 @@ impl Match {
         &self.message
     }
 }
+
+/// One command in the bot's catalog, as `!help` lists it.
+#[derive(Clone, Copy, Debug)]
+pub struct CatalogEntry {
+    /// The handler that answers it.
+    pub handler: &'static str,
+    /// Its declaration.
+    pub command: &'static Command,
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::bot::{BotOptions, OutboxSettings};
+use crate::options::{BotOptions, OutboxSettings};
 use crate::outbox::Rate;
 use crate::router::Budget;
 use crate::supervisor::RestartPolicy;
@@ -233,6 +233,12 @@ struct RawBot {
     admins: Vec<String>,
     #[serde(default)]
     handlers: Vec<String>,
+    #[serde(default)]
+    handler: toml::Table,
+    #[serde(default)]
+    pollers: Vec<String>,
+    #[serde(default)]
+    poller: toml::Table,
     handler_timeout_secs: Option<f64>,
     shutdown_deadline_secs: Option<f64>,
     transport: Option<toml::Table>,
@@ -305,6 +311,12 @@ pub struct BotConfig {
     pub options: BotOptions,
     /// Handlers to enable beyond the built-in ones, by name.
     pub handlers: Vec<String>,
+    /// Handlers' own settings (`[bot.handler.NAME]`), by handler name; each value is a table.
+    pub handler_settings: toml::Table,
+    /// Pollers to run, by name.
+    pub pollers: Vec<String>,
+    /// Pollers' settings (`[bot.poller.NAME]`), by poller name; each value is a table.
+    pub poller_settings: toml::Table,
     /// The transport.
     pub transport: TransportConfig,
     /// The key path of this bot (`bot[0]`).
@@ -320,6 +332,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The shared HTTP client.
     pub http_client: HttpClientConfig,
+    /// The file's text, to point errors found later (by transports, handlers) at their line.
+    pub source: std::sync::Arc<str>,
     /// The bots, in file order.
     pub bots: Vec<BotConfig>,
 }
@@ -355,6 +369,18 @@ impl Config {
         }
     }
 
+    /// An error about `key` (a key path such as `bot[0].handler.hello.greeting`), pointed at
+    /// its line in the file where that can be told.
+    pub fn error_at(&self, key: String, message: String, hint: Option<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line: locate(&self.source, &key),
+            key,
+            message,
+            hint,
+        }
+    }
+
     /// The config used when no file is given: one console bot whose local user is an admin.
     pub fn console_default() -> Self {
         let options = BotOptions {
@@ -365,10 +391,14 @@ impl Config {
             path: PathBuf::from("<built-in>"),
             log: LogConfig::default(),
             http_client: HttpClientConfig::default(),
+            source: "".into(),
             bots: vec![BotConfig {
                 name: "opsbot".into(),
                 options,
                 handlers: Vec::new(),
+                handler_settings: toml::Table::new(),
+                pollers: Vec::new(),
+                poller_settings: toml::Table::new(),
                 transport: TransportConfig {
                     kind: "console".into(),
                     settings: toml::Table::new(),
@@ -444,16 +474,29 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
 }
 
+/// The line of `key` in `text`, when the key's last segment appears once as a key there.
+fn locate(text: &str, key: &str) -> Option<usize> {
+    let last = key.rsplit(['.', ']']).next().unwrap_or("");
+    if last.is_empty() {
+        return None;
+    }
+    let hits: Vec<usize> = text
+        .match_indices(last)
+        .map(|(i, _)| i)
+        .filter(|&i| {
+            let line_start = text[..i].rfind('\n').map_or(0, |n| n + 1);
+            let before = text[line_start..i].trim();
+            let after = text[i + last.len()..].trim_start_matches([' ', '\t']);
+            (before.is_empty() || before.ends_with('.') || before == "[" || before == "[[")
+                && (after.starts_with('=') || after.starts_with(']'))
+        })
+        .collect();
+    (hits.len() == 1).then(|| line_of(text, hits[0]))
+}
+
 impl Validator<'_> {
     fn error(&mut self, key: String, message: impl Into<String>, hint: Option<&str>) {
-        // Point at the key's line when the key's last segment appears once in the file.
-        let last = key.rsplit(['.', ']']).next().unwrap_or("");
-        let line = (!last.is_empty())
-            .then(|| {
-                let hits: Vec<_> = self.text.match_indices(&format!("{last} ")).collect();
-                (hits.len() == 1).then(|| line_of(self.text, hits[0].0))
-            })
-            .flatten();
+        let line = locate(self.text, &key);
         self.errors.push(ConfigError {
             file: self.file.clone(),
             key,
@@ -605,6 +648,7 @@ impl Validator<'_> {
             path: self.file.clone(),
             log: raw.log,
             http_client,
+            source: self.text.into(),
             bots,
         }
     }
@@ -823,10 +867,45 @@ impl Validator<'_> {
                 fresh
             })
             .collect();
+        let mut seen = HashSet::new();
+        let pollers = b
+            .pollers
+            .into_iter()
+            .filter(|p| {
+                let fresh = seen.insert(p.clone());
+                if !fresh {
+                    self.error(
+                        format!("{k}.pollers"),
+                        format!("poller `{p}` is listed twice"),
+                        None,
+                    );
+                }
+                fresh
+            })
+            .collect();
+        for (table, what) in [(&b.handler, "handler"), (&b.poller, "poller")] {
+            for (name, v) in table {
+                if !v.is_table() {
+                    self.error(
+                        format!("{k}.{what}.{name}"),
+                        format!(
+                            "expected a table of the {what}'s settings, found {}",
+                            v.type_str()
+                        ),
+                        Some(&format!(
+                            "write [bot.{what}.{name}] with the settings under it"
+                        )),
+                    );
+                }
+            }
+        }
         BotConfig {
             name: b.name,
             options: o,
             handlers,
+            handler_settings: b.handler,
+            pollers,
+            poller_settings: b.poller,
             transport: TransportConfig {
                 kind,
                 settings,

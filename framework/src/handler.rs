@@ -19,12 +19,13 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::bot::BotShared;
+pub use crate::command::CatalogEntry;
 use crate::command::{Call, Command, Match};
 use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
+use crate::shared::BotShared;
 use crate::supervisor::{CoreGuard, Restarts, Verdict, fault_point};
 
 /// A reactive handler: answers commands and passive matches.
@@ -164,15 +165,6 @@ impl Context {
             .as_deref()
             .is_some_and(|s| self.shared.is_admin(s))
     }
-}
-
-/// One command in the bot's catalog, as `!help` lists it.
-#[derive(Clone, Copy, Debug)]
-pub struct CatalogEntry {
-    /// The handler that answers it.
-    pub handler: &'static str,
-    /// Its declaration.
-    pub command: &'static Command,
 }
 
 /// Work for a handler host.

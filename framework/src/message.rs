@@ -174,3 +174,11 @@ impl Outgoing {
         }
     }
 }
+
+/// A message for the router: something a transport heard.
+#[derive(Debug)]
+pub struct Inbound(pub Incoming);
+
+impl actix::Message for Inbound {
+    type Result = ();
+}

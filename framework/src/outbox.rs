@@ -27,7 +27,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bot::OutboxSettings;
 use crate::health::Health;
 use crate::message::{Destination, Outgoing};
 use crate::supervisor::{CoreGuard, fault_point};
@@ -734,6 +733,57 @@ impl actix::Handler<Queued> for Outbox {
     fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
         self.closed.store(true, Ordering::Release);
         self.queued + usize::from(self.busy && !self.handed.load(Ordering::Acquire))
+    }
+}
+
+/// Overrides of the transport's outbox defaults; `None` keeps the transport's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxSettings {
+    /// Longest line in bytes.
+    pub max_line_bytes: Option<usize>,
+    /// Global pace (a rate of 0 lines per second means unlimited).
+    pub global: Option<Rate>,
+    /// Global byte pace (0 bytes per second means unlimited).
+    pub global_bytes: Option<Rate>,
+    /// Per-destination pace (0: unlimited).
+    pub per_destination: Option<Rate>,
+    /// Lines that may wait.
+    pub queue: usize,
+    /// Anti-loop: identical texts allowed per window (0 disables).
+    pub loop_repeats: u32,
+    /// Anti-loop window.
+    pub loop_window: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        let d = OutboxOptions::default();
+        Self {
+            max_line_bytes: None,
+            global: None,
+            global_bytes: None,
+            per_destination: None,
+            queue: d.queue,
+            loop_repeats: d.loop_repeats,
+            loop_window: d.loop_window,
+        }
+    }
+}
+
+impl OutboxSettings {
+    /// The effective options over a transport's limits.
+    pub fn resolve(&self, limits: &Limits) -> OutboxOptions {
+        OutboxOptions {
+            max_line_bytes: self.max_line_bytes.unwrap_or(limits.max_line_bytes),
+            global: self.global.or(limits.global),
+            global_bytes: self.global_bytes.or(limits.global_bytes),
+            line_overhead: limits.line_overhead,
+            per_destination: self.per_destination.or(limits.per_destination),
+            multiline: limits.multiline,
+            queue: self.queue,
+            loop_repeats: self.loop_repeats,
+            loop_window: self.loop_window,
+        }
     }
 }
 

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 
-use crate::bot::BotShared;
 use crate::error::Error;
 use crate::handler::{Factory, catch};
 use crate::health::{ActorKind, ActorState};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
+use crate::shared::BotShared;
 use crate::store::Store;
 use crate::supervisor::{CoreGuard, Restarts, Verdict, fault_point};
 

@@ -23,39 +23,16 @@ use regex::{Regex, RegexSet};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::bot::BotShared;
 use crate::command::{Call, Command, Match};
 use crate::error::Error;
 use crate::handler::{Job, Outcome, Work};
 use crate::message::{Destination, Incoming, Outgoing};
 use crate::outbox::Say;
+use crate::shared::BotShared;
 use crate::supervisor::{CoreGuard, fault_point};
 
-/// Per-user command budget.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Budget {
-    /// Commands a user may send per minute (0 disables the budget).
-    pub per_minute: u32,
-    /// How long a user who overspends is ignored.
-    pub ignore_for: Duration,
-}
-
-impl Default for Budget {
-    fn default() -> Self {
-        Self {
-            per_minute: 12,
-            ignore_for: Duration::from_secs(300),
-        }
-    }
-}
-
-/// A message for the router: something a transport heard.
-#[derive(Debug)]
-pub struct Inbound(pub Incoming);
-
-impl Message for Inbound {
-    type Result = ();
-}
+pub use crate::message::Inbound;
+pub use crate::options::Budget;
 
 /// What a message means, according to the route table.
 #[derive(Debug, PartialEq, Eq)]

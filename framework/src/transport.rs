@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{ActorKind, ActorState, ConnState, Health};
-use crate::message::{Destination, Incoming};
+use crate::message::{Destination, Inbound, Incoming};
+pub use crate::options::ReconnectPolicy;
 use crate::outbox::{Pacing, Rate};
-use crate::router::Inbound;
 use crate::supervisor::{CoreGuard, Fatal, fault_point, full_jitter};
 
 pub mod memory;
@@ -231,31 +231,6 @@ impl Link {
     /// Notes an event worth seeing in the healing log (a rejoin after a kick, a nick change).
     pub fn heal_event(&self, action: &str, detail: impl Into<String>) {
         self.health.heal_event("transport", action, detail);
-    }
-}
-
-/// Reconnect settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReconnectPolicy {
-    /// First backoff step.
-    pub initial: Duration,
-    /// Largest backoff step.
-    pub max: Duration,
-    /// A session connected at least this long resets the backoff.
-    pub stable_after: Duration,
-    /// The shortest wait after the service refused the bot ([`TransportError::Refused`]: bad
-    /// credentials, banned): asking again every minute is what gets a bot banned for longer.
-    pub refused_min: Duration,
-}
-
-impl Default for ReconnectPolicy {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-            stable_after: Duration::from_secs(30),
-            refused_min: Duration::from_secs(300),
-        }
     }
 }
 

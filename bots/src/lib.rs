@@ -1,0 +1,506 @@
+//! Your own opsbot: everything the `opsbot` binary has (`run`, `check`, the console bot by
+//! default, the config format, every transport this build has) plus your own handlers and
+//! pollers, registered by name and configured from the bot's config.
+//!
+//! ```no_run
+//! use opsbot::prelude::*;
+//! use opsbot::settings::{FromSettings, SettingsError};
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct HelloSettings {
+//!     greeting: String,
+//! }
+//!
+//! #[derive(Clone)]
+//! struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl FromSettings for Hello {
+//!     type Settings = HelloSettings;
+//!     fn from_settings(s: HelloSettings) -> std::result::Result<Self, SettingsError> {
+//!         Ok(Hello { greeting: s.greeting })
+//!     }
+//! }
+//!
+//! impl Handler for Hello {
+//!     const NAME: &'static str = "hello";
+//!     const COMMANDS: &'static [Command] = &[Command::new("hello", "", "Say hello.")];
+//!     async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+//!         cx.reply(self.greeting.clone());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     opsbot_bots::App::new().handler::<Hello>("hello").main()
+//! }
+//! ```
+//!
+//! A bot enables it with `handlers = ["hello"]` and configures it in `[bot.handler.hello]`;
+//! `check` validates that table with file, line and key path like every other key. Pollers
+//! are enabled with `pollers = [...]` and configured in `[bot.poller.NAME]`, where `every_secs`,
+//! `to`, `timeout_secs` and `retain_days` are the framework's and the rest the poller's.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use opsbot::config::{BotConfig, Config, ConfigError, ConfigErrors};
+use opsbot::settings::FromSettings;
+use opsbot::{Bot, BotBuilder, Destination, Handler, Poller, PollerOptions};
+
+/// Problems found in a settings table: (key path under the table, message).
+type Problems = Vec<(String, String)>;
+type AddHandler = Box<dyn Fn(BotBuilder, Option<&toml::Table>) -> Result<BotBuilder, Problems>>;
+type AddPoller =
+    Box<dyn Fn(BotBuilder, PollerOptions, Option<&toml::Table>) -> Result<BotBuilder, Problems>>;
+
+struct HandlerEntry {
+    name: &'static str,
+    builtin: bool,
+    add: AddHandler,
+}
+
+struct PollerEntry {
+    name: &'static str,
+    add: AddPoller,
+}
+
+/// A bot program: the registry of handlers and pollers a config can name, and the CLI.
+pub struct App {
+    handlers: Vec<HandlerEntry>,
+    pollers: Vec<PollerEntry>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field(
+                "handlers",
+                &self.handlers.iter().map(|h| h.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "pollers",
+                &self.pollers.iter().map(|p| p.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The CLI.
+#[derive(Debug, Parser)]
+#[command(version, about = "A ChatOps bot that never goes quiet.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the bots a config file defines.
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without connecting anywhere; prints every problem.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// The framework's keys of a `[bot.poller.NAME]` table.
+const POLLER_KEYS: &[&str] = &["every_secs", "to", "timeout_secs", "retain_days"];
+
+impl App {
+    /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `echo`, always on)
+    /// and the library's optional ones (`boom`, `lines`).
+    pub fn new() -> Self {
+        use opsbot_handlers::{demo, echo, help, status, whereareyou};
+        Self {
+            handlers: Vec::new(),
+            pollers: Vec::new(),
+        }
+        .builtin::<help::Help>("help")
+        .builtin::<status::Status>("status")
+        .builtin::<whereareyou::WhereAreYou>("whereareyou")
+        .builtin::<echo::Echo>("echo")
+        .handler::<demo::Boom>("boom")
+        .handler::<demo::Lines>("lines")
+    }
+
+    fn add_handler<H>(mut self, name: &'static str, builtin: bool) -> Self
+    where
+        H: Handler + FromSettings + Clone + Send + Sync,
+    {
+        assert!(
+            self.handlers.iter().all(|h| h.name != name),
+            "a handler named `{name}` is registered twice"
+        );
+        self.handlers.push(HandlerEntry {
+            name,
+            builtin,
+            add: Box::new(|builder, table| {
+                let handler = opsbot::settings::build::<H>(table)?;
+                Ok(builder.handler(handler))
+            }),
+        });
+        self
+    }
+
+    fn builtin<H>(self, name: &'static str) -> Self
+    where
+        H: Handler + FromSettings + Clone + Send + Sync,
+    {
+        self.add_handler::<H>(name, true)
+    }
+
+    /// Registers a handler a config enables as `name` (`handlers = ["name"]`), built from its
+    /// `[bot.handler.name]` table.
+    ///
+    /// # Panics
+    /// When `name` is already registered.
+    pub fn handler<H>(self, name: &'static str) -> Self
+    where
+        H: Handler + FromSettings + Clone + Send + Sync,
+    {
+        self.add_handler::<H>(name, false)
+    }
+
+    /// Registers a poller a config enables as `name` (`pollers = ["name"]`), built from its
+    /// `[bot.poller.name]` table.
+    ///
+    /// # Panics
+    /// When `name` is already registered.
+    pub fn poller<P>(mut self, name: &'static str) -> Self
+    where
+        P: Poller + FromSettings + Clone + Send + Sync,
+    {
+        assert!(
+            self.pollers.iter().all(|p| p.name != name),
+            "a poller named `{name}` is registered twice"
+        );
+        self.pollers.push(PollerEntry {
+            name,
+            add: Box::new(|builder, opts, table| {
+                let poller = opsbot::settings::build::<P>(table)?;
+                Ok(builder.poller(opts, move || poller.clone()))
+            }),
+        });
+        self
+    }
+
+    /// The names a config may list in `handlers` (the built-in ones are always on).
+    pub fn optional_handlers(&self) -> Vec<&'static str> {
+        self.handlers
+            .iter()
+            .filter(|h| !h.builtin)
+            .map(|h| h.name)
+            .collect()
+    }
+
+    /// The names a config may list in `pollers`.
+    pub fn poller_names(&self) -> Vec<&'static str> {
+        self.pollers.iter().map(|p| p.name).collect()
+    }
+
+    /// Everything wrong with a config: the file's own checks, then transports, handler and
+    /// poller names and their settings.
+    pub fn check(&self, path: &Path) -> Result<Config, ConfigErrors> {
+        let config = Config::load(path)?;
+        let mut errors = Vec::new();
+        for bot in &config.bots {
+            errors.extend(
+                opsbot_transports::check(&config.path, &bot.transport)
+                    .into_iter()
+                    .map(|mut e| {
+                        if e.line.is_none() {
+                            e.line = config.error_at(e.key.clone(), String::new(), None).line;
+                        }
+                        e
+                    }),
+            );
+            if let Err(e) = self.assemble(&config, bot, Bot::builder(&bot.name)) {
+                errors.extend(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Adds `bot`'s handlers and pollers to `builder`, or lists what is wrong with them.
+    fn assemble(
+        &self,
+        config: &Config,
+        bot: &BotConfig,
+        mut builder: BotBuilder,
+    ) -> Result<BotBuilder, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let k = &bot.key;
+        for h in self.handlers.iter().filter(|h| h.builtin) {
+            match (h.add)(builder, None) {
+                Ok(b) => builder = b,
+                Err(_) => unreachable!("built-in handlers have no settings"),
+            }
+        }
+        let known = self.optional_handlers();
+        for (name, _) in &bot.handler_settings {
+            if !bot.handlers.contains(name) {
+                errors.push(config.error_at(
+                    format!("{k}.handler.{name}"),
+                    format!("settings for `{name}`, which `handlers` does not list"),
+                    Some(format!("add \"{name}\" to handlers, or remove the table")),
+                ));
+            }
+        }
+        for name in &bot.handlers {
+            let entry = self.handlers.iter().find(|h| h.name == name);
+            match entry {
+                Some(h) if !h.builtin => {
+                    let table = bot
+                        .handler_settings
+                        .get(name)
+                        .and_then(toml::Value::as_table);
+                    match (h.add)(builder, table) {
+                        Ok(b) => builder = b,
+                        Err(problems) => {
+                            for (key, message) in problems {
+                                let key = if key.is_empty() {
+                                    format!("{k}.handler.{name}")
+                                } else {
+                                    format!("{k}.handler.{name}.{key}")
+                                };
+                                errors.push(config.error_at(key, message, None));
+                            }
+                            builder = Bot::builder(&bot.name);
+                        }
+                    }
+                }
+                _ => errors.push(config.error_at(
+                    format!("{k}.handlers"),
+                    if entry.is_some() {
+                        format!("`{name}` is built in and always on; do not list it")
+                    } else {
+                        format!("unknown handler `{name}`")
+                    },
+                    Some(format!(
+                        "handlers that can be enabled: {}",
+                        known.join(", ")
+                    )),
+                )),
+            }
+        }
+        for (name, _) in &bot.poller_settings {
+            if !bot.pollers.contains(name) {
+                errors.push(config.error_at(
+                    format!("{k}.poller.{name}"),
+                    format!("settings for `{name}`, which `pollers` does not list"),
+                    Some(format!("add \"{name}\" to pollers, or remove the table")),
+                ));
+            }
+        }
+        for name in &bot.pollers {
+            let key = format!("{k}.poller.{name}");
+            let Some(p) = self.pollers.iter().find(|p| p.name == name) else {
+                let names = self.poller_names();
+                errors.push(config.error_at(
+                    format!("{k}.pollers"),
+                    format!("unknown poller `{name}`"),
+                    Some(if names.is_empty() {
+                        "this program has no pollers".into()
+                    } else {
+                        format!("pollers: {}", names.join(", "))
+                    }),
+                ));
+                continue;
+            };
+            let mut table = bot
+                .poller_settings
+                .get(name)
+                .and_then(toml::Value::as_table)
+                .cloned()
+                .unwrap_or_default();
+            let (opts, problems) = poller_options(&mut table);
+            if !problems.is_empty() {
+                for (sub, message) in problems {
+                    errors.push(config.error_at(format!("{key}.{sub}"), message, None));
+                }
+                continue;
+            }
+            match (p.add)(builder, opts, Some(&table)) {
+                Ok(b) => builder = b,
+                Err(problems) => {
+                    for (sub, message) in problems {
+                        let key = if sub.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{key}.{sub}")
+                        };
+                        errors.push(config.error_at(key, message, None));
+                    }
+                    builder = Bot::builder(&bot.name);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(builder)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Builds every bot of a checked config.
+    pub fn build(&self, config: &Config) -> anyhow::Result<Vec<Bot>> {
+        config
+            .bots
+            .iter()
+            .map(|b| {
+                let mut builder = Bot::builder(&b.name).options(b.options.clone());
+                builder = opsbot_transports::from_config(builder, &b.name, &b.transport)?;
+                let builder = self
+                    .assemble(config, b, builder)
+                    .map_err(|e| anyhow::anyhow!("{}", ConfigErrors(e)))?;
+                builder
+                    .build()
+                    .with_context(|| format!("{}: bot `{}`", config.path.display(), b.name))
+            })
+            .collect()
+    }
+
+    /// Runs every bot of a checked config until they stop.
+    pub fn run(&self, config: &Config) -> anyhow::Result<()> {
+        opsbot::logging::init(&config.log);
+        #[cfg(feature = "webex")]
+        opsbot::http::init(&config.http_client)
+            .with_context(|| format!("{}: http_client", config.path.display()))?;
+        let bots = self.build(config)?;
+        if config.bots.iter().any(|b| b.transport.kind == "console") {
+            eprintln!("opsbot console: type !help (end with Ctrl-D)");
+        }
+        opsbot::run(bots).context("running the bots")
+    }
+
+    /// The program: `run --config FILE`, `check --config FILE`, or with no arguments a console
+    /// bot with every built-in handler. Exits 0 after a graceful stop, 2 for a bad config, 1
+    /// when a bot failed.
+    pub fn main(self) -> ExitCode {
+        let cli = Cli::parse();
+        let result = match cli.command {
+            None => self.run(&Config::console_default()),
+            Some(Cmd::Check { config }) => match self.check(&config) {
+                Ok(c) => {
+                    println!(
+                        "{}: OK ({} bot{})",
+                        config.display(),
+                        c.bots.len(),
+                        if c.bots.len() == 1 { "" } else { "s" }
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            },
+            Some(Cmd::Run { config }) => match self.check(&config) {
+                Ok(c) => self.run(&c),
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("opsbot: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Takes the framework's keys out of a poller's table; the rest are the poller's own.
+fn poller_options(table: &mut toml::Table) -> (PollerOptions, Problems) {
+    let mut opts = PollerOptions::default();
+    let mut problems = Vec::new();
+    let mut secs = |table: &mut toml::Table, key: &str, scale: f64| -> Option<Duration> {
+        let v = table.remove(key)?;
+        let n = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+        match n {
+            Some(n) if n.is_finite() && n > 0.0 && n * scale <= opsbot::config::MAX_SECS => {
+                Some(Duration::from_secs_f64(n * scale))
+            }
+            _ => {
+                problems.push((
+                    key.to_owned(),
+                    format!("{} is not a positive duration of at most a year", show(&v)),
+                ));
+                None
+            }
+        }
+    };
+    if let Some(d) = secs(table, "every_secs", 1.0) {
+        opts.every = d;
+    }
+    if let Some(d) = secs(table, "timeout_secs", 1.0) {
+        opts.timeout = d;
+    }
+    if let Some(d) = secs(table, "retain_days", 86_400.0) {
+        opts.retain = d;
+    }
+    match table.remove("to") {
+        None => problems.push((
+            "to".into(),
+            "a poller needs somewhere to post: `to = [\"#ops\"]` (a person: \"@name\")".into(),
+        )),
+        Some(toml::Value::Array(items)) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().map(str::trim) {
+                    Some(s) if s.len() > 1 && s.starts_with('@') => {
+                        opts.post_to.push(Destination::user(&s[1..]));
+                    }
+                    Some(s) if !s.is_empty() && !s.starts_with('@') => {
+                        opts.post_to.push(Destination::room(s));
+                    }
+                    _ => problems.push((
+                        format!("to[{i}]"),
+                        format!("{} is not a room or @person", show(item)),
+                    )),
+                }
+            }
+        }
+        Some(v) => problems.push((
+            "to".into(),
+            format!("expected a list of rooms (and @people), found {}", show(&v)),
+        )),
+    }
+    debug_assert!(POLLER_KEYS.iter().all(|k| !table.contains_key(*k)));
+    (opts, problems)
+}
+
+/// A value as the file would show it (scalars), else its type.
+fn show(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => format!("a {}", other.type_str()),
+    }
+}

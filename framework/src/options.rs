@@ -1,0 +1,91 @@
+//! A bot's settings: everything about it that is not its handlers or transport.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::outbox::OutboxSettings;
+use crate::supervisor::RestartPolicy;
+
+/// Everything about a bot that is not its handlers or transport. `Default` gives the
+/// production defaults; new fields will always come with a default.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct BotOptions {
+    /// Command prefix.
+    pub prefix: String,
+    /// Sender ids allowed to run admin-only commands.
+    pub admins: Vec<String>,
+    /// Longest a handler may take for one message.
+    pub handler_timeout: Duration,
+    /// Restart policy for handlers and pollers.
+    pub restart: RestartPolicy,
+    /// Per-user command budget.
+    pub budget: Budget,
+    /// Outbox overrides.
+    pub outbox: OutboxSettings,
+    /// Reconnect backoff.
+    pub reconnect: ReconnectPolicy,
+    /// How long a graceful shutdown may take (in-flight commands, then the outbox).
+    pub shutdown_deadline: Duration,
+    /// Where the state store lives (needed only when the bot has pollers).
+    pub state_path: Option<PathBuf>,
+}
+
+impl Default for BotOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "!".into(),
+            admins: Vec::new(),
+            handler_timeout: Duration::from_secs(30),
+            restart: RestartPolicy::default(),
+            budget: Budget::default(),
+            outbox: OutboxSettings::default(),
+            reconnect: ReconnectPolicy::default(),
+            shutdown_deadline: Duration::from_secs(10),
+            state_path: None,
+        }
+    }
+}
+
+/// Per-user command budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Commands a user may send per minute (0 disables the budget).
+    pub per_minute: u32,
+    /// How long a user who overspends is ignored.
+    pub ignore_for: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            per_minute: 12,
+            ignore_for: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Reconnect settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// First backoff step.
+    pub initial: Duration,
+    /// Largest backoff step.
+    pub max: Duration,
+    /// A session connected at least this long resets the backoff.
+    pub stable_after: Duration,
+    /// The shortest wait after the service refused the bot ([`TransportError::Refused`]: bad
+    /// credentials, banned): asking again every minute is what gets a bot banned for longer.
+    pub refused_min: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(30),
+            refused_min: Duration::from_secs(300),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Settings a handler or poller reads from its own table of the bot's config
+//! (`[bot.handler.NAME]`, `[bot.poller.NAME]`).
+//!
+//! ```
+//! use opsbot::settings::{FromSettings, SettingsError};
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct GreetSettings {
+//!     greeting: String,
+//! }
+//!
+//! #[derive(Clone)]
+//! struct Greet {
+//!     greeting: String,
+//! }
+//!
+//! impl FromSettings for Greet {
+//!     type Settings = GreetSettings;
+//!     fn from_settings(s: GreetSettings) -> Result<Self, SettingsError> {
+//!         if s.greeting.is_empty() {
+//!             return Err(SettingsError::at("greeting", "must not be empty"));
+//!         }
+//!         Ok(Greet { greeting: s.greeting })
+//!     }
+//! }
+//! ```
+//!
+//! A type that implements `Default` gets [`FromSettings`] for free, with no settings (an empty
+//! or absent table); a handler that has settings therefore must not implement `Default`.
+//! Secrets are written `${ENV_VAR}` in the file and read into a [`crate::config::Secret`].
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Built from its own table of the bot's config.
+pub trait FromSettings: Sized {
+    /// The table's shape (use `#[serde(deny_unknown_fields)]`, so a misspelt key is an error).
+    type Settings: DeserializeOwned;
+
+    /// Builds the handler or poller from its settings, or says which one is wrong.
+    fn from_settings(settings: Self::Settings) -> Result<Self, SettingsError>;
+}
+
+/// No settings: an empty table, or none.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl<T: Default> FromSettings for T {
+    type Settings = NoSettings;
+
+    fn from_settings(_: NoSettings) -> Result<Self, SettingsError> {
+        Ok(T::default())
+    }
+}
+
+/// A setting with a value that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsError {
+    /// The key inside the table (`greeting`, `feeds[2].url`), or `None` for the table.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SettingsError {
+    /// A problem with the key `key`.
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the table as a whole.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            key: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "`{k}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/// Reads `table` (absent: empty) as `T`'s settings and builds `T`; problems come back as
+/// (key path under the table, message) pairs.
+pub fn build<T: FromSettings>(table: Option<&toml::Table>) -> Result<T, Vec<(String, String)>> {
+    let table = table.cloned().unwrap_or_default();
+    let settings: T::Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            vec![(path, e.inner().message().to_owned())]
+        })?;
+    T::from_settings(settings).map_err(|e| vec![(e.key.unwrap_or_default(), e.message)])
+}
