@@ -294,7 +294,8 @@ fn check_names_the_file_the_key_and_the_problem() {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     assert!(
-        lines[0].starts_with("bots.toml:5: `bot[0].transport.kind`: unknown transport kind `telex`"),
+        lines[0]
+            .starts_with("bots.toml:5: `bot[0].transport.kind`: unknown transport kind `telex`"),
         "{err}"
     );
     assert!(lines[1].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines)"), "{err}");
