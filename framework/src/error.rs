@@ -42,9 +42,28 @@ pub enum Error {
     /// A failure the user should read as is (`no such host`): keep it short and free of secrets.
     #[error("{0}")]
     User(String),
+    /// A dependency's circuit breaker is open: told as is ("xkcd.com is unreachable; next try
+    /// at ..."); a poller that returns it skips its tick without counting a failure.
+    #[error("{0}")]
+    BreakerOpen(crate::breaker::Open),
     /// An internal failure: logged in full, told to the user as a generic apology.
     #[error("internal error: {0}")]
     Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<crate::breaker::Open> for Error {
+    fn from(open: crate::breaker::Open) -> Self {
+        Self::BreakerOpen(open)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<crate::breaker::BreakerError<E>> for Error {
+    fn from(e: crate::breaker::BreakerError<E>) -> Self {
+        match e {
+            crate::breaker::BreakerError::Open(o) => Self::BreakerOpen(o),
+            crate::breaker::BreakerError::Failed(e) => Self::internal(e),
+        }
+    }
 }
 
 impl Error {

@@ -159,6 +159,22 @@ impl Context {
         self.shared.health.snapshot()
     }
 
+    /// The bot's circuit breaker for the dependency `name` (a host, a service), with the
+    /// default policy (5 failures in 60 s open it for 60 s): shared by every handler that
+    /// names it, shown in `!status`, its transitions in the healing log.
+    pub fn breaker(&self, name: &str) -> crate::breaker::Breaker {
+        self.breaker_with(name, crate::breaker::BreakerPolicy::default())
+    }
+
+    /// Like [`Context::breaker`] with a policy of one's own (used when the breaker is made).
+    pub fn breaker_with(
+        &self,
+        name: &str,
+        policy: crate::breaker::BreakerPolicy,
+    ) -> crate::breaker::Breaker {
+        self.shared.health.breaker(name, policy)
+    }
+
     /// Whether the sender of the message being handled is an admin.
     pub fn sender_is_admin(&self) -> bool {
         self.sender

@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStatus};
+
 /// How many healing-log entries a bot keeps.
 const HEALING_LOG_LEN: usize = 200;
 
@@ -190,6 +192,22 @@ struct Inner {
     outbox: OutboxStatus,
     log: VecDeque<HealingEvent>,
     failed: Option<String>,
+    breakers: BTreeMap<String, Breaker>,
+}
+
+impl Inner {
+    fn push_event(&mut self, bot: &str, subsystem: &str, action: &str, detail: String) {
+        tracing::warn!(bot, subsystem, action, %detail, "healing");
+        if self.log.len() == HEALING_LOG_LEN {
+            self.log.pop_front();
+        }
+        self.log.push_back(HealingEvent {
+            at: SystemTime::now(),
+            subsystem: subsystem.to_owned(),
+            action: action.to_owned(),
+            detail,
+        });
+    }
 }
 
 /// A bot's health registry. Cheap to clone; all clones share one table.
@@ -220,6 +238,8 @@ pub struct Snapshot {
     pub healing_log: Vec<HealingEvent>,
     /// Why the bot was stopped, when its own machinery failed (`router panicked at ...`).
     pub failed: Option<String>,
+    /// The circuit breakers of its handlers and pollers, by name.
+    pub breakers: Vec<BreakerStatus>,
 }
 
 impl Snapshot {
@@ -243,6 +263,7 @@ impl Health {
                 outbox: OutboxStatus::default(),
                 log: VecDeque::new(),
                 failed: None,
+                breakers: BTreeMap::new(),
             })),
         }
     }
@@ -284,17 +305,36 @@ impl Health {
     /// Appends to the healing log (and to the tracing log).
     pub fn heal_event(&self, subsystem: &str, action: &str, detail: impl Into<String>) {
         let detail = detail.into();
-        tracing::warn!(bot = %self.bot, subsystem, action, %detail, "healing");
-        let mut inner = self.lock();
-        if inner.log.len() == HEALING_LOG_LEN {
-            inner.log.pop_front();
+        self.lock().push_event(&self.bot, subsystem, action, detail);
+    }
+
+    /// The bot's breaker for the dependency `name`, made with `policy` on first use: every
+    /// handler and poller asking for the same name shares it, and it outlives their restarts.
+    pub fn breaker(&self, name: &str, policy: BreakerPolicy) -> Breaker {
+        if let Some(b) = self.lock().breakers.get(name) {
+            return b.clone();
         }
-        inner.log.push_back(HealingEvent {
-            at: SystemTime::now(),
-            subsystem: subsystem.to_owned(),
-            action: action.to_owned(),
-            detail,
-        });
+        let b = Breaker::new(name, policy);
+        self.attach(&b);
+        b
+    }
+
+    /// Lists `breaker` in this bot's status, and its transitions in the healing log (a
+    /// breaker of the same name already listed is replaced).
+    pub fn attach(&self, breaker: &Breaker) {
+        let weak = Arc::downgrade(&self.inner);
+        let bot = self.bot.clone();
+        breaker.set_on_change(Arc::new(move |action, detail| {
+            if let Some(inner) = weak.upgrade() {
+                inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_event(&bot, "breaker", action, detail);
+            }
+        }));
+        self.lock()
+            .breakers
+            .insert(breaker.name().to_owned(), breaker.clone());
     }
 
     /// Marks the bot failed: its own machinery broke and it has been stopped. Logged as an
@@ -309,10 +349,11 @@ impl Health {
     pub fn snapshot(&self) -> Snapshot {
         let inner = self.lock();
         let actors: Vec<ActorStatus> = inner.actors.values().cloned().collect();
+        let breakers: Vec<BreakerStatus> = inner.breakers.values().map(Breaker::status).collect();
         let health = if inner.failed.is_some() {
             BotHealth::Failed
         } else {
-            overall(&actors)
+            overall(&actors, &breakers)
         };
         Snapshot {
             bot: self.bot.to_string(),
@@ -323,11 +364,12 @@ impl Health {
             outbox: inner.outbox.clone(),
             healing_log: inner.log.iter().cloned().collect(),
             failed: inner.failed.clone(),
+            breakers,
         }
     }
 }
 
-fn overall(actors: &[ActorStatus]) -> BotHealth {
+fn overall(actors: &[ActorStatus], breakers: &[BreakerStatus]) -> BotHealth {
     let transport_down = actors.iter().any(|a| {
         a.kind == ActorKind::Transport
             && (a.state == ActorState::Failed
@@ -335,9 +377,15 @@ fn overall(actors: &[ActorStatus]) -> BotHealth {
     });
     if transport_down {
         BotHealth::Critical
-    } else if actors.iter().any(|a| a.state == ActorState::Failed) {
+    } else if actors.iter().any(|a| a.state == ActorState::Failed)
+        || breakers
+            .iter()
+            .any(|b| matches!(b.state, BreakerState::Open { .. }))
+    {
         BotHealth::Degraded
-    } else if actors.iter().any(|a| a.state == ActorState::Restarting) {
+    } else if actors.iter().any(|a| a.state == ActorState::Restarting)
+        || breakers.iter().any(|b| b.state == BreakerState::HalfOpen)
+    {
         BotHealth::Recovering
     } else {
         BotHealth::Healthy

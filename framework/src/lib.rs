@@ -43,6 +43,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod bot;
+pub mod breaker;
 pub mod command;
 pub mod config;
 pub mod error;

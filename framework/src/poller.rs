@@ -60,8 +60,17 @@ pub trait Poller: 'static {
     /// The poller's name; also its key in the state store, so keep it stable.
     const NAME: &'static str;
 
-    /// Fetches what the source shows now, oldest first.
+    /// Fetches what the source shows now, oldest first. Returning [`Error::BreakerOpen`]
+    /// (what `?` makes of a [`crate::breaker::Open`]) skips this tick without counting a
+    /// failure.
     async fn poll(&mut self) -> Result<Vec<Item>, Error>;
+
+    /// The circuit breakers of the poller's dependencies, to show in `!status` and log in the
+    /// healing log; asked of each fresh instance. Keep them in the poller's factory so that
+    /// they outlive a restart.
+    fn breakers(&self) -> Vec<crate::breaker::Breaker> {
+        Vec::new()
+    }
 }
 
 /// A poller's schedule and destinations.
@@ -148,7 +157,12 @@ impl<P: Poller> PollerHost<P> {
             Some(p) => p,
             None => {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)())) {
-                    Ok(p) => Box::new(p),
+                    Ok(p) => {
+                        for b in p.breakers() {
+                            self.shared.health.attach(&b);
+                        }
+                        Box::new(p)
+                    }
                     Err(payload) => {
                         let panic = crate::handler::Panic::from_payload(&*payload);
                         tracing::error!(poller = P::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "poller factory panicked");
@@ -181,18 +195,21 @@ impl<P: Poller> PollerHost<P> {
                                     store.observe(&scope, &ids, retain)
                                 })
                                 .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|r| r.map_err(|e| e.to_string()));
+                                .map_err(|e| (e.to_string(), false))
+                                .and_then(|r| r.map_err(|e| (e.to_string(), false)));
                                 (Some(poller), fresh.map(|f| (items, f)))
                             }
-                            Ok((poller, Ok(Err(e)))) => (Some(poller), Err(e.to_string())),
+                            Ok((poller, Ok(Err(e)))) => {
+                                let skip = matches!(e, Error::BreakerOpen(_));
+                                (Some(poller), Err((e.to_string(), skip)))
+                            }
                             Ok((poller, Err(_))) => (
                                 Some(poller),
-                                Err(format!("poll timed out after {timeout:?}")),
+                                Err((format!("poll timed out after {timeout:?}"), false)),
                             ),
                             Err(panic) => {
                                 tracing::error!(poller = P::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "poller panicked");
-                                (None, Err(panic.summary()))
+                                (None, Err((panic.summary(), false)))
                             }
                         }
                     }
@@ -203,6 +220,7 @@ impl<P: Poller> PollerHost<P> {
                     act.poller = poller;
                     match result {
                         Ok((items, fresh)) => {
+                            act.update(|s| s.detail = None);
                             let mut posted = 0u64;
                             for (item, new) in items.iter().zip(fresh) {
                                 if !new {
@@ -218,8 +236,12 @@ impl<P: Poller> PollerHost<P> {
                             }
                             act.update(|s| s.handled += posted);
                         }
-                        Err(why) if panicked => return act.crashed(why, ctx),
-                        Err(why) => {
+                        Err((why, _)) if panicked => return act.crashed(why, ctx),
+                        Err((why, true)) => {
+                            tracing::debug!(poller = P::NAME, %why, "tick skipped");
+                            act.update(|s| s.detail = Some(format!("tick skipped: {why}")));
+                        }
+                        Err((why, false)) => {
                             tracing::warn!(poller = P::NAME, error = %why, "poll failed");
                             act.update(|s| s.last_error = Some((SystemTime::now(), why)));
                         }

@@ -226,3 +226,69 @@ impl Poller for Hanging {
         Ok(items)
     }
 }
+
+/// A source that refuses every poll, behind a breaker that two failures open for an hour.
+struct Down {
+    site: opsbot::breaker::Breaker,
+    polls: Arc<Mutex<u32>>,
+}
+
+impl Poller for Down {
+    const NAME: &'static str = "down";
+
+    async fn poll(&mut self) -> Result<Vec<Item>> {
+        let permit = self.site.check()?;
+        *self.polls.lock().unwrap() += 1;
+        permit.failure("connection refused");
+        Err(Error::user("tickets.example: connection refused"))
+    }
+
+    fn breakers(&self) -> Vec<opsbot::breaker::Breaker> {
+        vec![self.site.clone()]
+    }
+}
+
+#[tokio::test]
+async fn a_poller_behind_an_open_breaker_skips_its_ticks() {
+    use opsbot::breaker::{Breaker, BreakerPolicy, BreakerState};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.redb")).unwrap();
+    let site = Breaker::new(
+        "tickets.example",
+        BreakerPolicy {
+            failures: 2,
+            window: Duration::from_secs(60),
+            open_for: Duration::from_secs(3600),
+        },
+    );
+    let polls = Arc::new(Mutex::new(0));
+    let (s, p) = (site.clone(), polls.clone());
+    let opts = PollerOptions {
+        every: Duration::from_millis(20),
+        post_to: vec![Destination::room("#ops")],
+        ..PollerOptions::default()
+    };
+    let mut bot = TestBot::new().store(store).poller(opts, move || Down {
+        site: s.clone(),
+        polls: p.clone(),
+    });
+    bot.start();
+    let skipped = eventually("a skipped tick", || {
+        let a = bot.status().actor(ActorKind::Poller, "down").cloned()?;
+        a.detail.filter(|d| d.starts_with("tick skipped"))
+    })
+    .await;
+    assert!(
+        skipped.contains("tickets.example is unreachable"),
+        "{skipped}"
+    );
+    // Two polls reached the source; the skipped ticks neither asked it nor count as failures.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*polls.lock().unwrap(), 2);
+    let s = bot.status();
+    let a = s.actor(ActorKind::Poller, "down").unwrap();
+    assert_eq!(a.state, ActorState::Running);
+    assert_eq!(a.restarts, 0);
+    assert!(matches!(s.breakers[0].state, BreakerState::Open { .. }));
+    assert!(s.healing_log.iter().any(|e| e.action == "breaker open"));
+}

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use opsbot::breaker::BreakerState;
 use opsbot::health::{ActorKind, ActorState, ActorStatus, Snapshot};
 use opsbot::prelude::*;
 
@@ -14,7 +15,7 @@ impl Handler for Status {
     const COMMANDS: &'static [Command] = &[Command::new(
         "status",
         "",
-        "Show version, uptime, connection, each handler's and poller's state, and the outbox.",
+        "Show version, uptime, connection, each handler's and poller's state, breakers and the outbox.",
     )];
 
     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
@@ -107,6 +108,28 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
             }
         };
         common(a, now, &mut l);
+        lines.push(l);
+    }
+    for b in &s.breakers {
+        let mut l = format!("breaker {}: {}", b.name, b.state.as_str());
+        match b.state {
+            BreakerState::Open { until } => l.push_str(&format!(
+                ", next try in {}",
+                human(until.duration_since(now).unwrap_or_default())
+            )),
+            BreakerState::HalfOpen => l.push_str(", trying once"),
+            BreakerState::Closed => {}
+        }
+        l.push_str(&format!(
+            ", {} recent failure{}, opened {} time{}",
+            b.failures,
+            if b.failures == 1 { "" } else { "s" },
+            b.opened,
+            if b.opened == 1 { "" } else { "s" }
+        ));
+        if let Some((at, e)) = &b.last_error {
+            l.push_str(&format!(", last error {}: {}", ago(*at, now), short(e)));
+        }
         lines.push(l);
     }
     let o = &s.outbox;
