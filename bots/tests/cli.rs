@@ -298,7 +298,7 @@ fn check_names_the_file_the_key_and_the_problem() {
             .starts_with("bots.toml:5: `bot[0].transport.kind`: unknown transport kind `telex`"),
         "{err}"
     );
-    assert!(lines[1].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines)"), "{err}");
+    assert!(lines[1].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns)"), "{err}");
     assert!(lines[2].contains("`echo` is built in"), "{err}");
 
     let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.transport\n");
@@ -521,6 +521,31 @@ fn xmpp_settings_are_checked_before_connecting() {
     assert!(!ok);
     assert!(
         err.contains("`bot[0].transport.resourse`: unknown field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_dns_handler_is_enabled_by_name_and_its_settings_are_checked() {
+    let head = "[[bot]]\nname = \"ops\"\nhandlers = [\"dns\"]\n";
+    let (ok, _, err) = check(&format!(
+        "{head}[bot.handler.dns]\nnameservers = [\"127.0.0.1:5353\"]\ntimeout_secs = 2\n"
+    ));
+    assert!(ok, "{err}");
+    let (ok, _, err) = check(&format!(
+        "{head}[bot.handler.dns]\nnameservers = [\"dns.example\"]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "bots.toml:5: `bot[0].handler.dns.nameservers[0]`: `dns.example` is not an address"
+        ),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!("{head}[bot.handler.dns]\ntimeout = 2\n"));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].handler.dns.timeout`: unknown field `timeout`"),
         "{err}"
     );
 }

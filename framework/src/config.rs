@@ -476,6 +476,14 @@ struct Validator<'a> {
 
 /// The line of `key` in `text`, when the key's last segment appears once as a key there.
 fn locate(text: &str, key: &str) -> Option<usize> {
+    // `nameservers[0]` is on the line of `nameservers`.
+    let mut key = key;
+    while key.ends_with(']') {
+        key = key.rfind('[').map_or(key, |i| &key[..i]);
+        if !key.ends_with(']') {
+            break;
+        }
+    }
     let last = key.rsplit(['.', ']']).next().unwrap_or("");
     if last.is_empty() {
         return None;

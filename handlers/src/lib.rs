@@ -9,6 +9,7 @@
 //! how a config's `handlers = [...]` finds them.
 
 pub mod demo;
+pub mod dns;
 pub mod echo;
 pub mod help;
 pub mod status;
