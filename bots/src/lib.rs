@@ -126,7 +126,7 @@ const POLLER_KEYS: &[&str] = &["every_secs", "to", "timeout_secs", "retain_days"
 
 impl App {
     /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `echo`, always on)
-    /// and the library's optional ones (`boom`, `lines`, `dns`).
+    /// and the library's optional ones (`boom`, `lines`, `dns`, `links`).
     pub fn new() -> Self {
         use opsbot_handlers::{demo, echo, help, status, whereareyou};
         Self {
@@ -140,6 +140,7 @@ impl App {
         .handler::<demo::Boom>("boom")
         .handler::<demo::Lines>("lines")
         .handler::<opsbot_handlers::dns::Dns>("dns")
+        .handler::<opsbot_handlers::links::Links>("links")
     }
 
     fn add_handler<H>(mut self, name: &'static str, builtin: bool) -> Self

@@ -47,6 +47,8 @@ pub mod breaker;
 pub mod command;
 pub mod config;
 pub mod error;
+#[cfg(feature = "http")]
+pub mod fetch;
 pub mod handler;
 pub mod health;
 #[cfg(feature = "http")]

@@ -134,6 +134,11 @@ impl FromSettings for Dns {
 }
 
 impl Dns {
+    /// The resolver, for other lookups with the same nameservers.
+    pub(crate) fn resolver(&self) -> TokioResolver {
+        self.resolver.clone()
+    }
+
     /// The tools with the default settings (the system's nameservers).
     ///
     /// # Errors

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dns;
 pub mod echo;
 pub mod help;
+pub mod links;
 pub mod status;
 pub mod whereareyou;
 

@@ -2,18 +2,18 @@
 //! leaves the machine): every record type, NXDOMAIN, SERVFAIL, a timeout, bad input, and the
 //! breaker that opens when the nameservers keep failing.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+mod support;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 use opsbot::settings::FromSettings;
 use opsbot::testkit::TestBot;
 use opsbot_handlers::dns::{Dns, DnsSettings};
-use tokio::net::UdpSocket;
 
 fn name(s: &str) -> Name {
     Name::from_str(s).unwrap()
@@ -79,60 +79,8 @@ fn zone() -> Vec<Record> {
     z
 }
 
-/// A DNS server on a loopback UDP port: answers from `zone()`, NXDOMAIN for names it does not
-/// have, SERVFAIL for `broken.test`, nothing at all for `slow.test`. Counts the queries.
-async fn dns_server() -> (SocketAddr, Arc<AtomicU32>) {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let queries = Arc::new(AtomicU32::new(0));
-    let q = queries.clone();
-    let zone = zone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            q.fetch_add(1, Ordering::SeqCst);
-            let Ok(req) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let Some(query) = req.queries.first().cloned() else {
-                continue;
-            };
-            let qname = query.name.to_ascii().to_ascii_lowercase();
-            if qname == "slow.test." {
-                continue;
-            }
-            let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
-            resp.metadata.recursion_desired = req.metadata.recursion_desired;
-            resp.metadata.recursion_available = true;
-            resp.add_query(query.clone());
-            if qname == "broken.test." {
-                resp.metadata.response_code = ResponseCode::ServFail;
-            } else {
-                let known: Vec<&Record> = zone
-                    .iter()
-                    .filter(|r| r.name.to_ascii().to_ascii_lowercase() == qname)
-                    .collect();
-                if known.is_empty() {
-                    resp.metadata.response_code = ResponseCode::NXDomain;
-                } else {
-                    for r in known {
-                        if r.record_type() == query.query_type {
-                            resp.add_answer(r.clone());
-                        }
-                    }
-                }
-            }
-            let _ = sock.send_to(&resp.to_vec().unwrap(), peer).await;
-        }
-    });
-    (addr, queries)
-}
-
 async fn bot() -> (TestBot, Arc<AtomicU32>) {
-    let (addr, queries) = dns_server().await;
+    let (addr, queries) = support::dns_server(zone()).await;
     let dns = Dns::from_settings(DnsSettings {
         nameservers: vec![addr.to_string()],
         timeout_secs: Some(1),
