@@ -41,7 +41,8 @@
 //! A bot enables it with `handlers = ["hello"]` and configures it in `[bot.handler.hello]`;
 //! `check` validates that table with file, line and key path like every other key. Pollers
 //! are enabled with `pollers = [...]` and configured in `[bot.poller.NAME]`, where `every_secs`,
-//! `to`, `timeout_secs` and `retain_days` are the framework's and the rest the poller's.
+//! `to`, `timeout_secs`, `retain_days` and `max_posts` are the framework's and the rest the
+//! poller's.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -122,11 +123,18 @@ enum Cmd {
 }
 
 /// The framework's keys of a `[bot.poller.NAME]` table.
-const POLLER_KEYS: &[&str] = &["every_secs", "to", "timeout_secs", "retain_days"];
+const POLLER_KEYS: &[&str] = &[
+    "every_secs",
+    "to",
+    "timeout_secs",
+    "retain_days",
+    "max_posts",
+];
 
 impl App {
     /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `echo`, always on)
-    /// and the library's optional ones (`boom`, `lines`, `dns`, `links`).
+    /// and the library's optional ones (`boom`, `lines`, `dns`, `links`) and pollers (`feed`,
+    /// `http_json`).
     pub fn new() -> Self {
         use opsbot_handlers::{demo, echo, help, status, whereareyou};
         Self {
@@ -141,6 +149,8 @@ impl App {
         .handler::<demo::Lines>("lines")
         .handler::<opsbot_handlers::dns::Dns>("dns")
         .handler::<opsbot_handlers::links::Links>("links")
+        .poller::<opsbot_handlers::pollers::Feed>("feed")
+        .poller::<opsbot_handlers::pollers::HttpJson>("http_json")
     }
 
     fn add_handler<H>(mut self, name: &'static str, builtin: bool) -> Self
@@ -465,6 +475,12 @@ fn poller_options(table: &mut toml::Table) -> (PollerOptions, Problems) {
     }
     if let Some(d) = secs(table, "retain_days", 86_400.0) {
         opts.retain = d;
+    }
+    if let Some(v) = table.remove("max_posts") {
+        match v.as_integer() {
+            Some(n @ 1..=100) => opts.max_posts = n as usize,
+            _ => problems.push(("max_posts".into(), format!("{} is not 1 to 100", show(&v)))),
+        }
     }
     match table.remove("to") {
         None => problems.push((

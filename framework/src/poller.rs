@@ -86,6 +86,9 @@ pub struct PollerOptions {
     /// comes back after that is posted again; keep this longer than a source's items can
     /// disappear and reappear (paging, flapping feeds).
     pub retain: Duration,
+    /// New items posted from one poll at most; beyond, one line says how many more there were
+    /// (a source that suddenly shows 500 new items must not flood the room).
+    pub max_posts: usize,
 }
 
 impl Default for PollerOptions {
@@ -95,6 +98,7 @@ impl Default for PollerOptions {
             post_to: Vec::new(),
             timeout: Duration::from_secs(30),
             retain: Duration::from_secs(30 * 24 * 3600),
+            max_posts: 10,
         }
     }
 }
@@ -221,19 +225,26 @@ impl<P: Poller> PollerHost<P> {
                     match result {
                         Ok((items, fresh)) => {
                             act.update(|s| s.detail = None);
-                            let mut posted = 0u64;
-                            for (item, new) in items.iter().zip(fresh) {
-                                if !new {
-                                    continue;
-                                }
-                                posted += 1;
+                            let new: Vec<&Item> = items
+                                .iter()
+                                .zip(fresh)
+                                .filter_map(|(item, new)| new.then_some(item))
+                                .collect();
+                            let max = act.opts.max_posts.max(1);
+                            let more = new.len().saturating_sub(max);
+                            let mut lines: Vec<String> =
+                                new.iter().take(max).map(|i| i.text.clone()).collect();
+                            if more > 0 {
+                                lines.push(format!("… and {more} more from {}", P::NAME));
+                            }
+                            for text in &lines {
                                 for dest in &act.opts.post_to {
-                                    act.shared.outbox.do_send(Say(Outgoing::new(
-                                        dest.clone(),
-                                        item.text.clone(),
-                                    )));
+                                    act.shared
+                                        .outbox
+                                        .do_send(Say(Outgoing::new(dest.clone(), text.clone())));
                                 }
                             }
+                            let posted = new.len() as u64;
                             act.update(|s| s.handled += posted);
                         }
                         Err((why, _)) if panicked => return act.crashed(why, ctx),

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod echo;
 pub mod help;
 pub mod links;
+pub mod pollers;
 pub mod status;
 pub mod whereareyou;
 

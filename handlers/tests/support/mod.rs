@@ -70,6 +70,8 @@ pub enum Page {
     Redirect(String),
     /// Headers, then a byte a second, forever.
     Drip,
+    /// Whatever the test puts there now: status, content type, body.
+    Live(Arc<std::sync::Mutex<(u16, &'static str, Vec<u8>)>>),
 }
 
 /// An HTTP/1.1 server on a loopback port serving `pages` by path (404 otherwise); counts the
@@ -112,6 +114,16 @@ pub async fn http_server(
                         "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     )
                     .into_bytes(),
+                    Some(Page::Live(now)) => {
+                        let (status, ctype, body) = now.lock().unwrap().clone();
+                        let mut o = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        o.extend_from_slice(&body);
+                        o
+                    }
                     Some(Page::Full(status, ctype, body)) => {
                         let mut o = format!(
                             "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
