@@ -549,3 +549,31 @@ fn the_dns_handler_is_enabled_by_name_and_its_settings_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |f: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let (mut irc, mut xmpp) = (load("univac.toml"), load("univac-xmpp.toml"));
+    for t in [&mut irc, &mut xmpp] {
+        t["bot"].as_array_mut().unwrap()[0]
+            .as_table_mut()
+            .unwrap()
+            .remove("transport")
+            .unwrap();
+    }
+    assert_eq!(irc, xmpp);
+    for f in ["univac.toml", "univac-xmpp.toml"] {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(dir.join(f))
+            .env("TICKETS_TOKEN", "t")
+            .env("IRC_SASL_PASSWORD", "p")
+            .env("XMPP_PASSWORD", "p")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
