@@ -574,6 +574,10 @@ fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport() {
             .env("XMPP_PASSWORD", "p")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
