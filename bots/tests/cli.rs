@@ -581,3 +581,25 @@ fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport() {
         );
     }
 }
+
+#[test]
+fn the_library_handlers_work_by_name_alone() {
+    let (ok, _, err) = check("[[bot]]\nname = \"ops\"\nhandlers = [\"links\", \"dns\"]\n");
+    assert!(ok, "{err}");
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"links\"]\n[bot.handler.links]\nallow = [\"10.0.0.0/33\"]\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bots.toml:5: `bot[0].handler.links.allow[0]`: `10.0.0.0/33`: the prefix length must be 0 to 32"),
+        "{err}"
+    );
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\npollers = [\"feed\"]\n[bot.poller.feed]\nurl = \"https://x.example/feed\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].poller.feed.to`: a poller needs somewhere to post"),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@
 //! nameservers = ["9.9.9.9", "[2620:fe::fe]:53"]   # default: the system's (/etc/resolv.conf)
 //! timeout_secs = 5                                # per attempt; two attempts
 //! max_answers = 10                                # lines per answer, then "… and N more"
+//! breaker = { failures = 5, window_secs = 60, open_secs = 60 }
 //! ```
 //!
 //! Answers are one line per record. NXDOMAIN, no records of the type, SERVFAIL and a timeout
@@ -36,6 +37,8 @@ pub struct DnsSettings {
     pub timeout_secs: Option<u64>,
     /// Lines per answer (default 10).
     pub max_answers: Option<usize>,
+    /// The nameservers' circuit breaker (5 failures in 60 s open it for 60 s by default).
+    pub breaker: Option<opsbot::breaker::BreakerSettings>,
 }
 
 /// The record types `!dns` asks for.
@@ -57,6 +60,7 @@ pub struct Dns {
     resolver: TokioResolver,
     timeout: Duration,
     max_answers: usize,
+    breaker: opsbot::breaker::BreakerPolicy,
 }
 
 impl std::fmt::Debug for Dns {
@@ -82,6 +86,11 @@ impl FromSettings for Dns {
         if !(1..=60).contains(&timeout.as_secs()) {
             return Err(SettingsError::at("timeout_secs", "must be 1 to 60"));
         }
+        let breaker = s
+            .breaker
+            .unwrap_or_default()
+            .policy()
+            .map_err(|e| SettingsError::at("breaker", e))?;
         let max_answers = s.max_answers.unwrap_or(10);
         if !(1..=50).contains(&max_answers) {
             return Err(SettingsError::at("max_answers", "must be 1 to 50"));
@@ -129,6 +138,7 @@ impl FromSettings for Dns {
             resolver,
             timeout,
             max_answers,
+            breaker,
         })
     }
 }
@@ -224,7 +234,7 @@ impl Dns {
                 TYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" ")
             )));
         };
-        let breaker = cx.breaker("dns");
+        let breaker = cx.breaker_with("dns", self.breaker);
         let permit = breaker.check()?;
         let fqdn = if name.ends_with('.') {
             name.to_owned()
@@ -271,7 +281,7 @@ impl Dns {
         let Ok(ip) = raw.parse::<IpAddr>() else {
             return Err(call.usage_error());
         };
-        let breaker = cx.breaker("dns");
+        let breaker = cx.breaker_with("dns", self.breaker);
         let permit = breaker.check()?;
         match self.resolver.reverse_lookup(ip).await {
             Ok(lookup) => {

@@ -20,6 +20,7 @@
 //! per_room_per_minute = 5
 //! xkcd_url = "https://xkcd.com"     # where comics' JSON is read
 //! nameservers = []                  # the guard's resolver; the system's by default
+//! breaker = { failures = 5, window_secs = 60, open_secs = 60 }   # per site
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -55,6 +56,8 @@ pub struct LinksSettings {
     pub nameservers: Vec<String>,
     /// The address fetches are made from (default: the system's choice).
     pub local_address: Option<std::net::IpAddr>,
+    /// Each site's circuit breaker (5 failures in 60 s open it for 60 s by default).
+    pub breaker: Option<opsbot::breaker::BreakerSettings>,
 }
 
 /// Room memory: recent summaries (for the rate) and URLs (for repeats).
@@ -72,6 +75,7 @@ pub struct Links {
     max_title_chars: usize,
     window: Duration,
     per_minute: usize,
+    breaker: opsbot::breaker::BreakerPolicy,
     memory: Arc<Mutex<Memory>>,
 }
 
@@ -88,6 +92,7 @@ fn lookup_with(nameservers: &[String]) -> Result<Option<Lookup>, SettingsError> 
         nameservers: nameservers.to_vec(),
         timeout_secs: Some(2),
         max_answers: None,
+        breaker: None,
     })?;
     let resolver = dns.resolver();
     Ok(Some(Arc::new(move |host: String| {
@@ -139,6 +144,11 @@ impl FromSettings for Links {
         if reqwest_url_ok(&xkcd).is_none() {
             return Err(SettingsError::at("xkcd_url", "is not an http(s) URL"));
         }
+        let breaker = s
+            .breaker
+            .unwrap_or_default()
+            .policy()
+            .map_err(|e| SettingsError::at("breaker", e))?;
         let settings = FetchSettings {
             allow,
             total,
@@ -158,6 +168,7 @@ impl FromSettings for Links {
             max_title_chars,
             window: Duration::from_secs(s.repeat_window_secs.unwrap_or(600)),
             per_minute,
+            breaker,
             memory: Arc::new(Mutex::new(Memory::default())),
         })
     }
@@ -335,7 +346,7 @@ impl Handler for Links {
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_owned))
                 .unwrap_or_default();
-            let breaker = cx.breaker(&host);
+            let breaker = cx.breaker_with(&host, self.breaker);
             let Ok(permit) = breaker.check() else {
                 continue;
             };

@@ -25,9 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use opsbot::breaker::{Breaker, BreakerPolicy};
+use opsbot::breaker::{Breaker, BreakerSettings};
 use opsbot::config::Secret;
 use opsbot::http::{HttpClient, Repeat, Throttle};
 use opsbot::prelude::*;
@@ -35,35 +34,6 @@ use opsbot::settings::{FromSettings, SettingsError};
 use serde_json::Value;
 
 use crate::links::clean;
-
-/// `breaker = { ... }` in a poller's table.
-#[derive(Clone, Copy, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerSettings {
-    /// Failures within the window that open it (default 5).
-    pub failures: Option<u32>,
-    /// The window, in seconds (default 60).
-    pub window_secs: Option<u64>,
-    /// How long it stays open, in seconds (default 60).
-    pub open_secs: Option<u64>,
-}
-
-fn policy(b: Option<BreakerSettings>) -> Result<BreakerPolicy, SettingsError> {
-    let d = BreakerPolicy::default();
-    let Some(b) = b else { return Ok(d) };
-    let p = BreakerPolicy {
-        failures: b.failures.unwrap_or(d.failures),
-        window: b.window_secs.map_or(d.window, Duration::from_secs),
-        open_for: b.open_secs.map_or(d.open_for, Duration::from_secs),
-    };
-    if p.failures == 0 || p.window.is_zero() || p.open_for.is_zero() {
-        return Err(SettingsError::at(
-            "breaker",
-            "every value must be at least 1",
-        ));
-    }
-    Ok(p)
-}
 
 fn checked_url(url: &str) -> Result<(), SettingsError> {
     if url.starts_with("https://") || url.starts_with("http://") {
@@ -148,7 +118,12 @@ impl FromSettings for Feed {
             return Err(SettingsError::at("max_chars", "must be 40 to 2000"));
         }
         Ok(Self {
-            breaker: Breaker::new(host_of(&s.url), policy(s.breaker)?),
+            breaker: Breaker::new(
+                host_of(&s.url),
+                s.breaker
+                    .map_or(Ok(Default::default()), |b| b.policy())
+                    .map_err(|e| SettingsError::at("breaker", e))?,
+            ),
             url: s.url,
             max_chars,
             http: opsbot::http::shared(),
@@ -298,7 +273,12 @@ impl FromSettings for HttpJson {
             return Err(SettingsError::at("max_chars", "must be 40 to 2000"));
         }
         Ok(Self {
-            breaker: Breaker::new(host_of(&s.url), policy(s.breaker)?),
+            breaker: Breaker::new(
+                host_of(&s.url),
+                s.breaker
+                    .map_or(Ok(Default::default()), |b| b.policy())
+                    .map_err(|e| SettingsError::at("breaker", e))?,
+            ),
             url: s.url,
             headers: s.headers.into_iter().collect(),
             items: s.items,

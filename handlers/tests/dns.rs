@@ -85,6 +85,7 @@ async fn bot() -> (TestBot, Arc<AtomicU32>) {
         nameservers: vec![addr.to_string()],
         timeout_secs: Some(1),
         max_answers: Some(10),
+        breaker: None,
     })
     .unwrap();
     // Repeated identical answers are the point here, not a loop to cut.

@@ -7,13 +7,14 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opsbot::breaker::BreakerSettings;
 use opsbot::breaker::BreakerState;
 use opsbot::health::BotHealth;
 use opsbot::prelude::*;
 use opsbot::settings::FromSettings;
 use opsbot::store::Store;
 use opsbot::testkit::TestBot;
-use opsbot_handlers::pollers::{BreakerSettings, Feed, FeedSettings, HttpJson, HttpJsonSettings};
+use opsbot_handlers::pollers::{Feed, FeedSettings, HttpJson, HttpJsonSettings};
 use support::Page;
 
 type Live = Arc<Mutex<(u16, &'static str, Vec<u8>)>>;
@@ -198,4 +199,59 @@ async fn an_http_json_source_posts_new_items_through_its_template() {
         .actor(opsbot::health::ActorKind::Poller, "http_json")
         .unwrap();
     assert_eq!(a.restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_json_source_that_fails_opens_its_breaker_then_recovers_after_a_restart_and_a_burst()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (port, live) = served((200, "application/json", json(1..=2))).await;
+    let make = move || {
+        HttpJson::from_settings(HttpJsonSettings {
+            url: format!("http://127.0.0.1:{port}/src"),
+            headers: Default::default(),
+            items: "/issues".into(),
+            id: "key".into(),
+            template: "{key}: {fields.summary}".into(),
+            max_chars: None,
+            breaker: Some(BreakerSettings {
+                failures: Some(3),
+                window_secs: Some(60),
+                open_secs: Some(1),
+            }),
+        })
+        .unwrap()
+    };
+    {
+        let p = make();
+        let mut bot = TestBot::new()
+            .store(Store::open(&path).unwrap())
+            .poller(opts(), move || p.clone());
+        bot.start();
+        primed(&mut bot, "http_json").await;
+        live.lock().unwrap().0 = 500;
+        bot.wait_status("the breaker open", |s| {
+            s.breakers
+                .iter()
+                .any(|b| matches!(b.state, BreakerState::Open { .. }))
+        })
+        .await;
+        bot.shutdown().await;
+    }
+    // Back, after a restart, with 300 new items at once: ten, then the rest counted.
+    {
+        let mut l = live.lock().unwrap();
+        l.0 = 200;
+        l.2 = json(1..=302);
+    }
+    let p = make();
+    let mut bot = TestBot::new()
+        .store(Store::open(&path).unwrap())
+        .poller(opts(), move || p.clone());
+    bot.start();
+    let lines = bot.replies(11).await;
+    assert_eq!(lines[0], "OPS-3: disk 3 full");
+    assert_eq!(lines[10], "… and 290 more from http_json");
+    assert_eq!(bot.status().breakers[0].state, BreakerState::Closed);
 }
