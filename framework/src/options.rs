@@ -74,8 +74,9 @@ pub struct ReconnectPolicy {
     pub max: Duration,
     /// A session connected at least this long resets the backoff.
     pub stable_after: Duration,
-    /// The shortest wait after the service refused the bot ([`TransportError::Refused`]: bad
-    /// credentials, banned): asking again every minute is what gets a bot banned for longer.
+    /// The shortest wait after the service refused the bot
+    /// ([`crate::transport::TransportError::Refused`]: bad credentials, banned): asking again
+    /// every minute is what gets a bot banned for longer.
     pub refused_min: Duration,
 }
 
