@@ -298,7 +298,7 @@ fn check_names_the_file_the_key_and_the_problem() {
             .starts_with("bots.toml:5: `bot[0].transport.kind`: unknown transport kind `telex`"),
         "{err}"
     );
-    assert!(lines[1].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns)"), "{err}");
+    assert!(lines[1].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns, links)"), "{err}");
     assert!(lines[2].contains("`echo` is built in"), "{err}");
 
     let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.transport\n");
