@@ -43,7 +43,7 @@ async fn help_lists_every_registered_command_and_only_those() {
             "!echo <text> — Say the text back.",
             "!help [command] — List the commands, or show one command in full.",
             "!rollback <service> — Roll a service back.",
-            "!status — Show version, uptime, connection, each handler's and poller's state, and the outbox.",
+            "!status — Show version, uptime, connection, each handler's and poller's state, breakers and the outbox.",
             "!whereareyou — Tell the host name and IP addresses the bot runs on.",
         ]
     );
