@@ -603,3 +603,63 @@ fn the_library_handlers_work_by_name_alone() {
         "{err}"
     );
 }
+
+#[test]
+fn under_systemd_the_binary_says_ready_pings_the_watchdog_and_says_stopping() {
+    use std::io::Write;
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(examples().join("console.toml"))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 128];
+    let mut read = || {
+        let n = sock.recv(&mut buf).expect("a state line within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(read(), "READY=1");
+    assert_eq!(read(), "WATCHDOG=1");
+    assert_eq!(read(), "WATCHDOG=1");
+    // End of input: a graceful stop.
+    child.stdin.take().unwrap().write_all(b"").unwrap();
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = read();
+        if last == "STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(last, "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn the_systemd_unit_restarts_watches_and_hardens() {
+    let unit = std::fs::read_to_string(examples().join("opsbot.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=30",
+        "Restart=always",
+        "RestartSec=10",
+        "User=opsbot",
+        "StateDirectory=opsbot",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "missing {line}");
+    }
+    assert!(!unit.lines().any(|l| l.trim() == "User=root"));
+}

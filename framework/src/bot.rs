@@ -280,7 +280,11 @@ impl Bot {
 
     /// Runs the bot on the current arbiter until `shutdown` is cancelled, its transport ends, or
     /// its own machinery fails (then the answer is why).
-    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
+    pub(crate) async fn run(
+        self,
+        shutdown: CancellationToken,
+        started: Option<oneshot::Sender<()>>,
+    ) -> Result<(), String> {
         let Bot {
             name,
             options,
@@ -352,6 +356,9 @@ impl Bot {
         );
         (transport.start)(link, options.reconnect, fin_tx);
         tracing::info!(bot = %name, transport = transport.kind, "bot started");
+        if let Some(started) = started {
+            let _ = started.send(());
+        }
 
         let mut transport_done = false;
         tokio::select! {
@@ -432,7 +439,12 @@ impl actix::Handler<StopOutbox> for Outbox {
 /// stopped, the answer is an error naming each failed bot, so that `main` exits non-zero and a
 /// service manager restarts the process.
 pub fn run(bots: Vec<Bot>) -> std::io::Result<()> {
-    run_until(bots, Shutdown::new(), true)
+    run_with(
+        bots,
+        Shutdown::new(),
+        true,
+        crate::systemd::Notify::from_env(),
+    )
 }
 
 /// A handle that stops running bots gracefully. Cheap to clone.
@@ -459,20 +471,50 @@ impl Shutdown {
 /// Runs bots on the calling thread until they all stop or `shutdown` fires (and, with
 /// `signals`, at SIGINT or SIGTERM).
 pub fn run_until(bots: Vec<Bot>, shutdown: Shutdown, signals: bool) -> std::io::Result<()> {
+    run_with(bots, shutdown, signals, None)
+}
+
+/// Like [`run_until`], telling systemd through `notify` (see [`crate::systemd`]): `READY=1`
+/// once every bot has started, `WATCHDOG=1` while every bot's thread answers, `STOPPING=1`
+/// at shutdown. [`run`] takes `notify` from the environment.
+pub fn run_with(
+    bots: Vec<Bot>,
+    shutdown: Shutdown,
+    signals: bool,
+    notify: Option<crate::systemd::Notify>,
+) -> std::io::Result<()> {
     let system = actix::System::new();
     let (stopped, failures) = system.block_on(async move {
         let token = shutdown.0;
         if signals {
             spawn_signal_watch(token.clone());
         }
+        let base = std::time::Instant::now();
+        let mut beats = Vec::new();
+        let mut starts = Vec::new();
         let running: Vec<_> = bots
             .into_iter()
             .map(|b| {
                 let (name, health) = (b.name.clone(), b.health());
-                let (arbiter, done) = spawn_bot(b, token.clone());
+                let beat = crate::systemd::Heartbeat::new(base);
+                let (started_tx, started_rx) = oneshot::channel();
+                let (arbiter, done) =
+                    spawn_bot(b, token.clone(), Some(beat.clone()), Some(started_tx));
+                beats.push((name.clone(), beat));
+                starts.push(started_rx);
                 (name, health, arbiter, done)
             })
             .collect();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(notify) = notify.clone() {
+            actix::spawn(tell_systemd(
+                notify,
+                starts,
+                beats,
+                token.clone(),
+                stopping.clone(),
+            ));
+        }
         let mut stopped = Vec::new();
         let mut failures = Vec::new();
         for (name, health, arbiter, done) in running {
@@ -481,6 +523,12 @@ pub fn run_until(bots: Vec<Bot>, shutdown: Shutdown, signals: bool) -> std::io::
             }
             arbiter.stop();
             stopped.push(arbiter);
+        }
+        // Every bot ended on its own (end of input): the process is stopping all the same.
+        if let Some(notify) = &notify
+            && !stopping.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            notify.send("STOPPING=1");
         }
         (stopped, failures)
     });
@@ -513,21 +561,92 @@ pub(crate) fn ended(
 pub(crate) fn spawn_bot(
     bot: Bot,
     shutdown: CancellationToken,
+    beat: Option<crate::systemd::Heartbeat>,
+    started: Option<oneshot::Sender<()>>,
 ) -> (Arbiter, oneshot::Receiver<Result<(), String>>) {
     crate::handler::install_panic_hook();
     let arbiter = Arbiter::new();
     let (tx, rx) = oneshot::channel();
     let health = bot.health.clone();
     arbiter.spawn_fn(move || {
+        if let Some(beat) = beat {
+            // Proof that this thread still runs its tasks; a blocked thread stops beating.
+            actix::spawn(async move {
+                loop {
+                    beat.beat();
+                    actix::clock::sleep(HEARTBEAT).await;
+                }
+            });
+        }
         actix::spawn(async move {
             // Reports a panic of the bot task itself (dropped unfinished, never sent).
             let mut watch = BotTaskGuard(Some(health));
-            let result = bot.run(shutdown).await;
+            let result = bot.run(shutdown, started).await;
             watch.0 = None;
             let _ = tx.send(result);
         });
     });
     (arbiter, rx)
+}
+
+/// How often each bot thread proves it is alive.
+const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// Tells systemd: ready once every bot started, a watchdog ping every half period while every
+/// bot thread beat within that half period, stopping at shutdown.
+async fn tell_systemd(
+    notify: crate::systemd::Notify,
+    starts: Vec<oneshot::Receiver<()>>,
+    beats: Vec<(String, crate::systemd::Heartbeat)>,
+    shutdown: CancellationToken,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let all_started = async {
+        for s in starts {
+            let _ = s.await;
+        }
+    };
+    tokio::select! {
+        () = all_started => notify.send("READY=1"),
+        () = shutdown.cancelled() => {}
+    }
+    let period = notify
+        .watchdog
+        .map(|w| (w / 2).max(Duration::from_millis(50)));
+    let mut wedged: Option<String> = None;
+    loop {
+        let tick = async {
+            match period {
+                Some(p) => actix::clock::sleep(p).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                if !stopping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    notify.send("STOPPING=1");
+                }
+                return;
+            }
+            () = tick => {
+                let limit = period.unwrap_or(Duration::MAX).max(HEARTBEAT * 2);
+                match beats.iter().find(|(_, b)| b.age() > limit) {
+                    None => {
+                        if let Some(name) = wedged.take() {
+                            tracing::warn!(bot = %name, "bot thread answers again; watchdog pings resume");
+                        }
+                        notify.send("WATCHDOG=1");
+                    }
+                    Some((name, b)) => {
+                        if wedged.is_none() {
+                            tracing::error!(bot = %name, silent = ?b.age(), "bot thread does not answer; no watchdog ping, so systemd can restart the process");
+                        }
+                        wedged = Some(name.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Marks the bot failed if its task ends without finishing (a panic in the bot task itself).

@@ -63,13 +63,14 @@ pub mod settings;
 mod shared;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 pub mod testkit;
 pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
 
-pub use bot::{Bot, BotBuilder, BotOptions, Shutdown, run, run_until};
+pub use bot::{Bot, BotBuilder, BotOptions, Shutdown, run, run_until, run_with};
 pub use command::{Call, Command, Match};
 pub use error::{Error, Result};
 pub use handler::{Context, Handler};

@@ -208,7 +208,7 @@ impl TestBot {
             .spawn(move || {
                 let system = actix::System::new();
                 let arbiter = system.block_on(async move {
-                    let (arbiter, done) = crate::bot::spawn_bot(bot, token);
+                    let (arbiter, done) = crate::bot::spawn_bot(bot, token, None, None);
                     let _ = done.await;
                     arbiter.stop();
                     arbiter

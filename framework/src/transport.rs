@@ -310,16 +310,17 @@ impl<T: Transport> Actor for TransportHost<T> {
                     delay = delay.max(policy.refused_min);
                 }
                 attempt = attempt.saturating_add(1);
-                link.health.update(ActorKind::Transport, kind, |s| {
-                    s.conn = Some(ConnState::Reconnecting { retry_in: delay });
-                    s.reconnects += 1;
-                    s.last_error = Some((std::time::SystemTime::now(), why.clone()));
-                });
+                // The log entry first: whoever sees the count go up finds the entry too.
                 link.health.heal_event(
                     "transport",
                     "reconnect",
                     format!("{why}; next attempt in {delay:.1?}"),
                 );
+                link.health.update(ActorKind::Transport, kind, |s| {
+                    s.conn = Some(ConnState::Reconnecting { retry_in: delay });
+                    s.reconnects += 1;
+                    s.last_error = Some((std::time::SystemTime::now(), why.clone()));
+                });
                 actix::clock::sleep(delay).await;
             }
             link.health.update(ActorKind::Transport, kind, |s| {

@@ -305,10 +305,13 @@ async fn a_server_without_starttls_never_gets_the_password_and_is_a_refusal() {
         !rest.contains("auth"),
         "the bot tried to log in anyway: {rest:?}"
     );
+    // The reconnect count and the healing-log entry are written one after the other: wait for
+    // both.
     let s = bot
         .wait_status(T, "the refusal", |s| {
             s.actor(ActorKind::Transport, "xmpp")
                 .is_some_and(|a| a.reconnects == 1)
+                && s.healing_log.iter().any(|e| e.action == "reconnect")
         })
         .await;
     let entry = s
