@@ -25,6 +25,17 @@ pub enum ActorKind {
     Poller,
 }
 
+impl ActorKind {
+    /// `transport`, `handler` or `poller`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Transport => "transport",
+            Self::Handler => "handler",
+            Self::Poller => "poller",
+        }
+    }
+}
+
 /// The life-cycle state of a supervised child.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ActorState {
@@ -81,7 +92,11 @@ impl ConnState {
     }
 }
 
-/// The bot's overall health.
+/// The bot's overall health, by these rules, first match wins: its own machinery failed →
+/// failed; the transport failed or is reconnecting → critical; a handler or poller failed for
+/// good, or a breaker is open → degraded; a handler or poller restarting, or a breaker
+/// half-open → recovering; else healthy. Every change is a healing-log entry (subsystem
+/// `health`) and a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BotHealth {
     /// Everything running.
@@ -193,9 +208,62 @@ struct Inner {
     log: VecDeque<HealingEvent>,
     failed: Option<String>,
     breakers: BTreeMap<String, Breaker>,
+    /// The overall state when last looked at, to log its changes.
+    state: BotHealth,
 }
 
 impl Inner {
+    /// The overall state by the rules of [`BotHealth`].
+    fn overall(&self) -> BotHealth {
+        if self.failed.is_some() {
+            return BotHealth::Failed;
+        }
+        let actors: Vec<&ActorStatus> = self.actors.values().collect();
+        let breakers: Vec<BreakerStatus> = self.breakers.values().map(Breaker::status).collect();
+        overall(&actors, &breakers)
+    }
+
+    /// Logs a change of the overall state (healing log and tracing), with what caused it.
+    fn note_change(&mut self, bot: &str) {
+        let now = self.overall();
+        if now == self.state {
+            return;
+        }
+        let before = std::mem::replace(&mut self.state, now);
+        let cause = self.cause(now);
+        let detail = match cause {
+            Some(c) => format!("{} → {} ({c})", before.as_str(), now.as_str()),
+            None => format!("{} → {}", before.as_str(), now.as_str()),
+        };
+        self.push_event(bot, "health", "state", detail);
+    }
+
+    /// What makes the bot `state`, in a few words.
+    fn cause(&self, state: BotHealth) -> Option<String> {
+        match state {
+            BotHealth::Failed => self.failed.clone(),
+            BotHealth::Critical => Some("transport down".into()),
+            BotHealth::Degraded => self
+                .actors
+                .values()
+                .find(|a| a.state == ActorState::Failed)
+                .map(|a| format!("{} {} failed", a.kind.as_str(), a.name))
+                .or_else(|| {
+                    self.breakers
+                        .values()
+                        .find(|b| matches!(b.status().state, BreakerState::Open { .. }))
+                        .map(|b| format!("breaker {} open", b.name()))
+                }),
+            BotHealth::Recovering => self
+                .actors
+                .values()
+                .find(|a| a.state == ActorState::Restarting)
+                .map(|a| format!("{} {} restarting", a.kind.as_str(), a.name))
+                .or_else(|| Some("a breaker half-open".into())),
+            BotHealth::Healthy => None,
+        }
+    }
+
     fn push_event(&mut self, bot: &str, subsystem: &str, action: &str, detail: String) {
         tracing::warn!(bot, subsystem, action, %detail, "healing");
         if self.log.len() == HEALING_LOG_LEN {
@@ -264,6 +332,7 @@ impl Health {
                 log: VecDeque::new(),
                 failed: None,
                 breakers: BTreeMap::new(),
+                state: BotHealth::Healthy,
             })),
         }
     }
@@ -295,6 +364,7 @@ impl Health {
             .entry((kind, name.to_owned()))
             .or_insert_with(|| ActorStatus::new(kind, name));
         f(entry);
+        inner.note_change(&self.bot);
     }
 
     /// Updates the outbox counters.
@@ -326,10 +396,9 @@ impl Health {
         let bot = self.bot.clone();
         breaker.set_on_change(Arc::new(move |action, detail| {
             if let Some(inner) = weak.upgrade() {
-                inner
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_event(&bot, "breaker", action, detail);
+                let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+                inner.push_event(&bot, "breaker", action, detail);
+                inner.note_change(&bot);
             }
         }));
         self.lock()
@@ -343,6 +412,7 @@ impl Health {
         tracing::error!(bot = %self.bot, %reason, "bot failed; stopping it");
         self.lock().failed.get_or_insert_with(|| reason.to_owned());
         self.heal_event("bot", "failed", format!("{reason}; the bot is stopped"));
+        self.lock().note_change(&self.bot);
     }
 
     /// A consistent copy of everything.
@@ -350,11 +420,7 @@ impl Health {
         let inner = self.lock();
         let actors: Vec<ActorStatus> = inner.actors.values().cloned().collect();
         let breakers: Vec<BreakerStatus> = inner.breakers.values().map(Breaker::status).collect();
-        let health = if inner.failed.is_some() {
-            BotHealth::Failed
-        } else {
-            overall(&actors, &breakers)
-        };
+        let health = inner.overall();
         Snapshot {
             bot: self.bot.to_string(),
             transport: self.transport_kind.to_string(),
@@ -369,7 +435,7 @@ impl Health {
     }
 }
 
-fn overall(actors: &[ActorStatus], breakers: &[BreakerStatus]) -> BotHealth {
+fn overall(actors: &[&ActorStatus], breakers: &[BreakerStatus]) -> BotHealth {
     let transport_down = actors.iter().any(|a| {
         a.kind == ActorKind::Transport
             && (a.state == ActorState::Failed

@@ -119,4 +119,19 @@ async fn an_open_breaker_answers_at_once_shows_in_status_and_closes_after_a_good
         "{:?}",
         s.healing_log
     );
+    // Each change of the bot's state is in the healing log too, with its cause.
+    let changes: Vec<&str> = s
+        .healing_log
+        .iter()
+        .filter(|e| e.subsystem == "health")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "healthy → degraded (breaker flaky.example open)",
+            "degraded → recovering (a breaker half-open)",
+            "recovering → healthy"
+        ]
+    );
 }
