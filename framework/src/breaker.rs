@@ -52,6 +52,17 @@ pub struct BreakerSettings {
 }
 
 impl BreakerSettings {
+    /// The policy of an optional `breaker` table (absent: the defaults), or the problem as a
+    /// settings error on the `breaker` key.
+    pub fn resolve(
+        settings: Option<Self>,
+    ) -> Result<BreakerPolicy, crate::settings::SettingsError> {
+        settings
+            .unwrap_or_default()
+            .policy()
+            .map_err(|e| crate::settings::SettingsError::at("breaker", e))
+    }
+
     /// The policy these settings describe, or what is wrong with them.
     pub fn policy(&self) -> Result<BreakerPolicy, String> {
         let d = BreakerPolicy::default();

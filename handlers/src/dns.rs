@@ -86,11 +86,7 @@ impl FromSettings for Dns {
         if !(1..=60).contains(&timeout.as_secs()) {
             return Err(SettingsError::at("timeout_secs", "must be 1 to 60"));
         }
-        let breaker = s
-            .breaker
-            .unwrap_or_default()
-            .policy()
-            .map_err(|e| SettingsError::at("breaker", e))?;
+        let breaker = opsbot::breaker::BreakerSettings::resolve(s.breaker)?;
         let max_answers = s.max_answers.unwrap_or(10);
         if !(1..=50).contains(&max_answers) {
             return Err(SettingsError::at("max_answers", "must be 1 to 50"));
@@ -241,38 +237,54 @@ impl Dns {
         } else {
             format!("{name}.")
         };
-        match self.resolver.lookup(fqdn.as_str(), record_type).await {
-            Ok(lookup) => {
+        let result = self.resolver.lookup(fqdn.as_str(), record_type).await;
+        let lines = result.as_ref().map(|lookup| {
+            lookup
+                .answers()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} (ttl {})",
+                        r.name.to_ascii().trim_end_matches('.'),
+                        r.record_type(),
+                        r.data,
+                        r.ttl
+                    )
+                })
+                .collect()
+        });
+        cx.reply(self.answer(permit, lines, "!dns", name, label));
+        Ok(())
+    }
+
+    /// The reply to a lookup: its lines, or why there are none; the breaker hears of the
+    /// nameservers' health (a failing server counts, an answer such as NXDOMAIN does not).
+    fn answer(
+        &self,
+        permit: opsbot::breaker::Permit,
+        lines: Result<Vec<String>, &NetError>,
+        what: &str,
+        name: &str,
+        label: &str,
+    ) -> String {
+        match lines {
+            Ok(lines) => {
                 permit.success();
-                let lines: Vec<String> = lookup
-                    .answers()
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{} {} {} (ttl {})",
-                            r.name.to_ascii().trim_end_matches('.'),
-                            r.record_type(),
-                            r.data,
-                            r.ttl
-                        )
-                    })
-                    .collect();
                 if lines.is_empty() {
-                    cx.reply(format!("{name} has no {label} records"));
+                    format!("{name} has no {label} records")
                 } else {
-                    cx.reply(self.lines(lines));
+                    self.lines(lines)
                 }
             }
             Err(e) => {
-                if servers_failing(&e) {
-                    permit.failure(&e);
+                if servers_failing(e) {
+                    permit.failure(e);
                 } else {
                     permit.success();
                 }
-                cx.reply(explain("!dns", name, label, &e, self.timeout));
+                explain(what, name, label, e, self.timeout)
             }
         }
-        Ok(())
     }
 
     async fn rdns(&self, cx: &Context, call: &Call) -> Result {
@@ -283,29 +295,15 @@ impl Dns {
         };
         let breaker = cx.breaker_with("dns", self.breaker);
         let permit = breaker.check()?;
-        match self.resolver.reverse_lookup(ip).await {
-            Ok(lookup) => {
-                permit.success();
-                let lines: Vec<String> = lookup
-                    .answers()
-                    .iter()
-                    .map(|r| format!("{ip} PTR {}", r.data))
-                    .collect();
-                if lines.is_empty() {
-                    cx.reply(format!("{ip} has no PTR records"));
-                } else {
-                    cx.reply(self.lines(lines));
-                }
-            }
-            Err(e) => {
-                if servers_failing(&e) {
-                    permit.failure(&e);
-                } else {
-                    permit.success();
-                }
-                cx.reply(explain("!rdns", &ip.to_string(), "PTR", &e, self.timeout));
-            }
-        }
+        let result = self.resolver.reverse_lookup(ip).await;
+        let lines = result.as_ref().map(|lookup| {
+            lookup
+                .answers()
+                .iter()
+                .map(|r| format!("{ip} PTR {}", r.data))
+                .collect()
+        });
+        cx.reply(self.answer(permit, lines, "!rdns", &ip.to_string(), "PTR"));
         Ok(())
     }
 }

@@ -144,11 +144,7 @@ impl FromSettings for Links {
         if reqwest_url_ok(&xkcd).is_none() {
             return Err(SettingsError::at("xkcd_url", "is not an http(s) URL"));
         }
-        let breaker = s
-            .breaker
-            .unwrap_or_default()
-            .policy()
-            .map_err(|e| SettingsError::at("breaker", e))?;
+        let breaker = opsbot::breaker::BreakerSettings::resolve(s.breaker)?;
         let settings = FetchSettings {
             allow,
             total,

@@ -50,38 +50,71 @@ fn host_of(url: &str) -> String {
         .unwrap_or_else(|| url.to_owned())
 }
 
-/// What one poll of a source brought.
-async fn get(
-    http: &HttpClient,
-    throttle: &Throttle,
-    breaker: &Breaker,
-    url: &str,
-    headers: &[(String, Secret)],
-) -> Result<Vec<u8>> {
-    let permit = breaker.check()?;
-    let result = http
-        .send(throttle, Repeat::Safe, url, |c| {
-            let mut r = c.get(url);
-            for (k, v) in headers {
-                r = r.header(k.as_str(), v.expose());
-            }
-            r
+/// A polled HTTP source: its URL and headers, line length, the shared client with a throttle
+/// of its own, and its breaker (which outlives restarts: clones share it).
+#[derive(Clone, Debug)]
+struct Source {
+    url: String,
+    headers: Vec<(String, Secret)>,
+    max_chars: usize,
+    http: Arc<HttpClient>,
+    throttle: Arc<Throttle>,
+    breaker: Breaker,
+}
+
+impl Source {
+    /// Checks the settings every source has.
+    fn new(
+        url: String,
+        headers: Vec<(String, Secret)>,
+        max_chars: Option<usize>,
+        breaker: Option<BreakerSettings>,
+    ) -> Result<Self, SettingsError> {
+        checked_url(&url)?;
+        let max_chars = max_chars.unwrap_or(300);
+        if !(40..=2000).contains(&max_chars) {
+            return Err(SettingsError::at("max_chars", "must be 40 to 2000"));
+        }
+        Ok(Self {
+            breaker: Breaker::new(host_of(&url), BreakerSettings::resolve(breaker)?),
+            url,
+            headers,
+            max_chars,
+            http: opsbot::http::shared(),
+            throttle: Arc::new(Throttle::new()),
         })
-        .await;
-    match result {
-        Ok(resp) if resp.is_success() => {
-            permit.success();
-            Ok(resp.body)
-        }
-        Ok(resp) => {
-            let why = format!("{} answered HTTP {}", host_of(url), resp.status);
-            permit.failure(&why);
-            Err(Error::user(why))
-        }
-        Err(e) => {
-            let why = format!("{}: {e}", host_of(url));
-            permit.failure(&why);
-            Err(Error::user(why))
+    }
+
+    /// What one poll of the source brought; a failure counts against its breaker, and an open
+    /// breaker skips the poll.
+    async fn get(&self) -> Result<Vec<u8>> {
+        let permit = self.breaker.check()?;
+        let url = self.url.as_str();
+        let result = self
+            .http
+            .send(&self.throttle, Repeat::Safe, url, |c| {
+                let mut r = c.get(url);
+                for (k, v) in &self.headers {
+                    r = r.header(k.as_str(), v.expose());
+                }
+                r
+            })
+            .await;
+        match result {
+            Ok(resp) if resp.is_success() => {
+                permit.success();
+                Ok(resp.body)
+            }
+            Ok(resp) => {
+                let why = format!("{} answered HTTP {}", host_of(url), resp.status);
+                permit.failure(&why);
+                Err(Error::user(why))
+            }
+            Err(e) => {
+                let why = format!("{}: {e}", host_of(url));
+                permit.failure(&why);
+                Err(Error::user(why))
+            }
         }
     }
 }
@@ -101,33 +134,15 @@ pub struct FeedSettings {
 /// The feed poller: one line per new entry, its title and link.
 #[derive(Clone, Debug)]
 pub struct Feed {
-    url: String,
-    max_chars: usize,
-    http: Arc<HttpClient>,
-    throttle: Arc<Throttle>,
-    breaker: Breaker,
+    source: Source,
 }
 
 impl FromSettings for Feed {
     type Settings = FeedSettings;
 
     fn from_settings(s: FeedSettings) -> Result<Self, SettingsError> {
-        checked_url(&s.url)?;
-        let max_chars = s.max_chars.unwrap_or(300);
-        if !(40..=2000).contains(&max_chars) {
-            return Err(SettingsError::at("max_chars", "must be 40 to 2000"));
-        }
         Ok(Self {
-            breaker: Breaker::new(
-                host_of(&s.url),
-                s.breaker
-                    .map_or(Ok(Default::default()), |b| b.policy())
-                    .map_err(|e| SettingsError::at("breaker", e))?,
-            ),
-            url: s.url,
-            max_chars,
-            http: opsbot::http::shared(),
-            throttle: Arc::new(Throttle::new()),
+            source: Source::new(s.url, Vec::new(), s.max_chars, s.breaker)?,
         })
     }
 }
@@ -136,9 +151,10 @@ impl Poller for Feed {
     const NAME: &'static str = "feed";
 
     async fn poll(&mut self) -> Result<Vec<Item>> {
-        let body = get(&self.http, &self.throttle, &self.breaker, &self.url, &[]).await?;
+        let src = &self.source;
+        let body = src.get().await?;
         let feed = feed_rs::parser::parse(&body[..])
-            .map_err(|e| Error::user(format!("{}: not a feed ({e})", host_of(&self.url))))?;
+            .map_err(|e| Error::user(format!("{}: not a feed ({e})", host_of(&src.url))))?;
         // Feeds list the newest first; items go oldest first.
         let mut items: Vec<Item> = feed
             .entries
@@ -150,7 +166,7 @@ impl Poller for Feed {
                     .as_ref()
                     .map_or("(untitled)", |t| t.content.as_str());
                 let link = e.links.first().map_or("", |l| l.href.as_str());
-                let text = clean(&format!("{title} {link}"), self.max_chars);
+                let text = clean(&format!("{title} {link}"), src.max_chars);
                 Item::new(e.id.clone(), text)
             })
             .collect();
@@ -159,7 +175,7 @@ impl Poller for Feed {
     }
 
     fn breakers(&self) -> Vec<Breaker> {
-        vec![self.breaker.clone()]
+        vec![self.source.breaker.clone()]
     }
 }
 
@@ -188,15 +204,10 @@ pub struct HttpJsonSettings {
 /// The HTTP JSON poller: one templated line per new item of a JSON list.
 #[derive(Clone, Debug)]
 pub struct HttpJson {
-    url: String,
-    headers: Vec<(String, Secret)>,
+    source: Source,
     items: String,
     id: String,
     template: String,
-    max_chars: usize,
-    http: Arc<HttpClient>,
-    throttle: Arc<Throttle>,
-    breaker: Breaker,
 }
 
 /// The value at a dotted path (`fields.status.name`; list indexes as numbers).
@@ -241,7 +252,6 @@ impl FromSettings for HttpJson {
     type Settings = HttpJsonSettings;
 
     fn from_settings(s: HttpJsonSettings) -> Result<Self, SettingsError> {
-        checked_url(&s.url)?;
         if !(s.items.is_empty() || s.items.starts_with('/')) {
             return Err(SettingsError::at(
                 "items",
@@ -268,25 +278,16 @@ impl FromSettings for HttpJson {
                 ));
             }
         }
-        let max_chars = s.max_chars.unwrap_or(300);
-        if !(40..=2000).contains(&max_chars) {
-            return Err(SettingsError::at("max_chars", "must be 40 to 2000"));
-        }
         Ok(Self {
-            breaker: Breaker::new(
-                host_of(&s.url),
-                s.breaker
-                    .map_or(Ok(Default::default()), |b| b.policy())
-                    .map_err(|e| SettingsError::at("breaker", e))?,
-            ),
-            url: s.url,
-            headers: s.headers.into_iter().collect(),
+            source: Source::new(
+                s.url,
+                s.headers.into_iter().collect(),
+                s.max_chars,
+                s.breaker,
+            )?,
             items: s.items,
             id: s.id,
             template: s.template,
-            max_chars,
-            http: opsbot::http::shared(),
-            throttle: Arc::new(Throttle::new()),
         })
     }
 }
@@ -295,23 +296,17 @@ impl Poller for HttpJson {
     const NAME: &'static str = "http_json";
 
     async fn poll(&mut self) -> Result<Vec<Item>> {
-        let body = get(
-            &self.http,
-            &self.throttle,
-            &self.breaker,
-            &self.url,
-            &self.headers,
-        )
-        .await?;
+        let src = &self.source;
+        let body = src.get().await?;
         let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::user(format!("{}: not JSON ({e})", host_of(&self.url))))?;
+            .map_err(|e| Error::user(format!("{}: not JSON ({e})", host_of(&src.url))))?;
         let list = v
             .pointer(&self.items)
             .and_then(Value::as_array)
             .ok_or_else(|| {
                 Error::user(format!(
                     "{}: no list at `{}`",
-                    host_of(&self.url),
+                    host_of(&src.url),
                     self.items
                 ))
             })?;
@@ -321,14 +316,14 @@ impl Poller for HttpJson {
                 let id = at(item, &self.id).map(text_of).filter(|s| !s.is_empty())?;
                 Some(Item::new(
                     id,
-                    clean(&render(&self.template, item), self.max_chars),
+                    clean(&render(&self.template, item), src.max_chars),
                 ))
             })
             .collect())
     }
 
     fn breakers(&self) -> Vec<Breaker> {
-        vec![self.breaker.clone()]
+        vec![self.source.breaker.clone()]
     }
 }
 

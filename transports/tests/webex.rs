@@ -840,3 +840,33 @@ async fn a_refused_token_is_a_refusal_and_never_shown() {
     let shown = format!("{:?} {}", s.healing_log, detail(&s));
     assert!(!shown.contains("wrong-token-value"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refused_while_posting_is_a_refusal_and_the_reply_waits_for_the_reconnect() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = bot(&fake, &a, "");
+    up(&fake, &bot, &a).await;
+    fake.fail(
+        "POST /v1/messages",
+        Some(&a.token),
+        1,
+        Fault::Status(401, None),
+    );
+    fake.say(&a, ALICE, None, None, "!echo after the refusal");
+    let s = bot
+        .wait_status(T, "the refusal", |s| {
+            s.healing_log.iter().any(|e| {
+                e.action == "reconnect"
+                    && e.detail
+                        .contains("refused: posting a message: the token was refused (401)")
+            })
+        })
+        .await;
+    assert!(reconnects(&s) >= 1);
+    // The reply went back to the queue and goes out, once, on the new session.
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(p[0].text(), "after the refusal");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.posts().len(), 1);
+}
