@@ -132,11 +132,12 @@ const POLLER_KEYS: &[&str] = &[
 ];
 
 impl App {
-    /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `echo`, always on)
+    /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `echo`, `heal`,
+    /// always on)
     /// and the library's optional ones (`boom`, `lines`, `dns`, `links`) and pollers (`feed`,
     /// `http_json`).
     pub fn new() -> Self {
-        use opsbot_handlers::{demo, echo, help, status, whereareyou};
+        use opsbot_handlers::{demo, echo, heal, help, status, whereareyou};
         Self {
             handlers: Vec::new(),
             pollers: Vec::new(),
@@ -145,6 +146,7 @@ impl App {
         .builtin::<status::Status>("status")
         .builtin::<whereareyou::WhereAreYou>("whereareyou")
         .builtin::<echo::Echo>("echo")
+        .builtin::<heal::Heal>("heal")
         .handler::<demo::Boom>("boom")
         .handler::<demo::Lines>("lines")
         .handler::<opsbot_handlers::dns::Dns>("dns")
@@ -401,10 +403,15 @@ impl App {
         opsbot::http::init(&config.http_client)
             .with_context(|| format!("{}: http_client", config.path.display()))?;
         let bots = self.build(config)?;
+        let mut options = opsbot::RunOptions::new();
+        options.signals = true;
+        options.notify = opsbot::systemd::Notify::from_env();
+        options.http = config.http.clone();
+        options.healing_log = healing_log(config);
         if config.bots.iter().any(|b| b.transport.kind == "console") {
             eprintln!("opsbot console: type !help (end with Ctrl-D)");
         }
-        opsbot::run(bots).context("running the bots")
+        opsbot::run_process(bots, options).context("running the bots")
     }
 
     /// The program: `run --config FILE`, `check --config FILE`, or with no arguments a console
@@ -443,6 +450,29 @@ impl App {
                 eprintln!("opsbot: {e:#}");
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// The process's persisted healing log, in the state store (`[state] path`, else the default
+/// path). A store that cannot be opened (another process holds it) leaves the log in memory
+/// only, with a warning: the bots run all the same.
+fn healing_log(config: &Config) -> Option<opsbot::healing_log::HealingLog> {
+    let path = config
+        .state_path
+        .clone()
+        .unwrap_or_else(opsbot::bot::default_state_path);
+    let opened = opsbot::store::Store::open(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            opsbot::healing_log::HealingLog::open(store, config.healing_log_entries)
+                .map_err(|e| e.to_string())
+        });
+    match opened {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::warn!(error = %e, "the healing log is kept in memory only");
+            None
         }
     }
 }

@@ -126,12 +126,24 @@ fn with_no_arguments_it_is_a_console_bot_with_the_builtins() {
         .collect();
     assert_eq!(
         names,
-        ["!echo", "!help", "!status", "!whereareyou", "!help"]
+        [
+            "!echo",
+            "!heal",
+            "!help",
+            "!status",
+            "!whereareyou",
+            "!help"
+        ]
     );
     s.type_line(b"status");
     let status = s.until(|l| l.starts_with("outbox:"));
+    // The health summary first, as the status API shows it.
     assert!(
-        status[0].starts_with("opsbot 0.1.0 · bot opsbot · up "),
+        status[0].starts_with("healthy · ") && status[0].ends_with(" subsystems healthy"),
+        "{status:?}"
+    );
+    assert!(
+        status[1].starts_with("opsbot 0.1.0 · bot opsbot · up "),
         "{status:?}"
     );
     assert!(

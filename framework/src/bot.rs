@@ -207,6 +207,7 @@ impl BotBuilder {
             }
         };
         let health = Health::new(&name, transport.kind);
+        health.set_critical_after(self.options.reconnect.critical_after);
         Ok(Bot {
             name,
             options: self.options,
@@ -355,6 +356,17 @@ impl Bot {
             fatal.clone(),
         );
         (transport.start)(link, options.reconnect, fin_tx);
+        // A transport down past its grace period turns the bot critical with no event of its
+        // own: look again every second.
+        let refresh = {
+            let health = health.clone();
+            actix::spawn(async move {
+                loop {
+                    actix::clock::sleep(Duration::from_secs(1)).await;
+                    health.refresh();
+                }
+            })
+        };
         tracing::info!(bot = %name, transport = transport.kind, "bot started");
         if let Some(started) = started {
             let _ = started.send(());
@@ -399,6 +411,7 @@ impl Bot {
             let _ = tokio::time::timeout(deadline, fin_rx).await;
         }
         // From here on actors are dropped on purpose.
+        refresh.abort();
         fatal.stopping();
         for a in arbiters {
             a.stop();
@@ -439,12 +452,39 @@ impl actix::Handler<StopOutbox> for Outbox {
 /// stopped, the answer is an error naming each failed bot, so that `main` exits non-zero and a
 /// service manager restarts the process.
 pub fn run(bots: Vec<Bot>) -> std::io::Result<()> {
-    run_with(
+    run_process(
         bots,
-        Shutdown::new(),
-        true,
-        crate::systemd::Notify::from_env(),
+        RunOptions {
+            signals: true,
+            notify: crate::systemd::Notify::from_env(),
+            ..RunOptions::default()
+        },
     )
+}
+
+/// How [`run_process`] runs a process's bots.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Stops the bots gracefully when triggered.
+    pub shutdown: Shutdown,
+    /// Also stop at SIGINT and SIGTERM.
+    pub signals: bool,
+    /// Tell systemd (see [`crate::systemd`]): `READY=1` once every bot has started,
+    /// `WATCHDOG=1` while every bot's thread answers, `STOPPING=1` at shutdown.
+    pub notify: Option<crate::systemd::Notify>,
+    /// The process's persisted healing log: every bot writes its entries there too.
+    pub healing_log: Option<crate::healing_log::HealingLog>,
+    /// The HTTP status API (`[http]`), one server for every bot of the process.
+    #[cfg(feature = "status-api")]
+    pub http: Option<crate::config::HttpConfig>,
+}
+
+impl RunOptions {
+    /// Defaults: no signals, no systemd, no persisted log, no HTTP.
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 /// A handle that stops running bots gracefully. Cheap to clone.
@@ -483,24 +523,66 @@ pub fn run_with(
     signals: bool,
     notify: Option<crate::systemd::Notify>,
 ) -> std::io::Result<()> {
+    run_process(
+        bots,
+        RunOptions {
+            shutdown,
+            signals,
+            notify,
+            ..RunOptions::default()
+        },
+    )
+}
+
+/// Runs a process's bots on the calling thread until they all stop, as `options` say: the
+/// shutdown handle and signals, systemd, the persisted healing log and the HTTP status API.
+/// An HTTP listener that cannot be opened is an error before any bot starts.
+pub fn run_process(bots: Vec<Bot>, options: RunOptions) -> std::io::Result<()> {
+    let RunOptions {
+        shutdown,
+        signals,
+        notify,
+        healing_log,
+        #[cfg(feature = "status-api")]
+        http,
+    } = options;
+    if let Some(log) = &healing_log {
+        for b in &bots {
+            b.health.set_journal(log.clone());
+        }
+    }
+    let base = std::time::Instant::now();
+    let beats: Vec<(String, crate::systemd::Heartbeat)> = bots
+        .iter()
+        .map(|b| (b.name.clone(), crate::systemd::Heartbeat::new(base)))
+        .collect();
     let system = actix::System::new();
+    #[cfg(feature = "status-api")]
+    let server = match http {
+        Some(api) => {
+            let bots = bots
+                .iter()
+                .zip(&beats)
+                .map(|(b, (_, beat))| (b.health(), beat.clone()))
+                .collect();
+            let log = healing_log.clone();
+            Some(system.block_on(async move { crate::status_api::start(&api, bots, log) })?)
+        }
+        None => None,
+    };
     let (stopped, failures) = system.block_on(async move {
         let token = shutdown.0;
         if signals {
             spawn_signal_watch(token.clone());
         }
-        let base = std::time::Instant::now();
-        let mut beats = Vec::new();
         let mut starts = Vec::new();
         let running: Vec<_> = bots
             .into_iter()
-            .map(|b| {
+            .zip(beats.iter().map(|(_, b)| b.clone()))
+            .map(|(b, beat)| {
                 let (name, health) = (b.name.clone(), b.health());
-                let beat = crate::systemd::Heartbeat::new(base);
                 let (started_tx, started_rx) = oneshot::channel();
-                let (arbiter, done) =
-                    spawn_bot(b, token.clone(), Some(beat.clone()), Some(started_tx));
-                beats.push((name.clone(), beat));
+                let (arbiter, done) = spawn_bot(b, token.clone(), Some(beat), Some(started_tx));
                 starts.push(started_rx);
                 (name, health, arbiter, done)
             })
@@ -530,10 +612,19 @@ pub fn run_with(
         {
             notify.send("STOPPING=1");
         }
+        #[cfg(feature = "status-api")]
+        if let Some(server) = server {
+            server.stop(true).await;
+        }
         (stopped, failures)
     });
     for a in stopped {
         let _ = a.join();
+    }
+    if let Some(log) = &healing_log
+        && !log.flush(Duration::from_secs(5))
+    {
+        tracing::warn!("healing log: the last entries may not have reached the disk");
     }
     if failures.is_empty() {
         Ok(())

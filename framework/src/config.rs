@@ -97,6 +97,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
@@ -165,7 +171,36 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields)]
 struct RawState {
     path: Option<PathBuf>,
+    healing_log_entries: Option<i64>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    admin_token: Option<String>,
+}
+
+/// The HTTP status API (`[http]`): off unless the table is there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpConfig {
+    /// Address and port (default `127.0.0.1:9120`).
+    pub listen: std::net::SocketAddr,
+    /// The bearer token of forced heals; without one, every heal is refused.
+    pub admin_token: Option<Secret>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9120)),
+            admin_token: None,
+        }
+    }
+}
+
+/// The shortest admin token taken.
+const MIN_TOKEN: usize = 16;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +211,7 @@ struct RawFile {
     state: RawState,
     #[serde(default)]
     http_client: RawHttpClient,
+    http: Option<RawHttp>,
     #[serde(default)]
     bot: Vec<RawBot>,
 }
@@ -289,6 +325,7 @@ struct RawReconnect {
     initial_secs: Option<f64>,
     max_secs: Option<f64>,
     refused_min_secs: Option<f64>,
+    critical_after_secs: Option<f64>,
 }
 
 /// A transport section: its kind and the rest of its keys, which the transport reads.
@@ -332,6 +369,12 @@ pub struct Config {
     pub log: LogConfig,
     /// The shared HTTP client.
     pub http_client: HttpClientConfig,
+    /// The HTTP status API, when the file has an `[http]` table.
+    pub http: Option<HttpConfig>,
+    /// The state store (`[state] path`), when set; else each bot's default.
+    pub state_path: Option<PathBuf>,
+    /// How many healing-log entries the process keeps on disk.
+    pub healing_log_entries: usize,
     /// The file's text, to point errors found later (by transports, handlers) at their line.
     pub source: std::sync::Arc<str>,
     /// The bots, in file order.
@@ -391,6 +434,9 @@ impl Config {
             path: PathBuf::from("<built-in>"),
             log: LogConfig::default(),
             http_client: HttpClientConfig::default(),
+            http: None,
+            state_path: None,
+            healing_log_entries: crate::healing_log::DEFAULT_CAP,
             source: "".into(),
             bots: vec![BotConfig {
                 name: "opsbot".into(),
@@ -652,13 +698,68 @@ impl Validator<'_> {
             })
             .collect();
         let http_client = self.http_client(raw.http_client);
+        let http = raw.http.map(|h| self.http(h));
+        let healing_log_entries = match raw.state.healing_log_entries {
+            None => crate::healing_log::DEFAULT_CAP,
+            Some(n @ 1..=1_000_000) => n as usize,
+            Some(n) => {
+                self.error(
+                    "state.healing_log_entries".into(),
+                    format!("{n} entries cannot be kept"),
+                    Some("between 1 and 1000000; 10000 by default"),
+                );
+                crate::healing_log::DEFAULT_CAP
+            }
+        };
         Config {
             path: self.file.clone(),
             log: raw.log,
             http_client,
+            http,
+            state_path: raw.state.path,
+            healing_log_entries,
             source: self.text.into(),
             bots,
         }
+    }
+
+    fn http(&mut self, raw: RawHttp) -> HttpConfig {
+        let mut c = HttpConfig::default();
+        if let Some(listen) = raw.listen {
+            match listen.parse() {
+                Ok(a) => c.listen = a,
+                Err(_) => self.error(
+                    "http.listen".into(),
+                    format!("`{listen}` is not an address and port"),
+                    Some("for example \"127.0.0.1:9120\", or \"[::1]:9120\""),
+                ),
+            }
+        }
+        if let Some(raw) = raw.admin_token {
+            if !raw.contains("${") {
+                self.error(
+                    "http.admin_token".into(),
+                    "the token is written in the file itself",
+                    Some("keep it out of the file: admin_token = \"${OPSBOT_ADMIN_TOKEN}\", set in the environment"),
+                );
+            } else {
+                match expand_env(&raw, |k| std::env::var(k).ok()) {
+                    Ok(t)
+                        if t.chars().count() >= MIN_TOKEN
+                            && !t.chars().any(char::is_whitespace) =>
+                    {
+                        c.admin_token = Some(Secret::new(t));
+                    }
+                    Ok(_) => self.error(
+                        "http.admin_token".into(),
+                        format!("the token must be at least {MIN_TOKEN} characters without spaces"),
+                        Some("for example: openssl rand -hex 32"),
+                    ),
+                    Err(e) => self.error("http.admin_token".into(), e, None),
+                }
+            }
+        }
+        c
     }
 
     fn http_client(&mut self, raw: RawHttpClient) -> HttpClientConfig {
@@ -841,6 +942,11 @@ impl Validator<'_> {
                 format!("{k}.reconnect.refused_min_secs"),
                 b.reconnect.refused_min_secs,
                 d.refused_min,
+            ),
+            critical_after: self.secs(
+                format!("{k}.reconnect.critical_after_secs"),
+                b.reconnect.critical_after_secs,
+                d.critical_after,
             ),
         };
 
@@ -1041,6 +1147,7 @@ mod tests {
             "reconnect.initial_secs",
             "reconnect.max_secs",
             "reconnect.refused_min_secs",
+            "reconnect.critical_after_secs",
         ];
         let int_keys = [
             "supervisor.max_restarts",

@@ -159,6 +159,12 @@ impl Context {
         self.shared.health.snapshot()
     }
 
+    /// Heals one of the bot's subsystems by hand, for `who` (see
+    /// [`crate::health::Health::heal`]): answers its full name.
+    pub fn heal(&self, subsystem: &str, who: &str) -> Result<String, crate::health::HealError> {
+        self.shared.health.heal(subsystem, who)
+    }
+
     /// The bot's circuit breaker for the dependency `name` (a host, a service), with the
     /// default policy (5 failures in 60 s open it for 60 s): shared by every handler that
     /// names it, shown in `!status`, its transitions in the healing log.
@@ -324,11 +330,39 @@ impl<H: Handler> Actor for HandlerHost<H> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.shared.health.register(ActorKind::Handler, H::NAME);
+        let host = ctx.address().downgrade();
+        self.shared.health.set_healer(
+            format!("handler:{}", H::NAME),
+            Arc::new(move || {
+                if let Some(host) = host.upgrade() {
+                    host.do_send(Heal);
+                }
+            }),
+        );
         self.fresh(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.guard.disarm();
+    }
+}
+
+/// A forced heal: a fresh instance and a whole restart budget, also for a handler marked
+/// failed. Handled between jobs (never in the middle of one).
+#[derive(Debug)]
+pub(crate) struct Heal;
+
+impl Message for Heal {
+    type Result = ();
+}
+
+impl<H: Handler> actix::Handler<Heal> for HandlerHost<H> {
+    type Result = ();
+
+    fn handle(&mut self, _: Heal, ctx: &mut Self::Context) {
+        self.restarts = Restarts::new(self.shared.options.restart);
+        self.handler = None;
+        self.fresh(ctx);
     }
 }
 
@@ -355,6 +389,7 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             job.expired,
         );
         let timeout = self.timeout;
+        let began = Instant::now();
         let run = async move {
             let result = match job.work {
                 Work::Command(call) => {
@@ -367,9 +402,10 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
         let done = job.done;
         let fut = AssertUnwindSafe(run).catch_unwind();
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-            act.shared
-                .health
-                .update(ActorKind::Handler, H::NAME, |s| s.handled += 1);
+            act.shared.health.update(ActorKind::Handler, H::NAME, |s| {
+                s.handled += 1;
+                s.latency.observe(began.elapsed());
+            });
             match res {
                 Ok((handler, result)) => {
                     act.handler = Some(handler);

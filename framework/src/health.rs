@@ -1,7 +1,7 @@
 //! The health registry: what every supervised actor of a bot is doing, and what has happened.
 //!
 //! Actors write their own entry (state, restarts, last error, counters); readers (`!status`,
-//! later the HTTP status API) take a [`Snapshot`]. A shared, lock-protected table rather than an
+//! the HTTP status API, the metrics) take a [`Snapshot`]. A shared, lock-protected table rather than an
 //! actor, because readers want a consistent view at any moment, also while the actors they
 //! describe are stuck or restarting, and writes are a few per message.
 
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStatus};
+use crate::healing_log::HealingLog;
 
 /// How many healing-log entries a bot keeps.
 const HEALING_LOG_LEN: usize = 200;
@@ -92,20 +93,28 @@ impl ConnState {
     }
 }
 
-/// The bot's overall health, by these rules, first match wins: its own machinery failed →
-/// failed; the transport failed or is reconnecting → critical; a handler or poller failed for
-/// good, or a breaker is open → degraded; a handler or poller restarting, or a breaker
-/// half-open → recovering; else healthy. Every change is a healing-log entry (subsystem
-/// `health`) and a log line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The health of a bot, and of each of its subsystems.
+///
+/// Each subsystem has its own, by these rules:
+///
+/// | subsystem | healthy | recovering | degraded | critical |
+/// |---|---|---|---|---|
+/// | transport | connected, or connecting for the first time | reconnecting for less than `critical_after` | | reconnecting for longer, or failed |
+/// | handler, poller | starting, running | restarting after a crash | failed (restart budget spent) | |
+/// | breaker | closed | half-open | open | |
+///
+/// The bot's is the worst of its subsystems' (critical, then degraded, then recovering), or
+/// `failed` when its own machinery failed and it was stopped. Every change of a bot's state is
+/// a healing-log entry (subsystem `health`) and a log line, with its cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BotHealth {
     /// Everything running.
     Healthy,
     /// Something restarts or reconnects right now.
     Recovering,
-    /// Some child failed for good; the rest works.
+    /// Some child failed for good, or a dependency's breaker is open; the rest works.
     Degraded,
-    /// The transport is down: the bot can say nothing.
+    /// The transport is down past its grace period: the bot can say nothing.
     Critical,
     /// The bot's own machinery (router, outbox, transport host, a host, the bot task) failed
     /// and the bot was stopped: see [`Snapshot::failed`].
@@ -122,6 +131,49 @@ impl BotHealth {
             Self::Critical => "critical",
             Self::Failed => "failed",
         }
+    }
+
+    /// The state named by [`BotHealth::as_str`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Healthy,
+            Self::Recovering,
+            Self::Degraded,
+            Self::Critical,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == name)
+    }
+}
+
+/// Upper bounds (seconds) of the handler latency histogram's buckets; the last bucket is
+/// everything slower.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
+
+/// How long a handler took per command or match: counts per bucket of [`LATENCY_BUCKETS`] (not
+/// cumulative; the last count is the overflow), with the sum and count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Counts per bucket, then the overflow.
+    pub buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Total seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl Latency {
+    /// Adds one observation.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += secs;
+        self.count += 1;
     }
 }
 
@@ -150,6 +202,10 @@ pub struct ActorStatus {
     pub reconnects: u32,
     /// Free-form detail from the actor (a transport's server, nick and rooms).
     pub detail: Option<String>,
+    /// Transport only: since when the connection has been down (reconnecting).
+    pub down_since: Option<Instant>,
+    /// Handler only: how long its commands and matches took.
+    pub latency: Latency,
 }
 
 impl ActorStatus {
@@ -166,8 +222,52 @@ impl ActorStatus {
             conn: None,
             reconnects: 0,
             detail: None,
+            down_since: None,
+            latency: Latency::default(),
         }
     }
+
+    /// The subsystem's name as the healing log, the status API and `!heal` know it:
+    /// `transport`, `handler:NAME`, `poller:NAME`.
+    pub fn subsystem(&self) -> String {
+        match self.kind {
+            ActorKind::Transport => "transport".to_owned(),
+            k => format!("{}:{}", k.as_str(), self.name),
+        }
+    }
+
+    /// Its health at `now`, by the rules of [`BotHealth`].
+    pub fn health(&self, critical_after: Duration, now: Instant) -> BotHealth {
+        match (self.kind, &self.state, &self.conn) {
+            (ActorKind::Transport, ActorState::Failed, _) => BotHealth::Critical,
+            (ActorKind::Transport, _, Some(ConnState::Reconnecting { .. })) => {
+                let down = self.down_since.map_or(Duration::ZERO, |t| now - t);
+                if down >= critical_after {
+                    BotHealth::Critical
+                } else {
+                    BotHealth::Recovering
+                }
+            }
+            // Connecting again after a loss; the very first connection is just starting.
+            (ActorKind::Transport, _, Some(ConnState::Connecting)) if self.reconnects > 0 => {
+                BotHealth::Recovering
+            }
+            (_, ActorState::Failed, _) => BotHealth::Degraded,
+            (_, ActorState::Restarting, _) => BotHealth::Recovering,
+            _ => BotHealth::Healthy,
+        }
+    }
+}
+
+/// One subsystem's health, as the status API and `!status` summarise it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubsystemHealth {
+    /// `transport`, `handler:NAME`, `poller:NAME` or `breaker:NAME`.
+    pub name: String,
+    /// Its health.
+    pub health: BotHealth,
+    /// Its own state in a word (`connected`, `running`, `failed`, `open`).
+    pub state: String,
 }
 
 /// The outbox's counters.
@@ -195,13 +295,39 @@ pub struct HealingEvent {
     pub at: SystemTime,
     /// Which child (`handler:echo`, `transport`).
     pub subsystem: String,
-    /// What was done (`restart`, `reconnect`, `failed`).
+    /// What was done (`restart`, `reconnect`, `failed`, `heal`).
     pub action: String,
-    /// Why, and the resulting state.
+    /// Why, and what comes next.
     pub detail: String,
+    /// The bot's state right after.
+    pub state: BotHealth,
 }
 
-#[derive(Debug)]
+/// What a forced heal of one subsystem does (restart a handler or poller, reconnect a
+/// transport); a breaker is reset by the registry itself.
+pub type Healer = Arc<dyn Fn() + Send + Sync>;
+
+/// Why a forced heal was not done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HealError {
+    /// No subsystem of that name.
+    #[error("no subsystem `{name}`; try one of: {}", known.join(", "))]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        known: Vec<String>,
+    },
+    /// A bare name that matches several subsystems.
+    #[error("`{name}` could be {}; say which", matches.join(" or "))]
+    Ambiguous {
+        /// The name asked for.
+        name: String,
+        /// What it matches.
+        matches: Vec<String>,
+    },
+}
+
 struct Inner {
     actors: BTreeMap<(ActorKind, String), ActorStatus>,
     outbox: OutboxStatus,
@@ -210,17 +336,57 @@ struct Inner {
     breakers: BTreeMap<String, Breaker>,
     /// The overall state when last looked at, to log its changes.
     state: BotHealth,
+    /// How long a transport may reconnect before the bot counts as critical.
+    critical_after: Duration,
+    /// Messages the router was given.
+    inbound: u64,
+    /// Forced heals, by subsystem name.
+    healers: BTreeMap<String, Healer>,
+    /// The process's persisted healing log, when there is one.
+    journal: Option<HealingLog>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("actors", &self.actors)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inner {
+    /// Every subsystem's health at `now`: transport, handlers, pollers, breakers.
+    fn subsystems(&self, now: Instant) -> Vec<SubsystemHealth> {
+        let actors = self.actors.values().map(|a| SubsystemHealth {
+            name: a.subsystem(),
+            health: a.health(self.critical_after, now),
+            state: match (&a.conn, &a.state) {
+                (Some(c), ActorState::Running | ActorState::Starting) => c.as_str().to_owned(),
+                (_, s) => s.as_str().to_owned(),
+            },
+        });
+        let breakers = self.breakers.values().map(|b| {
+            let state = b.status().state;
+            SubsystemHealth {
+                name: format!("breaker:{}", b.name()),
+                health: match state {
+                    BreakerState::Closed => BotHealth::Healthy,
+                    BreakerState::HalfOpen => BotHealth::Recovering,
+                    BreakerState::Open { .. } => BotHealth::Degraded,
+                },
+                state: state.as_str().to_owned(),
+            }
+        });
+        actors.chain(breakers).collect()
+    }
+
     /// The overall state by the rules of [`BotHealth`].
     fn overall(&self) -> BotHealth {
         if self.failed.is_some() {
             return BotHealth::Failed;
         }
-        let actors: Vec<&ActorStatus> = self.actors.values().collect();
-        let breakers: Vec<BreakerStatus> = self.breakers.values().map(Breaker::status).collect();
-        overall(&actors, &breakers)
+        worst(&self.subsystems(Instant::now()))
     }
 
     /// Logs a change of the overall state (healing log and tracing), with what caused it.
@@ -242,25 +408,8 @@ impl Inner {
     fn cause(&self, state: BotHealth) -> Option<String> {
         match state {
             BotHealth::Failed => self.failed.clone(),
-            BotHealth::Critical => Some("transport down".into()),
-            BotHealth::Degraded => self
-                .actors
-                .values()
-                .find(|a| a.state == ActorState::Failed)
-                .map(|a| format!("{} {} failed", a.kind.as_str(), a.name))
-                .or_else(|| {
-                    self.breakers
-                        .values()
-                        .find(|b| matches!(b.status().state, BreakerState::Open { .. }))
-                        .map(|b| format!("breaker {} open", b.name()))
-                }),
-            BotHealth::Recovering => self
-                .actors
-                .values()
-                .find(|a| a.state == ActorState::Restarting)
-                .map(|a| format!("{} {} restarting", a.kind.as_str(), a.name))
-                .or_else(|| Some("a breaker half-open".into())),
             BotHealth::Healthy => None,
+            _ => cause(&self.subsystems(Instant::now()), state),
         }
     }
 
@@ -269,12 +418,40 @@ impl Inner {
         if self.log.len() == HEALING_LOG_LEN {
             self.log.pop_front();
         }
-        self.log.push_back(HealingEvent {
+        let event = HealingEvent {
             at: SystemTime::now(),
             subsystem: subsystem.to_owned(),
             action: action.to_owned(),
             detail,
-        });
+            state: self.overall(),
+        };
+        if let Some(journal) = &self.journal {
+            journal.record(bot, &event);
+        }
+        self.log.push_back(event);
+    }
+}
+
+/// The worst state among `subsystems` (healthy when there are none).
+fn worst(subsystems: &[SubsystemHealth]) -> BotHealth {
+    subsystems
+        .iter()
+        .map(|s| s.health)
+        .max()
+        .unwrap_or(BotHealth::Healthy)
+}
+
+/// The subsystems in `state`, in a few words (`handler:boom failed`).
+fn cause(subsystems: &[SubsystemHealth], state: BotHealth) -> Option<String> {
+    let hit: Vec<String> = subsystems
+        .iter()
+        .filter(|s| s.health == state)
+        .map(|s| format!("{} {}", s.name, s.state))
+        .collect();
+    match hit.len() {
+        0 => None,
+        1..=3 => Some(hit.join(", ")),
+        n => Some(format!("{}, and {} more", hit[..3].join(", "), n - 3)),
     }
 }
 
@@ -308,9 +485,33 @@ pub struct Snapshot {
     pub failed: Option<String>,
     /// The circuit breakers of its handlers and pollers, by name.
     pub breakers: Vec<BreakerStatus>,
+    /// Every subsystem's health: transport, handlers, pollers, breakers.
+    pub subsystems: Vec<SubsystemHealth>,
+    /// Messages the router was given.
+    pub inbound: u64,
 }
 
 impl Snapshot {
+    /// The health in one line, as `!status` starts and the status API and page show it:
+    /// `degraded: handler:boom failed · 8 of 9 subsystems healthy`.
+    pub fn summary(&self) -> String {
+        let healthy = self
+            .subsystems
+            .iter()
+            .filter(|s| s.health == BotHealth::Healthy)
+            .count();
+        let count = format!("{healthy} of {} subsystems healthy", self.subsystems.len());
+        let why = match self.health {
+            BotHealth::Healthy => None,
+            BotHealth::Failed => self.failed.clone(),
+            h => cause(&self.subsystems, h),
+        };
+        match why {
+            Some(why) => format!("{}: {why} · {count}", self.health.as_str()),
+            None => format!("{} · {count}", self.health.as_str()),
+        }
+    }
+
     /// The record of the named child of the given kind.
     pub fn actor(&self, kind: ActorKind, name: &str) -> Option<&ActorStatus> {
         self.actors
@@ -333,6 +534,10 @@ impl Health {
                 failed: None,
                 breakers: BTreeMap::new(),
                 state: BotHealth::Healthy,
+                critical_after: crate::options::ReconnectPolicy::default().critical_after,
+                inbound: 0,
+                healers: BTreeMap::new(),
+                journal: None,
             })),
         }
     }
@@ -346,6 +551,88 @@ impl Health {
         // A panic while holding this lock cannot leave the table inconsistent in a way that
         // matters (each update is one assignment), so a poisoned lock is simply taken over.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the transport may be reconnecting before the bot counts as critical.
+    pub fn set_critical_after(&self, grace: Duration) {
+        self.lock().critical_after = grace;
+    }
+
+    /// Writes this bot's healing-log entries to `journal` as well (the process's persisted
+    /// log).
+    pub fn set_journal(&self, journal: HealingLog) {
+        self.lock().journal = Some(journal);
+    }
+
+    /// Looks at the state again: a transport down past its grace period turns the bot
+    /// critical without any event of its own, so the bot task calls this every second.
+    pub fn refresh(&self) {
+        self.lock().note_change(&self.bot);
+    }
+
+    /// Counts a message given to the router.
+    pub(crate) fn count_inbound(&self) {
+        self.lock().inbound += 1;
+    }
+
+    /// Says how to heal `subsystem` by hand (`handler:echo`, `transport`).
+    pub(crate) fn set_healer(&self, subsystem: String, healer: Healer) {
+        self.lock().healers.insert(subsystem, healer);
+    }
+
+    /// Heals `subsystem` by hand, for `who` (an admin in chat, a token holder over HTTP):
+    /// restarts a handler or poller with a whole restart budget (also one marked failed),
+    /// resets a breaker, or makes the transport reconnect now. `subsystem` is a full name
+    /// (`handler:echo`, `breaker:api.example.com`, `transport`) or a bare one that names one
+    /// subsystem (`echo`). Answers the full name; the heal is in the healing log with who
+    /// asked.
+    pub fn heal(&self, subsystem: &str, who: &str) -> Result<String, HealError> {
+        let mut inner = self.lock();
+        let mut known: Vec<String> = inner.healers.keys().cloned().collect();
+        known.extend(inner.breakers.keys().map(|b| format!("breaker:{b}")));
+        let name = if known.iter().any(|k| k == subsystem) {
+            subsystem.to_owned()
+        } else {
+            let matches: Vec<String> = known
+                .iter()
+                .filter(|k| k.split_once(':').is_some_and(|(_, n)| n == subsystem))
+                .cloned()
+                .collect();
+            match matches.len() {
+                1 => matches[0].clone(),
+                0 => {
+                    return Err(HealError::Unknown {
+                        name: subsystem.to_owned(),
+                        known,
+                    });
+                }
+                _ => {
+                    return Err(HealError::Ambiguous {
+                        name: subsystem.to_owned(),
+                        matches,
+                    });
+                }
+            }
+        };
+        let what = match name.split_once(':') {
+            Some(("breaker", _)) => "reset to closed",
+            Some(_) => "fresh instance, restart budget renewed",
+            None => "reconnecting now",
+        };
+        inner.push_event(&self.bot, &name, "heal", format!("forced by {who}: {what}"));
+        let breaker = name
+            .strip_prefix("breaker:")
+            .and_then(|b| inner.breakers.get(b).cloned());
+        let healer = inner.healers.get(&name).cloned();
+        drop(inner);
+        if let Some(b) = breaker {
+            b.reset();
+        }
+        if let Some(h) = healer {
+            h();
+        }
+        self.refresh();
+        Ok(name)
     }
 
     /// Registers a child (idempotent).
@@ -364,6 +651,12 @@ impl Health {
             .entry((kind, name.to_owned()))
             .or_insert_with(|| ActorStatus::new(kind, name));
         f(entry);
+        match entry.conn {
+            Some(ConnState::Reconnecting { .. }) => {
+                entry.down_since.get_or_insert_with(Instant::now);
+            }
+            _ => entry.down_since = None,
+        }
         inner.note_change(&self.bot);
     }
 
@@ -421,6 +714,7 @@ impl Health {
         let actors: Vec<ActorStatus> = inner.actors.values().cloned().collect();
         let breakers: Vec<BreakerStatus> = inner.breakers.values().map(Breaker::status).collect();
         let health = inner.overall();
+        let subsystems = inner.subsystems(Instant::now());
         Snapshot {
             bot: self.bot.to_string(),
             transport: self.transport_kind.to_string(),
@@ -431,29 +725,8 @@ impl Health {
             healing_log: inner.log.iter().cloned().collect(),
             failed: inner.failed.clone(),
             breakers,
+            subsystems,
+            inbound: inner.inbound,
         }
-    }
-}
-
-fn overall(actors: &[&ActorStatus], breakers: &[BreakerStatus]) -> BotHealth {
-    let transport_down = actors.iter().any(|a| {
-        a.kind == ActorKind::Transport
-            && (a.state == ActorState::Failed
-                || matches!(a.conn, Some(ConnState::Reconnecting { .. })))
-    });
-    if transport_down {
-        BotHealth::Critical
-    } else if actors.iter().any(|a| a.state == ActorState::Failed)
-        || breakers
-            .iter()
-            .any(|b| matches!(b.state, BreakerState::Open { .. }))
-    {
-        BotHealth::Degraded
-    } else if actors.iter().any(|a| a.state == ActorState::Restarting)
-        || breakers.iter().any(|b| b.state == BreakerState::HalfOpen)
-    {
-        BotHealth::Recovering
-    } else {
-        BotHealth::Healthy
     }
 }

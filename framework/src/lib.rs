@@ -50,6 +50,7 @@ pub mod error;
 #[cfg(feature = "http")]
 pub mod fetch;
 pub mod handler;
+pub mod healing_log;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
@@ -61,6 +62,8 @@ pub mod poller;
 pub mod router;
 pub mod settings;
 mod shared;
+#[cfg(feature = "status-api")]
+pub mod status_api;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
@@ -70,7 +73,9 @@ pub mod text;
 pub mod tls;
 pub mod transport;
 
-pub use bot::{Bot, BotBuilder, BotOptions, Shutdown, run, run_until, run_with};
+pub use bot::{
+    Bot, BotBuilder, BotOptions, RunOptions, Shutdown, run, run_process, run_until, run_with,
+};
 pub use command::{Call, Command, Match};
 pub use error::{Error, Result};
 pub use handler::{Context, Handler};

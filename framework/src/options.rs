@@ -78,6 +78,9 @@ pub struct ReconnectPolicy {
     /// ([`crate::transport::TransportError::Refused`]: bad credentials, banned): asking again
     /// every minute is what gets a bot banned for longer.
     pub refused_min: Duration,
+    /// How long the connection may be down (reconnecting) before the bot counts as critical
+    /// rather than recovering: a blip of a few seconds is not worth a page.
+    pub critical_after: Duration,
 }
 
 impl Default for ReconnectPolicy {
@@ -87,6 +90,7 @@ impl Default for ReconnectPolicy {
             max: Duration::from_secs(60),
             stable_after: Duration::from_secs(30),
             refused_min: Duration::from_secs(300),
+            critical_after: Duration::from_secs(30),
         }
     }
 }

@@ -112,6 +112,8 @@ pub(crate) struct PollerHost<P: Poller> {
     store: Store,
     restarts: Restarts,
     guard: CoreGuard,
+    /// Restart budget spent: no tick is scheduled until a forced heal.
+    failed: bool,
 }
 
 impl<P: Poller> std::fmt::Debug for PollerHost<P> {
@@ -139,6 +141,7 @@ impl<P: Poller> PollerHost<P> {
             store,
             restarts,
             guard,
+            failed: false,
         }
     }
 
@@ -281,6 +284,7 @@ impl<P: Poller> PollerHost<P> {
                 self.schedule(delay.max(Duration::from_millis(1)), ctx);
             }
             Verdict::GiveUp => {
+                self.failed = true;
                 self.update(|s| {
                     s.state = ActorState::Failed;
                     s.next_run = None;
@@ -300,10 +304,34 @@ impl<P: Poller> Actor for PollerHost<P> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.shared.health.register(ActorKind::Poller, P::NAME);
+        let host = ctx.address().downgrade();
+        self.shared.health.set_healer(
+            format!("poller:{}", P::NAME),
+            Arc::new(move || {
+                if let Some(host) = host.upgrade() {
+                    host.do_send(crate::handler::Heal);
+                }
+            }),
+        );
         self.schedule(Duration::ZERO, ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.guard.disarm();
+    }
+}
+
+impl<P: Poller> actix::Handler<crate::handler::Heal> for PollerHost<P> {
+    type Result = ();
+
+    /// A fresh instance at the next tick and a whole restart budget; a failed poller runs
+    /// again at once. Handled between polls (never in the middle of one).
+    fn handle(&mut self, _: crate::handler::Heal, ctx: &mut Self::Context) {
+        self.restarts = Restarts::new(self.shared.options.restart);
+        self.poller = None;
+        if std::mem::take(&mut self.failed) {
+            self.update(|s| s.state = ActorState::Starting);
+            self.schedule(Duration::ZERO, ctx);
+        }
     }
 }

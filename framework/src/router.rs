@@ -542,6 +542,7 @@ impl actix::Handler<Inbound> for Router {
             return;
         }
         fault_point!(self.shared.health.bot(), Router);
+        self.shared.health.count_inbound();
         let nick = self.nick.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match self.table.route(&msg, &nick) {
             Route::Nothing => {}

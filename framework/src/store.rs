@@ -1,4 +1,4 @@
-//! The state store: pollers' seen-indexes, on disk.
+//! The state store: pollers' seen-indexes and the process's healing log, on disk.
 //!
 //! Backed by redb: an embedded, pure-Rust key-value store with ACID transactions and
 //! copy-on-write B-trees. Chosen over SQLite because the data is a plain set of keys (no queries
@@ -13,10 +13,33 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 const PRIMED: TableDefinition<&str, u64> = TableDefinition::new("primed");
+/// The healing log: sequence number → (unix milliseconds, bot, subsystem, action, detail,
+/// resulting state).
+const HEALING: TableDefinition<u64, (u64, &str, &str, &str, &str, &str)> =
+    TableDefinition::new("healing_log");
+
+/// One persisted healing-log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealingRecord {
+    /// Its place in the log (grows by one per entry, over restarts too).
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The bot.
+    pub bot: String,
+    /// Which part of it (`handler:echo`, `transport`, `breaker:api.example.com`, `health`).
+    pub subsystem: String,
+    /// What happened or was done (`restart`, `reconnect`, `heal`, `state`).
+    pub action: String,
+    /// Why, and what comes next.
+    pub detail: String,
+    /// The bot's state right after (`healthy`, `degraded`, ...).
+    pub state: String,
+}
 
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +108,7 @@ impl Store {
         let w = db.begin_write().map_err(|e| err(e.to_string()))?;
         w.open_table(SEEN).map_err(|e| err(e.to_string()))?;
         w.open_table(PRIMED).map_err(|e| err(e.to_string()))?;
+        w.open_table(HEALING).map_err(|e| err(e.to_string()))?;
         w.commit().map_err(|e| err(e.to_string()))?;
         let db = Arc::new(db);
         open.push((key, Arc::downgrade(&db)));
@@ -164,6 +188,89 @@ impl Store {
         }
         w.commit().map_err(|e| self.err(e))?;
         Ok(fresh)
+    }
+
+    /// Appends healing-log entries (their `seq` is given here), then drops the oldest so
+    /// that at most `cap` remain; answers the next sequence number.
+    pub fn append_healing(
+        &self,
+        records: &mut [HealingRecord],
+        cap: usize,
+    ) -> Result<u64, StoreError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        let next;
+        {
+            let mut t = w.open_table(HEALING).map_err(|e| self.err(e))?;
+            let mut seq = t
+                .last()
+                .map_err(|e| self.err(e))?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for r in records.iter_mut() {
+                r.seq = seq;
+                let v = (
+                    r.at_ms,
+                    r.bot.as_str(),
+                    r.subsystem.as_str(),
+                    r.action.as_str(),
+                    r.detail.as_str(),
+                    r.state.as_str(),
+                );
+                t.insert(seq, v).map_err(|e| self.err(e))?;
+                seq += 1;
+            }
+            next = seq;
+            let len = t.len().map_err(|e| self.err(e))? as usize;
+            if len > cap {
+                let excess = (len - cap) as u64;
+                let first = t
+                    .first()
+                    .map_err(|e| self.err(e))?
+                    .map_or(0, |(k, _)| k.value());
+                t.retain_in(first..first + excess, |_, _| false)
+                    .map_err(|e| self.err(e))?;
+                // Keys are dense, so this leaves `cap`; a gap would only keep more.
+            }
+        }
+        w.commit().map_err(|e| self.err(e))?;
+        Ok(next)
+    }
+
+    /// The newest healing-log entries, newest first: at most `limit`, of `bot` only if given.
+    pub fn read_healing(
+        &self,
+        limit: usize,
+        bot: Option<&str>,
+    ) -> Result<Vec<HealingRecord>, StoreError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(HEALING).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let (at_ms, b, subsystem, action, detail, state) = v.value();
+            if bot.is_some_and(|want| want != b) {
+                continue;
+            }
+            out.push(HealingRecord {
+                seq: k.value(),
+                at_ms,
+                bot: b.to_owned(),
+                subsystem: subsystem.to_owned(),
+                action: action.to_owned(),
+                detail: detail.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many healing-log entries are kept.
+    pub fn healing_len(&self) -> Result<usize, StoreError> {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(HEALING).map_err(|e| self.err(e))?;
+        Ok(t.len().map_err(|e| self.err(e))? as usize)
     }
 
     /// How many ids the index holds for `scope`.

@@ -279,6 +279,12 @@ impl<T: Transport> Actor for TransportHost<T> {
         let finished = self.finished.take();
         let kind = transport.kind();
         link.health.register(ActorKind::Transport, kind);
+        // A forced heal ends the session (or the wait before the next one) and connects anew.
+        let heal = Arc::new(tokio::sync::Notify::new());
+        link.health.set_healer("transport".into(), {
+            let heal = heal.clone();
+            Arc::new(move || heal.notify_one())
+        });
         let fut = async move {
             let mut attempt = 0u32;
             loop {
@@ -289,7 +295,21 @@ impl<T: Transport> Actor for TransportHost<T> {
                     }
                 });
                 link.connected_at = None;
-                let result = crate::handler::catch(transport.session(&mut link)).await;
+                let session = tokio::select! {
+                    r = crate::handler::catch(transport.session(&mut link)) => Some(r),
+                    () = heal.notified() => None,
+                };
+                let Some(result) = session else {
+                    // The heal is in the log already, with who asked.
+                    attempt = 0;
+                    link.health.update(ActorKind::Transport, kind, |s| {
+                        s.conn = Some(ConnState::Reconnecting {
+                            retry_in: Duration::ZERO,
+                        });
+                        s.reconnects += 1;
+                    });
+                    continue;
+                };
                 let refused = matches!(result, Ok(Err(TransportError::Refused(_))));
                 let why = match result {
                     Ok(Ok(SessionEnd::Finished)) => break,
@@ -321,7 +341,10 @@ impl<T: Transport> Actor for TransportHost<T> {
                     s.reconnects += 1;
                     s.last_error = Some((std::time::SystemTime::now(), why.clone()));
                 });
-                actix::clock::sleep(delay).await;
+                tokio::select! {
+                    () = actix::clock::sleep(delay) => {}
+                    () = heal.notified() => attempt = 0,
+                }
             }
             link.health.update(ActorKind::Transport, kind, |s| {
                 s.conn = Some(ConnState::Closed);

@@ -76,7 +76,8 @@ async fn replies_made_while_disconnected_are_sent_after_the_reconnect() {
             )
         })
         .await;
-    assert_eq!(down.health, BotHealth::Critical);
+    // Down for less than its grace period (30 s by default): recovering, not yet critical.
+    assert_eq!(down.health, BotHealth::Recovering);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         bot.drain_said().is_empty(),
@@ -128,6 +129,8 @@ fn one_failing_bot_leaves_the_other_answering() {
         o.reconnect.initial = Duration::from_millis(10);
         o.reconnect.max = Duration::from_millis(50);
         o.reconnect.refused_min = Duration::from_millis(10);
+        // Down for longer than this is critical.
+        o.reconnect.critical_after = Duration::from_millis(100);
         // The bad bot cannot deliver its last apology; do not wait long for it at the end.
         o.shutdown_deadline = Duration::from_millis(500);
     };

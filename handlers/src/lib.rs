@@ -11,6 +11,7 @@
 pub mod demo;
 pub mod dns;
 pub mod echo;
+pub mod heal;
 pub mod help;
 pub mod links;
 pub mod pollers;

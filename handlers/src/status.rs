@@ -74,13 +74,15 @@ fn common(a: &ActorStatus, now: SystemTime, out: &mut String) {
 
 /// The whole status report.
 pub fn render(s: &Snapshot, now: SystemTime) -> String {
-    let mut lines = vec![format!(
-        "opsbot {} · bot {} · up {} · {}",
-        opsbot::VERSION,
-        s.bot,
-        human(s.uptime),
-        s.health.as_str()
-    )];
+    let mut lines = vec![
+        s.summary(),
+        format!(
+            "opsbot {} · bot {} · up {}",
+            opsbot::VERSION,
+            s.bot,
+            human(s.uptime),
+        ),
+    ];
     for a in &s.actors {
         let mut l = match a.kind {
             ActorKind::Transport => {

@@ -129,8 +129,8 @@ async fn an_open_breaker_answers_at_once_shows_in_status_and_closes_after_a_good
     assert_eq!(
         changes,
         [
-            "healthy → degraded (breaker flaky.example open)",
-            "degraded → recovering (a breaker half-open)",
+            "healthy → degraded (breaker:flaky.example open)",
+            "degraded → recovering (breaker:flaky.example half-open)",
             "recovering → healthy"
         ]
     );

@@ -101,15 +101,16 @@ async fn status_shows_restarts_last_error_and_unavailable_help() {
     })
     .await;
     bot.send("!status");
-    let report = bot.replies(9).await;
+    let report = bot.replies(10).await;
+    // The health summary first: every subsystem healthy again after the restart.
+    assert_eq!(report[0], "healthy · 7 of 7 subsystems healthy");
     assert!(
-        report[0].starts_with(&format!("opsbot {} · bot test · up ", opsbot::VERSION)),
+        report[1].starts_with(&format!("opsbot {} · bot test · up ", opsbot::VERSION)),
         "{}",
-        report[0]
+        report[1]
     );
-    assert!(report[0].ends_with("healthy"), "{}", report[0]);
     assert_eq!(
-        report[1],
+        report[2],
         "transport memory: connected (memory as testbot), 0 reconnects"
     );
     let boom = report
@@ -132,7 +133,7 @@ async fn status_shows_restarts_last_error_and_unavailable_help() {
             .any(|l| l == "handler echo: running, 1 handled"),
         "{report:?}"
     );
-    assert!(report[8].starts_with("outbox: 0 queued, "), "{}", report[8]);
+    assert!(report[9].starts_with("outbox: 0 queued, "), "{}", report[9]);
 
     // A second crash spends the budget: the user is told it is disabled, the bot is degraded,
     // and status and help agree.
@@ -144,8 +145,11 @@ async fn status_shows_restarts_last_error_and_unavailable_help() {
     bot.send("!boom");
     assert_eq!(bot.reply().await, "tester: !boom is unavailable right now");
     bot.send("!status");
-    assert!(bot.reply().await.ends_with("degraded"));
-    let report = bot.replies(8).await;
+    assert_eq!(
+        bot.reply().await,
+        "degraded: handler:boom failed · 6 of 7 subsystems healthy"
+    );
+    let report = bot.replies(9).await;
     let boom = report
         .iter()
         .find(|l| l.starts_with("handler boom"))

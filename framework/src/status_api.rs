@@ -1,0 +1,750 @@
+//! The HTTP status API: one actix-web server per process, for every bot in it.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /` | the status page: one self-contained HTML page that reads the API every 5 s |
+//! | `GET /api/v1/health` | the process's state, each bot's, and each subsystem's |
+//! | `GET /api/v1/circuit-breakers` | every breaker of every bot |
+//! | `GET /api/v1/healing-log?limit=N&bot=B` | the newest entries, newest first (default 200) |
+//! | `POST /api/v1/heal/{bot}/{subsystem}` | a forced heal; needs `Authorization: Bearer TOKEN` |
+//! | `GET /livez` | 200 while every bot's thread answers and no bot's machinery failed |
+//! | `GET /readyz` | 200 while every bot's transport is connected |
+//! | `GET /metrics` | Prometheus (OpenMetrics text) |
+//!
+//! The server runs on worker threads of its own, never on a bot's: a flood of requests costs
+//! the bots a few short locks of their health registries, nothing more. Bodies are capped at
+//! 16 KiB, a request must arrive within 5 s, and the admin token is compared in constant time.
+//! The JSON shapes are in README.md.
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{KeepAlive, StatusCode};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::breaker::BreakerState;
+use crate::config::Secret;
+use crate::healing_log::HealingLog;
+use crate::health::{
+    ActorKind, ActorStatus, BotHealth, ConnState, HealError, Health, LATENCY_BUCKETS, Snapshot,
+};
+use crate::systemd::Heartbeat;
+
+pub use crate::config::HttpConfig;
+
+/// The largest request body taken.
+const MAX_BODY: usize = 16 * 1024;
+/// The most healing-log entries one request may ask for.
+const MAX_LIMIT: usize = 10_000;
+/// A bot thread silent for longer than this is not alive.
+const LIVE_LIMIT: Duration = Duration::from_secs(10);
+
+struct Bot {
+    health: Health,
+    beat: Heartbeat,
+}
+
+struct Shared {
+    bots: Vec<Bot>,
+    log: Option<HealingLog>,
+    token: Option<Secret>,
+    registry: Registry,
+}
+
+/// Starts the server on the current actix system; answers its handle (stop it at shutdown).
+pub(crate) fn start(
+    api: &HttpConfig,
+    bots: Vec<(Health, Heartbeat)>,
+    log: Option<HealingLog>,
+) -> std::io::Result<actix_web::dev::ServerHandle> {
+    let bots: Vec<Bot> = bots
+        .into_iter()
+        .map(|(health, beat)| Bot { health, beat })
+        .collect();
+    let collector = Metrics(bots.iter().map(|b| b.health.clone()).collect());
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let shared = web::Data::new(Shared {
+        bots,
+        log,
+        token: api.admin_token.clone(),
+        registry,
+    });
+    let listen = api.listen;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .app_data(web::PayloadConfig::new(MAX_BODY))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                actix_web::error::InternalError::from_response(
+                    e.to_string(),
+                    error(StatusCode::BAD_REQUEST, &format!("bad query: {e}")),
+                )
+                .into()
+            }))
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((header::CACHE_CONTROL, "no-store"))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((header::REFERRER_POLICY, "no-referrer")),
+            )
+            .service(get("/", page))
+            .service(get("/livez", livez))
+            .service(get("/readyz", readyz))
+            .service(get("/metrics", metrics))
+            .service(get("/api/v1/health", health))
+            .service(get("/api/v1/circuit-breakers", breakers))
+            .service(get("/api/v1/healing-log", healing_log))
+            .service(
+                web::resource("/api/v1/heal/{bot}/{subsystem}")
+                    .route(web::post().to(heal))
+                    .default_service(web::to(|| async { not_allowed("POST") })),
+            )
+            .default_service(web::to(|| async {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "no such page; the API is under /api/v1/",
+                )
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .client_request_timeout(Duration::from_secs(5))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(KeepAlive::Timeout(Duration::from_secs(15)))
+    .backlog(2048)
+    .bind(listen)
+    .map_err(|e| std::io::Error::new(e.kind(), format!("[http] listen {listen}: {e}")))?
+    .run();
+    let handle = server.handle();
+    actix::spawn(server);
+    tracing::info!(%listen, "status API listening");
+    Ok(handle)
+}
+
+/// A GET resource; other methods get 405.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(|| async { not_allowed("GET") }))
+}
+
+fn error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": message }))
+}
+
+fn not_allowed(allow: &'static str) -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, allow))
+        .json(json!({ "error": format!("method not allowed; use {allow}") }))
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn worst(snaps: &[Snapshot]) -> BotHealth {
+    snaps
+        .iter()
+        .map(|s| s.health)
+        .max()
+        .unwrap_or(BotHealth::Healthy)
+}
+
+fn snapshots(shared: &Shared) -> Vec<Snapshot> {
+    shared.bots.iter().map(|b| b.health.snapshot()).collect()
+}
+
+fn actor_of<'a>(s: &'a Snapshot, subsystem: &str) -> Option<&'a ActorStatus> {
+    s.actors.iter().find(|a| a.subsystem() == subsystem)
+}
+
+fn bot_json(s: &Snapshot) -> Value {
+    let transport = s.actor(ActorKind::Transport, &s.transport);
+    let subsystems: Vec<Value> = s
+        .subsystems
+        .iter()
+        .map(|sub| {
+            let mut v = json!({
+                "name": sub.name,
+                "health": sub.health.as_str(),
+                "state": sub.state,
+            });
+            if let Some(a) = actor_of(s, &sub.name) {
+                v["restarts"] = json!(a.restarts);
+                v["handled"] = json!(a.handled);
+                v["last_error"] = json!(a.last_error.as_ref().map(|(_, e)| e));
+                v["last_error_at"] = json!(a.last_error.as_ref().map(|(t, _)| time(*t)));
+            } else if let Some(b) = s
+                .breakers
+                .iter()
+                .find(|b| sub.name.strip_prefix("breaker:") == Some(b.name.as_str()))
+            {
+                v["failures"] = json!(b.failures);
+                v["last_error"] = json!(b.last_error.as_ref().map(|(_, e)| e));
+                v["last_error_at"] = json!(b.last_error.as_ref().map(|(t, _)| time(*t)));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "bot": s.bot,
+        "state": s.health.as_str(),
+        "summary": s.summary(),
+        "uptime_secs": s.uptime.as_secs(),
+        "failed": s.failed,
+        "transport": {
+            "kind": s.transport,
+            "connection": transport.and_then(|t| t.conn.as_ref()).map_or("starting", ConnState::as_str),
+            "detail": transport.and_then(|t| t.detail.clone()),
+            "reconnects": transport.map_or(0, |t| t.reconnects),
+        },
+        "subsystems": subsystems,
+        "messages_in": s.inbound,
+        "outbox": {
+            "queued": s.outbox.queued,
+            "sent": s.outbox.sent,
+            "dropped": s.outbox.dropped,
+            "collapsed": s.outbox.collapsed,
+            "undeliverable": s.outbox.undeliverable,
+            "lost_at_shutdown": s.outbox.lost_at_shutdown,
+        },
+    })
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ))
+        .body(PAGE)
+}
+
+async fn health(shared: web::Data<Shared>) -> HttpResponse {
+    let snaps = snapshots(&shared);
+    HttpResponse::Ok().json(json!({
+        "state": worst(&snaps).as_str(),
+        "bots": snaps.iter().map(bot_json).collect::<Vec<_>>(),
+    }))
+}
+
+async fn breakers(shared: web::Data<Shared>) -> HttpResponse {
+    let now = SystemTime::now();
+    let list: Vec<Value> = snapshots(&shared)
+        .iter()
+        .flat_map(|s| {
+            s.breakers.iter().map(|b| {
+                let retry_at = match b.state {
+                    BreakerState::Open { until } => Some(until),
+                    _ => None,
+                };
+                json!({
+                    "bot": s.bot,
+                    "name": b.name,
+                    "state": b.state.as_str(),
+                    "failures": b.failures,
+                    "opened": b.opened,
+                    "retry_at": retry_at.map(time),
+                    "retry_in_secs": retry_at.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+                    "last_error": b.last_error.as_ref().map(|(_, e)| e),
+                    "last_error_at": b.last_error.as_ref().map(|(t, _)| time(*t)),
+                })
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "breakers": list }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    limit: Option<usize>,
+    bot: Option<String>,
+}
+
+async fn healing_log(shared: web::Data<Shared>, q: web::Query<LogQuery>) -> HttpResponse {
+    let LogQuery { limit, bot } = q.into_inner();
+    let limit = limit.unwrap_or(200);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("limit must be 1 to {MAX_LIMIT}"),
+        );
+    }
+    let entries: Vec<Value> = match shared.log.clone() {
+        Some(log) => {
+            let read = web::block(move || log.read(limit, bot.as_deref())).await;
+            match read {
+                Ok(Ok(records)) => records
+                    .into_iter()
+                    .map(|r| {
+                        json!({
+                            "seq": r.seq,
+                            "at": time(SystemTime::UNIX_EPOCH + Duration::from_millis(r.at_ms)),
+                            "bot": r.bot,
+                            "subsystem": r.subsystem,
+                            "action": r.action,
+                            "detail": r.detail,
+                            "state": r.state,
+                        })
+                    })
+                    .collect(),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "healing log: cannot read");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the healing log cannot be read",
+                    );
+                }
+                Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            }
+        }
+        // Not persisted: what each bot keeps in memory.
+        None => {
+            let mut all: Vec<(SystemTime, Value)> = snapshots(&shared)
+                .into_iter()
+                .filter(|s| bot.as_deref().is_none_or(|b| b == s.bot))
+                .flat_map(|s| {
+                    let name = s.bot.clone();
+                    s.healing_log.into_iter().map(move |e| {
+                        let v = json!({
+                            "seq": null,
+                            "at": time(e.at),
+                            "bot": name,
+                            "subsystem": e.subsystem,
+                            "action": e.action,
+                            "detail": e.detail,
+                            "state": e.state.as_str(),
+                        });
+                        (e.at, v)
+                    })
+                })
+                .collect();
+            all.sort_by_key(|e| std::cmp::Reverse(e.0));
+            all.into_iter().take(limit).map(|(_, v)| v).collect()
+        }
+    };
+    HttpResponse::Ok().json(json!({
+        "persisted": shared.log.is_some(),
+        "entries": entries,
+    }))
+}
+
+/// The optional body of a heal: who asks and why, for the healing log.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealBody {
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+/// Keeps a caller's text to one short printable line.
+fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+async fn heal(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    // Who is asking comes first: nothing about bots or subsystems is told before that.
+    let Some(token) = &shared.token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forced heals are off: the config's [http] table has no admin_token",
+        );
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|h| {
+            let (scheme, rest) = h.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+        });
+    let Some(given) = given else {
+        return HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"opsbot\""))
+            .json(json!({ "error": "an admin token is needed: Authorization: Bearer TOKEN" }));
+    };
+    if !bool::from(given.ct_eq(token.expose().as_bytes())) {
+        return error(StatusCode::FORBIDDEN, "wrong token");
+    }
+    let body: HealBody = if body.iter().all(u8::is_ascii_whitespace) {
+        HealBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "the body must be JSON like {{\"by\": \"alice\", \"reason\": \"...\"}}: {e}"
+                    ),
+                );
+            }
+        }
+    };
+    let (bot, subsystem) = path.into_inner();
+    let Some(b) = shared.bots.iter().find(|b| b.health.bot() == bot) else {
+        let names: Vec<&str> = shared.bots.iter().map(|b| b.health.bot()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no bot `{}`; bots: {}", clean(&bot, 64), names.join(", ")),
+        );
+    };
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "?".to_owned(), |a| a.ip().to_string());
+    let by = body
+        .by
+        .as_deref()
+        .map(|b| clean(b, 64))
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "the admin token".to_owned());
+    let mut who = format!("{by} over HTTP from {peer}");
+    if let Some(reason) = body.reason.as_deref().map(|r| clean(r, 200))
+        && !reason.is_empty()
+    {
+        who.push_str(&format!(" ({reason})"));
+    }
+    match b.health.heal(&subsystem, &who) {
+        Ok(name) => HttpResponse::Ok().json(json!({
+            "bot": bot,
+            "subsystem": name,
+            "healed": true,
+            "by": who,
+        })),
+        Err(e @ (HealError::Unknown { .. } | HealError::Ambiguous { .. })) => {
+            let status = match e {
+                HealError::Unknown { .. } => StatusCode::NOT_FOUND,
+                HealError::Ambiguous { .. } => StatusCode::CONFLICT,
+            };
+            error(status, &e.to_string())
+        }
+    }
+}
+
+async fn livez(shared: web::Data<Shared>) -> HttpResponse {
+    let mut problems = Vec::new();
+    for b in &shared.bots {
+        let age = b.beat.age();
+        if age > LIVE_LIMIT {
+            problems.push(format!(
+                "bot {}: thread silent for {}s",
+                b.health.bot(),
+                age.as_secs()
+            ));
+        }
+        if let Some(why) = b.health.snapshot().failed {
+            problems.push(format!("bot {}: failed: {why}", b.health.bot()));
+        }
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(json!({ "live": problems.is_empty(), "problems": problems }))
+}
+
+async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
+    let waiting: Vec<String> = snapshots(&shared)
+        .iter()
+        .filter_map(|s| {
+            let conn = s
+                .actor(ActorKind::Transport, &s.transport)
+                .and_then(|t| t.conn.clone());
+            match conn {
+                Some(ConnState::Connected) => None,
+                c => Some(format!(
+                    "bot {}: transport {}",
+                    s.bot,
+                    c.as_ref().map_or("starting", ConnState::as_str)
+                )),
+            }
+        })
+        .collect();
+    let status = if waiting.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(json!({ "ready": waiting.is_empty(), "waiting": waiting }))
+}
+
+async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &shared.registry) {
+        tracing::error!(error = %e, "metrics: cannot encode");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics",
+        );
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(body)
+}
+
+/// Reads every bot's health at each scrape.
+#[derive(Debug)]
+struct Metrics(Vec<Health>);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A label value as the text format needs it (the encoder writes values as given).
+fn lv(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        value.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let snaps: Vec<Snapshot> = self.0.iter().map(Health::snapshot).collect();
+        let bot = |s: &Snapshot| vec![("bot", lv(&s.bot))];
+        let counter = |v: u64| ConstCounter::new(v);
+        let gauge = |v: i64| ConstGauge::new(v);
+        let states = [
+            BotHealth::Healthy,
+            BotHealth::Recovering,
+            BotHealth::Degraded,
+            BotHealth::Critical,
+            BotHealth::Failed,
+        ];
+        family(
+            &mut enc,
+            "opsbot_health_state",
+            "The bot's health: 1 for its current state, 0 for the others",
+            MetricType::Gauge,
+            snaps.iter().flat_map(|s| {
+                states.iter().map(move |h| {
+                    let mut l = bot(s);
+                    l.push(("state", h.as_str().to_owned()));
+                    (l, gauge(i64::from(s.health == *h)))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_messages_in",
+            "Messages the bot heard and routed",
+            MetricType::Counter,
+            snaps.iter().map(|s| (bot(s), counter(s.inbound))),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_messages_out",
+            "Lines the outbox handed to the transport",
+            MetricType::Counter,
+            snaps.iter().map(|s| (bot(s), counter(s.outbox.sent))),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_outbox_queued",
+            "Lines waiting in the outbox",
+            MetricType::Gauge,
+            snaps
+                .iter()
+                .map(|s| (bot(s), gauge(s.outbox.queued as i64))),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_outbox_dropped",
+            "Lines the outbox did not send, by reason",
+            MetricType::Counter,
+            snaps.iter().flat_map(|s| {
+                let o = &s.outbox;
+                [
+                    ("queue_full", o.dropped),
+                    ("repeat", o.collapsed),
+                    ("undeliverable", o.undeliverable),
+                    ("shutdown", o.lost_at_shutdown),
+                ]
+                .into_iter()
+                .map(move |(reason, n)| {
+                    let mut l = bot(s);
+                    l.push(("reason", reason.to_owned()));
+                    (l, counter(n))
+                })
+            }),
+        )?;
+        let per_actor = |s: &Snapshot, a: &ActorStatus| {
+            let mut l = bot(s);
+            l.push(("kind", a.kind.as_str().to_owned()));
+            l.push(("name", lv(&a.name)));
+            l
+        };
+        family(
+            &mut enc,
+            "opsbot_handled",
+            "Commands and matches handled (handlers), items posted (pollers)",
+            MetricType::Counter,
+            snaps.iter().flat_map(|s| {
+                s.actors
+                    .iter()
+                    .filter(|a| a.kind != ActorKind::Transport)
+                    .map(move |a| (per_actor(s, a), counter(a.handled)))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_restarts",
+            "Restarts of handlers and pollers after a crash",
+            MetricType::Counter,
+            snaps.iter().flat_map(|s| {
+                s.actors
+                    .iter()
+                    .filter(|a| a.kind != ActorKind::Transport)
+                    .map(move |a| (per_actor(s, a), counter(u64::from(a.restarts))))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_reconnects",
+            "Times the transport lost its connection and reconnected",
+            MetricType::Counter,
+            snaps.iter().map(|s| {
+                let n = s
+                    .actor(ActorKind::Transport, &s.transport)
+                    .map_or(0, |t| t.reconnects);
+                (bot(s), counter(u64::from(n)))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_transport_connected",
+            "1 while the transport is connected",
+            MetricType::Gauge,
+            snaps.iter().map(|s| {
+                let up = s
+                    .actor(ActorKind::Transport, &s.transport)
+                    .is_some_and(|t| t.conn == Some(ConnState::Connected));
+                (bot(s), gauge(i64::from(up)))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_breaker_state",
+            "Circuit breakers: 1 for the current state, 0 for the others",
+            MetricType::Gauge,
+            snaps.iter().flat_map(|s| {
+                s.breakers.iter().flat_map(move |b| {
+                    ["closed", "open", "half-open"].into_iter().map(move |st| {
+                        let mut l = bot(s);
+                        l.push(("breaker", lv(&b.name)));
+                        l.push(("state", st.to_owned()));
+                        (l, gauge(i64::from(b.state.as_str() == st)))
+                    })
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "opsbot_breaker_opened",
+            "Times a circuit breaker opened",
+            MetricType::Counter,
+            snaps.iter().flat_map(|s| {
+                s.breakers.iter().map(move |b| {
+                    let mut l = bot(s);
+                    l.push(("breaker", lv(&b.name)));
+                    (l, counter(u64::from(b.opened)))
+                })
+            }),
+        )?;
+        let mut m = enc.encode_descriptor(
+            "opsbot_handler_duration_seconds",
+            "How long handlers took per command or match",
+            None,
+            MetricType::Histogram,
+        )?;
+        for s in &snaps {
+            for a in s.actors.iter().filter(|a| a.kind == ActorKind::Handler) {
+                let mut l = bot(s);
+                l.push(("handler", lv(&a.name)));
+                let lat = &a.latency;
+                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::MAX])
+                    .zip(lat.buckets.iter().copied())
+                    .collect();
+                m.encode_family(&l)?
+                    .encode_histogram::<NoLabelSet>(lat.sum, lat.count, &buckets, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The status page: no build step, no external assets, no secrets; it reads the API.
+const PAGE: &str = include_str!("status_page.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_cannot_break_the_text_format() {
+        assert_eq!(lv("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn callers_text_is_one_short_line() {
+        assert_eq!(clean("al\nice\u{7}", 64), "alice");
+        assert_eq!(clean(&"x".repeat(100), 5), "xxxxx");
+    }
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for needle in ["http://", "https://", "src=", "@import", "url("] {
+            assert!(
+                !PAGE.contains(needle),
+                "the page must be self-contained: {needle}"
+            );
+        }
+        assert!(
+            !PAGE.contains("innerHTML"),
+            "text goes in as text, never as markup"
+        );
+    }
+}
