@@ -234,6 +234,14 @@ impl App {
     /// poller names and their settings.
     pub fn check(&self, path: &Path) -> Result<Config, ConfigErrors> {
         let config = Config::load(path)?;
+        // Pollers and handlers take the shared client as they are built: configure it first.
+        if let Err(e) = opsbot::http::init(&config.http_client) {
+            return Err(ConfigErrors(vec![config.error_at(
+                "http_client".into(),
+                e.to_string(),
+                None,
+            )]));
+        }
         let mut errors = Vec::new();
         for bot in &config.bots {
             errors.extend(
@@ -399,7 +407,6 @@ impl App {
     /// Runs every bot of a checked config until they stop.
     pub fn run(&self, config: &Config) -> anyhow::Result<()> {
         opsbot::logging::init(&config.log);
-        #[cfg(feature = "webex")]
         opsbot::http::init(&config.http_client)
             .with_context(|| format!("{}: http_client", config.path.display()))?;
         let bots = self.build(config)?;

@@ -360,7 +360,7 @@ impl<H: Handler> actix::Handler<Heal> for HandlerHost<H> {
     type Result = ();
 
     fn handle(&mut self, _: Heal, ctx: &mut Self::Context) {
-        self.restarts = Restarts::new(self.shared.options.restart);
+        self.restarts.renew();
         self.handler = None;
         self.fresh(ctx);
     }

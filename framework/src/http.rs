@@ -167,9 +167,19 @@ pub struct HttpClient {
 
 static SHARED: OnceLock<Arc<HttpClient>> = OnceLock::new();
 
-/// Configures the process's shared client; call it once, before the bots start. Fails when the
-/// client was already built (by an earlier `init` or a use of [`shared`]) or cannot be built.
+/// Configures the process's shared client, before the bots start. Fails when the client was
+/// already built with other settings (by an earlier `init` or a use of [`shared`]) or cannot
+/// be built; the same settings again are fine.
 pub fn init(config: &HttpClientConfig) -> std::io::Result<()> {
+    if let Some(c) = SHARED.get() {
+        return if c.config == *config {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the shared HTTP client is already configured with other settings",
+            ))
+        };
+    }
     let client = Arc::new(HttpClient::new(config.clone())?);
     SHARED
         .set(client)

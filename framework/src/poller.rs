@@ -304,14 +304,12 @@ impl<P: Poller> Actor for PollerHost<P> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.shared.health.register(ActorKind::Poller, P::NAME);
-        let host = ctx.address().downgrade();
+        // A strong address: nothing else holds a poller's host, and one that failed (no tick
+        // scheduled) must stay to be healed. The bot's arbiter ends it at shutdown.
+        let host = ctx.address();
         self.shared.health.set_healer(
             format!("poller:{}", P::NAME),
-            Arc::new(move || {
-                if let Some(host) = host.upgrade() {
-                    host.do_send(crate::handler::Heal);
-                }
-            }),
+            Arc::new(move || host.do_send(crate::handler::Heal)),
         );
         self.schedule(Duration::ZERO, ctx);
     }
@@ -327,7 +325,7 @@ impl<P: Poller> actix::Handler<crate::handler::Heal> for PollerHost<P> {
     /// A fresh instance at the next tick and a whole restart budget; a failed poller runs
     /// again at once. Handled between polls (never in the middle of one).
     fn handle(&mut self, _: crate::handler::Heal, ctx: &mut Self::Context) {
-        self.restarts = Restarts::new(self.shared.options.restart);
+        self.restarts.renew();
         self.poller = None;
         if std::mem::take(&mut self.failed) {
             self.update(|s| s.state = ActorState::Starting);

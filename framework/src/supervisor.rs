@@ -96,6 +96,11 @@ impl Restarts {
         Verdict::RestartAfter(delay)
     }
 
+    /// Forgets the recent crashes (a forced heal): a whole budget again; the total stays.
+    pub fn renew(&mut self) {
+        self.recent.clear();
+    }
+
     /// Restarts so far, over the child's whole life.
     pub fn total(&self) -> u32 {
         self.total

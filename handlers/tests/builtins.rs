@@ -200,3 +200,101 @@ async fn lines_writes_what_was_asked_and_refuses_nonsense() {
         assert_eq!(bot.reply().await, "tester: usage: !lines <1-1000>", "{bad}");
     }
 }
+
+/// A poller that panics while `BROKEN` is set.
+static BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+struct Fragile;
+
+impl Poller for Fragile {
+    const NAME: &'static str = "fragile";
+
+    async fn poll(&mut self) -> Result<Vec<Item>> {
+        if BROKEN.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("fragile: broken on purpose");
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn heal_restarts_a_failed_handler_and_a_failed_poller_for_admins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PollerOptions {
+        every: std::time::Duration::from_millis(20),
+        post_to: vec![Destination::room("#test")],
+        ..PollerOptions::default()
+    };
+    let mut bot = TestBot::new()
+        .with(opsbot_handlers::heal::Heal)
+        .with(demo::Boom)
+        .poller(opts, || Fragile)
+        .store(opsbot::store::Store::open(&dir.path().join("state.redb")).unwrap())
+        .configure(|o| {
+            o.admins = vec!["boss".into()];
+            o.restart.max_restarts = 1;
+            o.restart.backoff_initial = std::time::Duration::from_millis(5);
+        });
+    bot.send("!boom");
+    bot.reply().await;
+    bot.send("!boom");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !boom crashed and is disabled after repeated crashes"
+    );
+    bot.wait_status("the poller failed", |s| {
+        s.actor(ActorKind::Poller, "fragile")
+            .is_some_and(|a| a.state == ActorState::Failed)
+    })
+    .await;
+
+    // Not an admin: refused, nothing healed.
+    bot.send("!heal boom");
+    let refused = bot.reply().await;
+    assert!(refused.contains("admin"), "{refused}");
+    // Admins: usage, unknown and ambiguous names get a short line.
+    bot.send_as("boss", "#test", "!heal");
+    assert_eq!(bot.reply().await, "boss: usage: !heal SUBSYSTEM");
+    bot.send_as("boss", "#test", "!heal nothing");
+    let unknown = bot.reply().await;
+    assert!(
+        unknown.starts_with("no subsystem `nothing`; try one of: ")
+            && unknown.contains("handler:boom")
+            && unknown.contains("poller:fragile")
+            && unknown.contains("transport"),
+        "{unknown}"
+    );
+    bot.send_as("boss", "#test", "!heal boom");
+    assert_eq!(bot.reply().await, "healing handler:boom: see !status");
+    BROKEN.store(false, std::sync::atomic::Ordering::SeqCst);
+    bot.send_as("boss", "#test", "!heal poller:fragile");
+    assert_eq!(bot.reply().await, "healing poller:fragile: see !status");
+    let s = bot
+        .wait_status("both running", |s| {
+            s.actor(ActorKind::Handler, "boom")
+                .is_some_and(|a| a.state == ActorState::Running)
+                && s.actor(ActorKind::Poller, "fragile")
+                    .is_some_and(|a| a.state == ActorState::Running && a.last_error.is_some())
+                && s.health == opsbot::health::BotHealth::Healthy
+        })
+        .await;
+    let heals: Vec<&str> = s
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "heal")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(
+        heals,
+        [
+            "forced by boss in chat: fresh instance, restart budget renewed",
+            "forced by boss in chat: fresh instance, restart budget renewed"
+        ]
+    );
+    // The handler has a whole budget again: the next crash is restarted.
+    bot.send("!boom");
+    assert_eq!(
+        bot.reply().await,
+        "tester: sorry, !boom crashed; it is being restarted"
+    );
+}

@@ -1,0 +1,720 @@
+//! The HTTP status API against the real `opsbot` binary: each endpoint's JSON over real HTTP
+//! on a loopback port, forced heals and their token, breakers in the API and the metrics,
+//! readiness against a real IRC server that goes away, the healing log across a restart of
+//! the process, and requests built to hurt.
+
+#[path = "../../transports/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_opsbot");
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A running `opsbot` with a console bot on pipes and the status API on `port`.
+struct Bot {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    port: u16,
+}
+
+impl Bot {
+    /// Runs `opsbot run` on a config made of `[http]` on a fresh port, `[state]` in `dir`,
+    /// and `rest`.
+    fn start(dir: &Path, port: u16, rest: &str) -> Self {
+        Self::start_capped(dir, port, rest, 10_000)
+    }
+
+    /// Like [`Bot::start`], keeping `cap` healing-log entries.
+    fn start_capped(dir: &Path, port: u16, rest: &str, cap: usize) -> Self {
+        let config = format!(
+            "[state]\npath = \"{}\"\nhealing_log_entries = {cap}\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"${{OPSBOT_TEST_TOKEN}}\"\n\n{rest}",
+            dir.join("state.redb").display()
+        );
+        let path = dir.join("bot.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("OPSBOT_TEST_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start opsbot");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let bot = Self {
+            child,
+            stdin,
+            lines,
+            port,
+        };
+        bot.wait_for("the API to listen", |b| b.get("/livez").0 == 200);
+        bot
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the bot answered within 20 s")
+    }
+
+    /// Reads lines until one satisfies `want`.
+    fn line_where(&self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            let l = self.next_line();
+            if want(&l) {
+                return l;
+            }
+        }
+    }
+
+    /// A request over a fresh connection: status and body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        http(self.port, method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    fn heal(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let (status, body) = self.request("POST", path, &headers, body.as_bytes());
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Polls `ok` every 50 ms for up to 20 s.
+    fn wait_for(&self, what: &str, ok: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok(self) {
+            assert!(Instant::now() < deadline, "waited 20 s for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends the bot as at the end of console input and waits for it to exit.
+    fn stop(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "opsbot did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; answers the status and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    raw_request(port, &raw)
+}
+
+/// Sends `raw` as it is and reads the answer to the end.
+fn raw_request(port: u16, raw: &[u8]) -> (u16, String) {
+    // Not listening (yet, or any more): status 0.
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may answer (413) and close before a huge body is all written.
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn subsystem<'a>(health: &'a Value, name: &str) -> &'a Value {
+    health["bots"][0]["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no subsystem {name}: {health}"))
+}
+
+fn entries(log: &Value) -> &Vec<Value> {
+    log["entries"].as_array().unwrap()
+}
+
+const BOOM_BOT: &str = r#"
+[[bot]]
+name = "ops"
+admins = ["console"]
+handlers = ["boom"]
+
+[bot.supervisor]
+max_restarts = 1
+backoff_initial_ms = 10
+"#;
+
+#[test]
+fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+
+    let health = bot.json("/api/v1/health");
+    assert_eq!(health["state"], "healthy", "{health}");
+    let ops = &health["bots"][0];
+    assert_eq!(ops["bot"], "ops");
+    assert_eq!(ops["transport"]["kind"], "console");
+    assert_eq!(ops["transport"]["connection"], "connected");
+    assert_eq!(subsystem(&health, "handler:boom")["health"], "healthy");
+    assert_eq!(
+        ops["summary"].as_str().unwrap(),
+        format!("healthy · 7 of 7 subsystems healthy")
+    );
+
+    // Two crashes: one restart, then the budget is spent.
+    bot.say("!boom");
+    bot.line_where(|l| l.contains("being restarted"));
+    bot.say("!boom");
+    bot.line_where(|l| l.contains("disabled after repeated crashes"));
+    bot.wait_for("degraded", |b| {
+        b.json("/api/v1/health")["state"] == "degraded"
+    });
+    let health = bot.json("/api/v1/health");
+    let boom = subsystem(&health, "handler:boom");
+    assert_eq!(boom["health"], "degraded", "{health}");
+    assert_eq!(boom["state"], "failed");
+    assert_eq!(boom["restarts"], 1);
+    assert_eq!(
+        boom["last_error"].as_str().unwrap(),
+        "panicked at handlers/src/demo.rs:19"
+    );
+    assert_eq!(
+        health["bots"][0]["summary"],
+        "degraded: handler:boom failed · 6 of 7 subsystems healthy"
+    );
+
+    // The healing log holds the restart, the failure and the change of state.
+    bot.wait_for("the log on disk", |b| {
+        entries(&b.json("/api/v1/healing-log?bot=ops"))
+            .iter()
+            .any(|e| e["action"] == "failed")
+    });
+    let log = bot.json("/api/v1/healing-log?bot=ops");
+    assert_eq!(log["persisted"], true);
+    let log = entries(&log);
+    let restart = log
+        .iter()
+        .find(|e| e["subsystem"] == "handler:boom" && e["action"] == "restart")
+        .expect("a restart entry");
+    assert!(restart["at"].as_str().unwrap().ends_with('Z'), "{restart}");
+    assert!(log.iter().any(|e| e["subsystem"] == "health"
+        && e["detail"] == "healthy → degraded (handler:boom failed)"
+        && e["state"] == "degraded"));
+    // Newest first.
+    let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
+    assert_eq!(entries(&bot.json("/api/v1/healing-log?limit=2")).len(), 2);
+    assert!(entries(&bot.json("/api/v1/healing-log?bot=nobody")).is_empty());
+
+    // Forced heal: no token, a wrong token, unknown names, then the right token.
+    let path = "/api/v1/heal/ops/handler:boom";
+    let (status, _) = bot.heal(path, None, "");
+    assert_eq!(status, 401);
+    let (status, raw) = bot.request(
+        "POST",
+        path,
+        &[("Authorization", "Basic b3BzOm9wcw==")],
+        b"",
+    );
+    assert_eq!(status, 401, "{raw}");
+    let (status, _) = bot.heal(path, Some("test-admin-token-0123456788"), "");
+    assert_eq!(status, 403);
+    let (status, _) = bot.heal(path, Some("short"), "");
+    assert_eq!(status, 403);
+    let (status, body) = bot.heal("/api/v1/heal/nobody/handler:boom", Some(TOKEN), "");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("bots: ops"),
+        "{body}"
+    );
+    let (status, body) = bot.heal("/api/v1/heal/ops/handler:nothing", Some(TOKEN), "");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("handler:boom"),
+        "{body}"
+    );
+    assert_eq!(
+        bot.json("/api/v1/health")["state"],
+        "degraded",
+        "refused heals change nothing"
+    );
+    let (status, body) = bot.heal(
+        path,
+        Some(TOKEN),
+        r#"{"by": "alice", "reason": "deploy fixed it"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subsystem"], "handler:boom");
+    bot.wait_for("healthy again", |b| {
+        b.json("/api/v1/health")["state"] == "healthy"
+    });
+    assert_eq!(
+        subsystem(&bot.json("/api/v1/health"), "handler:boom")["state"],
+        "running"
+    );
+    bot.wait_for("the heal in the log", |b| {
+        entries(&b.json("/api/v1/healing-log")).iter().any(|e| {
+            e["action"] == "heal"
+                && e["subsystem"] == "handler:boom"
+                && e["detail"]
+                    == "forced by alice over HTTP from 127.0.0.1 (deploy fixed it): fresh instance, restart budget renewed"
+        })
+    });
+    // A whole budget again: the next crash is restarted, not refused.
+    bot.say("!boom");
+    bot.line_where(|l| l.contains("being restarted"));
+
+    // Liveness, readiness, metrics, the page.
+    assert_eq!(bot.json("/livez")["live"], true);
+    assert_eq!(bot.json("/readyz")["ready"], true);
+    let (status, metrics) = bot.get("/metrics");
+    assert_eq!(status, 200);
+    for want in [
+        "opsbot_health_state{bot=\"ops\",state=\"healthy\"} ",
+        "opsbot_restarts_total{bot=\"ops\",kind=\"handler\",name=\"boom\"} 2",
+        "opsbot_handled_total{bot=\"ops\",kind=\"handler\",name=\"boom\"} 3",
+        "opsbot_messages_in_total{bot=\"ops\"} 3",
+        "opsbot_transport_connected{bot=\"ops\"} 1",
+        "opsbot_reconnects_total{bot=\"ops\"} 0",
+        "opsbot_outbox_queued{bot=\"ops\"} 0",
+        "opsbot_handler_duration_seconds_count{bot=\"ops\",handler=\"boom\"} 3",
+        "opsbot_handler_duration_seconds_bucket{le=\"+Inf\",bot=\"ops\",handler=\"boom\"} 3",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
+    }
+    let (status, page) = bot.get("/");
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    bot.stop();
+}
+
+#[test]
+fn a_breaker_opened_by_a_failing_dependency_shows_in_the_api_and_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // A source that refuses every connection.
+    let dead = support::free_port();
+    let config = format!(
+        r##"
+[[bot]]
+name = "ops"
+admins = ["console"]
+pollers = ["http_json"]
+
+[bot.poller.http_json]
+to = ["#ops"]
+every_secs = 0.2
+url = "http://127.0.0.1:{dead}/issues"
+items = "/issues"
+id = "key"
+template = "{{key}}"
+breaker = {{ failures = 2, window_secs = 60, open_secs = 600 }}
+"##
+    );
+    let bot = Bot::start(dir.path(), support::free_port(), &config);
+    bot.wait_for("the breaker to open", |b| {
+        b.json("/api/v1/circuit-breakers")["breakers"][0]["state"] == "open"
+    });
+    let list = bot.json("/api/v1/circuit-breakers");
+    let breaker = &list["breakers"][0];
+    assert_eq!(breaker["bot"], "ops");
+    let name = breaker["name"].as_str().unwrap().to_owned();
+    assert_eq!(name, "127.0.0.1");
+    assert!(breaker["failures"].as_u64().unwrap() >= 2, "{breaker}");
+    assert_eq!(breaker["opened"], 1);
+    assert!(
+        breaker["retry_in_secs"].as_u64().unwrap() > 500,
+        "{breaker}"
+    );
+    assert!(breaker["last_error"].as_str().is_some(), "{breaker}");
+    let health = bot.json("/api/v1/health");
+    assert_eq!(health["state"], "degraded");
+    assert_eq!(
+        subsystem(&health, &format!("breaker:{name}"))["health"],
+        "degraded"
+    );
+    let (_, metrics) = bot.get("/metrics");
+    for want in [
+        format!("opsbot_breaker_state{{bot=\"ops\",breaker=\"{name}\",state=\"open\"}} 1"),
+        format!("opsbot_breaker_state{{bot=\"ops\",breaker=\"{name}\",state=\"closed\"}} 0"),
+        format!("opsbot_breaker_opened_total{{bot=\"ops\",breaker=\"{name}\"}} 1"),
+        "opsbot_health_state{bot=\"ops\",state=\"degraded\"} 1".to_owned(),
+    ] {
+        assert!(metrics.contains(&want), "no `{want}` in\n{metrics}");
+    }
+    // A forced heal resets it (the source is still down, so it opens again soon after).
+    let (status, body) = bot.heal(&format!("/api/v1/heal/ops/breaker:{name}"), Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    bot.wait_for("the reset in the log", |b| {
+        entries(&b.json("/api/v1/healing-log"))
+            .iter()
+            .any(|e| e["action"] == "breaker reset" && e["detail"] == "127.0.0.1: closed by hand")
+    });
+    assert!(entries(&bot.json("/api/v1/healing-log")).iter().any(|e| {
+        e["action"] == "heal"
+            && e["subsystem"] == "breaker:127.0.0.1"
+            && e["detail"] == "forced by the admin token over HTTP from 127.0.0.1: reset to closed"
+    }));
+}
+
+#[test]
+fn readiness_follows_a_real_irc_server_going_away_and_coming_back() {
+    let mut server = support::Server::start(support::Kind::Ngircd);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r##"
+[[bot]]
+name = "ircbot"
+
+[bot.reconnect]
+initial_secs = 0.2
+max_secs = 1
+critical_after_secs = 2
+
+[bot.transport]
+kind = "irc"
+server = "127.0.0.1"
+port = {}
+tls = false
+nick = "apibot"
+channels = ["#ops"]
+"##,
+        server.port
+    );
+    let bot = Bot::start(dir.path(), support::free_port(), &config);
+    bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
+    assert_eq!(bot.json("/api/v1/health")["state"], "healthy");
+
+    server.kill();
+    bot.wait_for("not ready", |b| b.get("/readyz").0 == 503);
+    let (_, body) = bot.get("/readyz");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false);
+    assert!(
+        body["waiting"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("bot ircbot: transport "),
+        "{body}"
+    );
+    // Down past its 2 s grace: critical, and alive all the same (a restart would not help).
+    bot.wait_for("critical", |b| {
+        b.json("/api/v1/health")["state"] == "critical"
+    });
+    assert_eq!(bot.get("/livez").0, 200);
+    let (_, metrics) = bot.get("/metrics");
+    assert!(
+        metrics.contains("opsbot_transport_connected{bot=\"ircbot\"} 0"),
+        "{metrics}"
+    );
+
+    server.restart();
+    bot.wait_for("ready again", |b| b.get("/readyz").0 == 200);
+    let health_changes = |b: &Bot| {
+        entries(&b.json("/api/v1/healing-log?bot=ircbot"))
+            .iter()
+            .filter(|e| e["subsystem"] == "health")
+            .map(|e| e["detail"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    bot.wait_for("healthy again, in the log", |b| {
+        health_changes(b)
+            .first()
+            .is_some_and(|c| c.ends_with("→ healthy"))
+    });
+    let log = bot.json("/api/v1/healing-log?bot=ircbot");
+    let changes: Vec<&str> = entries(&log)
+        .iter()
+        .filter(|e| e["subsystem"] == "health")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.starts_with("recovering → critical (transport")),
+        "{changes:?} in {log}"
+    );
+    assert_eq!(bot.json("/api/v1/health")["state"], "healthy");
+}
+
+#[test]
+fn the_healing_log_survives_a_restart_of_the_process_and_stays_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+[[bot]]
+name = "ops"
+admins = ["console"]
+handlers = ["boom"]
+
+[bot.supervisor]
+max_restarts = 100
+backoff_initial_ms = 1
+backoff_max_ms = 1
+
+[bot.outbox]
+loop_repeats = 0        # the same apology 25 times is no loop here
+"#;
+    let mut bot = Bot::start_capped(dir.path(), support::free_port(), config, 40);
+    // Each crash is a restart and two changes of state: 25 crashes make 75 entries or so.
+    for _ in 0..25 {
+        bot.say("!boom");
+        bot.line_where(|l| l.contains("being restarted"));
+    }
+    bot.wait_for("the log full", |b| {
+        entries(&b.json("/api/v1/healing-log?limit=1000")).len() == 40
+    });
+    let before = bot.json("/api/v1/healing-log?limit=1000");
+    let newest_before = entries(&before)[0]["seq"].as_u64().unwrap();
+    assert!(newest_before >= 70, "{before}");
+    bot.stop();
+
+    // The process again, on the same state: the entries are there, and still 40 at most.
+    let mut bot = Bot::start_capped(dir.path(), support::free_port(), config, 40);
+    let after = bot.json("/api/v1/healing-log?limit=1000");
+    let first_run: Vec<&Value> = entries(&after)
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() <= newest_before)
+        .collect();
+    assert!(first_run.len() >= 30, "{after}");
+    assert!(
+        first_run
+            .iter()
+            .any(|e| e["subsystem"] == "handler:boom" && e["action"] == "restart")
+    );
+    bot.say("!boom");
+    bot.line_where(|l| l.contains("being restarted"));
+    bot.wait_for("the new entries", |b| {
+        entries(&b.json("/api/v1/healing-log?limit=1000"))[0]["seq"]
+            .as_u64()
+            .unwrap()
+            > newest_before
+    });
+    assert_eq!(
+        entries(&bot.json("/api/v1/healing-log?limit=1000")).len(),
+        40
+    );
+    bot.stop();
+}
+
+#[test]
+fn requests_built_to_hurt_get_4xx_and_the_bot_goes_on_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let auth = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", auth.as_str())];
+    let heal = "/api/v1/heal/ops/handler:boom";
+
+    // A huge body is refused before it is read.
+    let (status, _) = bot.request("POST", heal, &auth, &vec![b'{'; 1 << 20]);
+    assert_eq!(status, 413);
+    // Bad JSON, with the right token: 400, and nothing healed.
+    for body in [
+        &b"{\"by\": "[..],
+        b"[1,2,3]",
+        b"{\"by\": 7}",
+        b"{\"rm\": \"-rf\"}",
+        b"\xff\xfe",
+    ] {
+        let (status, text) = bot.request("POST", heal, &auth, body);
+        assert_eq!(status, 400, "{body:?}: {text}");
+    }
+    // Unknown methods.
+    for (method, path) in [
+        ("DELETE", "/api/v1/health"),
+        ("PUT", "/api/v1/healing-log"),
+        ("GET", heal),
+        ("POST", "/metrics"),
+        ("PATCH", "/"),
+    ] {
+        let (status, _) = bot.request(method, path, &auth, b"");
+        assert_eq!(status, 405, "{method} {path}");
+    }
+    // Path traversal and odd encodings in {subsystem} name nothing.
+    for path in [
+        "/api/v1/heal/ops/..%2F..%2Fetc%2Fpasswd",
+        "/api/v1/heal/ops/%2e%2e",
+        "/api/v1/heal/ops/handler:boom%00",
+        "/api/v1/heal/ops/%ff%fe",
+        "/api/v1/heal/ops/handler%3Aboom%0D%0AX-Injected:%201",
+        "/api/v1/heal/ops/%E2%80%AEmoob:reldnah",
+        "/api/v1/heal/..%2Fops/handler:boom",
+    ] {
+        let (status, text) = bot.request("POST", path, &auth, b"");
+        assert!((400..500).contains(&status), "{path}: {status} {text}");
+        assert!(!text.contains("X-Injected: 1\r\n"), "{path}: {text}");
+    }
+    for path in [
+        "/../../etc/passwd",
+        "/api/v1/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+    ] {
+        let (status, text) = bot.get(path);
+        assert_eq!(status, 404, "{path}: {text}");
+    }
+    // Bad queries.
+    for q in [
+        "limit=abc",
+        "limit=0",
+        "limit=-1",
+        "limit=10001",
+        "limit=99999999999999999999999",
+        "lmit=3",
+    ] {
+        let (status, text) = bot.get(&format!("/api/v1/healing-log?{q}"));
+        assert_eq!(status, 400, "{q}: {text}");
+    }
+    // Not HTTP at all, and a header that never ends.
+    let (status, _) = raw_request(
+        bot.port,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    );
+    assert!(status == 400 || status == 0, "{status}");
+    let (status, _) = raw_request(
+        bot.port,
+        format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(200_000)).as_bytes(),
+    );
+    assert!(status == 431 || status == 400 || status == 0, "{status}");
+    assert_eq!(
+        bot.json("/api/v1/health")["state"],
+        "healthy",
+        "nothing above healed or broke anything"
+    );
+    assert!(
+        !entries(&bot.json("/api/v1/healing-log"))
+            .iter()
+            .any(|e| e["action"] == "heal")
+    );
+
+    // 1,000 requests at once, while the bot answers chat.
+    bot.say("!echo before");
+    assert_eq!(bot.next_line(), "before");
+    let port = bot.port;
+    let load = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let tasks: Vec<_> = (0..1000)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        let path = match i % 4 {
+                            0 => "/api/v1/health",
+                            1 => "/metrics",
+                            2 => "/api/v1/healing-log?limit=50",
+                            _ => "/readyz",
+                        };
+                        tokio::task::spawn_blocking(move || http(port, "GET", path, &[], b"").0)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut codes = Vec::new();
+            for t in tasks {
+                codes.push(t.await.unwrap());
+            }
+            codes
+        })
+    });
+    // The bot answers while the API is under load: well within a generous bound.
+    for i in 0..5 {
+        let asked = Instant::now();
+        bot.say(&format!("!echo during {i}"));
+        assert_eq!(bot.next_line(), format!("during {i}"));
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "an echo took {:?} under HTTP load",
+            asked.elapsed()
+        );
+    }
+    let codes = load.join().unwrap();
+    assert_eq!(codes.len(), 1000);
+    assert!(codes.iter().all(|c| *c == 200), "{:?}", {
+        let mut bad: Vec<_> = codes.iter().filter(|c| **c != 200).collect();
+        bad.dedup();
+        bad
+    });
+    assert_eq!(bot.json("/livez")["live"], true);
+    bot.say("!echo after");
+    assert_eq!(bot.next_line(), "after");
+    bot.stop();
+}
