@@ -182,19 +182,53 @@ fn raw_request(port: u16, raw: &[u8]) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     // The server may answer (413) and close before a huge body is all written.
     let _ = s.write_all(raw);
+    // The head, then as many bytes as Content-Length says (or to the end).
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            break Some(i + 4);
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    let Some(head_end) = head_end else {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        return (status_of(&text), String::new());
+    };
+    let head = String::from_utf8_lossy(&out[..head_end]).into_owned();
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let mut body = out[head_end..].to_vec();
+    match length {
+        Some(n) => {
+            while body.len() < n {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => body.extend_from_slice(&buf[..k]),
+                }
+            }
+        }
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or(0)
 }
 
 fn subsystem<'a>(health: &'a Value, name: &str) -> &'a Value {
@@ -225,6 +259,7 @@ backoff_initial_ms = 10
 fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
 
     let health = bot.json("/api/v1/health");
     assert_eq!(health["state"], "healthy", "{health}");
@@ -577,6 +612,7 @@ loop_repeats = 0        # the same apology 25 times is no loop here
 fn requests_built_to_hurt_get_4xx_and_the_bot_goes_on_answering() {
     let dir = tempfile::tempdir().unwrap();
     let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
     let auth = format!("Bearer {TOKEN}");
     let auth = [("Authorization", auth.as_str())];
     let heal = "/api/v1/heal/ops/handler:boom";
@@ -716,5 +752,197 @@ fn requests_built_to_hurt_get_4xx_and_the_bot_goes_on_answering() {
     assert_eq!(bot.json("/livez")["live"], true);
     bot.say("!echo after");
     assert_eq!(bot.next_line(), "after");
+    bot.stop();
+}
+
+/// A chromedriver on a loopback port, stopped when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start(log: &Path) -> Self {
+        let port = support::free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (scripts/test installs chromium-driver)");
+        let driver = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http(port, "GET", "/status", &[], b"").0 != 200 {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        driver
+    }
+
+    /// A WebDriver command; answers its `value`.
+    fn call(&self, method: &str, path: &str, body: &Value) -> Value {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (status, text) = http(
+            self.port,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        v["value"].clone()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the page shows, read in the browser.
+const READ_PAGE: &str = r##"
+const bot = document.querySelector('section.bot[data-bot="ops"]');
+const boom = bot && bot.querySelector('tr[data-subsystem="handler:boom"]');
+return {
+  loaded: document.body.dataset.loaded === "yes",
+  overall: document.getElementById("overall").dataset.health || "",
+  bot: bot ? bot.querySelector("h2 .badge").dataset.health : "",
+  summary: bot ? bot.querySelector(".summary").textContent : "",
+  transport: bot ? bot.querySelector(".transport").textContent : "",
+  boom_state: boom ? boom.dataset.state : "",
+  boom_health: boom ? boom.querySelector(".badge").dataset.health : "",
+  boom_error: boom ? boom.lastChild.textContent : "",
+  log_rows: document.querySelectorAll("#log tbody tr").length,
+  log_text: document.querySelector("#log tbody").textContent,
+  controls: document.querySelectorAll("button, form, input, select, textarea, a[href]").length,
+  error_shown: document.getElementById("error").style.display === "block",
+  fits: document.documentElement.scrollWidth <= window.innerWidth,
+  width: window.innerWidth,
+};
+"##;
+
+#[test]
+fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
+    bot.say("!boom");
+    bot.line_where(|l| l.contains("being restarted"));
+    bot.say("!boom");
+    bot.line_where(|l| l.contains("disabled after repeated crashes"));
+    bot.wait_for("degraded", |b| {
+        b.json("/api/v1/health")["state"] == "degraded"
+    });
+
+    let driver = Driver::start(&dir.path().join("chromedriver.log"));
+    let profile = dir.path().join("chromium-profile");
+    let session = driver.call(
+        "POST",
+        "/session",
+        &serde_json::json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage",
+                             format!("--user-data-dir={}", profile.display())],
+                    // A phone's screen.
+                    "mobileEmulation": {
+                        "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 }
+                    }
+                }
+            }}
+        }),
+    );
+    let id = session["sessionId"].as_str().unwrap().to_owned();
+    let url = format!("http://127.0.0.1:{}/", bot.port);
+    driver.call(
+        "POST",
+        &format!("/session/{id}/url"),
+        &serde_json::json!({ "url": url }),
+    );
+    let read = || {
+        driver.call(
+            "POST",
+            &format!("/session/{id}/execute/sync"),
+            &serde_json::json!({ "script": READ_PAGE, "args": [] }),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut page = read();
+    while page["loaded"] != true {
+        assert!(Instant::now() < deadline, "the page never loaded: {page}");
+        std::thread::sleep(Duration::from_millis(100));
+        page = read();
+    }
+    assert_eq!(page["overall"], "degraded", "{page}");
+    assert_eq!(page["bot"], "degraded", "{page}");
+    assert_eq!(
+        page["summary"],
+        "degraded: handler:boom failed · 6 of 7 subsystems healthy"
+    );
+    assert_eq!(page["boom_state"], "failed", "{page}");
+    assert_eq!(page["boom_health"], "degraded", "{page}");
+    assert_eq!(page["boom_error"], "panicked at handlers/src/demo.rs:19");
+    assert!(
+        page["transport"]
+            .as_str()
+            .unwrap()
+            .starts_with("transport console: connected"),
+        "{page}"
+    );
+    assert!(page["log_rows"].as_u64().unwrap() >= 3, "{page}");
+    assert!(
+        page["log_text"]
+            .as_str()
+            .unwrap()
+            .contains("healthy → degraded (handler:boom failed)"),
+        "{page}"
+    );
+    assert_eq!(page["error_shown"], false, "{page}");
+    // Readable on a phone: nothing wider than the screen.
+    assert_eq!(page["fits"], true, "{page}");
+    assert!(page["width"].as_u64().unwrap() <= 400, "{page}");
+    // Nothing to press: the page only reads.
+    assert_eq!(page["controls"], 0, "{page}");
+
+    let shot = driver.call("GET", &format!("/session/{id}/screenshot"), &Value::Null);
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot.as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("degraded.png"), &png).unwrap();
+
+    // Healed elsewhere, the page catches up by itself.
+    let (status, _) = bot.heal("/api/v1/heal/ops/boom", Some(TOKEN), "");
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read()["bot"] != "healthy" {
+        assert!(Instant::now() < deadline, "the page did not refresh itself");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let page = read();
+    assert_eq!(page["boom_state"], "running", "{page}");
+    driver.call("DELETE", &format!("/session/{id}"), &Value::Null);
+
+    // The visit changed nothing: the only heal is the one made above.
+    let heals: Vec<Value> = entries(&bot.json("/api/v1/healing-log"))
+        .iter()
+        .filter(|e| e["action"] == "heal")
+        .cloned()
+        .collect();
+    assert_eq!(heals.len(), 1, "{heals:?}");
     bot.stop();
 }
