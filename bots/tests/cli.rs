@@ -675,3 +675,59 @@ fn the_systemd_unit_restarts_watches_and_hardens() {
     }
     assert!(!unit.lines().any(|l| l.trim() == "User=root"));
 }
+
+#[test]
+fn the_kubernetes_example_runs_one_non_root_replica_with_probes_and_a_valid_config() {
+    let dir = examples().join("kubernetes");
+    let deploy = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
+    let lines: Vec<&str> = deploy.lines().map(str::trim).collect();
+    for want in [
+        "replicas: 1",
+        "type: Recreate",
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "path: /livez",
+        "path: /readyz",
+        "mountPath: /var/lib/opsbot",
+        "claimName: opsbot-state",
+        "name: opsbot-secrets",
+        "key: admin-token",
+    ] {
+        assert!(lines.contains(&want), "deployment.yaml lacks `{want}`");
+    }
+    // The config the ConfigMap carries passes `opsbot check`, with the Secret's values set.
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.join("bots.toml"))
+        .env("OPSBOT_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef")
+        .env("IRC_SASL_PASSWORD", "secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(dir.join("bots.toml")).unwrap();
+    assert!(config.contains("path = \"/var/lib/opsbot/state.redb\""));
+    assert!(config.contains("listen = \"0.0.0.0:9120\""));
+}
+
+#[test]
+fn an_admin_token_written_in_the_file_and_a_bad_listen_address_are_refused() {
+    let (ok, _, err) = check(
+        "[http]\nadmin_token = \"hunter2hunter2hunter2\"\n[[bot]]\nname = \"a\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("`http.admin_token`: the token is written in the file itself"),
+        "{err}"
+    );
+    let (ok, _, err) = check("[http]\nlisten = \"localhost\"\n[[bot]]\nname = \"a\"\n");
+    assert!(!ok);
+    assert!(
+        err.contains("bots.toml:2: `http.listen`: `localhost` is not an address and port"),
+        "{err}"
+    );
+}
