@@ -716,9 +716,8 @@ fn the_kubernetes_example_runs_one_non_root_replica_with_probes_and_a_valid_conf
 
 #[test]
 fn an_admin_token_written_in_the_file_and_a_bad_listen_address_are_refused() {
-    let (ok, _, err) = check(
-        "[http]\nadmin_token = \"hunter2hunter2hunter2\"\n[[bot]]\nname = \"a\"\n",
-    );
+    let (ok, _, err) =
+        check("[http]\nadmin_token = \"hunter2hunter2hunter2\"\n[[bot]]\nname = \"a\"\n");
     assert!(!ok);
     assert!(
         err.contains("`http.admin_token`: the token is written in the file itself"),
