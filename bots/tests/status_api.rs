@@ -3,10 +3,11 @@
 //! readiness against a real IRC server that goes away, the healing log across a restart of
 //! the process, and requests built to hurt.
 
+mod common;
 #[path = "../../transports/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -41,26 +42,13 @@ impl Bot {
         );
         let path = dir.join("bot.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("OPSBOT_TEST_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start opsbot");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, stdin, lines) = common::spawn_piped(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&path)
+                .env("OPSBOT_TEST_TOKEN", TOKEN)
+                .env("RUST_LOG", "warn"),
+        );
         let bot = Self {
             child,
             stdin,
@@ -69,6 +57,17 @@ impl Bot {
         };
         bot.wait_for("the API to listen", |b| b.get("/livez").0 == 200);
         bot
+    }
+
+    /// Crashes `!boom` until its budget (one restart) is spent and the bot is degraded.
+    fn spend_boom_budget(&mut self) {
+        self.say("!boom");
+        self.line_where(|l| l.contains("being restarted"));
+        self.say("!boom");
+        self.line_where(|l| l.contains("disabled after repeated crashes"));
+        self.wait_for("degraded", |b| {
+            b.json("/api/v1/health")["state"] == "degraded"
+        });
     }
 
     fn say(&mut self, line: &str) {
@@ -274,13 +273,7 @@ fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it
     );
 
     // Two crashes: one restart, then the budget is spent.
-    bot.say("!boom");
-    bot.line_where(|l| l.contains("being restarted"));
-    bot.say("!boom");
-    bot.line_where(|l| l.contains("disabled after repeated crashes"));
-    bot.wait_for("degraded", |b| {
-        b.json("/api/v1/health")["state"] == "degraded"
-    });
+    bot.spend_boom_budget();
     let health = bot.json("/api/v1/health");
     let boom = subsystem(&health, "handler:boom");
     assert_eq!(boom["health"], "degraded", "{health}");
@@ -834,13 +827,7 @@ fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
     bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
-    bot.say("!boom");
-    bot.line_where(|l| l.contains("being restarted"));
-    bot.say("!boom");
-    bot.line_where(|l| l.contains("disabled after repeated crashes"));
-    bot.wait_for("degraded", |b| {
-        b.json("/api/v1/health")["state"] == "degraded"
-    });
+    bot.spend_boom_budget();
 
     let driver = Driver::start(&dir.path().join("chromedriver.log"));
     let profile = dir.path().join("chromium-profile");

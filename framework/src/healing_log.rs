@@ -192,6 +192,39 @@ mod tests {
     }
 
     #[test]
+    fn a_stuck_disk_delays_the_log_and_never_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let log = HealingLog::open(store.clone(), DEFAULT_CAP).unwrap();
+        // Another writer holds the database: the log's writer waits, as on a disk that hangs.
+        let stuck = store.db.begin_write().unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..3 * QUEUE {
+            log.record("a", &event(i));
+        }
+        // 12,288 entries queued or counted without waiting for the disk (a generous bound:
+        // each is a channel send).
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(log.len().unwrap(), 0, "nothing reached the disk yet");
+        drop(stuck);
+        assert!(log.flush(Duration::from_secs(20)));
+        let kept = log.read(DEFAULT_CAP, None).unwrap();
+        // What fitted in the queue (the writer may have taken one batch before it blocked),
+        // and one entry saying how many were lost.
+        let lost = kept
+            .iter()
+            .find(|r| r.action == "lost")
+            .expect("the loss is written down");
+        let n: usize = lost.detail.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(kept.len() - 1 + n, 3 * QUEUE, "{}", lost.detail);
+        assert!(n > 0);
+    }
+
+    #[test]
     fn the_log_survives_reopening_and_keeps_the_newest_cap_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");

@@ -52,7 +52,7 @@ pub struct StoreError {
 /// The on-disk state store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
     path: PathBuf,
 }
 
