@@ -8,8 +8,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_opsbot");
-
 /// How long any wait on the binary may take before the test fails (and the process is killed):
 /// a broken signal path or a hang fails the test, it never hangs CI.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -44,7 +42,7 @@ struct Session {
 impl Session {
     fn start(args: &[&str]) -> Self {
         let (child, stdin, lines) =
-            common::spawn_piped(Command::new(BIN).args(args).env("RUST_LOG", "warn"));
+            common::spawn_piped(common::opsbot().args(args).env("RUST_LOG", "warn"));
         Self {
             child,
             stdin,
@@ -235,7 +233,7 @@ fn sigterm_stops_it_gracefully() {
 
 #[test]
 fn logs_to_a_pipe_are_plain_text() {
-    let mut child = Command::new(BIN)
+    let mut child = common::opsbot()
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .stdin(Stdio::piped())
@@ -263,7 +261,7 @@ fn check(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bots.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN)
+    let out = common::opsbot()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -307,7 +305,7 @@ fn check_names_the_file_the_key_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[bot]]\nname = \"ops\"\nprefix = \"\"\n").unwrap();
-    let out = Command::new(BIN)
+    let out = common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -337,7 +335,7 @@ fn a_rate_no_pacer_can_keep_is_refused_before_running() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deaf.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -354,7 +352,7 @@ fn every_example_config_checks_clean() {
     for entry in std::fs::read_dir(examples()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("Cargo.toml") {
-            let out = Command::new(BIN)
+            let out = common::opsbot()
                 .args(["check", "--config"])
                 .arg(&path)
                 .env("IRC_SASL_PASSWORD", "from-the-environment")
@@ -377,7 +375,7 @@ fn every_example_config_checks_clean() {
 #[test]
 fn a_missing_secret_is_a_config_error_that_names_it_without_a_value() {
     let config = examples().join("irc.toml");
-    let out = Command::new(BIN)
+    let out = common::opsbot()
         .args(["check", "--config"])
         .arg(&config)
         .env_remove("IRC_SASL_PASSWORD")
@@ -448,7 +446,7 @@ fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport() {
         ("xmpp.toml", "XMPP_PASSWORD"),
         ("webex.toml", "WEBEX_TOKEN"),
     ] {
-        let out = Command::new(BIN)
+        let out = common::opsbot()
             .args(["check", "--config"])
             .arg(examples().join(file))
             .env(var, "example-secret")
@@ -564,7 +562,7 @@ fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport() {
     }
     assert_eq!(irc, xmpp);
     for f in ["univac.toml", "univac-xmpp.toml"] {
-        let out = Command::new(BIN)
+        let out = common::opsbot()
             .args(["check", "--config"])
             .arg(dir.join(f))
             .env("TICKETS_TOKEN", "t")
@@ -611,7 +609,7 @@ fn under_systemd_the_binary_says_ready_pings_the_watchdog_and_says_stopping() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = common::opsbot()
         .args(["run", "--config"])
         .arg(examples().join("console.toml"))
         .env("NOTIFY_SOCKET", &path)
@@ -683,7 +681,7 @@ fn the_kubernetes_example_runs_one_non_root_replica_with_probes_and_a_valid_conf
         assert!(lines.contains(&want), "deployment.yaml lacks `{want}`");
     }
     // The config the ConfigMap carries passes `opsbot check`, with the Secret's values set.
-    let out = Command::new(BIN)
+    let out = common::opsbot()
         .args(["check", "--config"])
         .arg(dir.join("bots.toml"))
         .env("OPSBOT_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef")
@@ -714,5 +712,39 @@ fn an_admin_token_written_in_the_file_and_a_bad_listen_address_are_refused() {
     assert!(
         err.contains("bots.toml:2: `http.listen`: `localhost` is not an address and port"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_status_api_port_already_taken_is_a_clear_error_before_any_bot_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bots.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[state]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[bot]]\nname = \"a\"\n",
+            dir.path().join("state.redb").display()
+        ),
+    )
+    .unwrap();
+    let out = common::opsbot()
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("[http] listen 127.0.0.1:{port}:")),
+        "{err}"
+    );
+    // No bot started: the console bot never said hello.
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

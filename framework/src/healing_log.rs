@@ -34,12 +34,28 @@ enum Msg {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
-/// The persisted healing log. Cheap to clone; every clone writes to the same queue.
+/// The persisted healing log. Cheap to clone; every clone writes to the same queue. When the
+/// last clone goes (at the end of the process), the writer finishes what is queued and the
+/// store is closed.
 #[derive(Clone)]
 pub struct HealingLog {
     tx: SyncSender<Msg>,
     store: Store,
     dropped: Arc<AtomicU64>,
+    _writer: Arc<WriterThread>,
+}
+
+/// Joins the writer thread when the last [`HealingLog`] is dropped (its fields go in order:
+/// the last sender first, so the writer has ended its loop), so that the store is closed and
+/// can be opened again.
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for HealingLog {
@@ -60,10 +76,15 @@ impl HealingLog {
             cap: cap.max(1),
             dropped: dropped.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("healing-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Self { tx, store, dropped })
+        Ok(Self {
+            tx,
+            store,
+            dropped,
+            _writer: Arc::new(WriterThread(Some(thread))),
+        })
     }
 
     /// Queues `event` of `bot`; never waits.

@@ -27,3 +27,20 @@ pub(crate) fn spawn_piped(
     });
     (child, stdin, lines)
 }
+
+/// The `opsbot` binary, with a state directory of its own under the tests' scratch folder
+/// (never the home of whoever runs the tests; the folder is emptied once per test process).
+#[allow(dead_code)] // not every test file starts the binary this way
+pub(crate) fn opsbot() -> Command {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    static FRESH: std::sync::Once = std::sync::Once::new();
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-state");
+    FRESH.call_once(|| {
+        let _ = std::fs::remove_dir_all(&base);
+    });
+    let dir = base.join(N.fetch_add(1, Ordering::Relaxed).to_string());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_opsbot"));
+    c.env("XDG_STATE_HOME", dir).env_remove("STATE_DIRECTORY");
+    c
+}
