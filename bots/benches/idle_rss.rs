@@ -17,8 +17,12 @@ fn kib(status: &str, key: &str) -> u64 {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
+    // The state store (the healing log) in a folder of its own, not the home directory.
+    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_opsbot"))
         .env("RUST_LOG", "warn")
+        .env("XDG_STATE_HOME", state.path())
+        .env_remove("STATE_DIRECTORY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -73,9 +73,12 @@ async fn help_and_status_in_a_channel_and_in_private() {
     user.say(BOT, "status").await;
     let first = user.privmsg_from(BOT, T).await;
     assert_eq!(first.0, "alice", "a private question gets a private answer");
+    // The health summary first, then the version line.
+    assert_eq!(first.1, "healthy · 8 of 8 subsystems healthy");
+    let second = user.privmsg_from(BOT, T).await;
     assert!(
-        first.1.starts_with("opsbot 0.1.0 · bot ircbot · up "),
-        "{first:?}"
+        second.1.starts_with("opsbot 0.1.0 · bot ircbot · up "),
+        "{second:?}"
     );
     let transport_line = user.privmsg_from(BOT, T).await.1;
     assert!(
