@@ -32,6 +32,22 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+/// `examples/selfheal.toml` as a user runs it, with its status API moved to a free port (the
+/// tests run side by side).
+fn selfheal(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(examples().join("selfheal.toml")).unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:9120\""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.join("selfheal.toml");
+    let text = text.replace("127.0.0.1:9120", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A running `opsbot` whose stdout lines arrive on a channel.
 struct Session {
     child: Child,
@@ -145,7 +161,8 @@ fn with_no_arguments_it_is_a_console_bot_with_the_builtins() {
 
 #[test]
 fn selfheal_example_survives_boom() {
-    let config = examples().join("selfheal.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = selfheal(dir.path());
     let mut s = Session::start(&["run", "--config", config.to_str().unwrap()]);
     s.type_line(b"!boom");
     assert_eq!(s.next(), "sorry, !boom crashed; it is being restarted");
@@ -172,7 +189,8 @@ fn selfheal_example_survives_boom() {
 
 #[test]
 fn end_of_input_still_delivers_every_line_already_said() {
-    let config = examples().join("selfheal.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = selfheal(dir.path());
     let mut s = Session::start(&["run", "--config", config.to_str().unwrap()]);
     s.type_line(b"!lines 100");
     assert_eq!(s.next(), "line 1 of 100");
@@ -212,7 +230,8 @@ fn bad_bytes_and_huge_lines_do_not_hurt_the_console() {
 /// a clean exit.
 #[test]
 fn sigterm_stops_it_gracefully() {
-    let config = examples().join("selfheal.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = selfheal(dir.path());
     let mut s = Session::start(&["run", "--config", config.to_str().unwrap()]);
     s.type_line(b"!lines 100");
     assert_eq!(s.next(), "line 1 of 100");
