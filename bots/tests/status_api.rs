@@ -68,6 +68,12 @@ impl Bot {
         self.wait_for("degraded", |b| {
             b.json("/api/v1/health")["state"] == "degraded"
         });
+        // And in the log on disk (the writer commits a moment after the bot says it).
+        self.wait_for("the failure on disk", |b| {
+            entries(&b.json("/api/v1/healing-log"))
+                .iter()
+                .any(|e| e["action"] == "failed")
+        });
     }
 
     fn say(&mut self, line: &str) {
@@ -565,8 +571,13 @@ loop_repeats = 0        # the same apology 25 times is no loop here
         bot.say("!boom");
         bot.line_where(|l| l.contains("being restarted"));
     }
-    bot.wait_for("the log full", |b| {
-        entries(&b.json("/api/v1/healing-log?limit=1000")).len() == 40
+    // Every crash on disk (the replies come before the writer commits), the log at its cap.
+    bot.wait_for("the 25th restart on disk", |b| {
+        let log = b.json("/api/v1/healing-log?limit=1000");
+        entries(&log).len() == 40
+            && entries(&log)
+                .iter()
+                .any(|e| e["detail"].as_str().unwrap().ends_with("(restart 25)"))
     });
     let before = bot.json("/api/v1/healing-log?limit=1000");
     let newest_before = entries(&before)[0]["seq"].as_u64().unwrap();
