@@ -546,6 +546,56 @@ channels = ["#ops"]
         "{changes:?} in {log}"
     );
     assert_eq!(bot.json("/api/v1/health")["state"], "healthy");
+
+    // A forced heal of the transport: the live session is dropped and a new one made at once.
+    let reconnects = |b: &Bot| {
+        b.json("/api/v1/health")["bots"][0]["transport"]["reconnects"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = reconnects(&bot);
+    let (status, body) = bot.heal("/api/v1/heal/ircbot/transport", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subsystem"], "transport");
+    bot.wait_for("the reconnect", |b| reconnects(b) == before + 1);
+    bot.wait_for("ready after the heal", |b| b.get("/readyz").0 == 200);
+    assert!(
+        entries(&bot.json("/api/v1/healing-log?bot=ircbot"))
+            .iter()
+            .any(|e| e["subsystem"] == "transport"
+                && e["action"] == "heal"
+                && e["detail"]
+                    == "forced by the admin token over HTTP from 127.0.0.1: reconnecting now")
+    );
+}
+
+#[test]
+fn a_request_that_never_finishes_arriving_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    // Headers that never end, as a slow-loris client sends them.
+    let mut slow = TcpStream::connect(("127.0.0.1", bot.port)).unwrap();
+    slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    // Others are served meanwhile, and the bot answers.
+    assert_eq!(bot.get("/livez").0, 200);
+    bot.say("!echo meanwhile");
+    assert_eq!(bot.next_line(), "meanwhile");
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    // 408 (or a plain close) after the 5 s allowed: a generous bound on the way out.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(4), "cut off after {took:?}");
+    assert!(took < Duration::from_secs(20), "kept for {took:?}");
+    bot.stop();
 }
 
 #[test]
