@@ -48,6 +48,22 @@ fn selfheal(dir: &Path) -> PathBuf {
     path
 }
 
+/// Asserts that `opsbot check` passes `path` with the environment variables `env` set.
+fn checks_clean(path: &Path, env: &[(&str, &str)]) {
+    let out = common::opsbot()
+        .args(["check", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running `opsbot` whose stdout lines arrive on a channel.
 struct Session {
     child: Child,
@@ -371,19 +387,14 @@ fn every_example_config_checks_clean() {
     for entry in std::fs::read_dir(examples()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("Cargo.toml") {
-            let out = common::opsbot()
-                .args(["check", "--config"])
-                .arg(&path)
-                .env("IRC_SASL_PASSWORD", "from-the-environment")
-                .env("XMPP_PASSWORD", "from-the-environment")
-                .env("WEBEX_TOKEN", "from-the-environment")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
+            let secret = "from-the-environment";
+            checks_clean(
+                &path,
+                &[
+                    ("IRC_SASL_PASSWORD", secret),
+                    ("XMPP_PASSWORD", secret),
+                    ("WEBEX_TOKEN", secret),
+                ],
             );
             n += 1;
         }
@@ -465,17 +476,7 @@ fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport() {
         ("xmpp.toml", "XMPP_PASSWORD"),
         ("webex.toml", "WEBEX_TOKEN"),
     ] {
-        let out = common::opsbot()
-            .args(["check", "--config"])
-            .arg(examples().join(file))
-            .env(var, "example-secret")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        checks_clean(&examples().join(file), &[(var, "example-secret")]);
     }
 }
 
@@ -581,18 +582,13 @@ fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport() {
     }
     assert_eq!(irc, xmpp);
     for f in ["univac.toml", "univac-xmpp.toml"] {
-        let out = common::opsbot()
-            .args(["check", "--config"])
-            .arg(dir.join(f))
-            .env("TICKETS_TOKEN", "t")
-            .env("IRC_SASL_PASSWORD", "p")
-            .env("XMPP_PASSWORD", "p")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        checks_clean(
+            &dir.join(f),
+            &[
+                ("TICKETS_TOKEN", "t"),
+                ("IRC_SASL_PASSWORD", "p"),
+                ("XMPP_PASSWORD", "p"),
+            ],
         );
     }
 }
@@ -700,17 +696,12 @@ fn the_kubernetes_example_runs_one_non_root_replica_with_probes_and_a_valid_conf
         assert!(lines.contains(&want), "deployment.yaml lacks `{want}`");
     }
     // The config the ConfigMap carries passes `opsbot check`, with the Secret's values set.
-    let out = common::opsbot()
-        .args(["check", "--config"])
-        .arg(dir.join("bots.toml"))
-        .env("OPSBOT_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef")
-        .env("IRC_SASL_PASSWORD", "secret")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    checks_clean(
+        &dir.join("bots.toml"),
+        &[
+            ("OPSBOT_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef"),
+            ("IRC_SASL_PASSWORD", "secret"),
+        ],
     );
     let config = std::fs::read_to_string(dir.join("bots.toml")).unwrap();
     assert!(config.contains("path = \"/var/lib/opsbot/state.redb\""));

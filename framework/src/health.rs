@@ -635,6 +635,14 @@ impl Health {
         Ok(name)
     }
 
+    /// The state of the named child, if it is registered.
+    pub(crate) fn actor_state(&self, kind: ActorKind, name: &str) -> Option<ActorState> {
+        self.lock()
+            .actors
+            .get(&(kind, name.to_owned()))
+            .map(|a| a.state.clone())
+    }
+
     /// Registers a child (idempotent).
     pub fn register(&self, kind: ActorKind, name: &str) {
         self.lock()

@@ -112,8 +112,6 @@ pub(crate) struct PollerHost<P: Poller> {
     store: Store,
     restarts: Restarts,
     guard: CoreGuard,
-    /// Restart budget spent: no tick is scheduled until a forced heal.
-    failed: bool,
 }
 
 impl<P: Poller> std::fmt::Debug for PollerHost<P> {
@@ -141,7 +139,6 @@ impl<P: Poller> PollerHost<P> {
             store,
             restarts,
             guard,
-            failed: false,
         }
     }
 
@@ -284,7 +281,6 @@ impl<P: Poller> PollerHost<P> {
                 self.schedule(delay.max(Duration::from_millis(1)), ctx);
             }
             Verdict::GiveUp => {
-                self.failed = true;
                 self.update(|s| {
                     s.state = ActorState::Failed;
                     s.next_run = None;
@@ -327,7 +323,8 @@ impl<P: Poller> actix::Handler<crate::handler::Heal> for PollerHost<P> {
     fn handle(&mut self, _: crate::handler::Heal, ctx: &mut Self::Context) {
         self.restarts.renew();
         self.poller = None;
-        if std::mem::take(&mut self.failed) {
+        // Failed (its budget spent), it has no tick scheduled: start one.
+        if self.shared.health.actor_state(ActorKind::Poller, P::NAME) == Some(ActorState::Failed) {
             self.update(|s| s.state = ActorState::Starting);
             self.schedule(Duration::ZERO, ctx);
         }
