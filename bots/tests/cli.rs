@@ -336,6 +336,21 @@ fn check_names_the_file_the_key_and_the_problem() {
     assert!(!ok);
     assert!(err.starts_with("bots.toml:3: "), "{err}");
 
+    // A config nested 100,000 levels deep (an array, and inline tables) is a clear error, not a
+    // crash of the parser.
+    for deep in [
+        format!("x = {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        format!("x = {}1{}\n", "{a = ".repeat(100_000), "}".repeat(100_000)),
+    ] {
+        let (ok, _, err) = check(&deep);
+        assert!(!ok);
+        assert!(
+            err.starts_with("bots.toml:1: "),
+            "{}",
+            &err[..err.len().min(300)]
+        );
+    }
+
     // `run` refuses the same file before connecting anywhere.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -674,13 +674,16 @@ fn requests_built_to_hurt_get_4xx_and_the_bot_goes_on_answering() {
     // A huge body is refused before it is read.
     let (status, _) = bot.request("POST", heal, &auth, &vec![b'{'; 1 << 20]);
     assert_eq!(status, 413);
-    // Bad JSON, with the right token: 400, and nothing healed.
+    // Bad JSON, with the right token: 400, and nothing healed. Nesting as deep as the body
+    // cap allows stops at serde_json's 128 levels.
+    let deep = format!("{{\"by\": {}{}}}", "[".repeat(8000), "]".repeat(8000));
     for body in [
         &b"{\"by\": "[..],
         b"[1,2,3]",
         b"{\"by\": 7}",
         b"{\"rm\": \"-rf\"}",
         b"\xff\xfe",
+        deep.as_bytes(),
     ] {
         let (status, text) = bot.request("POST", heal, &auth, body);
         assert_eq!(status, 400, "{body:?}: {text}");

@@ -1,9 +1,74 @@
-//! Pure text functions used by the outbox: sanitizing and splitting.
+//! Pure text functions: what may be shown to a reader, and the outbox's sanitizing and
+//! splitting.
 //!
-//! Kept free of any runtime so they can be tested exhaustively. The rule they enforce: whatever a
-//! handler returns, what reaches a transport is a list of lines that hold no control character
-//! (so no CR, LF or NUL can start a protocol line) and no more bytes than the transport allows,
-//! split on UTF-8 character boundaries.
+//! Kept free of any runtime so they can be tested exhaustively. The rules they enforce:
+//!
+//! - **One definition of printable** ([`is_printable`]) for every place that shows text from
+//!   outside (chat replies, the healing log, the status API and page, log lines): no control
+//!   characters, no bidirectional overrides, embeddings or isolates (which make a line read
+//!   differently from what it says), and no invisible characters (zero-width spaces, word
+//!   joiners, soft hyphens, invisible fillers, tag characters). Zero-width joiners and
+//!   non-joiners stay: emoji sequences and several scripts need them.
+//! - Whatever a handler returns, what reaches a transport is a list of lines that hold only
+//!   printable characters (so no CR, LF or NUL can start a protocol line) and no more bytes than
+//!   the transport allows, split on UTF-8 character boundaries.
+
+use std::fmt;
+
+/// Whether `c` may be shown to a reader as it is; see the [module documentation](self).
+pub fn is_printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{00AD}'                      // soft hyphen
+            | '\u{034F}'                    // combining grapheme joiner
+            | '\u{061C}'                    // Arabic letter mark
+            | '\u{115F}' | '\u{1160}'       // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}'       // Khmer inherent vowels (invisible)
+            | '\u{180E}'                    // Mongolian vowel separator
+            | '\u{200B}'                    // zero-width space
+            | '\u{200E}' | '\u{200F}'       // left-to-right and right-to-left marks
+            | '\u{2028}'..='\u{202E}'       // separators, embeddings and overrides
+            | '\u{2060}'..='\u{206F}'       // word joiner, invisible operators, isolates
+            | '\u{3164}'                    // Hangul filler
+            | '\u{FE00}'..='\u{FE0D}'       // variation selectors other than emoji's
+            | '\u{FEFF}'                    // zero-width no-break space
+            | '\u{FFA0}'                    // halfwidth Hangul filler
+            | '\u{FFF9}'..='\u{FFFB}'       // interlinear annotations
+            | '\u{E0000}'..='\u{E007F}'     // tag characters
+        )
+}
+
+/// `text` with every character that is not printable removed (tabs become spaces).
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\t' => Some(' '),
+            c if is_printable(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Shows text from outside in a log line or a message: printable characters as they are,
+/// every other one escaped (`\u{202e}`), so a reader sees exactly what was sent and nothing
+/// can move the cursor, recolour a terminal or reverse the line.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for c in self.0.chars() {
+            if is_printable(c) {
+                f.write_char(c)?;
+            } else {
+                write!(f, "\\u{{{:x}}}", u32::from(c))?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Splits `text` into safe lines of at most `max_bytes` bytes each.
 ///
@@ -58,17 +123,9 @@ pub fn pack_lines(text: &str, max_bytes: usize) -> Vec<String> {
     out
 }
 
-/// Removes control characters (tabs become spaces).
+/// Removes what is not printable (tabs become spaces).
 fn clean(raw: &str) -> String {
-    raw.chars()
-        .filter_map(|c| match c {
-            '\t' => Some(' '),
-            c if c.is_control() => None,
-            // Bidi overrides and zero-width joiners are not control characters but can disguise
-            // what a line says; they are harmless to the protocol, so they stay.
-            c => Some(c),
-        })
-        .collect()
+    printable(raw)
 }
 
 /// Where to cut `s` so that the head is at most `max` bytes: at a space if one leaves the head at
@@ -87,6 +144,40 @@ fn cut_point(s: &str, max: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rule_for_what_is_printable() {
+        for bad in [
+            '\u{7}',
+            '\u{1b}',
+            '\u{85}',
+            '\u{200B}',
+            '\u{200E}',
+            '\u{202A}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{2060}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{3164}',
+            '\u{E0041}',
+        ] {
+            assert!(!is_printable(bad), "{:x}", u32::from(bad));
+        }
+        for good in [
+            'a', 'é', '€', '𝄞', '\u{200D}', '\u{200C}', '\u{FE0F}', 'ש', ' ',
+        ] {
+            assert!(is_printable(good), "{:x}", u32::from(good));
+        }
+        assert_eq!(printable("a\u{2066}b\u{202E}c\td\u{1b}[31m"), "abc d[31m");
+        assert_eq!(
+            Escaped("x\u{202E}y\u{1b}").to_string(),
+            "x\\u{202e}y\\u{1b}"
+        );
+    }
 
     #[test]
     fn newlines_and_controls_never_survive() {

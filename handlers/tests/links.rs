@@ -40,7 +40,17 @@ async fn world() -> (u16, std::net::SocketAddr) {
     big_early.extend(std::iter::repeat_n(b'x', 5 << 20));
     let mut bad_utf8 = b"<title>Bad \xff\xfe bytes\x07</title>".to_vec();
     bad_utf8.extend_from_slice(b"<p>");
+    let deep_html = format!(
+        "<html><head>{}</head><title>Deep title</title></html>",
+        "<div>".repeat(200_000)
+    );
+    let deep_json = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
     let pages = vec![
+        ("/deep", Page::Full(200, "text/html", deep_html.into_bytes())),
+        (
+            "/999/info.0.json",
+            Page::Full(200, "application/json", deep_json.into_bytes()),
+        ),
         (
             "/327/info.0.json",
             Page::Full(
@@ -227,6 +237,29 @@ async fn internal_targets_are_refused_however_they_are_written() {
         fetcher.passed().iter().all(|ip| ip.is_loopback()),
         "{:?}",
         fetcher.passed()
+    );
+}
+
+/// Pages and JSON nested 200,000 levels deep go through the handler's real parsers (the title
+/// finder reads HTML without building a tree; xkcd's JSON stops at serde_json's 128 levels):
+/// a title is found, the JSON is an error with no answer, and the bot goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_pages_and_json_are_read_without_recursion() {
+    let (port, dns) = world().await;
+    let links = Links::from_settings(LinksSettings {
+        per_room_per_minute: Some(30),
+        ..settings(port, dns)
+    })
+    .unwrap();
+    let mut bot = TestBot::new().with(links);
+    let w = format!("http://wiki.test:{port}");
+    assert_eq!(said(&mut bot, &format!("{w}/deep")).await, "Deep title");
+    bot.send("https://xkcd.com/999/");
+    // The next link's summary is the next thing said: the deep JSON got no answer.
+    assert_eq!(said(&mut bot, &format!("{w}/other")).await, "Another page");
+    assert_eq!(
+        bot.status().actors.iter().map(|a| a.restarts).sum::<u32>(),
+        0
     );
 }
 

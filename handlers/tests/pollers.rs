@@ -255,3 +255,89 @@ async fn an_http_json_source_that_fails_opens_its_breaker_then_recovers_after_a_
     assert_eq!(lines[10], "… and 290 more from http_json");
     assert_eq!(bot.status().breakers[0].state, BreakerState::Closed);
 }
+
+/// A source that nests its answer deeply, through the pollers' real parsers: a feed entry whose
+/// content nests 60,000 levels (the XML reader's own bound is 65,535; feed-rs reads it without
+/// recursion) is posted like any other, and 100,000 levels is an error; a JSON list of lists
+/// 100,000 levels deep is an error (serde_json stops at 128). No restart, no crash, and the
+/// sources work again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_nested_100000_levels_deep_are_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep_feed = |levels: usize, ids: std::ops::RangeInclusive<u32>| {
+        let last = *ids.end();
+        let f = String::from_utf8(atom(ids)).unwrap();
+        let nest = format!(
+            "<content type=\"xhtml\"><div xmlns=\"http://www.w3.org/1999/xhtml\">{}{}</div></content>",
+            "<b>".repeat(levels),
+            "</b>".repeat(levels)
+        );
+        f.replacen(
+            &format!("<title>Incident {last}"),
+            &format!("{nest}<title>Incident {last}"),
+            1,
+        )
+        .into_bytes()
+    };
+    let deep_json = format!(
+        "{{\"issues\": [{}{}]}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    )
+    .into_bytes();
+    let (feed_port, live_feed) = served((200, "application/atom+xml", atom(1..=1))).await;
+    let (json_port, live_json) = served((200, "application/json", json(1..=1))).await;
+    let f = feed(feed_port);
+    let j = HttpJson::from_settings(HttpJsonSettings {
+        url: format!("http://127.0.0.1:{json_port}/src"),
+        headers: Default::default(),
+        items: "/issues".into(),
+        id: "key".into(),
+        template: "{key}: {fields.summary}".into(),
+        max_chars: None,
+        breaker: None,
+    })
+    .unwrap();
+    let mut bot = TestBot::new()
+        .store(Store::open(&dir.path().join("s.redb")).unwrap())
+        .poller(opts(), move || f.clone())
+        .poller(opts(), move || j.clone());
+    bot.start();
+    primed(&mut bot, "feed").await;
+    primed(&mut bot, "http_json").await;
+    live_feed.lock().unwrap().2 = deep_feed(60_000, 1..=2);
+    assert_eq!(
+        bot.said().await.text,
+        "Incident 2 & fix https://status.example/2"
+    );
+    live_feed.lock().unwrap().2 = deep_feed(100_000, 1..=3);
+    live_json.lock().unwrap().2 = deep_json;
+    let s = bot
+        .wait_status("both errors shown", |s| {
+            let err = |name| {
+                s.actor(opsbot::health::ActorKind::Poller, name)
+                    .and_then(|a| a.last_error.clone())
+                    .map(|(_, e)| e)
+                    .unwrap_or_default()
+            };
+            err("feed").contains("deeper than the supported limit")
+                && err("http_json").contains("recursion limit exceeded")
+        })
+        .await;
+    for name in ["feed", "http_json"] {
+        let a = s.actor(opsbot::health::ActorKind::Poller, name).unwrap();
+        assert_eq!(a.restarts, 0, "{name}");
+    }
+    // Sources back to normal: the pollers post again.
+    live_feed.lock().unwrap().2 = atom(1..=3);
+    live_json.lock().unwrap().2 = json(1..=2);
+    let mut said: Vec<String> = bot.replies(2).await;
+    said.sort();
+    assert_eq!(
+        said,
+        [
+            "Incident 3 & fix https://status.example/3",
+            "OPS-2: disk 2 full"
+        ]
+    );
+}

@@ -418,6 +418,13 @@ async fn malformed_frames_and_events_are_ignored_and_the_bot_answers() {
             "{{\"id\":\"e3\",\"data\":{{\"eventType\":\"conversation.activity\",\"activity\":{{\"verb\":\"post\",\"id\":\"{}\"}}}}}}",
             "x".repeat(10_000)
         )),
+        // Nested 200,000 levels deep, bare and inside an event: serde_json stops at 128.
+        Message::text(format!("{}{}", "[".repeat(200_000), "]".repeat(200_000))),
+        Message::text(format!(
+            "{{\"id\":\"e4\",\"data\":{{\"eventType\":\"conversation.activity\",\"activity\":{}{}}}}}",
+            "{\"a\":".repeat(200_000),
+            "}".repeat(200_000)
+        )),
     ] {
         assert!(fake.raw(&a.token, frame));
     }

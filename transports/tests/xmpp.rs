@@ -144,6 +144,49 @@ async fn help_in_a_direct_chat_status_and_addressing_in_a_room_and_a_private_mes
     );
 }
 
+/// Any user who can message the bot once could abort its whole process: a stanza nested 8,000
+/// levels deep (56 KB, under Prosody's stanza limit) overflowed the stack of the bot's thread
+/// while it was parsed or freed. The stanza must arrive emptied, run nothing, and leave the
+/// connection (and the process) as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nested_8000_levels_deep_is_emptied_and_the_bot_carries_on() {
+    let prosody = server();
+    prosody.register("mallory", "mallorypass");
+    let bot = bot(&prosody, &["ops"], "");
+    ready(&bot, 1).await;
+    let mut mallory = XmppUser::connect(prosody.port, "mallory", "mallorypass")
+        .await
+        .into_raw();
+    let deep = format!(
+        "<message to='{BOT}' type='chat' id='deep'><body>!echo deep</body>{}{}</message>",
+        "<a>".repeat(8000),
+        "</a>".repeat(8000)
+    );
+    assert!(deep.len() > 50_000);
+    mallory.send(&deep).await;
+    // A probe after it on the same connection: once it is answered, the deep one was read.
+    mallory
+        .send(&format!(
+            "<message to='{BOT}' type='chat' id='probe'><body>!echo probe</body></message>"
+        ))
+        .await;
+    let before = mallory.until(">probe</body>", T).await;
+    assert!(
+        !before.contains(">deep<"),
+        "the emptied stanza ran: {before}"
+    );
+    let s = bot
+        .wait_status(T, "the emptied stanza in !status", |s| {
+            detail(s).contains("1 stanzas nested too deeply emptied")
+        })
+        .await;
+    assert_eq!(reconnects(&s), 0, "the connection was kept");
+    // And the bot still answers everyone else.
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.chat(BOT, "!echo alive").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "alive");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_history_of_old_commands_is_never_run() {
     let prosody = server();

@@ -31,6 +31,7 @@ use tokio_xmpp::xmlstream::{
 };
 
 use super::config::XmppConfig;
+use super::depth::Nesting;
 
 /// A connected byte stream, plain or TLS.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -38,8 +39,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 type BoxStream = Pin<Box<dyn Stream>>;
 
-/// The logged-in stream the session reads and writes.
-pub(crate) type Xml = XmppStream<BufStream<Capped>>;
+/// The logged-in stream the session reads and writes: the size cap on the raw bytes, then the
+/// nesting bound, then the parser.
+pub(crate) type Xml = XmppStream<BufStream<Nesting<Capped>>>;
 
 /// A byte stream that refuses to read more than `cap` bytes between two resets: a server (or a
 /// peer it relays) cannot make the parser hold an endless element in memory.
@@ -230,10 +232,12 @@ pub(crate) async fn next<S: tokio::io::AsyncBufRead + AsyncWrite + Unpin>(
 
 /// Connects, encrypts and authenticates; answers the stream after SASL with its features
 /// (resource binding and stream management are the session's).
+/// Elements the nesting bound empties are counted in `emptied`.
 pub(crate) async fn login(
     cfg: &XmppConfig,
     timeouts: Timeouts,
     max_element: usize,
+    emptied: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<LoggedIn, TransportError> {
     let jid: BareJid = cfg.bare_jid();
     let domain = jid.domain().to_string();
@@ -285,7 +289,9 @@ pub(crate) async fn login(
         cap: max_element,
     };
     let received = capped.counter();
-    let (features, stream) = open(BufStream::new(capped), &domain, timeouts)
+    let nesting = Nesting::new(capped, emptied);
+    let restart = nesting.restart_handle();
+    let (features, stream) = open(BufStream::new(nesting), &domain, timeouts)
         .await?
         .recv_features::<FallibleStreamElement>()
         .await
@@ -304,6 +310,8 @@ pub(crate) async fn login(
             tokio_xmpp::Error::Io(e) => TransportError::Io(e),
             other => conn_err(format!("logging in: {other}")),
         })?;
+    // The server starts a new stream after SASL: its root is the new top.
+    restart.store(true, Ordering::Release);
     let (features, stream) = authed
         .send_header(StreamHeader {
             to: Some(Cow::Borrowed(&domain)),

@@ -14,6 +14,7 @@
 
 mod config;
 mod conn;
+mod depth;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -133,6 +134,8 @@ pub struct Xmpp {
     counter: u64,
     resumed: u32,
     resent: u64,
+    /// Stanzas emptied because they nested too deeply ([`depth`]).
+    too_deep: Arc<std::sync::atomic::AtomicU64>,
     /// Recently sent message ids, to recognise our messages reflected by a room.
     own_ids: VecDeque<String>,
 }
@@ -166,6 +169,7 @@ impl Xmpp {
             counter: 0,
             resumed: 0,
             resent: 0,
+            too_deep: Arc::default(),
             own_ids: VecDeque::new(),
         }
     }
@@ -345,8 +349,12 @@ impl Session<'_> {
         } else {
             format!("rooms: {}", rooms.join(", "))
         };
+        let too_deep = match self.x.too_deep.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!("; {n} stanzas nested too deeply emptied"),
+        };
         self.link.set_detail(format!(
-            "{} via {} ({}); {acks}; {rooms}",
+            "{} via {} ({}); {acks}; {rooms}{too_deep}",
             self.me, self.peer, self.security
         ));
         self.x.sync_gate();
@@ -1032,7 +1040,12 @@ impl Transport for Xmpp {
         let connect_timeout = self.cfg.connect_timeout();
         let logged_in = tokio::time::timeout(
             connect_timeout,
-            conn::login(&self.cfg, timeouts, MAX_ELEMENT_BYTES),
+            conn::login(
+                &self.cfg,
+                timeouts,
+                MAX_ELEMENT_BYTES,
+                self.too_deep.clone(),
+            ),
         )
         .await
         .map_err(|_| {

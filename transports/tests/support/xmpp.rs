@@ -413,4 +413,48 @@ impl XmppUser {
     pub fn bare(&self) -> BareJid {
         self.jid.to_bare()
     }
+
+    /// The logged-in connection as bytes, for XML that a well-behaved client library would
+    /// never write.
+    pub fn into_raw(self) -> RawXmpp {
+        RawXmpp {
+            io: self.stream.into_inner(),
+            got: String::new(),
+        }
+    }
+}
+
+/// A logged-in connection written and read as bytes.
+pub struct RawXmpp {
+    io: BufStream<TcpStream>,
+    /// What arrived and was not yet consumed.
+    pub got: String,
+}
+
+impl RawXmpp {
+    pub async fn send(&mut self, xml: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(xml.as_bytes()).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// Reads until `needle` has arrived; answers everything before it and consumes it.
+    pub async fn until(&mut self, needle: &str, within: Duration) -> String {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(i) = self.got.find(needle) {
+                let rest = self.got.split_off(i + needle.len());
+                return std::mem::replace(&mut self.got, rest);
+            }
+            let mut chunk = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.io.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} within {within:?}; got {:?}", self.got))
+                .unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.got.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    }
 }
