@@ -242,23 +242,30 @@ impl App {
                 None,
             )]));
         }
+        let mut config = config;
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let at_line = |mut e: ConfigError| {
+            if e.line.is_none() {
+                e.line = config.error_at(e.key.clone(), String::new(), None).line;
+            }
+            e
+        };
         for bot in &config.bots {
             errors.extend(
                 opsbot_transports::check(&config.path, &bot.transport)
                     .into_iter()
-                    .map(|mut e| {
-                        if e.line.is_none() {
-                            e.line = config.error_at(e.key.clone(), String::new(), None).line;
-                        }
-                        e
-                    }),
+                    .map(at_line),
             );
+            let (bad, doubtful) = opsbot_transports::check_admins(&config.path, bot);
+            errors.extend(bad.into_iter().map(at_line));
+            warnings.extend(doubtful.into_iter().map(at_line));
             if let Err(e) = self.assemble(&config, bot, Bot::builder(&bot.name)) {
                 errors.extend(e);
             }
         }
         if errors.is_empty() {
+            config.warnings.extend(warnings);
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
@@ -407,6 +414,9 @@ impl App {
     /// Runs every bot of a checked config until they stop.
     pub fn run(&self, config: &Config) -> anyhow::Result<()> {
         opsbot::logging::init(&config.log);
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         opsbot::http::init(&config.http_client)
             .with_context(|| format!("{}: http_client", config.path.display()))?;
         let bots = self.build(config)?;
@@ -430,6 +440,9 @@ impl App {
             None => self.run(&Config::console_default()),
             Some(Cmd::Check { config }) => match self.check(&config) {
                 Ok(c) => {
+                    for w in &c.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     println!(
                         "{}: OK ({} bot{})",
                         config.display(),

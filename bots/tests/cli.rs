@@ -56,12 +56,9 @@ fn checks_clean(path: &Path, env: &[(&str, &str)]) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", path.display());
+    assert!(!stderr.contains("warning"), "{}: {stderr}", path.display());
 }
 
 /// A running `opsbot` whose stdout lines arrive on a channel.
@@ -466,24 +463,35 @@ fn irc_settings_are_checked_before_connecting() {
     );
 }
 
+/// The examples differ in their transport and in how admins are written, which each service
+/// proves its own way (a host mask on IRC, a JID on XMPP, an email on Webex); `check` passes
+/// each with no warning, so each admin list is right for its transport.
 #[test]
-fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport() {
+fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport_and_admins() {
     let load = |name: &str| -> toml::Table {
         toml::from_str(&std::fs::read_to_string(examples().join(name)).unwrap()).unwrap()
     };
-    let transport = |t: &mut toml::Table| -> toml::Value {
+    let take = |t: &mut toml::Table| -> (toml::Value, toml::Value) {
         let bots = t["bot"].as_array_mut().unwrap();
         assert_eq!(bots.len(), 1);
-        bots[0].as_table_mut().unwrap().remove("transport").unwrap()
+        let bot = bots[0].as_table_mut().unwrap();
+        (
+            bot.remove("transport").unwrap(),
+            bot.remove("admins").unwrap(),
+        )
     };
     let mut irc = load("irc.toml");
-    assert_eq!(transport(&mut irc)["kind"].as_str(), Some("irc"));
+    let (t, admins) = take(&mut irc);
+    assert_eq!(t["kind"].as_str(), Some("irc"));
+    assert_eq!(admins, toml::Value::from(vec!["*!*@ops.example.com"]));
     for (file, kind) in [("xmpp.toml", "xmpp"), ("webex.toml", "webex")] {
         let mut other = load(file);
-        assert_eq!(transport(&mut other)["kind"].as_str(), Some(kind));
+        let (t, admins) = take(&mut other);
+        assert_eq!(t["kind"].as_str(), Some(kind));
+        assert_eq!(admins, toml::Value::from(vec!["alice@example.org"]));
         assert_eq!(
             irc, other,
-            "{file} differs from irc.toml outside [bot.transport]"
+            "{file} differs from irc.toml outside [bot.transport] and admins"
         );
     }
     for (file, var) in [
@@ -493,6 +501,56 @@ fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport() {
     ] {
         checks_clean(&examples().join(file), &[(var, "example-secret")]);
     }
+}
+
+/// Admin entries are checked against what each transport can prove: an IRC mask on XMPP or
+/// Webex could match a room nick anyone can choose (`x!y@ops.example.com`), so it is an error
+/// with a hint; on IRC a mask that trusts only the nick is a warning, and an entry that is no
+/// mask at all an error.
+#[test]
+fn admin_entries_must_be_identities_the_transport_can_prove() {
+    let bot = |kind: &str, admins: &str, extra: &str| {
+        format!(
+            "[[bot]]\nname = \"ops\"\nadmins = [{admins}]\n[bot.transport]\nkind = \"{kind}\"\n{extra}"
+        )
+    };
+    let xmpp = "jid = \"bot@example.org\"\npassword = \"x\"\n";
+    let webex = "token = \"abc\"\n";
+    for (kind, extra) in [("xmpp", xmpp), ("webex", webex)] {
+        let (ok, _, err) = check(&bot(
+            kind,
+            "\"alice@example.org\", \"*!*@ops.example.com\", \"*@example.org\", \"ops@conference.example.org/alice\"",
+            extra,
+        ));
+        assert!(!ok, "{kind}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{kind}: {err}");
+        for (line, i) in lines.iter().zip(1..) {
+            assert!(
+                line.starts_with(&format!("bots.toml:3: `bot[0].admins[{i}]`: `"))
+                    && line.contains(&format!(
+                        "is not an address this transport can prove for a {kind} bot"
+                    ))
+                    && line.contains("(hint: write the whole address"),
+                "{kind}: {line}"
+            );
+        }
+        let (ok, _, err) = check(&bot(kind, "\"Alice@Example.org\"", extra));
+        assert!(ok && err.is_empty(), "{kind}: {err}");
+    }
+    let irc = "server = \"irc.example.org\"\nnick = \"opsbot\"\n";
+    let (ok, _, err) = check(&bot("irc", "\"*!*@ops.example.com\", \"alice!*@*\"", irc));
+    assert!(ok, "{err}");
+    assert!(
+        err.starts_with("warning: bots.toml:3: `bot[0].admins[1]`: `alice!*@*` trusts only a nick"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&bot("irc", "\"alice@example.org\"", irc));
+    assert!(!ok);
+    assert!(
+        err.contains("`bot[0].admins[0]`: `alice@example.org` is not an IRC host mask"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -582,18 +640,16 @@ fn the_dns_handler_is_enabled_by_name_and_its_settings_are_checked() {
 }
 
 #[test]
-fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport() {
+fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport_and_admins() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load = |f: &str| -> toml::Table {
         toml::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
     };
     let (mut irc, mut xmpp) = (load("univac.toml"), load("univac-xmpp.toml"));
     for t in [&mut irc, &mut xmpp] {
-        t["bot"].as_array_mut().unwrap()[0]
-            .as_table_mut()
-            .unwrap()
-            .remove("transport")
-            .unwrap();
+        let bot = t["bot"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+        bot.remove("transport").unwrap();
+        bot.remove("admins").unwrap();
     }
     assert_eq!(irc, xmpp);
     for f in ["univac.toml", "univac-xmpp.toml"] {

@@ -27,7 +27,7 @@ use crate::router::{Close, RouteError, RouteTable, Router};
 use crate::shared::BotShared;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{Fatal, fault_point};
-use crate::transport::{Limits, Link, ReconnectPolicy, Transport, TransportHost};
+use crate::transport::{Identity, Limits, Link, ReconnectPolicy, Transport, TransportHost};
 
 /// Why a bot could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,7 @@ struct HandlerReg {
 struct TransportReg {
     kind: &'static str,
     limits: Limits,
+    identity: Identity,
     start: StartTransport,
 }
 
@@ -112,6 +113,7 @@ impl BotBuilder {
         self.transport = Some(TransportReg {
             kind: transport.kind(),
             limits: transport.limits(),
+            identity: transport.identity(),
             start: Box::new(move |link, policy, finished| {
                 TransportHost::new(transport, link, policy, finished).start();
             }),
@@ -319,7 +321,8 @@ impl Bot {
             .collect();
         let shared = Arc::new(BotShared {
             prefix: options.prefix.clone(),
-            admins: options.admins.iter().cloned().collect(),
+            admins: options.admins.clone(),
+            identity: transport.identity,
             options: options.clone(),
             catalog,
             health: health.clone(),

@@ -379,6 +379,9 @@ pub struct Config {
     pub source: std::sync::Arc<str>,
     /// The bots, in file order.
     pub bots: Vec<BotConfig>,
+    /// What is allowed but probably not what was meant (`opsbot check` prints them, `run`
+    /// logs them).
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -438,6 +441,7 @@ impl Config {
             state_path: None,
             healing_log_entries: crate::healing_log::DEFAULT_CAP,
             source: "".into(),
+            warnings: Vec::new(),
             bots: vec![BotConfig {
                 name: "opsbot".into(),
                 options,
@@ -719,6 +723,7 @@ impl Validator<'_> {
             state_path: raw.state.path,
             healing_log_entries,
             source: self.text.into(),
+            warnings: Vec::new(),
             bots,
         }
     }

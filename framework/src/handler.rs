@@ -23,7 +23,7 @@ pub use crate::command::CatalogEntry;
 use crate::command::{Call, Command, Match};
 use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
-use crate::message::{Destination, Outgoing};
+use crate::message::{Destination, Outgoing, Sender};
 use crate::outbox::Say;
 use crate::shared::BotShared;
 use crate::supervisor::{CoreGuard, Restarts, Verdict, fault_point};
@@ -83,7 +83,7 @@ pub struct Context {
     shared: Arc<BotShared>,
     handler: &'static str,
     reply_to: Destination,
-    sender: Option<Arc<str>>,
+    sender: Option<Sender>,
     expired: Arc<AtomicBool>,
 }
 
@@ -92,7 +92,7 @@ impl Context {
         shared: Arc<BotShared>,
         handler: &'static str,
         reply_to: Destination,
-        sender: Option<Arc<str>>,
+        sender: Option<Sender>,
         expired: Arc<AtomicBool>,
     ) -> Self {
         Self {
@@ -112,7 +112,7 @@ impl Context {
     /// Says `text` privately to the sender of the message being handled.
     pub fn reply_private(&self, text: impl Into<String>) {
         match &self.sender {
-            Some(name) => self.say(Destination::User(name.clone()), text),
+            Some(s) => self.say(Destination::User(s.name.clone()), text),
             None => self.reply(text),
         }
     }
@@ -181,11 +181,17 @@ impl Context {
         self.shared.health.breaker(name, policy)
     }
 
-    /// Whether the sender of the message being handled is an admin.
+    /// Whether the sender of the message being handled is an admin (by the identity the
+    /// transport proved, never by display name).
     pub fn sender_is_admin(&self) -> bool {
         self.sender
-            .as_deref()
+            .as_ref()
             .is_some_and(|s| self.shared.is_admin(s))
+    }
+
+    /// The sender of the message being handled, if there is one (a poller's context has none).
+    pub fn sender(&self) -> Option<&Sender> {
+        self.sender.as_ref()
     }
 }
 
@@ -378,8 +384,8 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
         };
         let _ = job.started.send(());
         let sender = match &job.work {
-            Work::Command(c) => c.message.sender.name.clone(),
-            Work::Match(m) => m.message.sender.name.clone(),
+            Work::Command(c) => c.message.sender.clone(),
+            Work::Match(m) => m.message.sender.clone(),
         };
         let mut cx = Context::new(
             self.shared.clone(),

@@ -9,12 +9,18 @@ use std::sync::Arc;
 
 /// Who sent a message: a stable identity and the name people see.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Sender {
-    /// Stable identity used for access checks and per-user budgets (an IRC account or
-    /// `nick!user@host`, an XMPP JID, a Webex person id, `console` on the console).
+    /// Stable identity used for access checks and per-user budgets (`nick!user@host` on IRC, a
+    /// bare JID on XMPP, an email on Webex, `console` on the console).
     pub id: Arc<str>,
     /// Display name (the nick on IRC).
     pub name: Arc<str>,
+    /// Whether the service vouches for `id` (see [`crate::transport::Identity`]). An id the
+    /// transport had to make from text the sender chose (an occupant's nick in an XMPP room
+    /// that hides real JIDs) is not verified: it keeps the sender's budget apart from others',
+    /// and never matches an admin entry.
+    pub verified: bool,
 }
 
 impl Sender {
@@ -24,6 +30,7 @@ impl Sender {
         Self {
             name: id.clone(),
             id,
+            verified: true,
         }
     }
 
@@ -32,6 +39,15 @@ impl Sender {
         Self {
             id: id.into(),
             name: name.into(),
+            verified: true,
+        }
+    }
+
+    /// A sender whose id the service does not vouch for; see [`Sender::verified`].
+    pub fn unverified(id: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
+        Self {
+            verified: false,
+            ..Self::with_name(id, name)
         }
     }
 }

@@ -313,7 +313,7 @@ impl Router {
             return true;
         };
         let id = &msg.sender.id;
-        if self.shared.is_admin(id) {
+        if self.shared.is_admin(&msg.sender) {
             return true;
         }
         let now = Instant::now();
@@ -415,7 +415,7 @@ impl Router {
     ) {
         let prefix = self.table.prefix.clone();
         let what = format!("{prefix}{}", command.name);
-        if command.admin && !self.shared.is_admin(&msg.sender.id) {
+        if command.admin && !self.shared.is_admin(&msg.sender) {
             let e = Error::NotAuthorized { command: what };
             self.tell(&msg, &e.to_string());
             return;

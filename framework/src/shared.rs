@@ -1,21 +1,22 @@
 //! The state every actor of one bot shares: its options, admins, command catalog, health
 //! table and outbox. Built once by [`crate::bot`], read by the router, handlers and pollers.
 
-use std::collections::HashSet;
-
 use actix::Addr;
 
 use crate::command::CatalogEntry;
 use crate::health::Health;
+use crate::message::Sender;
 use crate::options::BotOptions;
 use crate::outbox::Outbox;
 use crate::supervisor::Fatal;
+use crate::transport::Identity;
 
 /// What every actor of one bot shares.
 #[derive(Debug)]
 pub(crate) struct BotShared {
     pub(crate) prefix: String,
-    pub(crate) admins: HashSet<String>,
+    pub(crate) admins: Vec<String>,
+    pub(crate) identity: Identity,
     pub(crate) options: BotOptions,
     pub(crate) catalog: Vec<CatalogEntry>,
     pub(crate) health: Health,
@@ -24,12 +25,13 @@ pub(crate) struct BotShared {
 }
 
 impl BotShared {
-    pub(crate) fn is_admin(&self, sender_id: &str) -> bool {
-        self.admins.contains(sender_id)
-            || self
+    /// Whether `sender` is one of the bot's admins: a verified identity that an entry covers.
+    pub(crate) fn is_admin(&self, sender: &Sender) -> bool {
+        sender.verified
+            && self
                 .admins
                 .iter()
-                .any(|a| a.contains(['*', '?']) && wildcard(a.as_bytes(), sender_id.as_bytes()))
+                .any(|a| self.identity.matches(a, &sender.id))
     }
 }
 

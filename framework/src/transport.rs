@@ -59,6 +59,83 @@ impl Limits {
     }
 }
 
+/// What a transport's sender ids are, and so how the config's admin entries match them.
+///
+/// Identity is what the service can prove, never text a user chose: on IRC the host part of
+/// `nick!user@host` (the server looked it up or cloaked it; the nick and the user name are the
+/// client's own words), on XMPP a real JID (the server stamps it), on Webex the sender's email
+/// (Webex's own record). A transport that cannot prove who sent a message marks its
+/// [`Sender`](crate::message::Sender) unverified, and no entry matches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identity {
+    /// `nick!user@host` (IRC): an entry is a mask, with `*` for any run and `?` for one
+    /// character, compared without ASCII case.
+    Mask,
+    /// An address the service vouches for (a bare JID, an email, `console`): an entry is the
+    /// whole address, compared without case; wildcards are not allowed.
+    Address,
+}
+
+impl Identity {
+    /// Whether the admin entry `entry` covers the sender id `id`.
+    pub fn matches(self, entry: &str, id: &str) -> bool {
+        match self {
+            Self::Mask => {
+                entry.eq_ignore_ascii_case(id)
+                    || (entry.contains(['*', '?'])
+                        && crate::shared::wildcard(entry.as_bytes(), id.as_bytes()))
+            }
+            Self::Address => entry.to_lowercase() == id.to_lowercase(),
+        }
+    }
+
+    /// Checks an admin entry for this kind of identity: an error when it can never be right
+    /// (or could match someone it should not), a warning when it trusts what a user chooses.
+    pub fn check_entry(self, entry: &str) -> Result<Option<String>, (String, String)> {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err((
+                format!("`{entry}` is not an identity"),
+                "write a host mask on IRC (`*!*@ops.example.com`), an address elsewhere".into(),
+            ));
+        }
+        match self {
+            Self::Mask => {
+                let Some((who, host)) = entry.rsplit_once('@') else {
+                    return Err((
+                        format!("`{entry}` is not an IRC host mask (nick!user@host)"),
+                        "IRC senders are `nick!user@host`: trust the host, `*!*@ops.example.com`"
+                            .into(),
+                    ));
+                };
+                if !who.contains('!') {
+                    return Err((
+                        format!("`{entry}` is not an IRC host mask (nick!user@host)"),
+                        format!("IRC senders are `nick!user@host`: write `*!*@{host}`"),
+                    ));
+                }
+                if host.chars().all(|c| matches!(c, '*' | '?' | '.')) {
+                    return Ok(Some(format!(
+                        "`{entry}` trusts only a nick and a user name, which anyone can choose;                          match the host (`*!*@ops.example.com`) or a services cloak"
+                    )));
+                }
+                Ok(None)
+            }
+            Self::Address => {
+                if entry.contains(['*', '?', '!', '/']) || !entry.contains('@') {
+                    return Err((
+                        format!("`{entry}` is not an address this transport can prove"),
+                        "write the whole address (`alice@example.org`): wildcards, IRC masks and                          room nicks are not identities here"
+                            .into(),
+                    ));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// How a session ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -136,6 +213,12 @@ pub trait Transport: Send + 'static {
 
     /// What the service tolerates; the outbox's default pacing.
     fn limits(&self) -> Limits;
+
+    /// What its sender ids are, for matching admin entries ([`Identity::Address`] unless
+    /// the transport says otherwise).
+    fn identity(&self) -> Identity {
+        Identity::Address
+    }
 
     /// Runs one connection until it ends. Pass every message heard to [`Link::incoming`],
     /// send what [`Link::next_delivery`] gives, and return `Ok(SessionEnd::Finished)` when it

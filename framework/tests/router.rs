@@ -228,6 +228,21 @@ async fn handlers_see_the_prefix_and_whether_the_sender_is_an_admin() {
     assert_eq!(bot.reply().await, "bot test prefix ? admin true");
     bot.send_as("mallory!m@evil.example.com", "#test", "?whoami");
     assert_eq!(bot.reply().await, "bot test prefix ? admin false");
+    // An id the transport could not prove (made from a nick the sender chose) matches no
+    // entry, whatever it says.
+    bot.send_message(Incoming::in_room(
+        "#test",
+        Sender::unverified("root", "root"),
+        "?whoami",
+    ));
+    assert_eq!(bot.reply().await, "bot test prefix ? admin false");
+    // The display name is never the identity: a sender named `root` is not root.
+    bot.send_message(Incoming::in_room(
+        "#test",
+        Sender::with_name("mallory!m@evil.example.com", "root"),
+        "?whoami",
+    ));
+    assert_eq!(bot.reply().await, "bot test prefix ? admin false");
 }
 
 /// Chatter shorter than the bot's nick is not a command and must not trip the `nick: cmd`

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 
 use opsbot::message::{Incoming, Sender};
 use opsbot::transport::memory::{self, MemoryTransport};
-use opsbot::transport::{Limits, Link, SessionEnd, Transport, TransportError};
+use opsbot::transport::{Identity, Limits, Link, SessionEnd, Transport, TransportError};
 
 /// Longest input line kept; the rest of a longer line is cut off.
 const MAX_INPUT: usize = 16 * 1024;
@@ -79,6 +79,10 @@ impl Transport for Console {
 
     fn limits(&self) -> Limits {
         self.inner.limits()
+    }
+
+    fn identity(&self) -> Identity {
+        Identity::Address
     }
 
     async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError> {

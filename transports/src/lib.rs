@@ -20,7 +20,8 @@ pub mod xmpp;
 use std::path::Path;
 
 use opsbot::BotBuilder;
-use opsbot::config::{ConfigError, TransportConfig};
+use opsbot::config::{BotConfig, ConfigError, TransportConfig};
+use opsbot::transport::Identity;
 
 /// The transport kinds this build knows.
 pub const KINDS: &[&str] = &[
@@ -107,6 +108,48 @@ pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
             Some(format!("this build knows: {}", KINDS.join(", "))),
         )],
     }
+}
+
+/// What the sender ids of a transport kind are (how its admin entries match).
+pub fn identity(kind: &str) -> Identity {
+    match kind {
+        "irc" => Identity::Mask,
+        _ => Identity::Address,
+    }
+}
+
+/// Checks a bot's admin entries against what its transport can prove: answers the errors and
+/// the warnings. On XMPP and Webex an entry is a whole address (an IRC mask there could match
+/// a room nick anyone can choose); on IRC a mask that trusts only the nick is a warning; on
+/// the console the only user is `console`.
+pub fn check_admins(file: &Path, bot: &BotConfig) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let kind = bot.transport.kind.as_str();
+    for (i, entry) in bot.options.admins.iter().enumerate() {
+        let key = format!("{}.admins[{i}]", bot.key);
+        if kind == "console" {
+            if entry != "console" {
+                warnings.push(error(
+                    file,
+                    key,
+                    format!("`{entry}` never matches on the console, whose one user is `console`"),
+                    None,
+                ));
+            }
+            continue;
+        }
+        match identity(kind).check_entry(entry) {
+            Ok(None) => {}
+            Ok(Some(warning)) => warnings.push(error(file, key, warning, None)),
+            Err((problem, hint)) => errors.push(error(
+                file,
+                key,
+                format!("{problem} for a {kind} bot"),
+                Some(hint),
+            )),
+        }
+    }
+    (errors, warnings)
 }
 
 /// Gives `builder` the transport described by `t`, which [`check`] must have passed.

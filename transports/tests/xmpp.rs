@@ -187,6 +187,98 @@ async fn a_message_nested_8000_levels_deep_is_emptied_and_the_bot_carries_on() {
     assert_eq!(alice.expect_from(BOT, T).await.body, "alive");
 }
 
+/// In a room that hides real JIDs (Prosody's default), a sender is known only by the nick they
+/// chose: `mallory` joining as `alice@localhost` (or as `x!y@ops.example.com`, which matched the
+/// IRC mask the XMPP example used to ship) ran `!heal`. Now no one in such a room is an admin,
+/// the real alice included; in a room that shows real JIDs, and in a direct chat, alice is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_nick_is_never_an_identity_and_admins_are_real_jids() {
+    let prosody = server();
+    prosody.register("mallory", "mallorypass");
+    let (hidden, open) = (room("hidden"), room("open"));
+    // alice owns both rooms; `open` shows everyone's real JID.
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    alice.join(&hidden, "alice").await;
+    alice.join(&open, "alice").await;
+    configure_room(&mut alice, &open, &[("muc#roomconfig_whois", "anyone")]).await;
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(
+            toml::from_str(&prosody.bot_toml("opsbot", "botpass", &[&hidden, &open], "")).unwrap(),
+        )),
+        // Both an address and the IRC-style mask the old example had.
+        "alice@localhost",
+        |b| {
+            b.handler(opsbot_handlers::heal::Heal)
+                .configure(|o| o.admins.push("*!*@ops.example.com".into()))
+        },
+    );
+    ready(&bot, 2).await;
+    let mut mallory = XmppUser::connect(prosody.port, "mallory", "mallorypass").await;
+    for nick in ["alice@localhost", "x!y@ops.example.com"] {
+        mallory.join(&hidden, nick).await;
+        mallory.groupchat(&hidden, "!heal echo").await;
+        // (The room's history, replayed on the second join, is skipped.)
+        let said = loop {
+            let said = mallory.expect_in_room(&hidden, "opsbot", T).await;
+            if !said.delayed {
+                break said;
+            }
+        };
+        assert_eq!(said.body, format!("{nick}: !heal is for admins only"));
+        mallory
+            .send(
+                tokio_xmpp::parsers::presence::Presence::new(
+                    tokio_xmpp::parsers::presence::Type::Unavailable,
+                )
+                .with_to(Jid::new(&format!("{hidden}/{nick}")).unwrap())
+                .into(),
+            )
+            .await;
+    }
+    // The real alice is no admin where the room hides who she is (she saw the answers to
+    // mallory go by first)...
+    alice.groupchat(&hidden, "!heal echo").await;
+    let mut seen = Vec::new();
+    loop {
+        let body = alice.expect_in_room(&hidden, "opsbot", T).await.body;
+        if body.starts_with("alice: ") {
+            assert_eq!(body, "alice: !heal is for admins only");
+            break;
+        }
+        seen.push(body);
+    }
+    assert_eq!(
+        seen,
+        [
+            "alice@localhost: !heal is for admins only",
+            "x!y@ops.example.com: !heal is for admins only"
+        ]
+    );
+    // ...and is one where it shows her JID, and in a direct chat.
+    alice.groupchat(&open, "!heal echo").await;
+    assert_eq!(
+        alice.expect_in_room(&open, "opsbot", T).await.body,
+        "healing handler:echo: see !status"
+    );
+    alice.chat(BOT, "!heal echo").await;
+    assert_eq!(
+        alice.expect_from(BOT, T).await.body,
+        "healing handler:echo: see !status"
+    );
+    let heals: Vec<String> = bot
+        .status()
+        .healing_log
+        .iter()
+        .filter(|e| e.action == "heal")
+        .map(|e| e.detail.clone())
+        .collect();
+    assert_eq!(heals.len(), 2, "{heals:?}");
+    assert!(
+        heals.iter().all(|h| h.contains("alice@localhost")),
+        "{heals:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_history_of_old_commands_is_never_run() {
     let prosody = server();
@@ -769,6 +861,19 @@ async fn another_client_taking_the_bots_resource_is_a_refusal_not_a_fight() {
 
 /// Alice (the room's owner) makes `room` password-protected.
 async fn protect(owner: &mut XmppUser, room_jid: &str, secret: &str) {
+    configure_room(
+        owner,
+        room_jid,
+        &[
+            ("muc#roomconfig_passwordprotectedroom", "1"),
+            ("muc#roomconfig_roomsecret", secret),
+        ],
+    )
+    .await;
+}
+
+/// Submits the room's configuration form with `fields` set, as its owner.
+async fn configure_room(owner: &mut XmppUser, room_jid: &str, fields: &[(&str, &str)]) {
     let field = |var: &str, value: &str| {
         Element::builder("field", "jabber:x:data")
             .attr(
@@ -782,7 +887,7 @@ async fn protect(owner: &mut XmppUser, room_jid: &str, secret: &str) {
             )
             .build()
     };
-    let form = Element::builder("x", "jabber:x:data")
+    let mut form = Element::builder("x", "jabber:x:data")
         .attr(
             tokio_xmpp::minidom::rxml::NcName::try_from("type").unwrap(),
             "submit",
@@ -790,10 +895,11 @@ async fn protect(owner: &mut XmppUser, room_jid: &str, secret: &str) {
         .append(field(
             "FORM_TYPE",
             "http://jabber.org/protocol/muc#roomconfig",
-        ))
-        .append(field("muc#roomconfig_passwordprotectedroom", "1"))
-        .append(field("muc#roomconfig_roomsecret", secret))
-        .build();
+        ));
+    for (var, value) in fields {
+        form = form.append(field(var, value));
+    }
+    let form = form.build();
     owner_request(
         owner,
         room_jid,

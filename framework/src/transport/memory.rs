@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::{Limits, Link, SessionEnd, Transport, TransportError};
+use super::{Identity, Limits, Link, SessionEnd, Transport, TransportError};
 use crate::message::{Destination, Incoming};
 
 /// A line the bot said, as the remote end sees it.
@@ -37,6 +37,7 @@ pub struct MemoryTransport {
     kind: &'static str,
     nick: String,
     limits: Limits,
+    identity: Identity,
     input: mpsc::UnboundedReceiver<Input>,
     output: mpsc::UnboundedSender<Said>,
     refuse: Arc<AtomicBool>,
@@ -62,6 +63,7 @@ pub fn pair(kind: &'static str, nick: &str, limits: Limits) -> (MemoryTransport,
             kind,
             nick: nick.to_owned(),
             limits,
+            identity: Identity::Mask,
             input: in_rx,
             output: out_tx,
             refuse: refuse.clone(),
@@ -129,6 +131,15 @@ impl RemoteInput {
     }
 }
 
+impl MemoryTransport {
+    /// Matches admin entries as `identity` says (masks by default, so tests can stand in for
+    /// IRC; the console uses addresses).
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
+    }
+}
+
 impl Transport for MemoryTransport {
     fn kind(&self) -> &'static str {
         self.kind
@@ -136,6 +147,10 @@ impl Transport for MemoryTransport {
 
     fn limits(&self) -> Limits {
         self.limits
+    }
+
+    fn identity(&self) -> Identity {
+        self.identity
     }
 
     async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError> {

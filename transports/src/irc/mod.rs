@@ -1257,6 +1257,10 @@ impl Transport for Irc {
         self.limits(self.cfg.nick.len().max(9) + 1 + ASSUMED_USER + 1 + ASSUMED_HOST)
     }
 
+    fn identity(&self) -> opsbot::transport::Identity {
+        opsbot::transport::Identity::Mask
+    }
+
     async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError> {
         let connect_timeout = self.cfg.connect_timeout();
         let (host, port, tls) = (self.cfg.server.clone(), self.cfg.port(), self.cfg.tls);

@@ -134,6 +134,8 @@ pub struct Xmpp {
     counter: u64,
     resumed: u32,
     resent: u64,
+    /// Rooms seen hiding real JIDs (logged once each).
+    anonymous_rooms: BTreeSet<BareJid>,
     /// Stanzas emptied because they nested too deeply ([`depth`]).
     too_deep: Arc<std::sync::atomic::AtomicU64>,
     /// Recently sent message ids, to recognise our messages reflected by a room.
@@ -170,6 +172,7 @@ impl Xmpp {
             resumed: 0,
             resent: 0,
             too_deep: Arc::default(),
+            anonymous_rooms: BTreeSet::new(),
             own_ids: VecDeque::new(),
         }
     }
@@ -734,20 +737,13 @@ impl Session<'_> {
                     return;
                 }
                 let name = occ.resource().to_string();
-                let id = self
-                    .occupants
-                    .get(&occ)
-                    .map_or_else(|| occ.to_string(), ToString::to_string);
-                Incoming::in_room(room.to_string(), Sender::with_name(id, name), text.clone())
+                Incoming::in_room(room.to_string(), self.occupant(&occ, name), text.clone())
             }
             (MessageType::Groupchat, _, _) => return,
             (_, Some(_), Ok(occ)) => {
                 // A private message through a room: answered privately, through the room.
-                let id = self
-                    .occupants
-                    .get(&occ)
-                    .map_or_else(|| occ.to_string(), ToString::to_string);
-                Incoming::direct(Sender::with_name(id, occ.to_string()), text.clone())
+                let name = occ.to_string();
+                Incoming::direct(self.occupant(&occ, name), text.clone())
             }
             (_, Some(_), Err(_)) => return,
             (_, None, _) => Incoming::direct(
@@ -756,6 +752,24 @@ impl Session<'_> {
             ),
         };
         self.link.incoming(Incoming { id, ..incoming });
+    }
+
+    /// Who an occupant of a room is: their real JID when the room shows it (verified), else
+    /// their occupant address, which holds a nick anyone can choose (unverified: it never
+    /// matches an admin entry). A room that hides real JIDs is logged once.
+    fn occupant(&mut self, occ: &FullJid, name: String) -> Sender {
+        if let Some(real) = self.occupants.get(occ) {
+            return Sender::with_name(real.to_string(), name);
+        }
+        let room = occ.to_bare();
+        if self.x.anonymous_rooms.insert(room.clone()) {
+            tracing::info!(
+                %room,
+                "the room hides its occupants' real JIDs: no one speaking there has admin rights \
+                 (make the room non-anonymous, or the bot a moderator, to let admins act there)"
+            );
+        }
+        Sender::unverified(occ.to_string(), name)
     }
 
     async fn on_iq(&mut self, iq: Iq) -> Result<(), TransportError> {
