@@ -14,6 +14,10 @@
 //!   not ([`Repeat::IfNotSent`], such as posting a message) is repeated only when it certainly
 //!   was not carried out: it could not connect, or the answer was 502, 503, 429 or 423. After a
 //!   timeout, a broken connection or a 504 it is not repeated: the server may have acted on it.
+//! - **No redirects.** The client answers a 3xx as it is (its `Location` in
+//!   [`HttpResponse::location`]): following one is the caller's decision, because the next
+//!   host may be one the caller must not reach or must not send its headers to (pollers
+//!   follow theirs through the link guard of [`crate::fetch`]).
 //! - **`Retry-After`** on 429 and 423 (15 s when absent): the caller's [`Throttle`] holds every
 //!   request of that caller (one bot) until then, and never retries before it; other callers
 //!   go on.
@@ -57,6 +61,8 @@ pub struct HttpResponse {
     pub status: u16,
     /// The `Retry-After` wait, when the answer was a 429 or 423.
     pub retry_after: Option<Duration>,
+    /// The `Location` of a redirect (3xx), as the server wrote it.
+    pub location: Option<String>,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -211,6 +217,7 @@ impl HttpClient {
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(config.max_connections_per_host)
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .no_proxy()
             .user_agent(concat!("opsbot/", env!("CARGO_PKG_VERSION")))
@@ -352,6 +359,12 @@ impl HttpClient {
                 .and_then(parse_retry_after)
                 .unwrap_or(DEFAULT_RETRY_AFTER)
         });
+        let location = (300..400)
+            .contains(&status)
+            .then(|| resp.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
             return Err(HttpError::Invalid(format!(
                 "answer of {} bytes is over the {MAX_BODY}-byte limit",
@@ -371,6 +384,7 @@ impl HttpClient {
         Ok(HttpResponse {
             status,
             retry_after,
+            location,
             body,
         })
     }

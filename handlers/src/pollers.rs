@@ -16,18 +16,26 @@
 //! [bot.poller.http_json]
 //! to = ["#ops"]
 //! url = "https://tickets.example.com/api/issues?state=new"
-//! headers = { Authorization = "Bearer ${TICKETS_TOKEN}" }
+//! headers = { Authorization = "Bearer ${TICKETS_TOKEN}" }   # sent to this host only
 //! items = "/issues"                                  # JSON pointer to the list
 //! id = "key"                                         # the field that identifies an item
 //! template = "{key}: {fields.summary} ({fields.priority.name})"
 //! breaker = { failures = 5, window_secs = 60, open_secs = 60 }
+//! # allow = ["sso.corp.example"]   # internal hosts a redirect may lead to
 //! ```
+//!
+//! **Redirects** are followed by hand, at most three: one to the configured host (same scheme,
+//! host and port) is the operator's own and gets the configured headers; one to any other host
+//! goes through the link guard of [`opsbot::fetch`] (every hop checked, internal addresses
+//! refused unless listed in `allow`) and gets none of them. The shared HTTP client itself
+//! follows no redirect.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use opsbot::breaker::{Breaker, BreakerSettings};
 use opsbot::config::Secret;
+use opsbot::fetch::{Allow, FetchError, FetchSettings, Fetcher, Url};
 use opsbot::http::{HttpClient, Repeat, Throttle};
 use opsbot::prelude::*;
 use opsbot::settings::{FromSettings, SettingsError};
@@ -50,38 +58,78 @@ fn host_of(url: &str) -> String {
         .unwrap_or_else(|| url.to_owned())
 }
 
+/// Redirects a poll follows at most.
+const MAX_REDIRECTS: u32 = 3;
+
+/// The settings every source has.
+struct SourceSettings {
+    url: String,
+    headers: Vec<(String, Secret)>,
+    max_chars: Option<usize>,
+    breaker: Option<BreakerSettings>,
+    allow: Vec<String>,
+}
+
 /// A polled HTTP source: its URL and headers, line length, the shared client with a throttle
-/// of its own, and its breaker (which outlives restarts: clones share it).
+/// of its own, the guard that checks redirects to other hosts, and its breaker (which
+/// outlives restarts: clones share it).
 #[derive(Clone, Debug)]
 struct Source {
-    url: String,
+    url: Url,
     headers: Vec<(String, Secret)>,
     max_chars: usize,
     http: Arc<HttpClient>,
     throttle: Arc<Throttle>,
+    guard: Fetcher,
     breaker: Breaker,
+}
+
+/// Whether two URLs share scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 impl Source {
     /// Checks the settings every source has.
-    fn new(
-        url: String,
-        headers: Vec<(String, Secret)>,
-        max_chars: Option<usize>,
-        breaker: Option<BreakerSettings>,
-    ) -> Result<Self, SettingsError> {
-        checked_url(&url)?;
-        let max_chars = max_chars.unwrap_or(300);
+    fn new(s: SourceSettings) -> Result<Self, SettingsError> {
+        checked_url(&s.url)?;
+        let url = Url::parse(&s.url).map_err(|e| SettingsError::at("url", e.to_string()))?;
+        if url.host_str().is_none() {
+            return Err(SettingsError::at("url", "has no host"));
+        }
+        let max_chars = s.max_chars.unwrap_or(300);
         if !(40..=2000).contains(&max_chars) {
             return Err(SettingsError::at("max_chars", "must be 40 to 2000"));
         }
+        let mut allow = Vec::new();
+        for (i, a) in s.allow.iter().enumerate() {
+            allow.push(
+                a.parse::<Allow>()
+                    .map_err(|e| SettingsError::at(format!("allow[{i}]"), e))?,
+            );
+        }
+        let http = opsbot::http::shared();
+        let guard = Fetcher::new(
+            &http,
+            FetchSettings {
+                allow,
+                total: http.config().timeout,
+                max_body: opsbot::http::MAX_BODY,
+                max_redirects: MAX_REDIRECTS,
+                local_address: None,
+            },
+        )
+        .map_err(|e| SettingsError::new(format!("cannot build the redirect guard: {e}")))?;
         Ok(Self {
-            breaker: Breaker::new(host_of(&url), BreakerSettings::resolve(breaker)?),
+            breaker: Breaker::new(host_of(&s.url), BreakerSettings::resolve(s.breaker)?),
             url,
-            headers,
+            headers: s.headers,
             max_chars,
-            http: opsbot::http::shared(),
+            http,
             throttle: Arc::new(Throttle::new()),
+            guard,
         })
     }
 
@@ -89,33 +137,73 @@ impl Source {
     /// breaker skips the poll.
     async fn get(&self) -> Result<Vec<u8>> {
         let permit = self.breaker.check()?;
-        let url = self.url.as_str();
-        let result = self
-            .http
-            .send(&self.throttle, Repeat::Safe, url, |c| {
-                let mut r = c.get(url);
-                for (k, v) in &self.headers {
-                    r = r.header(k.as_str(), v.expose());
-                }
-                r
-            })
-            .await;
-        match result {
-            Ok(resp) if resp.is_success() => {
+        match self.fetch().await {
+            Ok(body) => {
                 permit.success();
-                Ok(resp.body)
+                Ok(body)
             }
-            Ok(resp) => {
-                let why = format!("{} answered HTTP {}", host_of(url), resp.status);
-                permit.failure(&why);
-                Err(Error::user(why))
-            }
-            Err(e) => {
-                let why = format!("{}: {e}", host_of(url));
+            Err(why) => {
                 permit.failure(&why);
                 Err(Error::user(why))
             }
         }
+    }
+
+    /// The body of a 2xx answer, following redirects as the module documentation says; or
+    /// why there is none (naming the host, never the whole URL, which may hold a secret).
+    async fn fetch(&self) -> std::result::Result<Vec<u8>, String> {
+        let host = host_of(self.url.as_str());
+        let mut url = self.url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let target = url.as_str();
+            let resp = self
+                .http
+                .send(&self.throttle, Repeat::Safe, target, |c| {
+                    let mut r = c.get(target);
+                    for (k, v) in &self.headers {
+                        r = r.header(k.as_str(), v.expose());
+                    }
+                    r
+                })
+                .await
+                .map_err(|e| format!("{host}: {e}"))?;
+            if resp.is_success() {
+                return Ok(resp.body);
+            }
+            let Some(next) = resp
+                .location
+                .as_deref()
+                .filter(|_| (300..400).contains(&resp.status))
+            else {
+                return Err(format!("{host} answered HTTP {}", resp.status));
+            };
+            let next = url
+                .join(next)
+                .map_err(|e| format!("{host}: a bad redirect ({e})"))?;
+            if same_origin(&next, &self.url) {
+                url = next;
+                continue;
+            }
+            // Another host: no configured header goes there, and the guard checks every hop.
+            let other = host_of(next.as_str());
+            return match self.guard.fetch(next.as_str()).await {
+                Ok(f) if f.truncated => Err(format!(
+                    "{other} (redirected from {host}): answer over {} bytes",
+                    opsbot::http::MAX_BODY
+                )),
+                Ok(f) if (200..300).contains(&f.status) => Ok(f.body),
+                Ok(f) => Err(format!(
+                    "{other} (redirected from {host}) answered HTTP {}",
+                    f.status
+                )),
+                Err(FetchError::Refused(why)) => Err(format!(
+                    "{host} redirected to {other}, refused: {why} (list it in `allow` if it is \
+                     yours)"
+                )),
+                Err(e) => Err(format!("{other} (redirected from {host}): {e}")),
+            };
+        }
+        Err(format!("{host}: more than {MAX_REDIRECTS} redirects"))
     }
 }
 
@@ -129,6 +217,9 @@ pub struct FeedSettings {
     pub max_chars: Option<usize>,
     /// The source's circuit breaker.
     pub breaker: Option<BreakerSettings>,
+    /// Internal hosts, addresses or ranges a redirect to another host may lead to.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// The feed poller: one line per new entry, its title and link.
@@ -142,7 +233,13 @@ impl FromSettings for Feed {
 
     fn from_settings(s: FeedSettings) -> Result<Self, SettingsError> {
         Ok(Self {
-            source: Source::new(s.url, Vec::new(), s.max_chars, s.breaker)?,
+            source: Source::new(SourceSettings {
+                url: s.url,
+                headers: Vec::new(),
+                max_chars: s.max_chars,
+                breaker: s.breaker,
+                allow: s.allow,
+            })?,
         })
     }
 }
@@ -154,7 +251,7 @@ impl Poller for Feed {
         let src = &self.source;
         let body = src.get().await?;
         let feed = feed_rs::parser::parse(&body[..])
-            .map_err(|e| Error::user(format!("{}: not a feed ({e})", host_of(&src.url))))?;
+            .map_err(|e| Error::user(format!("{}: not a feed ({e})", host_of(src.url.as_str()))))?;
         // Feeds list the newest first; items go oldest first.
         let mut items: Vec<Item> = feed
             .entries
@@ -199,6 +296,9 @@ pub struct HttpJsonSettings {
     pub max_chars: Option<usize>,
     /// The source's circuit breaker.
     pub breaker: Option<BreakerSettings>,
+    /// Internal hosts, addresses or ranges a redirect to another host may lead to.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// The HTTP JSON poller: one templated line per new item of a JSON list.
@@ -279,12 +379,13 @@ impl FromSettings for HttpJson {
             }
         }
         Ok(Self {
-            source: Source::new(
-                s.url,
-                s.headers.into_iter().collect(),
-                s.max_chars,
-                s.breaker,
-            )?,
+            source: Source::new(SourceSettings {
+                url: s.url,
+                headers: s.headers.into_iter().collect(),
+                max_chars: s.max_chars,
+                breaker: s.breaker,
+                allow: s.allow,
+            })?,
             items: s.items,
             id: s.id,
             template: s.template,
@@ -299,14 +400,14 @@ impl Poller for HttpJson {
         let src = &self.source;
         let body = src.get().await?;
         let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::user(format!("{}: not JSON ({e})", host_of(&src.url))))?;
+            .map_err(|e| Error::user(format!("{}: not JSON ({e})", host_of(src.url.as_str()))))?;
         let list = v
             .pointer(&self.items)
             .and_then(Value::as_array)
             .ok_or_else(|| {
                 Error::user(format!(
                     "{}: no list at `{}`",
-                    host_of(&src.url),
+                    host_of(src.url.as_str()),
                     self.items
                 ))
             })?;

@@ -16,6 +16,7 @@ use opsbot::store::Store;
 use opsbot::testkit::TestBot;
 use opsbot_handlers::pollers::{Feed, FeedSettings, HttpJson, HttpJsonSettings};
 use support::Page;
+use support::http_server_heads;
 
 type Live = Arc<Mutex<(u16, &'static str, Vec<u8>)>>;
 
@@ -69,6 +70,7 @@ fn feed(port: u16) -> Feed {
             window_secs: Some(60),
             open_secs: Some(1),
         }),
+        allow: Vec::new(),
     })
     .unwrap()
 }
@@ -177,6 +179,7 @@ async fn an_http_json_source_posts_new_items_through_its_template() {
         template: "{key}: {fields.summary}".into(),
         max_chars: None,
         breaker: None,
+        allow: Vec::new(),
     })
     .unwrap();
     let mut bot = TestBot::new()
@@ -220,6 +223,7 @@ async fn an_http_json_source_that_fails_opens_its_breaker_then_recovers_after_a_
                 window_secs: Some(60),
                 open_secs: Some(1),
             }),
+            allow: Vec::new(),
         })
         .unwrap()
     };
@@ -296,6 +300,7 @@ async fn sources_nested_100000_levels_deep_are_errors_not_crashes() {
         template: "{key}: {fields.summary}".into(),
         max_chars: None,
         breaker: None,
+        allow: Vec::new(),
     })
     .unwrap();
     let mut bot = TestBot::new()
@@ -339,5 +344,109 @@ async fn sources_nested_100000_levels_deep_are_errors_not_crashes() {
             "Incident 3 & fix https://status.example/3",
             "OPS-2: disk 2 full"
         ]
+    );
+}
+
+/// A source that redirects its poller elsewhere: a hop on the configured host keeps the
+/// configured headers; a hop to another host goes through the link guard (an internal target
+/// is refused unless listed in `allow`, and nothing is sent to it) and gets none of the
+/// configured headers. It used to follow up to ten redirects unchecked, sending `X-Api-Key` to
+/// the second host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_guarded_and_configured_headers_stay_on_their_host() {
+    let dir = tempfile::tempdir().unwrap();
+    // The other host: `localhost` is another origin than 127.0.0.1, and internal.
+    let (other, other_paths, other_heads) = http_server_heads(vec![(
+        "/list",
+        Page::Full(200, "application/json", json(1..=2)),
+    )])
+    .await;
+    let (port, _, heads) = http_server_heads(vec![
+        ("/old", Page::Redirect("/src".into())),
+        ("/src", Page::Full(200, "application/json", json(1..=2))),
+        (
+            "/away",
+            Page::Redirect(format!("http://localhost:{other}/list")),
+        ),
+    ])
+    .await;
+    let make = |path: &str, allow: Vec<String>| {
+        let mut headers = std::collections::BTreeMap::new();
+        headers.insert("X-Api-Key".to_owned(), opsbot::config::Secret::new("k3y"));
+        HttpJson::from_settings(HttpJsonSettings {
+            url: format!("http://127.0.0.1:{port}{path}"),
+            headers,
+            items: "/issues".into(),
+            id: "key".into(),
+            template: "{key}: {fields.summary}".into(),
+            max_chars: None,
+            breaker: None,
+            allow,
+        })
+        .unwrap()
+    };
+    let err = |bot: &mut TestBot| {
+        bot.status()
+            .actor(opsbot::health::ActorKind::Poller, "http_json")
+            .and_then(|a| a.last_error.clone())
+            .map(|(_, e)| e)
+            .unwrap_or_default()
+    };
+
+    // Same host: followed, with the header.
+    let p = make("/old", Vec::new());
+    let mut bot = TestBot::new()
+        .store(Store::open(&dir.path().join("a.redb")).unwrap())
+        .poller(opts(), move || p.clone());
+    bot.start();
+    primed(&mut bot, "http_json").await;
+    assert_eq!(err(&mut bot), "");
+    let h = heads.lock().unwrap().clone();
+    assert!(
+        h.iter().any(
+            |h| h.starts_with("GET /src ") && h.to_ascii_lowercase().contains("x-api-key: k3y")
+        ),
+        "{h:?}"
+    );
+    bot.shutdown().await;
+
+    // Another host, internal and not allowed: refused before any connection to it.
+    let p = make("/away", Vec::new());
+    let mut bot = TestBot::new()
+        .store(Store::open(&dir.path().join("b.redb")).unwrap())
+        .poller(opts(), move || p.clone());
+    bot.start();
+    let s = bot
+        .wait_status("the refusal shown", |s| {
+            s.actor(opsbot::health::ActorKind::Poller, "http_json")
+                .and_then(|a| a.last_error.clone())
+                .is_some_and(|(_, e)| e.contains("redirected to localhost, refused"))
+        })
+        .await;
+    let e = s
+        .actor(opsbot::health::ActorKind::Poller, "http_json")
+        .and_then(|a| a.last_error.clone())
+        .unwrap()
+        .1;
+    assert!(
+        e.contains("list it in `allow`") && !e.contains("/list"),
+        "{e}"
+    );
+    assert!(other_paths.lock().unwrap().is_empty());
+    bot.shutdown().await;
+
+    // Allowed: fetched, and without the configured header.
+    let p = make("/away", vec!["localhost".into()]);
+    let mut bot = TestBot::new()
+        .store(Store::open(&dir.path().join("c.redb")).unwrap())
+        .poller(opts(), move || p.clone());
+    bot.start();
+    primed(&mut bot, "http_json").await;
+    assert_eq!(err(&mut bot), "");
+    let h = other_heads.lock().unwrap().clone();
+    assert!(!h.is_empty());
+    assert!(
+        h.iter().all(|h| !h.to_ascii_lowercase().contains("k3y")),
+        "the header went to the other host: {h:?}"
     );
 }

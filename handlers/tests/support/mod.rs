@@ -79,10 +79,24 @@ pub enum Page {
 pub async fn http_server(
     pages: Vec<(&'static str, Page)>,
 ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let (port, paths, _) = http_server_heads(pages).await;
+    (port, paths)
+}
+
+/// Like [`http_server`], also keeping each request's head (request line and headers).
+pub async fn http_server_heads(
+    pages: Vec<(&'static str, Page)>,
+) -> (
+    u16,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heads.clone();
     let l = log.clone();
     let pages: Arc<Vec<(&'static str, Page)>> = Arc::new(pages);
     tokio::spawn(async move {
@@ -92,6 +106,7 @@ pub async fn http_server(
             };
             let pages = pages.clone();
             let log = l.clone();
+            let heads = h.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 2048];
@@ -104,6 +119,7 @@ pub async fn http_server(
                 let head = String::from_utf8_lossy(&buf).to_string();
                 let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                 log.lock().unwrap().push(path.clone());
+                heads.lock().unwrap().push(head.clone());
                 let page = pages
                     .iter()
                     .find(|(p, _)| *p == path)
@@ -149,5 +165,5 @@ pub async fn http_server(
             });
         }
     });
-    (port, log)
+    (port, log, heads)
 }
