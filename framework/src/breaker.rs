@@ -121,6 +121,9 @@ pub struct BreakerStatus {
     pub last_error: Option<(SystemTime, String)>,
     /// How many times it has opened.
     pub opened: u32,
+    /// Whether it guards a site that chat input chose (a link a user pasted) rather than a
+    /// dependency of the bot's own: shown, but never a reason for the bot's health.
+    pub site: bool,
 }
 
 /// A call refused because the breaker is open.
@@ -188,6 +191,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct Breaker {
     name: Arc<str>,
+    site: bool,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -235,6 +239,7 @@ impl Breaker {
     pub fn new(name: impl Into<Arc<str>>, policy: BreakerPolicy) -> Self {
         Self {
             name: name.into(),
+            site: false,
             inner: Arc::new(Mutex::new(Inner {
                 policy,
                 state: BreakerState::Closed,
@@ -248,9 +253,22 @@ impl Breaker {
         }
     }
 
+    /// A closed breaker for a site that chat input chose (see [`BreakerStatus::site`]).
+    pub fn for_site(name: impl Into<Arc<str>>, policy: BreakerPolicy) -> Self {
+        Self {
+            site: true,
+            ..Self::new(name, policy)
+        }
+    }
+
     /// The dependency's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether it guards a site that chat input chose.
+    pub fn is_site(&self) -> bool {
+        self.site
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -411,6 +429,7 @@ impl Breaker {
             failures: i.failures.len() as u32,
             last_error: i.last_error.clone(),
             opened: i.opened,
+            site: self.site,
         }
     }
 }

@@ -445,7 +445,7 @@ impl Fetcher {
                 )
                 .send()
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(classify)?;
             let status = resp.status().as_u16();
             if (300..400).contains(&status)
                 && let Some(loc) = resp.headers().get(reqwest::header::LOCATION)
@@ -477,7 +477,7 @@ impl Fetcher {
             let mut resp = resp;
             let mut body = Vec::new();
             let mut truncated = false;
-            while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e))? {
+            while let Some(chunk) = resp.chunk().await.map_err(classify)? {
                 let room = self.settings.max_body - body.len();
                 if chunk.len() > room {
                     body.extend_from_slice(&chunk[..room]);
@@ -497,8 +497,10 @@ impl Fetcher {
     }
 }
 
-fn classify(e: &reqwest::Error) -> FetchError {
-    let mut source = std::error::Error::source(e);
+/// Why a request failed, in words that never hold its URL (a pasted link may carry a token).
+fn classify(e: reqwest::Error) -> FetchError {
+    let e = e.without_url();
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(r) = s.downcast_ref::<Refused>() {
             return FetchError::Refused(r.0.clone());
@@ -509,7 +511,7 @@ fn classify(e: &reqwest::Error) -> FetchError {
         return FetchError::Failed("timed out".into());
     }
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());

@@ -181,6 +181,22 @@ impl Context {
         self.shared.health.breaker(name, policy)
     }
 
+    /// The breaker for a site that chat input chose (a host in a pasted link); see
+    /// [`crate::health::Health::site_breaker`]: bounded in number, shown, and never a reason
+    /// for the bot's health.
+    pub fn site_breaker(
+        &self,
+        name: &str,
+        policy: crate::breaker::BreakerPolicy,
+    ) -> crate::breaker::Breaker {
+        self.shared.health.site_breaker(name, policy)
+    }
+
+    /// The bot's breaker named `name`, if there is one (nothing is made).
+    pub fn find_breaker(&self, name: &str) -> Option<crate::breaker::Breaker> {
+        self.shared.health.find_breaker(name)
+    }
+
     /// Whether the sender of the message being handled is an admin (by the identity the
     /// transport proved, never by display name).
     pub fn sender_is_admin(&self) -> bool {

@@ -334,6 +334,8 @@ struct Inner {
     log: VecDeque<HealingEvent>,
     failed: Option<String>,
     breakers: BTreeMap<String, Breaker>,
+    /// The site breakers among `breakers`, least recently used first.
+    sites: VecDeque<String>,
     /// The overall state when last looked at, to log its changes.
     state: BotHealth,
     /// How long a transport may reconnect before the bot counts as critical.
@@ -366,7 +368,8 @@ impl Inner {
                 (_, s) => s.as_str().to_owned(),
             },
         });
-        let breakers = self.breakers.values().map(|b| {
+        // Sites that chat input chose are shown with the breakers, never as the bot's parts.
+        let breakers = self.breakers.values().filter(|b| !b.is_site()).map(|b| {
             let state = b.status().state;
             SubsystemHealth {
                 name: format!("breaker:{}", b.name()),
@@ -455,6 +458,9 @@ fn cause(subsystems: &[SubsystemHealth], state: BotHealth) -> Option<String> {
     }
 }
 
+/// The most breakers a bot keeps for sites that chat input chose.
+pub const MAX_SITE_BREAKERS: usize = 32;
+
 /// A bot's health registry. Cheap to clone; all clones share one table.
 #[derive(Clone, Debug)]
 pub struct Health {
@@ -533,6 +539,7 @@ impl Health {
                 log: VecDeque::new(),
                 failed: None,
                 breakers: BTreeMap::new(),
+                sites: VecDeque::new(),
                 state: BotHealth::Healthy,
                 critical_after: crate::options::ReconnectPolicy::default().critical_after,
                 inbound: 0,
@@ -690,6 +697,41 @@ impl Health {
         b
     }
 
+    /// The bot's breaker for a site that chat input chose (a host in a link a user pasted),
+    /// made with `policy` on first use. It is listed with the breakers (`!status`, the API) but
+    /// never moves the bot's health, its transitions go to the log and not the healing log
+    /// (chat users must not be able to flush that), and a bot keeps at most
+    /// [`MAX_SITE_BREAKERS`]: making one more forgets the least recently used. A name that
+    /// already belongs to a breaker of the bot's own answers that one.
+    pub fn site_breaker(&self, name: &str, policy: BreakerPolicy) -> Breaker {
+        let mut inner = self.lock();
+        if let Some(b) = inner.breakers.get(name).cloned() {
+            if b.is_site() {
+                inner.sites.retain(|s| s != name);
+                inner.sites.push_back(name.to_owned());
+            }
+            return b;
+        }
+        let b = Breaker::for_site(name, policy);
+        let bot = self.bot.clone();
+        b.set_on_change(Arc::new(move |action, detail| {
+            tracing::info!(bot = %bot, site = %crate::text::Escaped(&detail), "{action}");
+        }));
+        inner.breakers.insert(name.to_owned(), b.clone());
+        inner.sites.push_back(name.to_owned());
+        while inner.sites.len() > MAX_SITE_BREAKERS {
+            if let Some(old) = inner.sites.pop_front() {
+                inner.breakers.remove(&old);
+            }
+        }
+        b
+    }
+
+    /// The breaker named `name`, if the bot has one (it is not made).
+    pub fn find_breaker(&self, name: &str) -> Option<Breaker> {
+        self.lock().breakers.get(name).cloned()
+    }
+
     /// Lists `breaker` in this bot's status, and its transitions in the healing log (a
     /// breaker of the same name already listed is replaced).
     pub fn attach(&self, breaker: &Breaker) {
@@ -702,9 +744,10 @@ impl Health {
                 inner.note_change(&bot);
             }
         }));
-        self.lock()
-            .breakers
-            .insert(breaker.name().to_owned(), breaker.clone());
+        let mut inner = self.lock();
+        let name = breaker.name().to_owned();
+        inner.sites.retain(|s| *s != name);
+        inner.breakers.insert(name, breaker.clone());
     }
 
     /// Marks the bot failed: its own machinery broke and it has been stopped. Logged as an

@@ -258,6 +258,7 @@ async fn breakers(shared: web::Data<Shared>) -> HttpResponse {
                 json!({
                     "bot": s.bot,
                     "name": b.name,
+                    "site": b.site,
                     "state": b.state.as_str(),
                     "failures": b.failures,
                     "opened": b.opened,
@@ -667,8 +668,10 @@ impl Collector for Metrics {
             "opsbot_breaker_state",
             "Circuit breakers: 1 for the current state, 0 for the others",
             MetricType::Gauge,
+            // Sites that chat users linked are left out: their names are the users' choice,
+            // and a series per pasted host would grow without end.
             snaps.iter().flat_map(|s| {
-                s.breakers.iter().flat_map(move |b| {
+                s.breakers.iter().filter(|b| !b.site).flat_map(move |b| {
                     ["closed", "open", "half-open"].into_iter().map(move |st| {
                         let mut l = bot(s);
                         l.push(("breaker", lv(&b.name)));
@@ -684,7 +687,7 @@ impl Collector for Metrics {
             "Times a circuit breaker opened",
             MetricType::Counter,
             snaps.iter().flat_map(|s| {
-                s.breakers.iter().map(move |b| {
+                s.breakers.iter().filter(|b| !b.site).map(move |b| {
                     let mut l = bot(s);
                     l.push(("breaker", lv(&b.name)));
                     (l, counter(u64::from(b.opened)))

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use opsbot::fetch::{Allow, FetchError, FetchSettings, Fetcher, Lookup};
 use opsbot::prelude::*;
 use opsbot::settings::{FromSettings, SettingsError};
+use opsbot::text::Escaped;
 use regex::Regex;
 
 /// `[bot.handler.links]`.
@@ -338,27 +339,45 @@ impl Handler for Links {
             if !self.admit(&room, &url) {
                 continue;
             }
-            let host = opsbot::fetch::Url::parse(&url)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-                .unwrap_or_default();
-            let breaker = cx.breaker_with(&host, self.breaker);
-            let Ok(permit) = breaker.check() else {
+            let Ok(parsed) = opsbot::fetch::Url::parse(&url) else {
                 continue;
             };
+            let host = parsed.host_str().unwrap_or_default().to_owned();
+            // A URL the guard refuses makes nothing: no breaker, no fetch.
+            if let Err(why) = self.fetcher.check_url(&parsed) {
+                tracing::info!(host = %Escaped(&host), %why, "link not fetched");
+                continue;
+            }
+            // A site's breaker is made only once it has failed, and never moves the bot's
+            // health (see `Context::site_breaker`).
+            let known = cx.find_breaker(&host);
+            let permit = match known.as_ref().map(opsbot::breaker::Breaker::check) {
+                Some(Err(_)) => continue,
+                Some(Ok(p)) => Some(p),
+                None => None,
+            };
             match self.summary(&url).await {
-                Ok(Some(line)) => {
-                    permit.success();
-                    cx.reply(line);
+                Ok(line) => {
+                    if let Some(p) = permit {
+                        p.success();
+                    }
+                    if let Some(line) = line {
+                        cx.reply(line);
+                    }
                 }
-                Ok(None) => permit.success(),
                 Err(FetchError::Refused(why)) => {
-                    permit.success();
-                    tracing::info!(%url, %why, "link not fetched");
+                    // Refused after a lookup or a redirect: not the site's failure.
+                    tracing::info!(host = %Escaped(&host), why = %Escaped(&why), "link not fetched");
                 }
                 Err(e) => {
-                    tracing::info!(%url, error = %e, "no summary");
-                    permit.failure(&e);
+                    tracing::info!(host = %Escaped(&host), error = %Escaped(&e.to_string()), "no summary");
+                    let permit = match permit {
+                        Some(p) => Some(p),
+                        None => cx.site_breaker(&host, self.breaker).check().ok(),
+                    };
+                    if let Some(p) = permit {
+                        p.failure(&e);
+                    }
                 }
             }
         }

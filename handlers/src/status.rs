@@ -113,7 +113,12 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
         lines.push(l);
     }
     for b in &s.breakers {
-        let mut l = format!("breaker {}: {}", b.name, b.state.as_str());
+        let mut l = format!(
+            "breaker {}{}: {}",
+            b.name,
+            if b.site { " (a linked site)" } else { "" },
+            b.state.as_str()
+        );
         match b.state {
             BreakerState::Open { until } => l.push_str(&format!(
                 ", next try in {}",

@@ -283,3 +283,120 @@ async fn a_room_gets_a_bounded_number_of_summaries_a_minute() {
     assert_eq!(said.dest.name(), "#dev", "{said:?}");
     assert!(said.text.ends_with("Another page"), "{said:?}");
 }
+
+/// Links are chat input: a URL the guard refuses makes no breaker; a site that fails gets one
+/// (shown, with an error that holds no part of the pasted URL) that never makes the bot
+/// degraded; and however many sites users paste, the bot keeps a bounded number. Before, 12
+/// refused URLs made 12 breakers and five failing links to one made-up host turned the whole
+/// bot "degraded" in `!status`, the API, the healing log and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_input_makes_few_breakers_and_never_degrades_the_bot() {
+    let (port, dns) = world().await;
+    let links = Links::from_settings(LinksSettings {
+        per_room_per_minute: Some(60),
+        ..settings(port, dns)
+    })
+    .unwrap();
+    let mut bot = TestBot::new().with(links);
+    let w = format!("http://wiki.test:{port}");
+    // The positive signal after each batch: a summary said in that room.
+    async fn probe(bot: &mut TestBot, room: &str, w: &str) {
+        bot.send_as("alice", room, &format!("{w}/other"));
+        let said = bot.said().await;
+        assert_eq!(said.dest.name(), room, "{said:?}");
+        assert!(said.text.ends_with("Another page"), "{said:?}");
+    }
+    let refused: Vec<String> = [
+        format!("http://127.0.0.1:{port}/page"),
+        format!("http://[::1]:{port}/page"),
+        format!("http://0x7f.1:{port}/page"),
+        "http://10.0.0.1/".into(),
+        "http://172.16.5.4/".into(),
+        "http://192.168.1.1/".into(),
+        "http://100.64.0.1/".into(),
+        "http://169.254.169.254/latest/meta-data/".into(),
+        "http://[fe80::1]/".into(),
+        "http://0.0.0.0/".into(),
+        format!("http://site.test:{port}/page"),
+        "http://public.test/".into(),
+    ]
+    .into();
+    for (i, url) in refused.iter().enumerate() {
+        bot.send_as("mallory", &format!("#r{i}"), url);
+    }
+    probe(&mut bot, "#r0", &w).await;
+    assert!(
+        bot.status().breakers.is_empty(),
+        "{:?}",
+        bot.status().breakers
+    );
+
+    for i in 0..5 {
+        bot.send_as(
+            "mallory",
+            "#fail",
+            &format!("http://nope.test/token=s3cr3t{i}"),
+        );
+    }
+    probe(&mut bot, "#fail", &w).await;
+    let s = bot.status();
+    assert_eq!(s.breakers.len(), 1, "{:?}", s.breakers);
+    let b = &s.breakers[0];
+    assert_eq!((b.name.as_str(), b.site), ("nope.test", true));
+    assert!(
+        matches!(b.state, opsbot::breaker::BreakerState::Open { .. }),
+        "{b:?}"
+    );
+    let error = &b.last_error.as_ref().unwrap().1;
+    assert!(
+        !error.contains("s3cr3t") && !error.contains("token"),
+        "{error}"
+    );
+    assert_eq!(
+        s.health,
+        opsbot::health::BotHealth::Healthy,
+        "{}",
+        s.summary()
+    );
+    assert!(
+        s.subsystems.iter().all(|x| !x.name.starts_with("breaker:")),
+        "{:?}",
+        s.subsystems
+    );
+    assert!(
+        s.healing_log
+            .iter()
+            .all(|e| e.subsystem != "breaker" && e.subsystem != "health"),
+        "{:?}",
+        s.healing_log
+    );
+    let text = opsbot_handlers::status::render(&s, std::time::SystemTime::now());
+    assert!(
+        text.contains("breaker nope.test (a linked site): open"),
+        "{text}"
+    );
+
+    for i in 0..40 {
+        bot.send_as(
+            "mallory",
+            &format!("#many{}", i / 20),
+            &format!("http://h{i}.test/"),
+        );
+    }
+    probe(&mut bot, "#many0", &w).await;
+    probe(&mut bot, "#many1", &w).await;
+    let s = bot.status();
+    assert_eq!(
+        s.breakers.len(),
+        opsbot::health::MAX_SITE_BREAKERS,
+        "{:?}",
+        s.breakers.iter().map(|b| &b.name).collect::<Vec<_>>()
+    );
+    // The oldest were forgotten first.
+    assert!(
+        s.breakers
+            .iter()
+            .all(|b| b.name != "nope.test" && b.name != "h0.test")
+    );
+    assert_eq!(s.health, opsbot::health::BotHealth::Healthy);
+}
