@@ -290,12 +290,18 @@ fn logs_to_a_pipe_are_plain_text() {
 }
 
 fn check(text: &str) -> (bool, String, String) {
+    check_env(text, &[])
+}
+
+/// [`check`] with these environment variables set.
+fn check_env(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bots.toml");
     std::fs::write(&path, text).unwrap();
     let out = common::opsbot()
         .args(["check", "--config"])
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "bots.toml");
@@ -792,6 +798,72 @@ fn an_admin_token_written_in_the_file_and_a_bad_listen_address_are_refused() {
     assert!(!ok);
     assert!(
         err.contains("bots.toml:2: `http.listen`: `localhost` is not an address and port"),
+        "{err}"
+    );
+}
+
+/// `${EMPTY}aaaa…` was taken as a token: the part written in the file was the whole secret.
+/// A token is now one environment variable, holding at least 16 characters of at least 8
+/// kinds. An API reachable from other machines needs one (or says it is guarded otherwise),
+/// and `hosts` holds host names.
+#[test]
+fn a_weak_or_partly_written_admin_token_and_an_open_api_without_one_are_refused() {
+    let bot = "[[bot]]\nname = \"a\"\n";
+    let strong = ("T", "c2f9a1e0b7d84e6f9a0b1c2d3e4f5a6b");
+    for (token, env, want) in [
+        (
+            "${EMPTY}aaaaaaaaaaaaaaaaaaaaaaaa",
+            ("EMPTY", ""),
+            "the token must be one environment variable and nothing else",
+        ),
+        (
+            "${T}",
+            ("T", "aaaaaaaaaaaaaaaaaaaaaaaa"),
+            "fewer than 8 different characters",
+        ),
+        ("${T}", ("T", "short-token"), "fewer than 16 characters"),
+        (
+            "${T}",
+            ("T", "a b c d e f g h i j k l"),
+            "spaces or control characters",
+        ),
+    ] {
+        let (ok, _, err) = check_env(&format!("[http]\nadmin_token = \"{token}\"\n{bot}"), &[env]);
+        assert!(!ok, "{token} {env:?}");
+        assert!(
+            err.contains("bots.toml:2: `http.admin_token`: ") && err.contains(want),
+            "{token}: {err}"
+        );
+        assert!(
+            !err.contains(env.1) || env.1.is_empty(),
+            "the secret was shown: {err}"
+        );
+    }
+    let (ok, _, err) = check_env(
+        &format!("[http]\nadmin_token = \"${{T}}\"\n{bot}"),
+        &[strong],
+    );
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = check(&format!("[http]\nlisten = \"0.0.0.0:9120\"\n{bot}"));
+    assert!(!ok);
+    assert!(
+        err.contains("`http.listen`: 0.0.0.0:9120 is reachable from other machines, and the API has no admin_token"),
+        "{err}"
+    );
+    for extra in ["open_without_token = true\n", "admin_token = \"${T}\"\n"] {
+        let (ok, _, err) = check_env(
+            &format!("[http]\nlisten = \"0.0.0.0:9120\"\n{extra}{bot}"),
+            &[strong],
+        );
+        assert!(ok, "{extra}: {err}");
+    }
+    let (ok, _, err) = check(&format!(
+        "[http]\nhosts = [\"opsbot.example\", \"http://x/\"]\n{bot}"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("`http.hosts[1]`: `http://x/` is not a host name"),
         "{err}"
     );
 }

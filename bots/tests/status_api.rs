@@ -36,8 +36,17 @@ impl Bot {
 
     /// Like [`Bot::start`], keeping `cap` healing-log entries.
     fn start_capped(dir: &Path, port: u16, rest: &str, cap: usize) -> Self {
+        Self::start_full(dir, port, "", rest, cap)
+    }
+
+    /// Like [`Bot::start`], with `http` added to the `[http]` table.
+    fn start_with_http(dir: &Path, port: u16, http: &str, rest: &str) -> Self {
+        Self::start_full(dir, port, http, rest, 10_000)
+    }
+
+    fn start_full(dir: &Path, port: u16, http: &str, rest: &str, cap: usize) -> Self {
         let config = format!(
-            "[state]\npath = \"{}\"\nhealing_log_entries = {cap}\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"${{OPSBOT_TEST_TOKEN}}\"\n\n{rest}",
+            "[state]\npath = \"{}\"\nhealing_log_entries = {cap}\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"${{OPSBOT_TEST_TOKEN}}\"\n{http}\n{rest}",
             dir.join("state.redb").display()
         );
         let path = dir.join("bot.toml");
@@ -165,7 +174,10 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: 127.0.0.1\r\n");
+    }
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -885,6 +897,128 @@ return {
   width: window.innerWidth,
 };
 "##;
+
+/// DNS rebinding: a page the operator opens at `rebind.attacker.example`, rebound to
+/// 127.0.0.1, used to read the healing log. Now only addresses, `localhost` and the names in
+/// `[http] hosts` are answered.
+#[test]
+fn only_its_own_host_names_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let port = bot.port.to_string();
+    let get_as = |host: &str, path: &str| bot.request("GET", path, &[("Host", host)], b"");
+    for path in ["/api/v1/healing-log", "/api/v1/health", "/metrics", "/"] {
+        let (status, body) = get_as("rebind.attacker.example", path);
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(!body.contains("handler:"), "{path}: {body}");
+        let (status, _) = get_as(&format!("rebind.attacker.example:{port}"), path);
+        assert_eq!(status, 403, "{path}");
+        for ok in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            assert_eq!(get_as(&ok, path).0, 200, "{ok} {path}");
+        }
+    }
+    // A heal through a foreign name is refused before the token is looked at.
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _) = bot.request(
+        "POST",
+        "/api/v1/heal/ops/handler:boom",
+        &[
+            ("Host", "rebind.attacker.example"),
+            ("Authorization", &auth),
+        ],
+        b"",
+    );
+    assert_eq!(status, 403);
+    drop(bot);
+    // A name of the operator's own, listed in [http] hosts.
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let bot = Bot::start_with_http(
+        dir.path(),
+        port,
+        "hosts = [\"opsbot.internal.example\"]\n",
+        BOOM_BOT,
+    );
+    let (status, _) = bot.request(
+        "GET",
+        "/api/v1/health",
+        &[("Host", &format!("Opsbot.Internal.Example:{port}"))],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let (status, _) = bot.request("GET", "/api/v1/health", &[("Host", "other.example")], b"");
+    assert_eq!(status, 403);
+}
+
+/// An address that guesses tokens gets five tries a minute, then 429 for a minute, the right
+/// token included; nothing is healed meanwhile.
+#[test]
+fn wrong_tokens_are_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    bot.spend_boom_budget();
+    let path = "/api/v1/heal/ops/handler:boom";
+    for i in 0..5 {
+        let (status, _) = bot.heal(path, Some(&format!("wrong-token-0123456789-{i}")), "");
+        assert_eq!(status, 403, "guess {i}");
+    }
+    let (status, raw) = bot.request(
+        "POST",
+        path,
+        &[("Authorization", "Bearer wrong-token-0123456789-x")],
+        b"",
+    );
+    assert_eq!(status, 429, "{raw}");
+    let (status, v) = bot.heal(path, Some(TOKEN), "");
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(bot.json("/api/v1/health")["state"], "degraded");
+    assert!(
+        entries(&bot.json("/api/v1/healing-log"))
+            .iter()
+            .all(|e| e["action"] != "heal")
+    );
+    // Reading goes on.
+    assert_eq!(bot.get("/api/v1/health").0, 200);
+}
+
+/// Idle connections are capped (the process's file descriptors are its bots' too): 800 of
+/// them used to be accepted. While they are held the process keeps under the cap plus what
+/// it had; once they go, the API answers at once.
+#[test]
+fn idle_connections_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bot.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let idle: Vec<TcpStream> = (0..800)
+        .map(|_| TcpStream::connect(("127.0.0.1", bot.port)).unwrap())
+        .collect();
+    // Let the server accept what it will.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut most = 0;
+    while Instant::now() < deadline {
+        most = most.max(fds());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        most <= before + opsbot::status_api::MAX_CONNECTIONS + 8,
+        "{most} descriptors open ({before} before, cap {})",
+        opsbot::status_api::MAX_CONNECTIONS
+    );
+    assert!(most > before + 100, "the test held no connections: {most}");
+    drop(idle);
+    bot.wait_for("the API to answer again", |b| {
+        b.get("/api/v1/health").0 == 200
+    });
+}
 
 #[test]
 fn the_status_page_shows_a_failed_handler_in_a_real_browser() {

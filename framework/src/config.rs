@@ -179,6 +179,8 @@ struct RawState {
 struct RawHttp {
     listen: Option<String>,
     admin_token: Option<String>,
+    hosts: Option<Vec<String>>,
+    open_without_token: Option<bool>,
 }
 
 /// The HTTP status API (`[http]`): off unless the table is there.
@@ -188,6 +190,10 @@ pub struct HttpConfig {
     pub listen: std::net::SocketAddr,
     /// The bearer token of forced heals; without one, every heal is refused.
     pub admin_token: Option<Secret>,
+    /// Host names a request's `Host` header may carry besides addresses and `localhost` (a
+    /// defence against DNS rebinding: a web page the operator opens cannot read the API
+    /// through a name of its own), lower-case.
+    pub hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -195,12 +201,34 @@ impl Default for HttpConfig {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9120)),
             admin_token: None,
+            hosts: Vec::new(),
         }
+    }
+}
+
+/// Why `token` is too weak to guard forced heals, if it is.
+fn token_strength(token: &str) -> Option<String> {
+    let distinct = token
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if token.chars().count() < MIN_TOKEN {
+        Some(format!("it has fewer than {MIN_TOKEN} characters"))
+    } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it holds spaces or control characters".into())
+    } else if distinct < MIN_TOKEN_DISTINCT {
+        Some(format!(
+            "it has fewer than {MIN_TOKEN_DISTINCT} different characters"
+        ))
+    } else {
+        None
     }
 }
 
 /// The shortest admin token taken.
 const MIN_TOKEN: usize = 16;
+/// The fewest different characters an admin token may have (`aaaa…` is no secret).
+const MIN_TOKEN_DISTINCT: usize = 8;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -741,28 +769,71 @@ impl Validator<'_> {
             }
         }
         if let Some(raw) = raw.admin_token {
+            let whole_var = raw
+                .strip_prefix("${")
+                .and_then(|r| r.strip_suffix('}'))
+                .is_some_and(|name| {
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
             if !raw.contains("${") {
                 self.error(
                     "http.admin_token".into(),
                     "the token is written in the file itself",
                     Some("keep it out of the file: admin_token = \"${OPSBOT_ADMIN_TOKEN}\", set in the environment"),
                 );
+            } else if !whole_var {
+                self.error(
+                    "http.admin_token".into(),
+                    "the token must be one environment variable and nothing else (part of it would be written in the file)",
+                    Some("admin_token = \"${OPSBOT_ADMIN_TOKEN}\""),
+                );
             } else {
                 match expand_env(&raw, |k| std::env::var(k).ok()) {
-                    Ok(t)
-                        if t.chars().count() >= MIN_TOKEN
-                            && !t.chars().any(char::is_whitespace) =>
-                    {
+                    Ok(t) if token_strength(&t).is_none() => {
                         c.admin_token = Some(Secret::new(t));
                     }
-                    Ok(_) => self.error(
+                    Ok(t) => self.error(
                         "http.admin_token".into(),
-                        format!("the token must be at least {MIN_TOKEN} characters without spaces"),
-                        Some("for example: openssl rand -hex 32"),
+                        format!(
+                            "the environment's token is no secret: {}",
+                            token_strength(&t).unwrap_or_default()
+                        ),
+                        Some("make one with: openssl rand -hex 32"),
                     ),
                     Err(e) => self.error("http.admin_token".into(), e, None),
                 }
             }
+        }
+        if let Some(hosts) = raw.hosts {
+            for (i, h) in hosts.iter().enumerate() {
+                let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+                let ok = !h.is_empty()
+                    && h.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
+                if ok {
+                    c.hosts.push(h);
+                } else {
+                    self.error(
+                        format!("http.hosts[{i}]"),
+                        format!("`{}` is not a host name", hosts[i]),
+                        Some("the names the API is reached by, such as \"opsbot.internal.example\" (addresses and localhost are always accepted)"),
+                    );
+                }
+            }
+        }
+        let loopback = c.listen.ip().is_loopback();
+        if !loopback && c.admin_token.is_none() && raw.open_without_token != Some(true) {
+            self.error(
+                "http.listen".into(),
+                format!(
+                    "{} is reachable from other machines, and the API has no admin_token",
+                    c.listen
+                ),
+                Some("set admin_token, listen on 127.0.0.1, or say open_without_token = true if a firewall or a proxy guards it"),
+            );
         }
         c
     }

@@ -13,10 +13,18 @@
 //!
 //! The server runs on worker threads of its own, never on a bot's: a flood of requests costs
 //! the bots a few short locks of their health registries, nothing more. Bodies are capped at
-//! 16 KiB, a request must arrive within 5 s, and the admin token is compared in constant time.
-//! The JSON shapes are in README.md.
+//! 16 KiB, a request must arrive within 5 s, at most [`MAX_CONNECTIONS`] connections are open
+//! at once (the file descriptors are the bots' too), and the admin token is compared in
+//! constant time; an address that sends [`WRONG_TOKENS`] wrong tokens within a minute gets 429
+//! for a minute, whatever it sends. A request whose `Host` is not an address, `localhost` or a
+//! name in `[http] hosts` is refused (403), so that a web page the operator opens cannot read
+//! the API through a name of its own that it rebinds to 127.0.0.1. The JSON shapes are in
+//! README.md.
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{KeepAlive, StatusCode};
@@ -46,6 +54,12 @@ const MAX_BODY: usize = 16 * 1024;
 const MAX_LIMIT: usize = 10_000;
 /// A bot thread silent for longer than this is not alive.
 const LIVE_LIMIT: Duration = Duration::from_secs(10);
+/// Connections open at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Wrong admin tokens one address may send within a minute.
+pub const WRONG_TOKENS: u32 = 5;
+/// How long an address that sent too many wrong tokens is refused.
+const GUESSER_WAIT: Duration = Duration::from_secs(60);
 
 struct Bot {
     health: Health,
@@ -57,6 +71,92 @@ struct Shared {
     log: Option<HealingLog>,
     token: Option<Secret>,
     registry: Registry,
+    hosts: Vec<String>,
+    guesses: Guesses,
+}
+
+/// Wrong admin tokens per address, and the addresses refused for sending too many.
+struct Guesses {
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    refused: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Guesses {
+    fn new() -> Self {
+        let n = std::num::NonZeroU32::new(WRONG_TOKENS).expect("non-zero");
+        Self {
+            limiter: governor::RateLimiter::hashmap(governor::Quota::per_minute(n).allow_burst(n)),
+            refused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `ip` is still refused, if it is.
+    fn refused_for(&self, ip: IpAddr) -> Option<Duration> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused
+            .get(&ip)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    /// Counts a wrong token from `ip`; answers whether it is now refused.
+    fn wrong(&self, ip: IpAddr) -> bool {
+        if self.limiter.check_key(&ip).is_ok() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.retain(|_, until| *until > now);
+        if refused.len() < 65_536 {
+            refused.insert(ip, now + GUESSER_WAIT);
+        }
+        self.limiter.retain_recent();
+        true
+    }
+}
+
+/// Whether a request's `Host` (`name`, `name:port`, `1.2.3.4:port`, `[::1]:port`) is one the
+/// API answers to: an address, `localhost` (or a name under it), or one of `hosts`.
+fn host_allowed(host: &str, hosts: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || hosts.iter().any(|h| *h == name)
+}
+
+/// Refuses requests for a `Host` the API does not answer to (see the module documentation).
+async fn check_host(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let allowed = match req.headers().get(header::HOST).map(HeaderValue::to_str) {
+        None => true, // no browser sends a request without one
+        Some(Ok(host)) => req
+            .app_data::<web::Data<Shared>>()
+            .is_some_and(|s| host_allowed(host, &s.hosts)),
+        Some(Err(_)) => false,
+    };
+    if allowed {
+        return next
+            .call(req)
+            .await
+            .map(actix_web::dev::ServiceResponse::map_into_left_body);
+    }
+    let response = error(
+        StatusCode::FORBIDDEN,
+        "this API answers to its addresses, localhost and the names in [http] hosts",
+    );
+    Ok(req.into_response(response).map_into_right_body())
 }
 
 /// Starts the server on the current actix system; answers its handle (stop it at shutdown).
@@ -77,6 +177,8 @@ pub(crate) fn start(
         log,
         token: api.admin_token.clone(),
         registry,
+        hosts: api.hosts.clone(),
+        guesses: Guesses::new(),
     });
     let listen = api.listen;
     let server = HttpServer::new(move || {
@@ -90,6 +192,7 @@ pub(crate) fn start(
                 )
                 .into()
             }))
+            .wrap(actix_web::middleware::from_fn(check_host))
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()
                     .add((header::CACHE_CONTROL, "no-store"))
@@ -116,6 +219,7 @@ pub(crate) fn start(
             }))
     })
     .workers(1)
+    .max_connections(MAX_CONNECTIONS)
     .disable_signals()
     .shutdown_timeout(1)
     .client_request_timeout(Duration::from_secs(5))
@@ -387,12 +491,27 @@ async fn heal(
             let (scheme, rest) = h.split_at_checked(7)?;
             scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
         });
+    let ip = req.peer_addr().map(|a| a.ip());
+    let too_many = |wait: Duration| {
+        HttpResponse::TooManyRequests()
+            .insert_header((header::RETRY_AFTER, wait.as_secs().max(1).to_string()))
+            .json(json!({ "error": "too many wrong tokens from this address; wait and try again" }))
+    };
+    if let Some(wait) = ip.and_then(|ip| shared.guesses.refused_for(ip)) {
+        return too_many(wait);
+    }
     let Some(given) = given else {
         return HttpResponse::Unauthorized()
             .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"opsbot\""))
             .json(json!({ "error": "an admin token is needed: Authorization: Bearer TOKEN" }));
     };
     if !bool::from(given.ct_eq(token.expose().as_bytes())) {
+        if let Some(ip) = ip
+            && shared.guesses.wrong(ip)
+        {
+            tracing::warn!(%ip, "too many wrong admin tokens; refusing this address for a minute");
+            return too_many(GUESSER_WAIT);
+        }
         return error(StatusCode::FORBIDDEN, "wrong token");
     }
     let body: HealBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -721,6 +840,42 @@ impl Collector for Metrics {
 
 /// The status page: no build step, no external assets, no secrets; it reads the API.
 const PAGE: &str = include_str!("status_page.html");
+
+#[cfg(test)]
+mod host_tests {
+    use super::host_allowed;
+
+    #[test]
+    fn addresses_localhost_and_listed_names_are_the_only_hosts() {
+        let hosts = vec!["opsbot.internal.example".to_owned()];
+        for ok in [
+            "127.0.0.1:9120",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:9120",
+            "[fe80::1]",
+            "localhost:9120",
+            "LOCALHOST",
+            "status.localhost:1",
+            "opsbot.internal.example:9120",
+            "Opsbot.Internal.Example.",
+        ] {
+            assert!(host_allowed(ok, &hosts), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:9120",
+            "127.0.0.1.nip.io",
+            "localhost.attacker.example",
+            "[::1",
+            "[evil]:80",
+            "opsbot.internal.example.attacker.example",
+            "",
+        ] {
+            assert!(!host_allowed(bad, &hosts), "{bad}");
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
