@@ -131,7 +131,7 @@ fn host_allowed(host: &str, hosts: &[String]) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
-        || hosts.iter().any(|h| *h == name)
+        || hosts.contains(&name)
 }
 
 /// Refuses requests for a `Host` the API does not answer to (see the module documentation).
