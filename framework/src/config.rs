@@ -185,6 +185,7 @@ struct RawHttp {
 
 /// The HTTP status API (`[http]`): off unless the table is there.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HttpConfig {
     /// Address and port (default `127.0.0.1:9120`).
     pub listen: std::net::SocketAddr,

@@ -95,10 +95,9 @@ fn livez_fails_while_a_bot_thread_is_wedged_and_once_a_bot_has_failed() {
     let shutdown = Shutdown::new();
     let mut options = RunOptions::new();
     options.shutdown = shutdown.clone();
-    options.http = Some(HttpConfig {
-        listen: ([127, 0, 0, 1], port).into(),
-        admin_token: None,
-    });
+    let mut http = HttpConfig::default();
+    http.listen = ([127, 0, 0, 1], port).into();
+    options.http = Some(http);
     let runner =
         std::thread::spawn(move || opsbot::run_process(vec![wedgy_bot, frail_bot], options));
 
