@@ -877,3 +877,50 @@ async fn a_token_refused_while_posting_is_a_refusal_and_the_reply_waits_for_the_
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.posts().len(), 1);
 }
+
+/// URLs that Webex's own services hand over are checked before the token goes there: a
+/// catalog naming a device service on another host is not used (`wdm_url` is), and a device
+/// whose WebSocket is plain `ws` to a name that is not this machine's (`localhost.` resolves
+/// here, but is not a loopback address as written) is never connected to: the token stays
+/// home, the reason is in the healing log, and once the device service behaves the bot
+/// connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_urls_that_would_take_the_token_elsewhere_are_refused() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let p = fake.rest_port;
+    fake.set_catalog_wdm(&format!("http://localhost.:{p}/wdm/api/v1"));
+    fake.set_socket_url(Some(&format!(
+        "ws://localhost.:{}/mercury/{{id}}",
+        fake.ws_port
+    )));
+    let bot = bot(&fake, &a, "");
+    let s = bot
+        .wait_status(T, "the refused WebSocket in the healing log", |s| {
+            s.healing_log
+                .iter()
+                .any(|e| e.detail.contains("a WebSocket the token may not go to"))
+        })
+        .await;
+    assert!(!connected(&s));
+    assert!(
+        fake.upgrades(&a.token).is_empty(),
+        "the token went to the socket"
+    );
+    // The catalog's device service was passed over for wdm_url.
+    let requests = fake.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.starts_with("/wdm-fallback/")),
+        "{:?}",
+        requests.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    assert!(!requests.iter().any(|r| r.path.starts_with("/wdm/")));
+    // A device service that behaves again: connected, and answering.
+    fake.set_socket_url(None);
+    fake.stale_devices(&a.token);
+    up(&fake, &bot, &a).await;
+    fake.say(&a, ALICE, None, None, "!echo home");
+    assert_eq!(fake.wait_posts(&a.token, 1, T).await[0].text(), "home");
+}

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use opsbot::config::Secret;
+use opsbot::fetch::Url;
 use serde::Deserialize;
 
-use crate::common::{is_loopback, secs_problems};
+use crate::common::secs_problems;
 
 /// The most bytes Webex takes in one message's text or markdown.
 pub const MAX_MESSAGE_BYTES: usize = 7439;
@@ -95,7 +96,7 @@ impl WebexConfig {
             if optional && url.is_empty() {
                 continue;
             }
-            if let Some(problem) = url_problem(url) {
+            if let Err(problem) = token_url(url, "https", "http") {
                 out.push((key.into(), problem));
             }
         }
@@ -158,36 +159,73 @@ impl WebexConfig {
     }
 }
 
-/// Why `url` cannot be a base URL: not http(s), or plain http to anything but this machine
-/// (the token would cross the network in the clear).
-fn url_problem(url: &str) -> Option<String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Some(format!("`{url}` is not a URL (write https://host/path)"));
-    };
-    let host = rest
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or("")
-        .rsplit('@')
-        .next()
-        .unwrap_or("");
-    let host_only = if host.starts_with('[') {
-        host.split_inclusive(']').next().unwrap_or(host)
-    } else {
-        host.split(':').next().unwrap_or(host)
-    };
-    if host_only.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some(format!("`{url}` is not a URL (write https://host/path)"));
+/// Domains whose hosts Webex's own services live under: a URL a service hands the bot
+/// (the catalog's device service, a device's WebSocket) must lead to one of them, or to the
+/// host that handed it over, before the token goes there.
+pub const WEBEX_DOMAINS: &[&str] = &["webex.com", "wbx2.com", "ciscospark.com", "webexapis.com"];
+
+/// Whether the URL's host is this machine (`localhost`, or a loopback address).
+fn loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
-    match scheme {
-        "https" => None,
-        "http" if is_loopback(host_only) => None,
-        "http" => Some(
-            "may use http only for a server on a loopback address: the token would cross the \
-             network in the clear"
-                .into(),
-        ),
-        _ => Some(format!("`{scheme}` is not http or https")),
+}
+
+/// Parses a URL the token will be sent to, with the parser that connects (so that the host
+/// checked is the host connected: `http://evil.example\@127.0.0.1/` is evil.example), and
+/// checks it: `secure` (https, wss) anywhere, `plain` (http, ws) only to this machine, and no
+/// credentials in it.
+pub(crate) fn token_url(url: &str, secure: &str, plain: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url.trim())
+        .map_err(|e| format!("`{url}` is not a URL ({e}); write {secure}://host/path"))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` names no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!("`{url}` has credentials in it"));
+    }
+    let scheme = parsed.scheme();
+    if scheme == secure || (scheme == plain && loopback_host(&parsed)) {
+        Ok(parsed)
+    } else if scheme == plain {
+        Err(format!(
+            "may use {plain} only for a server on a loopback address (this one is {}): the token \
+             would cross the network in the clear",
+            parsed.host_str().unwrap_or("?")
+        ))
+    } else {
+        Err(format!("`{scheme}` is not {secure} or {plain}"))
+    }
+}
+
+/// Checks a URL a Webex service handed the bot (`from`: the URL of the service that did)
+/// before the token goes there: as [`token_url`], and on a Webex domain or the host of `from`
+/// (a loopback host only when `from` is on one too).
+pub(crate) fn served_url(url: &str, secure: &str, plain: &str, from: &Url) -> Result<Url, String> {
+    let parsed = token_url(url, secure, plain)?;
+    let host = parsed
+        .host_str()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let same = from
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&host));
+    let webex = matches!(parsed.host(), Some(url::Host::Domain(_)))
+        && WEBEX_DOMAINS
+            .iter()
+            .any(|d| host == *d || host.ends_with(&format!(".{d}")));
+    let local = loopback_host(&parsed) && loopback_host(from);
+    if same || webex || local {
+        Ok(parsed)
+    } else {
+        Err(format!(
+            "{host} is neither a Webex host ({}) nor the service's own host",
+            WEBEX_DOMAINS.join(", ")
+        ))
     }
 }
 
@@ -232,5 +270,60 @@ mod tests {
         );
         let c: WebexConfig = toml::from_str("token = \"Bearer abc\"").unwrap();
         assert_eq!(c.problems()[0].0, "token");
+    }
+
+    /// `http://evil.example\@127.0.0.1/v1` passed the loopback rule (the old check read the
+    /// host after the last `@`), and the token went to evil.example in clear text.
+    #[test]
+    fn the_host_checked_is_the_host_connected() {
+        for bad in [
+            "http://evil.example\\@127.0.0.1/v1",
+            "http://evil.example%5C@127.0.0.1/v1",
+            "http://user:pw@127.0.0.1/v1",
+            "http://127.0.0.1.evil.example/v1",
+            "http://localhost.evil.example/v1",
+            "https://user@webexapis.com/v1",
+        ] {
+            assert!(
+                token_url(bad, "https", "http").is_err(),
+                "{bad} got through as {:?}",
+                token_url(bad, "https", "http").map(|u| u.host_str().map(str::to_owned))
+            );
+        }
+        for good in [
+            "http://127.0.0.1:9/v1",
+            "http://[::1]:8/wdm",
+            "http://localhost:1/",
+            "https://webexapis.com/v1",
+        ] {
+            assert!(token_url(good, "https", "http").is_ok(), "{good}");
+        }
+        let c = cfg("rest_url = \"http://evil.example\\\\@127.0.0.1/v1\"");
+        assert_eq!(c.problems()[0].0, "rest_url", "{:?}", c.problems());
+    }
+
+    #[test]
+    fn urls_a_service_hands_over_stay_with_webex_or_that_service() {
+        let wdm = Url::parse("https://wdm-a.wbx2.com/wdm/api/v1").unwrap();
+        for ok in [
+            "wss://mercury-connection-a.wbx2.com/v1/apps/wx2/registrations/x",
+            "wss://wdm-a.wbx2.com/socket",
+            "wss://x.webex.com/",
+        ] {
+            assert!(served_url(ok, "wss", "ws", &wdm).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ws://mercury-connection-a.wbx2.com/",
+            "wss://attacker.example/",
+            "wss://wbx2.com.attacker.example/",
+            "wss://127.0.0.1/",
+            "wss://10.0.0.1/",
+            "ws://localhost./x",
+        ] {
+            assert!(served_url(bad, "wss", "ws", &wdm).is_err(), "{bad}");
+        }
+        let local = Url::parse("http://127.0.0.1:5/wdm").unwrap();
+        assert!(served_url("ws://127.0.0.1:6/m", "wss", "ws", &local).is_ok());
+        assert!(served_url("ws://localhost./m", "wss", "ws", &local).is_err());
     }
 }

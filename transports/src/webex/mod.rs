@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-pub use config::{MAX_MESSAGE_BYTES, REST_URL, U2C_URL, WDM_URL, WebexConfig};
+pub use config::{MAX_MESSAGE_BYTES, REST_URL, U2C_URL, WDM_URL, WEBEX_DOMAINS, WebexConfig};
 
 /// How many message ids are remembered to run a redelivered event once.
 const SEEN: usize = 4096;
@@ -342,18 +342,29 @@ impl Webex {
         })
     }
 
-    /// The device service: from the catalog when there is one, else `wdm_url`.
+    /// The device service: from the catalog when there is one (and it leads to Webex or the
+    /// catalog's own host), else `wdm_url`.
     async fn wdm(&self) -> String {
         let u2c = self.cfg.u2c_url.trim_end_matches('/');
         if !u2c.is_empty() {
             let url = format!("{u2c}/catalog?format=hostmap");
             match setup_error("reading the service catalog", self.api.get(&url).await) {
-                Ok(v) => {
-                    if let Some(wdm) = v.pointer("/serviceLinks/wdm").and_then(Value::as_str) {
-                        return wdm.trim_end_matches('/').to_owned();
+                Ok(v) => match v.pointer("/serviceLinks/wdm").and_then(Value::as_str) {
+                    Some(wdm) => {
+                        let from = opsbot::fetch::Url::parse(u2c).expect("checked u2c_url");
+                        match config::served_url(wdm, "https", "http", &from) {
+                            Ok(_) => return wdm.trim_end_matches('/').to_owned(),
+                            Err(why) => tracing::warn!(
+                                kind = "webex",
+                                %why,
+                                "the service catalog's device service is not used; using wdm_url"
+                            ),
+                        }
                     }
-                    tracing::warn!(kind = "webex", "the service catalog names no wdm service");
-                }
+                    None => {
+                        tracing::warn!(kind = "webex", "the service catalog names no wdm service");
+                    }
+                },
                 Err(e) => tracing::warn!(kind = "webex", error = %e, "using wdm_url"),
             }
         }
@@ -376,7 +387,7 @@ impl Webex {
                     d.get("name").and_then(Value::as_str) == Some(self.cfg.device_name.as_str())
                 });
             if let Some(d) = found.and_then(device_of) {
-                return Ok(d);
+                return checked_socket(d, &wdm);
             }
         }
         let body = json!({
@@ -390,12 +401,14 @@ impl Webex {
         });
         let v = setup_error("registering a device", self.api.post(&devices, &body).await)?;
         self.stats.registrations += 1;
-        device_of(&v).ok_or_else(|| {
+        let d = device_of(&v).ok_or_else(|| {
             TransportError::Connection("the device registration named no webSocketUrl".into())
-        })
+        })?;
+        checked_socket(d, &wdm)
     }
 
-    /// Opens and authorizes the device's socket; `Ok(None)` when the device is stale (404).
+    /// Opens and authorizes the device's socket (whose URL [`checked_socket`] passed);
+    /// `Ok(None)` when the device is stale (404).
     async fn open(&self, device: &Device) -> Result<Option<Socket>, TransportError> {
         let mut req = device
             .ws_url
@@ -565,6 +578,19 @@ impl Webex {
             body["text"] = Value::String(d.text.clone());
         }
         body
+    }
+}
+
+/// The device, if its WebSocket URL is one the token may go to: `wss` (or `ws` to this
+/// machine when the device service is here too), on a Webex host or the device service's own.
+fn checked_socket(d: Device, wdm: &str) -> Result<Device, TransportError> {
+    let from = opsbot::fetch::Url::parse(wdm)
+        .map_err(|e| TransportError::Connection(format!("the device service's URL: {e}")))?;
+    match config::served_url(&d.ws_url, "wss", "ws", &from) {
+        Ok(_) => Ok(d),
+        Err(why) => Err(TransportError::Connection(format!(
+            "the device service handed over a WebSocket the token may not go to: {why}"
+        ))),
     }
 }
 

@@ -115,6 +115,10 @@ struct State {
     upgrades: Vec<(String, Instant)>,
     seq: u64,
     ping_every: Option<Duration>,
+    /// What the catalog names as the device service, instead of the fake's own.
+    catalog_wdm: Option<String>,
+    /// The WebSocket URL devices get, instead of the fake's own (`{id}`: the device's id).
+    socket_url: Option<String>,
 }
 
 /// The fake; dropping it stops it.
@@ -234,6 +238,16 @@ impl FakeWebex {
             times,
             fault,
         ));
+    }
+
+    /// The catalog names `url` as the device service (a hostile or broken catalog).
+    pub fn set_catalog_wdm(&self, url: &str) {
+        self.state.lock().unwrap().catalog_wdm = Some(url.to_owned());
+    }
+
+    /// Devices get `url` as their WebSocket URL (`{id}` stands for the device's id).
+    pub fn set_socket_url(&self, url: Option<&str>) {
+        self.state.lock().unwrap().socket_url = url.map(str::to_owned);
     }
 
     /// Every new socket is closed with `code` right after its authorization frame.
@@ -622,7 +636,7 @@ fn handle(
         })),
         ("GET", "/u2c/api/v1/catalog") => ok(json!({
             "serviceLinks": {
-                "wdm": format!("{base}/wdm/api/v1"),
+                "wdm": s.catalog_wdm.clone().unwrap_or_else(|| format!("{base}/wdm/api/v1")),
                 "hydra": format!("{base}/v1"),
             },
             "hostCatalog": {},
@@ -633,7 +647,7 @@ fn handle(
                 .devices
                 .iter()
                 .filter(|d| d.token == token && !d.stale)
-                .map(|d| device_json(d, &base, ws_port))
+                .map(|d| device_json(d, &base, ws_port, s.socket_url.as_deref()))
                 .collect();
             ok(json!({ "devices": devices }))
         }
@@ -651,7 +665,7 @@ fn handle(
                 unacked: VecDeque::new(),
                 socket: None,
             };
-            let j = device_json(&d, &base, ws_port);
+            let j = device_json(&d, &base, ws_port, s.socket_url.as_deref());
             s.devices.push(d);
             ok(j)
         }
@@ -708,10 +722,14 @@ fn handle(
     }
 }
 
-fn device_json(d: &Device, base: &str, ws_port: u16) -> Value {
+fn device_json(d: &Device, base: &str, ws_port: u16, socket_url: Option<&str>) -> Value {
+    let ws = socket_url.map_or_else(
+        || format!("ws://127.0.0.1:{ws_port}/mercury/{}", d.id),
+        |u| u.replace("{id}", &d.id),
+    );
     json!({
         "url": format!("{base}/wdm/api/v1/devices/{}", d.id),
-        "webSocketUrl": format!("ws://127.0.0.1:{ws_port}/mercury/{}", d.id),
+        "webSocketUrl": ws,
         "deviceType": "DESKTOP",
         "name": d.name,
         "deviceName": d.name,
