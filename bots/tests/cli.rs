@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -467,6 +467,69 @@ fn irc_settings_are_checked_before_connecting() {
         err.contains("`bot[0].transport.channels[0]`: `ops` is not a channel name"),
         "{err}"
     );
+}
+
+/// `tls = false` to a server not named as this machine sent the server password, SASL and
+/// NickServ passwords in clear text. `run` now refuses before connecting: a listener behind a
+/// name that is not a loopback address as written (`localhost.`) hears nothing, and
+/// `allow_plaintext = true` is the operator saying the network is theirs.
+#[test]
+fn passwords_never_go_out_in_clear_text_unless_the_operator_says_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |extra: &str| {
+        format!(
+            "[state]\npath = \"{}\"\n[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"irc\"\n\
+             server = \"localhost.\"\nport = {port}\ntls = false\nnick = \"opsbot\"\n\
+             password = \"${{IRC_PASS}}\"\nnickserv_password = \"${{IRC_PASS}}\"\n{extra}\
+             [bot.transport.sasl]\nuser = \"opsbot\"\npassword = \"${{IRC_PASS}}\"\n",
+            dir.path().join("state.redb").display()
+        )
+    };
+    let path = dir.path().join("bots.toml");
+    std::fs::write(&path, config("")).unwrap();
+    let mut child = common::opsbot()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("IRC_PASS", "s3cret-pass")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`bot[0].transport.tls`: is off, and the passwords would cross the network to localhost. in clear text")
+            && err.contains("allow_plaintext = true"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(listener.accept().is_err(), "the bot connected");
+    std::fs::write(&path, config("allow_plaintext = true\n")).unwrap();
+    let (ok, _, err) = {
+        let out = common::opsbot()
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("IRC_PASS", "s3cret-pass")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::new(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{err}");
 }
 
 /// The examples differ in their transport and in how admins are written, which each service

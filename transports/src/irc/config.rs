@@ -20,6 +20,10 @@ pub struct IrcConfig {
     /// Use TLS (rustls). On by default.
     #[serde(default = "yes")]
     pub tls: bool,
+    /// With `tls = false` to a server that is not on this machine, send passwords (server,
+    /// SASL, NickServ, channel keys) anyway: only for a network that is the operator's own.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// A PEM file of CA certificates to trust besides the system's (for a private CA).
     pub ca_file: Option<PathBuf>,
     /// The nick to use and to take back when a fallback had to be used.
@@ -243,6 +247,24 @@ impl IrcConfig {
             out.push((
                 "sasl".into(),
                 "account and password are too long for one SASL message".into(),
+            ));
+        }
+        let secrets = self.password.is_some()
+            || self.sasl.is_some()
+            || self.nickserv_password.is_some()
+            || !self.channel_keys.is_empty();
+        if !self.tls
+            && secrets
+            && !self.allow_plaintext
+            && !crate::common::is_loopback(&self.server)
+        {
+            out.push((
+                "tls".into(),
+                format!(
+                    "is off, and the passwords would cross the network to {} in clear text: set \
+                     tls = true (port 6697), or allow_plaintext = true if that network is yours",
+                    self.server
+                ),
             ));
         }
         out.extend(crate::common::ca_file_problem(self.ca_file.as_deref()));
