@@ -954,6 +954,33 @@ fn only_its_own_host_names_are_answered() {
     assert_eq!(status, 403);
 }
 
+/// A heal's `by` and `reason` are words from outside: U+202E reached the healing log through
+/// `by`. What the healing log and the API (and so the page) show holds only printable text.
+#[test]
+fn a_heal_by_with_bidi_and_invisible_characters_is_logged_printable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    bot.spend_boom_budget();
+    let (status, v) = bot.heal(
+        "/api/v1/heal/ops/handler:boom",
+        Some(TOKEN),
+        r#"{"by": "mal\u202elory\u2066\u200b", "reason": "fixed\n\u2067it\u0007"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    let bad = |s: &str| s.chars().any(|c| !opsbot::text::is_printable(c));
+    assert!(!bad(v["by"].as_str().unwrap()), "{v}");
+    assert_eq!(v["by"], "mallory over HTTP from 127.0.0.1 (fixedit)");
+    bot.wait_for("the heal on disk", |b| {
+        entries(&b.json("/api/v1/healing-log"))
+            .iter()
+            .any(|e| e["action"] == "heal")
+    });
+    for e in entries(&bot.json("/api/v1/healing-log")) {
+        let detail = e["detail"].as_str().unwrap();
+        assert!(!bad(detail), "{detail:?}");
+    }
+}
+
 /// An address that guesses tokens gets five tries a minute, then 429 for a minute, the right
 /// token included; nothing is healed meanwhile.
 #[test]

@@ -497,13 +497,6 @@ const MIN_RATE: f64 = 1.0 / 86_400.0;
 /// The fastest: one a nanosecond.
 const MAX_RATE: f64 = 1e9;
 
-/// Whether `c` shows as something: not a control character and not one of the invisible
-/// formatting characters (zero-width spaces and joiners, direction marks, the byte-order mark).
-fn printable(c: char) -> bool {
-    !c.is_control()
-        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}')
-}
-
 /// A number as a person would write it in the file: `1e-300`, not three hundred zeros.
 fn num(x: f64) -> String {
     if x != 0.0 && !(1e-4..1e9).contains(&x.abs()) {
@@ -905,7 +898,9 @@ impl Validator<'_> {
         }
         if let Some(prefix) = b.prefix {
             if prefix.is_empty()
-                || prefix.chars().any(|c| c.is_whitespace() || !printable(c))
+                || prefix
+                    .chars()
+                    .any(|c| c.is_whitespace() || !crate::text::is_printable(c))
                 || prefix.chars().count() > 3
             {
                 self.error(

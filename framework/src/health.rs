@@ -417,6 +417,17 @@ impl Inner {
     }
 
     fn push_event(&mut self, bot: &str, subsystem: &str, action: &str, detail: String) {
+        // Details carry words from outside (a heal's `by`, a server's error): shown in chat,
+        // the API and the page, they hold only printable text, and not without end.
+        let mut detail = crate::text::printable(&detail);
+        if detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push('…');
+        }
         tracing::warn!(bot, subsystem, action, %detail, "healing");
         if self.log.len() == HEALING_LOG_LEN {
             self.log.pop_front();
@@ -457,6 +468,9 @@ fn cause(subsystems: &[SubsystemHealth], state: BotHealth) -> Option<String> {
         n => Some(format!("{}, and {} more", hit[..3].join(", "), n - 3)),
     }
 }
+
+/// The longest healing-log detail kept, in bytes.
+const MAX_DETAIL: usize = 1000;
 
 /// The most breakers a bot keeps for sites that chat input chose.
 pub const MAX_SITE_BREAKERS: usize = 32;

@@ -9,7 +9,24 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use tracing_subscriber::field::MakeExt;
+
 use crate::config::{LogConfig, LogFormat};
+use crate::text::Escaped;
+
+/// How a text log shows an event's fields: `message` as it is, the others as `name=value`,
+/// each escaped by [`Escaped`].
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let value = format!("{value:?}");
+        if field.name() == "message" {
+            write!(w, "{}", Escaped(&value))
+        } else {
+            write!(w, "{field}={}", Escaped(&value))
+        }
+    })
+    .delimited(" ")
+}
 
 /// Installs the global subscriber and the panic hook. Call once, early in `main`.
 pub fn init(config: &LogConfig) {
@@ -30,7 +47,11 @@ pub fn init(config: &LogConfig) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let installed = match config.format {
-        LogFormat::Text => builder.try_init(),
+        // Field values hold words from outside (a server's line, a user's text): in a text
+        // log each event stays one line and shows only printable characters, the rest
+        // escaped (`\u{202e}`), so nothing can forge a line, recolour the terminal or
+        // reverse what a reader sees. JSON escapes what JSON must.
+        LogFormat::Text => builder.fmt_fields(text_fields()).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     if installed.is_ok() {
@@ -42,5 +63,46 @@ pub fn init(config: &LogConfig) {
                 .map(|l| format!("{}:{}", l.file(), l.line()));
             tracing::error!(panic = %message, at = at.as_deref().unwrap_or("?"), "panic caught");
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// Words from outside in a field or the message cannot start a line of their own, colour
+    /// the terminal or reverse what a reader sees: one event is one line.
+    #[test]
+    fn outside_text_in_a_log_line_is_escaped() {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let o = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(super::text_fields())
+            .with_writer(move || Writer(o.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let from = "mal\u{202e}lory\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m";
+            tracing::info!(%from, "said {}", "x\u{2066}y\rz");
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains("said x\\u{2066}y\\u{d}z from=mal\\u{202e}lory\\u{a}2026-01-01T00:00:00Z ERROR forged\\u{1b}[31m"),
+            "{text}"
+        );
+    }
+
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

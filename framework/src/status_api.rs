@@ -462,8 +462,8 @@ struct HealBody {
 
 /// Keeps a caller's text to one short printable line.
 fn clean(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
+    crate::text::printable(s)
+        .chars()
         .take(max)
         .collect::<String>()
         .trim()

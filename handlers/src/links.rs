@@ -183,10 +183,7 @@ pub fn clean(raw: &str, max: usize) -> String {
     for word in decoded.split_whitespace() {
         let word: String = word
             .chars()
-            .filter(|c| {
-                !c.is_control()
-                    && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
-            })
+            .filter(|c| opsbot::text::is_printable(*c))
             .collect();
         if word.is_empty() {
             continue;
@@ -407,6 +404,8 @@ mod tests {
         assert_eq!(title_of("<p>no title</p>"), None);
         assert_eq!(title_of("<title>   </title>"), None);
         assert_eq!(clean("a\u{7}b\u{202E}c \r\n d", 200), "abc d");
+        // The isolates (U+2066-2069) were missed.
+        assert_eq!(clean("x\u{2066}y\u{2067}z\u{2068}w\u{2069}", 200), "xyzw");
         assert_eq!(clean(&"x".repeat(300), 20).chars().count(), 20);
     }
 
