@@ -424,7 +424,7 @@ impl App {
         options.signals = true;
         options.notify = opsbot::systemd::Notify::from_env();
         options.http = config.http.clone();
-        options.healing_log = healing_log(config);
+        options.healing_log = healing_log(config, &bots);
         if config.bots.iter().any(|b| b.transport.kind == "console") {
             eprintln!("opsbot console: type !help (end with Ctrl-D)");
         }
@@ -477,7 +477,7 @@ impl App {
 /// The process's persisted healing log, in the state store (`[state] path`, else the default
 /// path). A store that cannot be opened (another process holds it) leaves the log in memory
 /// only, with a warning: the bots run all the same.
-fn healing_log(config: &Config) -> Option<opsbot::healing_log::HealingLog> {
+fn healing_log(config: &Config, bots: &[Bot]) -> Option<opsbot::healing_log::HealingLog> {
     let path = config
         .state_path
         .clone()
@@ -485,6 +485,12 @@ fn healing_log(config: &Config) -> Option<opsbot::healing_log::HealingLog> {
     let opened = opsbot::store::Store::open(&path)
         .map_err(|e| e.to_string())
         .and_then(|store| {
+            // Every bot shows what happened to the file, not only those with pollers.
+            if let Some(trouble) = store.trouble() {
+                for b in bots {
+                    b.health().note_store("started afresh", trouble, false);
+                }
+            }
             opsbot::healing_log::HealingLog::open(store, config.healing_log_entries)
                 .map_err(|e| e.to_string())
         });
@@ -492,6 +498,14 @@ fn healing_log(config: &Config) -> Option<opsbot::healing_log::HealingLog> {
         Ok(log) => Some(log),
         Err(e) => {
             tracing::warn!(error = %e, "the healing log is kept in memory only");
+            // The bots run as they are; only the healing log's history is lost at exit.
+            for b in bots {
+                b.health().note_store(
+                    "healing log in memory",
+                    &format!("{e}; the healing log is kept in memory"),
+                    false,
+                );
+            }
             None
         }
     }

@@ -981,6 +981,68 @@ fn a_heal_by_with_bidi_and_invisible_characters_is_logged_printable() {
     }
 }
 
+const POLLER_BOT: &str = r##"
+[[bot]]
+name = "ops"
+admins = ["console"]
+pollers = ["http_json"]
+
+[bot.poller.http_json]
+to = ["#ops"]
+url = "http://127.0.0.1:9/nothing"
+id = "id"
+template = "{id}"
+"##;
+
+/// A damaged state store made every bot with pollers fail to build (and systemd then looped
+/// the whole process). Now the bots run: the file is moved aside and a new store started,
+/// which `!status`, the API and the healing log say; and a store that cannot be opened at all
+/// leaves the bots running on one in memory, degraded.
+#[test]
+fn a_damaged_or_unopenable_state_store_never_stops_the_bots() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = b"\x00not a store\xff".repeat(4096);
+    std::fs::write(dir.path().join("state.redb"), &junk).unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), POLLER_BOT);
+    let health = bot.json("/api/v1/health");
+    let store = subsystem(&health, "store");
+    assert_eq!(store["state"], "started afresh", "{health}");
+    assert_eq!(store["health"], "healthy", "{health}");
+    assert!(
+        store["detail"].as_str().unwrap().contains("moved aside to"),
+        "{store}"
+    );
+    assert_eq!(health["bots"][0]["state"], "healthy", "{health}");
+    bot.say("!status");
+    let line = bot.line_where(|l| l.starts_with("state store: "));
+    assert!(line.contains("could not be read"), "{line}");
+    bot.wait_for("the store's entry in the healing log", |b| {
+        entries(&b.json("/api/v1/healing-log"))
+            .iter()
+            .any(|e| e["subsystem"] == "store" && e["action"] == "started afresh")
+    });
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("state.redb.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), junk);
+    bot.stop();
+
+    // Where the store should be there is a folder: nothing can be opened or moved.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("state.redb")).unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), POLLER_BOT);
+    let health = bot.json("/api/v1/health");
+    assert_eq!(health["bots"][0]["state"], "degraded", "{health}");
+    let store = subsystem(&health, "store");
+    assert_eq!(store["state"], "in memory", "{health}");
+    bot.say("!echo still here");
+    bot.line_where(|l| l == "still here");
+    bot.stop();
+}
+
 /// An address that guesses tokens gets five tries a minute, then 429 for a minute, the right
 /// token included; nothing is healed meanwhile.
 #[test]

@@ -25,7 +25,7 @@ use crate::outbox::{Drain, Outbox, Pacing};
 use crate::poller::{Poller, PollerHost, PollerOptions};
 use crate::router::{Close, RouteError, RouteTable, Router};
 use crate::shared::BotShared;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::supervisor::{Fatal, fault_point};
 use crate::transport::{Identity, Limits, Link, ReconnectPolicy, Transport, TransportHost};
 
@@ -43,14 +43,6 @@ pub enum BuildError {
         bot: String,
         /// What is wrong.
         source: RouteError,
-    },
-    /// The state store could not be opened.
-    #[error("bot {bot}: {source}")]
-    Store {
-        /// The bot.
-        bot: String,
-        /// What is wrong.
-        source: StoreError,
     },
 }
 
@@ -202,14 +194,22 @@ impl BotBuilder {
                     .state_path
                     .clone()
                     .unwrap_or_else(default_state_path);
-                Some(Store::open(&path).map_err(|source| BuildError::Store {
-                    bot: name.clone(),
-                    source,
-                })?)
+                // A store that cannot be opened never keeps the bot from running: it runs on
+                // one in memory, and says so.
+                Some(Store::open(&path).unwrap_or_else(|e| Store::in_memory(e.to_string())))
             }
         };
         let health = Health::new(&name, transport.kind);
         health.set_critical_after(self.options.reconnect.critical_after);
+        if let Some(store) = &store
+            && let Some(trouble) = store.trouble()
+        {
+            if store.is_persistent() {
+                health.note_store("started afresh", trouble, false);
+            } else {
+                health.note_store("in memory", trouble, true);
+            }
+        }
         Ok(Bot {
             name,
             options: self.options,

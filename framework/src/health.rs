@@ -336,6 +336,8 @@ struct Inner {
     breakers: BTreeMap<String, Breaker>,
     /// The site breakers among `breakers`, least recently used first.
     sites: VecDeque<String>,
+    /// Trouble with the state store: its health, its state in a few words, what happened.
+    store: Option<(BotHealth, String, String)>,
     /// The overall state when last looked at, to log its changes.
     state: BotHealth,
     /// How long a transport may reconnect before the bot counts as critical.
@@ -368,6 +370,11 @@ impl Inner {
                 (_, s) => s.as_str().to_owned(),
             },
         });
+        let store = self.store.iter().map(|(health, state, _)| SubsystemHealth {
+            name: "store".into(),
+            health: *health,
+            state: state.clone(),
+        });
         // Sites that chat input chose are shown with the breakers, never as the bot's parts.
         let breakers = self.breakers.values().filter(|b| !b.is_site()).map(|b| {
             let state = b.status().state;
@@ -381,7 +388,7 @@ impl Inner {
                 state: state.as_str().to_owned(),
             }
         });
-        actors.chain(breakers).collect()
+        actors.chain(store).chain(breakers).collect()
     }
 
     /// The overall state by the rules of [`BotHealth`].
@@ -509,6 +516,8 @@ pub struct Snapshot {
     pub subsystems: Vec<SubsystemHealth>,
     /// Messages the router was given.
     pub inbound: u64,
+    /// Trouble with the state store, if there was any.
+    pub store: Option<String>,
 }
 
 impl Snapshot {
@@ -554,6 +563,7 @@ impl Health {
                 failed: None,
                 breakers: BTreeMap::new(),
                 sites: VecDeque::new(),
+                store: None,
                 state: BotHealth::Healthy,
                 critical_after: crate::options::ReconnectPolicy::default().critical_after,
                 inbound: 0,
@@ -582,7 +592,15 @@ impl Health {
     /// Writes this bot's healing-log entries to `journal` as well (the process's persisted
     /// log).
     pub fn set_journal(&self, journal: HealingLog) {
-        self.lock().journal = Some(journal);
+        let mut inner = self.lock();
+        // What happened before the journal was there (a state store started afresh while the
+        // bot was built) is written first.
+        if inner.journal.is_none() {
+            for event in &inner.log {
+                journal.record(&self.bot, event);
+            }
+        }
+        inner.journal = Some(journal);
     }
 
     /// Looks at the state again: a transport down past its grace period turns the bot
@@ -711,6 +729,31 @@ impl Health {
         b
     }
 
+    /// Notes trouble with the state store (see [`crate::store::Store::trouble`]): shown in
+    /// `!status` and the API as the subsystem `store` in `state` (`started afresh`, `in
+    /// memory`), degraded if `degraded` (the bot's pollers lost their memory), and in the
+    /// healing log once.
+    pub fn note_store(&self, state: &str, trouble: &str, degraded: bool) {
+        let mut inner = self.lock();
+        let health = if degraded {
+            BotHealth::Degraded
+        } else {
+            BotHealth::Healthy
+        };
+        // The same trouble told twice (by the bot and by the healing log) is one; a milder one
+        // does not hide a worse.
+        if inner
+            .store
+            .as_ref()
+            .is_some_and(|(h, _, t)| t == trouble || *h > health)
+        {
+            return;
+        }
+        inner.store = Some((health, state.to_owned(), trouble.to_owned()));
+        inner.push_event(&self.bot, "store", state, trouble.to_owned());
+        inner.note_change(&self.bot);
+    }
+
     /// The bot's breaker for a site that chat input chose (a host in a link a user pasted),
     /// made with `policy` on first use. It is listed with the breakers (`!status`, the API) but
     /// never moves the bot's health, its transitions go to the log and not the healing log
@@ -792,6 +835,7 @@ impl Health {
             breakers,
             subsystems,
             inbound: inner.inbound,
+            store: inner.store.as_ref().map(|(_, _, t)| t.clone()),
         }
     }
 }

@@ -301,6 +301,8 @@ fn bot_json(s: &Snapshot) -> Value {
                 v["failures"] = json!(b.failures);
                 v["last_error"] = json!(b.last_error.as_ref().map(|(_, e)| e));
                 v["last_error_at"] = json!(b.last_error.as_ref().map(|(t, _)| time(*t)));
+            } else if sub.name == "store" {
+                v["detail"] = json!(s.store);
             }
             v
         })

@@ -8,6 +8,13 @@
 //! Keys are `scope \0 id`, where the scope is `bot/poller`; every id seen in the latest poll is
 //! stamped with the time, and ids absent from the feed for longer than the retention period are
 //! pruned, so the index stays the size of what the sources show.
+//!
+//! The file is private: created `0600` in folders created `0700` (an existing file readable by
+//! others is made `0600`, with a warning). A file that cannot be read as a store (damaged on
+//! disk, or not a store at all) is moved aside, never deleted (`state.redb.damaged-<unix
+//! time>`), and a new one is started in its place; [`Store::trouble`] says what happened, and
+//! bots show it. When not even that works, [`Store::in_memory`] keeps the bots running on a
+//! store that lasts as long as the process.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -54,6 +61,60 @@ pub struct StoreError {
 pub struct Store {
     pub(crate) db: Arc<Database>,
     path: PathBuf,
+    /// What went wrong opening it, if anything did.
+    trouble: Option<Arc<str>>,
+    persistent: bool,
+}
+
+/// An open file and what happened opening it, shared by the bots of one process.
+type Opened = (PathBuf, Weak<Database>, Option<Arc<str>>);
+
+/// Creates `dir` and its missing parents, private to the process's user.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates the file `0600` if it is missing; makes it so if others may read it.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let file = o.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the state store was readable by others; it is now 0600"
+            );
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the database at `path` with its tables.
+fn open_db(path: &Path) -> Result<Database, redb::Error> {
+    let db = Database::create(path)?;
+    tables(&db)?;
+    Ok(db)
+}
+
+fn tables(db: &Database) -> Result<(), redb::Error> {
+    let w = db.begin_write()?;
+    w.open_table(SEEN)?;
+    w.open_table(PRIMED)?;
+    w.open_table(HEALING)?;
+    w.commit()?;
+    Ok(())
 }
 
 fn now_secs() -> u64 {
@@ -69,15 +130,14 @@ impl Store {
     /// only once); their scopes keep their indexes apart. Another process that holds the file
     /// makes this fail with a clear error.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        static OPEN: Mutex<Vec<(PathBuf, Weak<Database>)>> = Mutex::new(Vec::new());
+        static OPEN: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
         let err = |message: String| StoreError {
             path: path.to_owned(),
             message,
         };
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(parent) = parent {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| err(format!("cannot create directory: {e}")))?;
+            private_dir(parent).map_err(|e| err(format!("cannot create directory: {e}")))?;
         }
         let key = match (parent.map(Path::canonicalize), path.file_name()) {
             (Some(Ok(dir)), Some(file)) => dir.join(file),
@@ -88,34 +148,86 @@ impl Store {
         let mut open = OPEN
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        open.retain(|(_, db)| db.strong_count() > 0);
-        if let Some(db) = open
+        open.retain(|(_, db, _)| db.strong_count() > 0);
+        if let Some((db, trouble)) = open
             .iter()
-            .find(|(p, _)| *p == key)
-            .and_then(|(_, db)| db.upgrade())
+            .find(|(p, _, _)| *p == key)
+            .and_then(|(_, db, t)| Some((db.upgrade()?, t.clone())))
         {
             return Ok(Self {
                 db,
                 path: path.to_owned(),
+                trouble,
+                persistent: true,
             });
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                err("already in use by another process (is another opsbot running with the same state path?)".into())
+        private_file(path).map_err(|e| err(e.to_string()))?;
+        let mut trouble = None;
+        let db = match open_db(path) {
+            Ok(db) => db,
+            Err(redb::Error::DatabaseAlreadyOpen) => {
+                return Err(err("already in use by another process (is another opsbot running with the same state path?)".into()));
             }
-            e => err(e.to_string()),
-        })?;
-        let w = db.begin_write().map_err(|e| err(e.to_string()))?;
-        w.open_table(SEEN).map_err(|e| err(e.to_string()))?;
-        w.open_table(PRIMED).map_err(|e| err(e.to_string()))?;
-        w.open_table(HEALING).map_err(|e| err(e.to_string()))?;
-        w.commit().map_err(|e| err(e.to_string()))?;
+            Err(e) => {
+                // Damaged, or not a store: keep it for whoever wants to look, start afresh.
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".damaged-{stamp}"));
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside)
+                    .map_err(|r| err(format!("cannot be read ({e}), nor moved aside: {r}")))?;
+                private_file(path).map_err(|e| err(e.to_string()))?;
+                let db = open_db(path).map_err(|e| err(e.to_string()))?;
+                let why = format!(
+                    "{} could not be read ({e}); it was moved aside to {} and a new store started: \
+                     pollers prime again, and the healing log starts empty",
+                    path.display(),
+                    aside.display()
+                );
+                tracing::error!("state store: {why}");
+                trouble = Some(Arc::from(why));
+                db
+            }
+        };
         let db = Arc::new(db);
-        open.push((key, Arc::downgrade(&db)));
+        open.push((key, Arc::downgrade(&db), trouble.clone()));
         Ok(Self {
             db,
             path: path.to_owned(),
+            trouble,
+            persistent: true,
         })
+    }
+
+    /// A store that lasts as long as the process, for bots whose file could not be opened;
+    /// `why` is shown as its trouble.
+    pub fn in_memory(why: impl Into<String>) -> Self {
+        let why = why.into();
+        tracing::error!("state store: {why}; keeping it in memory");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database");
+        tables(&db).expect("tables in memory");
+        Self {
+            db: Arc::new(db),
+            path: PathBuf::from(":memory:"),
+            trouble: Some(Arc::from(format!(
+                "{why}; kept in memory: pollers prime again after a restart"
+            ))),
+            persistent: false,
+        }
+    }
+
+    /// What went wrong opening the store, if anything did.
+    pub fn trouble(&self) -> Option<&str> {
+        self.trouble.as_deref()
+    }
+
+    /// Whether it is on disk (else in memory, see [`Store::in_memory`]).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
     }
 
     /// Where the store lives.
@@ -361,6 +473,75 @@ mod tests {
         drop((a, b));
         // Once every handle is gone the file is closed, and opens again.
         assert_eq!(Store::open(&path).unwrap().seen_count("a/p").unwrap(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_is_private_to_its_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/folder/state.redb");
+        drop(Store::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("new/folder")), 0o700);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        // A store left readable by others (as it used to be made) is closed up.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(store.trouble().is_none());
+    }
+
+    /// A damaged file made every bot with pollers fail to build, and under `Restart=always` the
+    /// whole process looped with every bot down. Now it is moved aside, never deleted, and a
+    /// new store starts; the trouble says so.
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let junk = b"this is not a redb file\0\x01\x02".repeat(1000);
+        std::fs::write(&path, &junk).unwrap();
+        let store = Store::open(&path).unwrap();
+        let trouble = store.trouble().unwrap().to_owned();
+        assert!(trouble.contains("moved aside to"), "{trouble}");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), junk, "kept as it was");
+        assert_eq!(store.observe("b/p", &ids(&["1"]), KEEP).unwrap(), [false]);
+        assert_eq!(
+            store.observe("b/p", &ids(&["1", "2"]), KEEP).unwrap(),
+            [false, true]
+        );
+        // Another bot of the process opening it is told the same.
+        assert_eq!(
+            Store::open(&path).unwrap().trouble(),
+            Some(trouble.as_str())
+        );
+        drop(store);
+        // And the next start finds a good store.
+        assert!(Store::open(&path).unwrap().trouble().is_none());
+    }
+
+    #[test]
+    fn a_store_in_memory_works_and_says_why() {
+        let store = Store::in_memory("the disk is gone");
+        assert!(!store.is_persistent());
+        assert!(
+            store
+                .trouble()
+                .unwrap()
+                .starts_with("the disk is gone; kept in memory")
+        );
+        assert_eq!(store.observe("b/p", &ids(&["1"]), KEEP).unwrap(), [false]);
+        assert_eq!(
+            store.observe("b/p", &ids(&["1", "2"]), KEEP).unwrap(),
+            [false, true]
+        );
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
         common(a, now, &mut l);
         lines.push(l);
     }
+    if let Some(trouble) = &s.store {
+        lines.push(format!("state store: {trouble}"));
+    }
     for b in &s.breakers {
         let mut l = format!(
             "breaker {}{}: {}",
