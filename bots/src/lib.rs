@@ -386,6 +386,48 @@ impl App {
                 }
             }
         }
+        // Access lists name commands this bot has, and identities its transport can prove.
+        let commands = builder.commands();
+        for (name, access) in &bot.options.access {
+            let key = format!("{k}.access.{name}");
+            match commands
+                .iter()
+                .find(|c| c.name == name || c.aliases.contains(&name.as_str()))
+            {
+                None => {
+                    let mut names: Vec<&str> = commands.iter().map(|c| c.name).collect();
+                    names.sort_unstable();
+                    errors.push(config.error_at(
+                        key.clone(),
+                        format!("`{name}` is not a command of this bot"),
+                        Some(format!("its commands: {}", names.join(", "))),
+                    ));
+                }
+                Some(c) if c.name != name => errors.push(config.error_at(
+                    key.clone(),
+                    format!("`{name}` is another name of `{}`", c.name),
+                    Some(format!("write access.{}", c.name)),
+                )),
+                Some(c) if c.admin => errors.push(config.error_at(
+                    key.clone(),
+                    format!("`{name}` is for admins only already"),
+                    None,
+                )),
+                Some(_) => {}
+            }
+            if let opsbot::options::Access::Only(list) = access {
+                let identity = opsbot_transports::identity(&bot.transport.kind);
+                for (i, entry) in list.iter().enumerate() {
+                    if let Err((problem, hint)) = identity.check_entry(entry) {
+                        errors.push(config.error_at(
+                            format!("{key}[{i}]"),
+                            format!("{problem} for a {} bot", bot.transport.kind),
+                            Some(hint),
+                        ));
+                    }
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(builder)
         } else {

@@ -622,6 +622,47 @@ fn admin_entries_must_be_identities_the_transport_can_prove() {
     );
 }
 
+/// `[bot.access]` names commands the bot has and identities its transport can prove.
+#[test]
+fn access_lists_are_checked_against_the_bots_commands_and_transport() {
+    let bot = |access: &str| {
+        format!(
+            "[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"xmpp\"\njid = \"bot@example.org\"\n\
+             password = \"x\"\n[bot.access]\n{access}"
+        )
+    };
+    let (ok, _, err) = check(&bot(
+        "whereareyou = \"admins\"\nstatus = [\"alice@example.org\"]\ndns = \"everyone\"\n",
+    ));
+    assert!(!ok, "dns is not enabled");
+    assert!(
+        err.contains("`bot[0].access.dns`: `dns` is not a command of this bot (hint: its commands: echo, heal, help, status, whereareyou)"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&bot(
+        "whereareyou = \"admins\"\nstatus = [\"alice@example.org\"]\n",
+    ));
+    assert!(ok, "{err}");
+    for (access, want) in [
+        (
+            "status = \"nobody\"\n",
+            "`bot[0].access.status`: `nobody` is not who may run it",
+        ),
+        (
+            "status = [\"*!*@ops.example.com\"]\n",
+            "`bot[0].access.status[0]`: `*!*@ops.example.com` is not an address",
+        ),
+        (
+            "heal = \"everyone\"\n",
+            "`bot[0].access.heal`: `heal` is for admins only already",
+        ),
+    ] {
+        let (ok, _, err) = check(&bot(access));
+        assert!(!ok, "{access}");
+        assert!(err.contains(want), "{access}: {err}");
+    }
+}
+
 #[test]
 fn webex_and_http_client_settings_are_checked_before_connecting() {
     let head = "[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"webex\"\n";

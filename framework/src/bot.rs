@@ -169,6 +169,11 @@ impl BotBuilder {
         self.handlers.iter().map(|h| h.name).collect()
     }
 
+    /// The commands of the handlers added so far.
+    pub fn commands(&self) -> Vec<&'static Command> {
+        self.handlers.iter().flat_map(|h| h.commands).collect()
+    }
+
     /// Validates the bot: commands and patterns, and the state store if pollers need one.
     pub fn build(self) -> Result<Bot, BuildError> {
         let name = self.name;

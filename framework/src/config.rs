@@ -8,6 +8,7 @@
 //!
 //! Secrets are written as `${ENV_VAR}` and read into [`Secret`], which never prints its value.
 
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::options::{BotOptions, OutboxSettings};
+use crate::options::{Access, BotOptions, OutboxSettings};
 use crate::outbox::Rate;
 use crate::router::Budget;
 use crate::supervisor::RestartPolicy;
@@ -297,6 +298,8 @@ struct RawBot {
     #[serde(default)]
     admins: Vec<String>,
     #[serde(default)]
+    access: BTreeMap<String, RawAccess>,
+    #[serde(default)]
     handlers: Vec<String>,
     #[serde(default)]
     handler: toml::Table,
@@ -315,6 +318,14 @@ struct RawBot {
     outbox: RawOutbox,
     #[serde(default)]
     reconnect: RawReconnect,
+}
+
+/// `[bot.access]`: a command's name, then `"everyone"`, `"admins"`, or a list of identities.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAccess {
+    Word(String),
+    List(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -913,6 +924,26 @@ impl Validator<'_> {
             }
         }
         o.admins = b.admins;
+        for (command, raw) in b.access {
+            let key = format!("{k}.access.{command}");
+            let access = match raw {
+                RawAccess::Word(w) if w == "everyone" => Access::Everyone,
+                RawAccess::Word(w) if w == "admins" => Access::Admins,
+                RawAccess::Word(w) => {
+                    self.error(
+                        key,
+                        format!("`{w}` is not who may run it"),
+                        Some("\"everyone\", \"admins\", or a list of identities like admins'"),
+                    );
+                    continue;
+                }
+                RawAccess::List(list) => Access::Only(list),
+            };
+            o.access.insert(
+                command.trim_start_matches(o.prefix.as_str()).to_owned(),
+                access,
+            );
+        }
         o.handler_timeout = self.secs(
             format!("{k}.handler_timeout_secs"),
             b.handler_timeout_secs,

@@ -13,9 +13,15 @@ pub enum Error {
     /// The arguments do not fit the command; carries the usage line (`!lines <count>`).
     #[error("usage: {0}")]
     Usage(String),
-    /// The caller may not run this command.
+    /// The caller may not run this command: it is for admins.
     #[error("{command} is for admins only")]
     NotAuthorized {
+        /// The command, with prefix.
+        command: String,
+    },
+    /// The caller may not run this command: the config lists who may, and not them.
+    #[error("{command} is not open to you")]
+    NotAllowed {
         /// The command, with prefix.
         command: String,
     },

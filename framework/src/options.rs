@@ -1,5 +1,6 @@
 //! A bot's settings: everything about it that is not its handlers or transport.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ pub struct BotOptions {
     pub prefix: String,
     /// Sender ids allowed to run admin-only commands.
     pub admins: Vec<String>,
+    /// Who may run a command, by command name, for commands the operator restricted
+    /// (`[bot.access]`); a command not listed is open to everyone unless it is admin-only.
+    pub access: BTreeMap<String, Access>,
     /// Longest a handler may take for one message.
     pub handler_timeout: Duration,
     /// Restart policy for handlers and pollers.
@@ -36,6 +40,7 @@ impl Default for BotOptions {
         Self {
             prefix: "!".into(),
             admins: Vec::new(),
+            access: BTreeMap::new(),
             handler_timeout: Duration::from_secs(30),
             restart: RestartPolicy::default(),
             budget: Budget::default(),
@@ -45,6 +50,17 @@ impl Default for BotOptions {
             state_path: None,
         }
     }
+}
+
+/// Who may run a command (`[bot.access]`). Admins may always run every command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who can talk to the bot (the default).
+    Everyone,
+    /// Admins only.
+    Admins,
+    /// Admins and these identities (entries as in `admins`).
+    Only(Vec<String>),
 }
 
 /// Per-user command budget.

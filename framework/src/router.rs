@@ -415,8 +415,20 @@ impl Router {
     ) {
         let prefix = self.table.prefix.clone();
         let what = format!("{prefix}{}", command.name);
-        if command.admin && !self.shared.is_admin(&msg.sender) {
-            let e = Error::NotAuthorized { command: what };
+        if !self.shared.may_run(&msg.sender, command) {
+            tracing::info!(
+                bot = %self.shared.health.bot(),
+                sender = %crate::text::Escaped(&msg.sender.id),
+                verified = msg.sender.verified,
+                command = command.name,
+                "refused: not allowed to run the command"
+            );
+            let e = match self.shared.options.access.get(command.name) {
+                Some(crate::options::Access::Only(_)) if !command.admin => {
+                    Error::NotAllowed { command: what }
+                }
+                _ => Error::NotAuthorized { command: what },
+            };
             self.tell(&msg, &e.to_string());
             return;
         }

@@ -3,10 +3,10 @@
 
 use actix::Addr;
 
-use crate::command::CatalogEntry;
+use crate::command::{CatalogEntry, Command};
 use crate::health::Health;
 use crate::message::Sender;
-use crate::options::BotOptions;
+use crate::options::{Access, BotOptions};
 use crate::outbox::Outbox;
 use crate::supervisor::Fatal;
 use crate::transport::Identity;
@@ -25,6 +25,24 @@ pub(crate) struct BotShared {
 }
 
 impl BotShared {
+    /// Whether `sender` may run `command`: admins may run anything; others what is not
+    /// admin-only, within the command's access list when the config gives one.
+    pub(crate) fn may_run(&self, sender: &Sender, command: &Command) -> bool {
+        if self.is_admin(sender) {
+            return true;
+        }
+        if command.admin {
+            return false;
+        }
+        match self.options.access.get(command.name) {
+            None | Some(Access::Everyone) => true,
+            Some(Access::Admins) => false,
+            Some(Access::Only(list)) => {
+                sender.verified && list.iter().any(|e| self.identity.matches(e, &sender.id))
+            }
+        }
+    }
+
     /// Whether `sender` is one of the bot's admins: a verified identity that an entry covers.
     pub(crate) fn is_admin(&self, sender: &Sender) -> bool {
         sender.verified

@@ -256,3 +256,51 @@ async fn chatter_shorter_than_the_nick_is_ignored() {
     bot.send("!echo still here");
     assert_eq!(bot.reply().await, "still here");
 }
+
+/// Operators decide who may run each command (`[bot.access]`): admins only, a list, or
+/// everyone (the default). Admins may run everything; an unverified id matches no list.
+#[tokio::test]
+async fn access_lists_decide_who_runs_a_command() {
+    use opsbot::options::Access;
+    let mut bot = TestBot::new().with(Ops).configure(|o| {
+        o.admins = vec!["root!r@ops.example.com".into()];
+        o.access.insert("echo".into(), Access::Admins);
+        o.access.insert(
+            "add".into(),
+            Access::Only(vec!["*!*@team.example.com".into()]),
+        );
+        o.access.insert("words".into(), Access::Everyone);
+    });
+    let alice = "alice!a@team.example.com";
+    let mallory = "mallory!m@evil.example.com";
+    bot.send_as(mallory, "#ops", "!echo hi");
+    assert_eq!(
+        bot.reply().await,
+        "mallory!m@evil.example.com: !echo is for admins only"
+    );
+    // An alias is the same command.
+    bot.send_as(mallory, "#ops", "!say hi");
+    assert_eq!(
+        bot.reply().await,
+        "mallory!m@evil.example.com: !echo is for admins only"
+    );
+    bot.send_as(mallory, "#ops", "!add 1 2");
+    assert_eq!(
+        bot.reply().await,
+        "mallory!m@evil.example.com: !add is not open to you"
+    );
+    bot.send_as(alice, "#ops", "!add 1 2");
+    assert_eq!(bot.reply().await, "3");
+    bot.send_message(Incoming::in_room(
+        "#ops",
+        Sender::unverified("alice!a@team.example.com", "alice"),
+        "!add 1 2",
+    ));
+    assert_eq!(bot.reply().await, "alice: !add is not open to you");
+    bot.send_as(mallory, "#ops", "!words a b");
+    assert_eq!(bot.reply().await, "2 words: a|b");
+    for cmd in ["!echo hi", "!add 2 2"] {
+        bot.send_as("root!r@ops.example.com", "#ops", cmd);
+    }
+    assert_eq!(bot.replies(2).await, ["hi", "4"]);
+}
