@@ -8,7 +8,8 @@
 //! - any address that is loopback, private (RFC 1918), shared (CGNAT, 100.64/10), link-local
 //!   (which holds the cloud metadata address 169.254.169.254), unique-local, unspecified,
 //!   multicast, broadcast, reserved, benchmarking or documentation, IPv4 inside IPv6 (mapped,
-//!   NAT64, 6to4) by the IPv4 it carries; whatever spelling the URL uses (`0x7f.1`,
+//!   translated, NAT64's well-known prefix, 6to4) by the IPv4 it carries, and local-use NAT64
+//!   (64:ff9b:1::/48) as a whole; whatever spelling the URL uses (`0x7f.1`,
 //!   `2130706433` and `[::ffff:127.0.0.1]` are parsed to their address first), and whatever a
 //!   name resolves to: the addresses the connection is made to are the ones the guard checked
 //!   (it is the client's resolver);
@@ -96,9 +97,20 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     if s[0..6] == [0, 0, 0, 0, 0, 0] {
         return Some("an IPv4-compatible address");
     }
-    if s[0] == 0x64 && s[1] == 0xff9b {
+    // IPv4-translated (RFC 2765: ::ffff:0:a.b.c.d), by the IPv4 it carries.
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
         let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
         return forbidden_v4(v4);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b {
+        // The well-known NAT64 prefix (64:ff9b::/96) carries an IPv4 address in its last 32
+        // bits; the rest of 64:ff9b::/32 (the local-use 64:ff9b:1::/48 of RFC 8215, where
+        // the IPv4 address sits wherever the network put it) is refused as a whole.
+        if s[2..6] == [0, 0, 0, 0] {
+            let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+            return forbidden_v4(v4);
+        }
+        return Some("a local-use NAT64 address");
     }
     if s[0] == 0x2002 {
         let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
@@ -549,6 +561,10 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:7f00:1::",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
             "2002:a9fe:a9fe::1",
             "fc00::1",
             "fd00:ec2::254",
@@ -566,6 +582,7 @@ mod tests {
             "172.32.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(forbidden(ip), None, "{ip} should be allowed");
