@@ -279,6 +279,9 @@ async fn a_room_nick_is_never_an_identity_and_admins_are_real_jids() {
     );
 }
 
+/// A room's history never runs, even when the server sends it: the bot asks for none, so a
+/// proxy (the bot on plain XMPP over loopback) takes the request out of its join, and Prosody
+/// replays the room's 20 old commands to it. None runs; the new one does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_history_of_old_commands_is_never_run() {
     let prosody = server();
@@ -293,8 +296,28 @@ async fn a_room_history_of_old_commands_is_never_run() {
     for _ in 1..=20 {
         alice.expect_from(&room("hist"), T).await;
     }
-    let bot = bot(&prosody, &["hist"], "");
+    let proxy =
+        support::cut::RewriteProxy::start(prosody.port, b"maxstanzas=", b"xmaxstanza=").await;
+    let mut text = prosody.bot_toml("opsbot", "botpass", &[&room("hist")], "tls = false\n");
+    text = text.replace(
+        &format!("port = {}", prosody.port),
+        &format!("port = {}", proxy.port),
+    );
+    let cfg: XmppConfig = toml::from_str(&text).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let bot = RunningBot::launch(
+        opsbot::Bot::builder("xmppbot").transport(Xmpp::new(cfg)),
+        "alice@localhost",
+        |b| b,
+    );
     ready(&bot, 1).await;
+    // The history did arrive.
+    let seen = proxy.seen();
+    assert!(
+        (1..=20).all(|i| seen.contains(&format!(">!echo old {i}<"))),
+        "no history reached the bot: {}",
+        &seen[..seen.len().min(2000)]
+    );
     alice.groupchat(&room("hist"), "!echo new").await;
     loop {
         let said = alice.expect_from(&room("hist"), T).await;
@@ -304,12 +327,64 @@ async fn a_room_history_of_old_commands_is_never_run() {
             break;
         }
     }
-    assert!(
-        alice
-            .next_from(&room("hist"), Duration::from_secs(1))
-            .await
-            .is_none()
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Handler, "echo")
+            .map(|a| a.handled),
+        Some(1)
     );
+}
+
+/// A message stamped as delayed (XEP-0203) never runs, even in a room that is live and in a
+/// direct chat: the stamp means it was said before (history, a server's store). And the
+/// messages Prosody stored for the bot while it was offline, delivered stamped at its login,
+/// none of them runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stamped_as_delayed_never_run() {
+    let prosody = server();
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+    // While the bot is away: Prosody keeps these for it.
+    for i in 1..=3 {
+        alice.chat(BOT, &format!("!echo offline {i}")).await;
+    }
+    alice.join(&room("live"), "alice").await;
+    let bot = bot(&prosody, &["live"], "");
+    ready(&bot, 1).await;
+    let stamp = |body: &str, to: &str, type_: MessageType| {
+        let mut m = tokio_xmpp::parsers::message::Message::new_with_type(
+            type_,
+            Some(Jid::new(to).unwrap()),
+        )
+        .with_body(
+            tokio_xmpp::parsers::message::Lang(String::new()),
+            body.to_owned(),
+        );
+        m.payloads.push(
+            Element::builder("delay", "urn:xmpp:delay")
+                .attr(
+                    tokio_xmpp::minidom::rxml::NcName::try_from("stamp").unwrap(),
+                    "2026-01-01T00:00:00Z",
+                )
+                .build(),
+        );
+        m
+    };
+    alice
+        .send(
+            stamp(
+                "!echo stamped in the room",
+                &room("live"),
+                MessageType::Groupchat,
+            )
+            .into(),
+        )
+        .await;
+    alice
+        .send(stamp("!echo stamped direct", BOT, MessageType::Chat).into())
+        .await;
+    // The probe, after them on the same connection: the first thing the bot says to alice.
+    alice.chat(BOT, "!echo probe").await;
+    assert_eq!(alice.expect_from(BOT, T).await.body, "probe");
     assert_eq!(
         bot.status()
             .actor(ActorKind::Handler, "echo")

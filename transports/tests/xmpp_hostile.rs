@@ -59,6 +59,11 @@ impl Conn {
 
     /// Logs the bot in (PLAIN, bind; no stream management) and waits for its join.
     async fn authenticate(&mut self) {
+        self.authenticate_with(false).await;
+    }
+
+    /// Logs the bot in (PLAIN, bind, and stream management if `sm`) and waits for its join.
+    async fn authenticate_with(&mut self, sm: bool) {
         let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
                       xmlns:stream='http://etherx.jabber.org/streams' id='s1' \
                       from='localhost' version='1.0'>";
@@ -72,9 +77,14 @@ impl Conn {
         self.send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
             .await;
         self.until("version='1.0'>").await;
+        let sm_feature = if sm {
+            "<sm xmlns='urn:xmpp:sm:3'/>"
+        } else {
+            ""
+        };
         self.send(&format!(
             "{header}<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
-             </stream:features>"
+             {sm_feature}</stream:features>"
         ))
         .await;
         let bind = self.until("</iq>").await;
@@ -90,6 +100,11 @@ impl Conn {
              <jid>opsbot@localhost/bot</jid></bind></iq>"
         ))
         .await;
+        if sm {
+            self.until("urn:xmpp:sm:3").await;
+            self.send("<enabled xmlns='urn:xmpp:sm:3' id='sm1' resume='true'/>")
+                .await;
+        }
         self.until(&format!("{ROOM}/opsbot")).await;
     }
 
@@ -440,4 +455,53 @@ async fn a_join_the_room_never_answers_is_a_refusal_retried_with_a_doubling_wait
             .await
             .ends_with(&["still here".to_owned()])
     );
+}
+
+/// Stream management (XEP-0198) both ways: the server's `<r/>` is answered with an `<a/>`
+/// whose `h` counts every stanza the bot received (an emptied handler used to pass every test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_ack_requests_are_answered_with_the_count_of_stanzas_received() {
+    let (bot, _listener, mut c) = bot_on_fake("").await;
+    c.authenticate_with(true).await;
+    // Three stanzas: the room's two presences and its subject.
+    c.let_in("", true).await;
+    bot.wait_status(T, "in the room", |s| {
+        room_detail(s).contains("joined as opsbot") && !room_detail(s).contains("(history)")
+    })
+    .await;
+    // Two more (with no body, so nothing answers them), then the request.
+    for i in 0..2 {
+        c.send(&format!(
+            "<message type='chat' from='alice@localhost/x' id='n{i}'/>"
+        ))
+        .await;
+    }
+    c.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    let h = |text: &str| -> Option<u32> {
+        text.split("<a ")
+            .skip(1)
+            .filter_map(|a| {
+                let a = a.split('>').next()?;
+                let v = a.split("h=").nth(1)?.get(1..)?;
+                v.split(['\'', '"']).next()?.parse().ok()
+            })
+            .last()
+    };
+    // The bot's own <r/> may come too; its <a/> is what counts.
+    let mut got = None;
+    while got.is_none() {
+        got = h(&c.until("</a>").await);
+    }
+    assert_eq!(got, Some(5), "the bot's acknowledgement");
+    // And once more, counting on.
+    c.send(&from_alice("!echo counted")).await;
+    assert_eq!(c.bodies_until("counted").await, ["counted"]);
+    c.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    let mut got = None;
+    while got != Some(6) {
+        if let Some(v) = h(&c.until("</a>").await) {
+            assert!(v == 5 || v == 6, "{v}");
+            got = Some(v);
+        }
+    }
 }

@@ -103,3 +103,88 @@ pub async fn nothing_lost_across_a_cut(
         panic!("a line came twice: {extra:?}");
     }
 }
+
+/// A TCP proxy to `127.0.0.1:upstream` that changes what the client sends (each `from` becomes
+/// `to`, of the same length, also across reads) and keeps a copy of what the server sent back,
+/// for a server made to see what a client would not say.
+pub struct RewriteProxy {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RewriteProxy {
+    pub async fn start(upstream: u16, from: &'static [u8], to: &'static [u8]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        assert_eq!(from.len(), to.len(), "a rewrite keeps the length");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    // Bytes are held back while they could still be the start of `from`.
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        let mut i = 0;
+                        while i + from.len() <= pending.len() {
+                            if &pending[i..i + from.len()] == from {
+                                pending[i..i + from.len()].copy_from_slice(to);
+                                i += from.len();
+                            } else {
+                                i += 1;
+                            }
+                        }
+                        let keep = (1..from.len())
+                            .rev()
+                            .find(|k| {
+                                pending.len() >= *k
+                                    && from.starts_with(&pending[pending.len() - k..])
+                            })
+                            .unwrap_or(0);
+                        let out: Vec<u8> = pending.drain(..pending.len() - keep).collect();
+                        if sw.write_all(&out).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        s.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        Self { port, seen, task }
+    }
+
+    /// What the server has sent so far, as text.
+    pub fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for RewriteProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
