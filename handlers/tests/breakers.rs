@@ -135,3 +135,84 @@ async fn an_open_breaker_answers_at_once_shows_in_status_and_closes_after_a_good
         ]
     );
 }
+
+/// Two handlers that share one dependency's breaker, asked at the same moment while it is
+/// half-open: one trial call goes through, the other caller is told at once. (Each handler
+/// answers one message at a time, so only separate handlers make the calls concurrent.)
+macro_rules! shared_site_handler {
+    ($ty:ident, $name:literal) => {
+        #[derive(Clone)]
+        struct $ty {
+            down: Arc<AtomicBool>,
+            calls: Arc<AtomicU32>,
+        }
+
+        impl Handler for $ty {
+            const NAME: &'static str = $name;
+            const COMMANDS: &'static [Command] = &[Command::new($name, "", "Ask the shared site.")];
+
+            async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+                let site = cx.breaker_with(
+                    "shared.example",
+                    BreakerPolicy {
+                        failures: 1,
+                        window: Duration::from_secs(60),
+                        open_for: Duration::from_millis(200),
+                    },
+                );
+                let (down, calls) = (self.down.clone(), self.calls.clone());
+                let body = site
+                    .call(async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        if down.load(Ordering::SeqCst) {
+                            Err(std::io::Error::other("connection refused"))
+                        } else {
+                            Ok("fresh data")
+                        }
+                    })
+                    .await?;
+                cx.reply(body);
+                Ok(())
+            }
+        }
+    };
+}
+
+shared_site_handler!(SiteA, "a");
+shared_site_handler!(SiteB, "b");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_breaker_lets_one_trial_through_to_concurrent_callers() {
+    let down = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut bot = TestBot::new()
+        .with(SiteA {
+            down: down.clone(),
+            calls: calls.clone(),
+        })
+        .with(SiteB {
+            down: down.clone(),
+            calls: calls.clone(),
+        });
+    bot.send("!a");
+    assert!(bot.reply().await.contains("failed"));
+    down.store(false, Ordering::SeqCst);
+    bot.wait_status("the open period over", |s| {
+        s.breakers.iter().all(|b| match b.state {
+            BreakerState::Open { until } => until <= std::time::SystemTime::now(),
+            _ => true,
+        })
+    })
+    .await;
+    bot.send("!a");
+    bot.send("!b");
+    let mut replies = bot.replies(2).await;
+    replies.sort();
+    assert!(replies[0].ends_with("fresh data"), "{replies:?}");
+    assert!(
+        replies[1].contains("shared.example is unreachable; next try at "),
+        "{replies:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one failure, then one trial");
+}
