@@ -839,3 +839,32 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transport is recovering for its whole grace period and critical from its end: at a
+    /// quarter (or any part) of it, still recovering.
+    #[test]
+    fn a_transport_is_critical_exactly_when_its_grace_period_ends() {
+        let grace = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut a = ActorStatus::new(ActorKind::Transport, "irc");
+        a.conn = Some(ConnState::Reconnecting {
+            retry_in: Duration::from_secs(1),
+        });
+        a.down_since = Some(t0);
+        for (after, want) in [
+            (Duration::ZERO, BotHealth::Recovering),
+            (grace / 4, BotHealth::Recovering),
+            (grace - Duration::from_millis(1), BotHealth::Recovering),
+            (grace, BotHealth::Critical),
+            (grace * 10, BotHealth::Critical),
+        ] {
+            assert_eq!(a.health(grace, t0 + after), want, "after {after:?}");
+        }
+        a.conn = Some(ConnState::Connected);
+        assert_eq!(a.health(grace, t0 + grace * 10), BotHealth::Healthy);
+    }
+}

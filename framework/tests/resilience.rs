@@ -98,6 +98,51 @@ async fn replies_made_while_disconnected_are_sent_after_the_reconnect() {
     assert_eq!(status.health, BotHealth::Healthy);
 }
 
+/// A transport down is recovering for the whole of its grace period, as the bot's health sees
+/// it live, and critical soon after it ends (the bot looks again every second).
+#[tokio::test]
+async fn a_transport_down_turns_critical_only_when_its_grace_period_ends() {
+    let grace = Duration::from_secs(2);
+    let mut bot = TestBot::new().with(Echo).configure(|o| {
+        o.reconnect.critical_after = grace;
+        o.reconnect.initial = Duration::from_millis(50);
+        o.reconnect.max = Duration::from_millis(200);
+        o.reconnect.refused_min = Duration::from_millis(50);
+    });
+    bot.send("!echo up");
+    assert_eq!(bot.reply().await, "up");
+    bot.refuse_connections(true).drop_connection();
+    let mut observed = 0;
+    let critical_at = loop {
+        let s = bot.status();
+        let t = s.actor(ActorKind::Transport, "memory").unwrap();
+        if let Some(since) = t.down_since {
+            let down = since.elapsed();
+            if s.health == BotHealth::Critical {
+                break down;
+            }
+            assert_eq!(s.health, BotHealth::Recovering, "after {down:?}");
+            if down < grace.mul_f32(0.9) {
+                observed += 1;
+            }
+        }
+        assert!(observed < 10_000, "never critical");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        observed > 20,
+        "looked {observed} times before the end of the grace"
+    );
+    assert!(critical_at >= grace, "critical after {critical_at:?}");
+    assert!(
+        critical_at < grace + Duration::from_secs(2),
+        "{critical_at:?}"
+    );
+    bot.refuse_connections(false);
+    bot.wait_status("healthy again", |s| s.health == BotHealth::Healthy)
+        .await;
+}
+
 /// Set while the hog holds its bot's thread.
 static HOG_BLOCKING: AtomicBool = AtomicBool::new(false);
 

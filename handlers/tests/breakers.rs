@@ -214,5 +214,9 @@ async fn a_half_open_breaker_lets_one_trial_through_to_concurrent_callers() {
         replies[1].contains("shared.example is unreachable; next try at "),
         "{replies:?}"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "one failure, then one trial");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one failure, then one trial"
+    );
 }
