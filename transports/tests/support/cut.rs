@@ -13,45 +13,102 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A TCP proxy to `127.0.0.1:upstream` whose connections the test can cut all at once.
+/// A TCP proxy to `127.0.0.1:upstream` whose connections the test can cut all at once, and
+/// whose client-to-server direction it can hold: from [`CutProxy::hold`] until the next cut,
+/// what the client writes is dropped (and kept for the test to read), so that what the client
+/// sent meanwhile certainly never reached the server.
 pub struct CutProxy {
     pub port: u16,
     cuts: watch::Sender<u64>,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dropped: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl CutProxy {
     pub async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (cuts, watcher) = watch::channel(0u64);
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, d) = (held.clone(), dropped.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
                 let mut cut = watcher.clone();
                 cut.mark_unchanged();
+                let (held, dropped) = (h.clone(), d.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                         return;
                     };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if held.load(Ordering::SeqCst) {
+                                dropped.lock().unwrap().extend_from_slice(&buf[..n]);
+                            } else if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = up => {}
+                        () = down => {}
                         _ = cut.changed() => {}
                     }
                     // Both sides close here, at once.
                 });
             }
         });
-        Self { port, cuts, task }
+        Self {
+            port,
+            cuts,
+            held,
+            dropped,
+            task,
+        }
     }
 
-    /// Cuts every connection open now; new ones are proxied as before.
+    /// Cuts every connection open now; new ones are proxied as before (not held).
     pub fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now until the next cut, what clients write is dropped instead of sent on.
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What was dropped while held, as text.
+    pub fn dropped(&self) -> String {
+        String::from_utf8_lossy(&self.dropped.lock().unwrap()).into_owned()
     }
 }
 
