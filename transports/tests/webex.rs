@@ -50,6 +50,48 @@ fn reconnects(s: &Snapshot) -> u32 {
     transport(s).map_or(0, |a| a.reconnects)
 }
 
+/// Asks `!echo probe N` in each of `places` (a room, or `None` for 1:1), in order, and waits
+/// for the answers: once they are there, the bot has handled everything said before them
+/// (events are handled in order, and each answer goes to the same place as the ones before
+/// it). Answers every post of the account.
+async fn probe(
+    fake: &FakeWebex,
+    account: &Account,
+    places: &[Option<&str>],
+) -> Vec<support::webex::Post> {
+    let mut want = Vec::new();
+    for (i, place) in places.iter().enumerate() {
+        let text = format!("probe {}", i + 1);
+        match place {
+            Some(room) => fake.say(
+                account,
+                ALICE,
+                Some(room),
+                None,
+                &format!("{} !echo {text}", account.name),
+            ),
+            None => fake.say(account, ALICE, None, None, &format!("!echo {text}")),
+        };
+        want.push(text);
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        let got: Vec<support::webex::Post> = fake
+            .posts()
+            .into_iter()
+            .filter(|p| p.token == account.token)
+            .collect();
+        if want.iter().all(|w| got.iter().any(|p| p.text() == *w)) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer to the probes: {got:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn up(fake: &FakeWebex, bot: &RunningBot, account: &Account) {
     bot.wait_status(T, "connected", connected).await;
     fake.wait_connected(&account.token, T).await;
@@ -116,14 +158,15 @@ async fn help_and_status_answer_in_a_group_room_and_one_to_one() {
     assert!(p[4].text().contains("webex"), "{}", p[4].text());
 
     // Every event was acknowledged, the bot's own reflected posts included, and none of those
-    // ran: five commands, five posts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fake.posts().len(), 5);
+    // ran: five commands, five posts. Probes in the room and 1:1, after the reflections on the
+    // same socket and answered to the same places, are the next posts.
+    let p = probe(&fake, &a, &[Some(ROOM), None]).await;
+    assert_eq!(p.len(), 7, "{p:#?}");
     assert!(fake.acks().len() >= 10, "{:?}", fake.acks());
     // Markdown that would mention everybody is shown, not acted on.
     fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo <@all> look");
-    let p = fake.wait_posts(&a.token, 6, T).await;
-    assert_eq!(p[5].text(), "&lt;@all> look");
+    let p = fake.wait_posts(&a.token, 8, T).await;
+    assert_eq!(p[7].text(), "&lt;@all> look");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,12 +221,21 @@ async fn only_approved_people_domains_and_rooms_get_answers() {
         None,
         "opsbot !echo carol",
     );
-    let p = fake.wait_posts(&a.token, 3, T).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let texts: Vec<String> = fake.posts().iter().map(|p| p.text()).collect();
-    assert_eq!(texts, ["alice", "bob", "carol"], "{p:?}");
-    let s = bot.status();
+    fake.wait_posts(&a.token, 3, T).await;
+    // The three refused are counted (read and refused), and a probe after them all is the
+    // next post.
+    let s = bot
+        .wait_status(T, "the refusals counted", |s| {
+            detail(s).contains("refused senders 3")
+        })
+        .await;
     assert!(detail(&s).contains("refused senders 3"), "{}", detail(&s));
+    let texts: Vec<String> = probe(&fake, &a, &[None])
+        .await
+        .iter()
+        .map(|p| p.text())
+        .collect();
+    assert_eq!(texts, ["alice", "bob", "carol", "probe 1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,13 +643,12 @@ async fn server_errors_are_retried_and_a_timed_out_post_is_not_sent_twice() {
     fake.say(&a, ALICE, None, None, "!echo next");
     let p = fake.wait_posts(&a.token, 3, T).await;
     assert_eq!(p[2].text(), "next");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let once = fake
-        .posts()
-        .iter()
-        .filter(|p| p.text() == "only once")
-        .count();
+    // A reply sent again would have gone back to the head of its queue, before `next`; a
+    // probe shows nothing came after it either.
+    let p = probe(&fake, &a, &[None]).await;
+    let once = p.iter().filter(|p| p.text() == "only once").count();
     assert_eq!(once, 1);
+    assert_eq!(p.len(), 4, "{p:#?}");
     assert!(
         client
             .stats()
@@ -618,9 +669,9 @@ async fn a_redelivered_event_runs_once() {
     fake.redeliver(&a, &id);
     fake.redeliver(&a, &id);
     fake.say(&a, ALICE, None, None, "!echo marker");
+    // The redeliveries came before the marker on the same socket, answered to the same place.
     let p = fake.wait_posts(&a.token, 2, T).await;
     assert_eq!(p[1].text(), "marker");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.posts().len(), 2);
     let s = bot.status();
     assert!(detail(&s).contains("duplicates 2"), "{}", detail(&s));
@@ -649,7 +700,6 @@ async fn after_a_restart_old_unacknowledged_messages_never_run() {
         "!echo old 3",
         "2020-01-01T00:00:00.000Z",
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let second = bot(&fake, &a, "");
     up(&fake, &second, &a).await;
     second
@@ -657,11 +707,11 @@ async fn after_a_restart_old_unacknowledged_messages_never_run() {
             detail(s).contains("older than the bot 3")
         })
         .await;
+    // All three were read and passed over before the new one was said.
     fake.say(&a, ALICE, None, None, "!echo new");
-    let p = fake.wait_posts(&a.token, 1, T).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fake.posts().len(), 1, "{p:?}");
-    assert_eq!(p[0].text(), "new");
+    let p = probe(&fake, &a, &[Some(ROOM)]).await;
+    let texts: Vec<String> = p.iter().map(|p| p.text()).collect();
+    assert_eq!(texts, ["new", "probe 1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -752,7 +802,24 @@ async fn burst(fake: &FakeWebex, raise: bool) -> (Duration, Arc<HttpClient>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every bot handled its 100 and its outbox is empty: nothing more is on the way.
+    for h in &bots.all {
+        let deadline = Instant::now() + T;
+        loop {
+            let s = h.snapshot();
+            let handled = s.actor(ActorKind::Handler, "echo").map_or(0, |a| a.handled);
+            if handled == 100 && s.outbox.queued == 0 && s.outbox.sent == 100 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {handled} handled, {:?}",
+                s.bot,
+                s.outbox
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let posts = fake.posts();
     assert_eq!(posts.len(), 1000, "nothing more, nothing lost");
     for a in &accounts {
@@ -874,8 +941,12 @@ async fn a_token_refused_while_posting_is_a_refusal_and_the_reply_waits_for_the_
     // The reply went back to the queue and goes out, once, on the new session.
     let p = fake.wait_posts(&a.token, 1, T).await;
     assert_eq!(p[0].text(), "after the refusal");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fake.posts().len(), 1);
+    let texts: Vec<String> = probe(&fake, &a, &[None])
+        .await
+        .iter()
+        .map(|p| p.text())
+        .collect();
+    assert_eq!(texts, ["after the refusal", "probe 1"]);
 }
 
 /// URLs that Webex's own services hand over are checked before the token goes there: a
