@@ -251,7 +251,17 @@ impl App {
             }
             e
         };
+        // Under a service manager a console bot reads /dev/null, stops at once and is
+        // restarted, forever, saying nothing.
+        let managed = std::env::var_os("NOTIFY_SOCKET").is_some();
         for bot in &config.bots {
+            if managed && bot.transport.kind == "console" {
+                warnings.push(config.error_at(
+                    format!("{}.transport.kind", bot.key),
+                    "a console bot under a service manager (NOTIFY_SOCKET is set) reads no terminal: it stops when its input ends, and the manager may restart it over and over".into(),
+                    Some("give the bot a chat transport (irc, xmpp, webex), or run it from a terminal".into()),
+                ));
+            }
             errors.extend(
                 opsbot_transports::check(&config.path, &bot.transport)
                     .into_iter()
@@ -468,6 +478,13 @@ impl App {
         options.http = config.http.clone();
         options.healing_log = healing_log(config, &bots);
         if config.bots.iter().any(|b| b.transport.kind == "console") {
+            use std::io::IsTerminal;
+            if !std::io::stdin().is_terminal() {
+                tracing::info!(
+                    "the console bot reads standard input, which is not a terminal: it stops \
+                     when that input ends"
+                );
+            }
             eprintln!("opsbot console: type !help (end with Ctrl-D)");
         }
         opsbot::run_process(bots, options).context("running the bots")

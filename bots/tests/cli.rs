@@ -314,7 +314,9 @@ fn check_env(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
 
 #[test]
 fn check_names_the_file_the_key_and_the_problem() {
-    let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.outbox]\nrat = 3\n");
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\n[bot.outbox]\nrat = 3\n[bot.transport]\nkind = \"console\"\n",
+    );
     assert!(!ok);
     assert!(
         err.starts_with("bots.toml:4: `bot[0].outbox.rat`: unknown field `rat`, expected one of"),
@@ -357,7 +359,11 @@ fn check_names_the_file_the_key_and_the_problem() {
     // `run` refuses the same file before connecting anywhere.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[[bot]]\nname = \"ops\"\nprefix = \"\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[bot]]\nname = \"ops\"\nprefix = \"\"\n[bot.transport]\nkind = \"console\"\n",
+    )
+    .unwrap();
     let out = common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
@@ -373,6 +379,55 @@ fn check_names_the_file_the_key_and_the_problem() {
 
 /// The config of issue "2d of 6": `check` used to accept it, and `run` then answered nothing
 /// at all and exited 0 at the end of input. Now `check` and `run` refuse it, naming the key.
+/// A bot without `[bot.transport]` became a console bot; under systemd (stdin from
+/// /dev/null) `run` started, stopped after 3 ms, exited 0 and said nothing: a quiet restart
+/// loop. The file must name the transport; a console bot whose input ends says so; `check`
+/// warns about a console bot under a service manager.
+#[test]
+fn a_bot_names_its_transport_and_a_console_bot_says_why_it_stops() {
+    let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n");
+    assert!(!ok);
+    assert!(
+        err.starts_with("bots.toml:1: `bot[0]`: bot `ops` has no [bot.transport]")
+            && err.contains("kind = \"console\""),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = common::opsbot()
+        .args(["run", "--config"])
+        .arg(examples().join("console.toml"))
+        .env("XDG_STATE_HOME", dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("which is not a terminal"), "{err}");
+    assert!(err.contains("the input ended"), "{err}");
+    let out = common::opsbot()
+        .args(["check", "--config"])
+        .arg(examples().join("console.toml"))
+        .env("NOTIFY_SOCKET", dir.path().join("notify"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("a console bot under a service manager"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_rate_no_pacer_can_keep_is_refused_before_running() {
     let text = "[[bot]]\nname = \"x\"\nhandlers = [\"lines\"]\n[bot.transport]\nkind = \"console\"\n\
@@ -726,7 +781,8 @@ fn xmpp_settings_are_checked_before_connecting() {
 
 #[test]
 fn the_dns_handler_is_enabled_by_name_and_its_settings_are_checked() {
-    let head = "[[bot]]\nname = \"ops\"\nhandlers = [\"dns\"]\n";
+    let head =
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"dns\"]\n[bot.transport]\nkind = \"console\"\n";
     let (ok, _, err) = check(&format!(
         "{head}[bot.handler.dns]\nnameservers = [\"127.0.0.1:5353\"]\ntimeout_secs = 2\n"
     ));
@@ -737,7 +793,7 @@ fn the_dns_handler_is_enabled_by_name_and_its_settings_are_checked() {
     assert!(!ok);
     assert!(
         err.contains(
-            "bots.toml:5: `bot[0].handler.dns.nameservers[0]`: `dns.example` is not an address"
+            "bots.toml:7: `bot[0].handler.dns.nameservers[0]`: `dns.example` is not an address"
         ),
         "{err}"
     );
@@ -776,10 +832,12 @@ fn univac_checks_clean_on_irc_and_xmpp_and_differs_only_in_its_transport_and_adm
 
 #[test]
 fn the_library_handlers_work_by_name_alone() {
-    let (ok, _, err) = check("[[bot]]\nname = \"ops\"\nhandlers = [\"links\", \"dns\"]\n");
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"links\", \"dns\"]\n[bot.transport]\nkind = \"console\"\n",
+    );
     assert!(ok, "{err}");
     let (ok, _, err) = check(
-        "[[bot]]\nname = \"ops\"\nhandlers = [\"links\"]\n[bot.handler.links]\nallow = [\"10.0.0.0/33\"]\n",
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"links\"]\n[bot.handler.links]\nallow = [\"10.0.0.0/33\"]\n[bot.transport]\nkind = \"console\"\n",
     );
     assert!(!ok);
     assert!(
@@ -787,7 +845,7 @@ fn the_library_handlers_work_by_name_alone() {
         "{err}"
     );
     let (ok, _, err) = check(
-        "[[bot]]\nname = \"ops\"\npollers = [\"feed\"]\n[bot.poller.feed]\nurl = \"https://x.example/feed\"\n",
+        "[[bot]]\nname = \"ops\"\npollers = [\"feed\"]\n[bot.poller.feed]\nurl = \"https://x.example/feed\"\n[bot.transport]\nkind = \"console\"\n",
     );
     assert!(!ok);
     assert!(
@@ -891,14 +949,17 @@ fn the_kubernetes_example_runs_one_non_root_replica_with_probes_and_a_valid_conf
 
 #[test]
 fn an_admin_token_written_in_the_file_and_a_bad_listen_address_are_refused() {
-    let (ok, _, err) =
-        check("[http]\nadmin_token = \"hunter2hunter2hunter2\"\n[[bot]]\nname = \"a\"\n");
+    let (ok, _, err) = check(
+        "[http]\nadmin_token = \"hunter2hunter2hunter2\"\n[[bot]]\nname = \"a\"\n[bot.transport]\nkind = \"console\"\n",
+    );
     assert!(!ok);
     assert!(
         err.contains("`http.admin_token`: the token is written in the file itself"),
         "{err}"
     );
-    let (ok, _, err) = check("[http]\nlisten = \"localhost\"\n[[bot]]\nname = \"a\"\n");
+    let (ok, _, err) = check(
+        "[http]\nlisten = \"localhost\"\n[[bot]]\nname = \"a\"\n[bot.transport]\nkind = \"console\"\n",
+    );
     assert!(!ok);
     assert!(
         err.contains("bots.toml:2: `http.listen`: `localhost` is not an address and port"),
@@ -912,7 +973,7 @@ fn an_admin_token_written_in_the_file_and_a_bad_listen_address_are_refused() {
 /// and `hosts` holds host names.
 #[test]
 fn a_weak_or_partly_written_admin_token_and_an_open_api_without_one_are_refused() {
-    let bot = "[[bot]]\nname = \"a\"\n";
+    let bot = "[[bot]]\nname = \"a\"\n[bot.transport]\nkind = \"console\"\n";
     let strong = ("T", "c2f9a1e0b7d84e6f9a0b1c2d3e4f5a6b");
     for (token, env, want) in [
         (
@@ -981,7 +1042,7 @@ fn a_status_api_port_already_taken_is_a_clear_error_before_any_bot_starts() {
     std::fs::write(
         &path,
         format!(
-            "[state]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[bot]]\nname = \"a\"\n",
+            "[state]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[bot]]\nname = \"a\"\n[bot.transport]\nkind = \"console\"\n",
             dir.path().join("state.redb").display()
         ),
     )

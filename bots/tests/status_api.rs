@@ -270,6 +270,9 @@ handlers = ["boom"]
 [bot.supervisor]
 max_restarts = 1
 backoff_initial_ms = 10
+
+[bot.transport]
+kind = "console"
 "#;
 
 #[test]
@@ -432,6 +435,9 @@ items = "/issues"
 id = "key"
 template = "{{key}}"
 breaker = {{ failures = 2, window_secs = 60, open_secs = 600 }}
+
+[bot.transport]
+kind = "console"
 "##
     );
     let bot = Bot::start(dir.path(), support::free_port(), &config);
@@ -626,6 +632,9 @@ backoff_max_ms = 1
 
 [bot.outbox]
 loop_repeats = 0        # the same apology 25 times is no loop here
+
+[bot.transport]
+kind = "console"
 "#;
     let mut bot = Bot::start_capped(dir.path(), support::free_port(), config, 40);
     // Each crash is a restart and two changes of state: 25 crashes make 75 entries or so.
@@ -992,6 +1001,9 @@ to = ["#ops"]
 url = "http://127.0.0.1:9/nothing"
 id = "id"
 template = "{id}"
+
+[bot.transport]
+kind = "console"
 "##;
 
 /// A damaged state store made every bot with pollers fail to build (and systemd then looped

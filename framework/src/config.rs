@@ -1053,9 +1053,24 @@ impl Validator<'_> {
             ),
         };
 
+        if b.transport.is_none() {
+            self.error(
+                k.clone(),
+                format!("bot `{}` has no [bot.transport]: which chat service is it on?", b.name),
+                Some("add a [bot.transport] table with kind = \"console\" (this terminal), \"irc\", \"xmpp\" or \"webex\""),
+            );
+        }
         let mut settings = b.transport.unwrap_or_default();
         let kind = match settings.remove("kind") {
-            None => "console".to_owned(),
+            None if settings.is_empty() => "console".to_owned(),
+            None => {
+                self.error(
+                    format!("{k}.transport.kind"),
+                    "the transport has no `kind`".to_owned(),
+                    Some("one of console, irc, xmpp, webex"),
+                );
+                "console".to_owned()
+            }
             Some(toml::Value::String(s)) => s,
             Some(other) => {
                 self.error(
@@ -1145,7 +1160,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_file_and_line() {
-        let e = errors("[[bot]]\nname = \"a\"\n[bot.outbox]\nrat = 3\n");
+        let e = errors(
+            "[[bot]]\nname = \"a\"\n[bot.outbox]\nrat = 3\n[bot.transport]\nkind = \"console\"\n",
+        );
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].file, Path::new("bots.toml"));
         assert_eq!(e[0].key, "bot[0].outbox.rat");
@@ -1161,7 +1178,7 @@ mod tests {
     fn every_bad_value_is_reported() {
         let e = errors(
             "[[bot]]\nname = \"a\"\nprefix = \"\"\nhandler_timeout_secs = -1\n[bot.outbox]\nrate = -2\n\
-             [[bot]]\nname = \"a\"\n",
+             [bot.transport]\nkind = \"console\"\n[[bot]]\nname = \"a\"\n[bot.transport]\nkind = \"console\"\n",
         );
         let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
@@ -1178,9 +1195,28 @@ mod tests {
         assert!(shown.contains("bots.toml:3: `bot[0].prefix`"), "{shown}");
     }
 
+    /// A bot without a transport used to become a console bot, and under a service manager
+    /// (stdin from /dev/null) it stopped at once and exited 0: a quiet restart loop.
+    #[test]
+    fn a_bot_must_name_its_transport() {
+        let e = errors("[[bot]]\nname = \"ops\"\nhandlers = [\"boom\"]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].key.as_str(), e[0].line), ("bot[0]", Some(1)));
+        assert!(
+            e[0].message.contains("has no [bot.transport]"),
+            "{}",
+            e[0].message
+        );
+        assert!(e[0].hint.as_deref().unwrap().contains("kind = \"console\""));
+        let e = errors("[[bot]]\nname = \"ops\"\n[bot.transport]\nserver = \"x\"\n");
+        assert_eq!(e[0].key, "bot[0].transport.kind", "{e:?}");
+    }
+
     #[test]
     fn wrong_type_names_the_key() {
-        let e = errors("[[bot]]\nname = \"a\"\n[bot.budget]\ncommands_per_minute = \"many\"\n");
+        let e = errors(
+            "[[bot]]\nname = \"a\"\n[bot.budget]\ncommands_per_minute = \"many\"\n[bot.transport]\nkind = \"console\"\n",
+        );
         assert_eq!(e[0].key, "bot[0].budget.commands_per_minute");
         assert_eq!(e[0].line, Some(4));
     }
@@ -1208,8 +1244,8 @@ mod tests {
             "[[bot]]\nname = \"x\"\nprefix = \"\\u0007\"\nhandler_timeout_secs = 1e300\n\
              shutdown_deadline_secs = 4e7\n\
              [bot.outbox]\nrate = 1e-300\nbyte_rate = 1e300\ndest_rate = 0.001\ndest_burst = 4000000000\n\
-             [bot.supervisor]\nbackoff_max_ms = 18446744073709551615\n\
-             [[bot]]\nname = \"y\"\nprefix = \"\\u200B!\"\n",
+             [bot.supervisor]\nbackoff_max_ms = 18446744073709551615\n[bot.transport]\nkind = \"console\"\n\
+             [[bot]]\nname = \"y\"\nprefix = \"\\u200B!\"\n[bot.transport]\nkind = \"console\"\n",
         );
         let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
@@ -1275,7 +1311,9 @@ mod tests {
         let one = |key: &str, value: String| {
             let (table, field) = key.split_once('.').map_or(("", key), |(t, f)| (t, f));
             let body = if table.is_empty() {
-                format!("[[bot]]\nname = \"x\"\n{field} = {value}\n")
+                format!(
+                    "[[bot]]\nname = \"x\"\n{field} = {value}\n[bot.transport]\nkind = \"console\"\n"
+                )
             } else {
                 // Rates and bursts come in pairs: give a burst its rate.
                 let rate = if field.ends_with("burst") {
@@ -1283,7 +1321,9 @@ mod tests {
                 } else {
                     String::new()
                 };
-                format!("[[bot]]\nname = \"x\"\n[bot.{table}]\n{rate}{field} = {value}\n")
+                format!(
+                    "[[bot]]\nname = \"x\"\n[bot.{table}]\n{rate}{field} = {value}\n[bot.transport]\nkind = \"console\"\n"
+                )
             };
             match Config::from_str(Path::new("p.toml"), &body) {
                 Err(ConfigErrors(errs)) => {

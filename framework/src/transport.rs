@@ -308,6 +308,13 @@ impl Link {
     /// Says that no more input will come (the console's end of file): the bot shuts down
     /// gracefully, draining what it still has to say.
     pub fn end_of_input(&self) {
+        if !self.input_closed.is_cancelled() {
+            tracing::info!(
+                bot = %self.health.bot(),
+                transport = self.kind,
+                "the input ended (end of file on standard input); stopping the bot"
+            );
+        }
         self.input_closed.cancel();
     }
 
