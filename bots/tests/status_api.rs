@@ -1055,6 +1055,38 @@ fn a_damaged_or_unopenable_state_store_never_stops_the_bots() {
     bot.stop();
 }
 
+/// One source for every counter: `/metrics` said `dropped_total{reason="repeat"} 1` while the
+/// JSON said `"dropped": 0`. A handler repeating itself (collapsed by the anti-loop guard) now
+/// shows the same totals and reasons in `!status`, the JSON and the metrics.
+#[test]
+fn the_outbox_counters_agree_in_chat_the_json_and_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    for _ in 0..7 {
+        bot.say("!echo same");
+    }
+    bot.say("!echo next");
+    bot.line_where(|l| l == "next");
+    let o = &bot.json("/api/v1/health")["bots"][0]["outbox"];
+    assert_eq!(o["dropped"], 2, "{o}");
+    assert_eq!(o["dropped_by_reason"]["repeat"], 2, "{o}");
+    assert_eq!(o["dropped_by_reason"]["queue_full"], 0, "{o}");
+    let (_, metrics) = bot.get("/metrics");
+    let total: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("opsbot_outbox_dropped_total{bot=\"ops\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 2, "{metrics}");
+    assert!(
+        metrics.contains("opsbot_outbox_dropped_total{bot=\"ops\",reason=\"repeat\"} 2"),
+        "{metrics}"
+    );
+    bot.say("!status");
+    let line = bot.line_where(|l| l.starts_with("outbox: "));
+    assert!(line.contains(" 2 dropped (repeat 2)"), "{line}");
+}
+
 /// An address that guesses tokens gets five tries a minute, then 429 for a minute, the right
 /// token included; nothing is healed meanwhile.
 #[test]

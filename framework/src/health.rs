@@ -288,6 +288,24 @@ pub struct OutboxStatus {
     pub lost_at_shutdown: u64,
 }
 
+impl OutboxStatus {
+    /// Every line dropped, by reason, as `!status`, the JSON API and `/metrics` all name them:
+    /// `queue_full`, `repeat` (the anti-loop guard), `undeliverable`, `shutdown`.
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("queue_full", self.dropped),
+            ("repeat", self.collapsed),
+            ("undeliverable", self.undeliverable),
+            ("shutdown", self.lost_at_shutdown),
+        ]
+    }
+
+    /// Every line dropped, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// One healing-log entry.
 #[derive(Clone, Debug)]
 pub struct HealingEvent {

@@ -179,6 +179,9 @@ pub struct Outgoing {
     pub dest: Destination,
     /// What to say; may hold several lines and any characters: the outbox makes it safe.
     pub text: String,
+    /// The framework's own answer to a user's command (an apology, "unavailable", a usage
+    /// line, a refusal): never taken for a loop, however often it repeats.
+    pub(crate) answer: bool,
 }
 
 impl Outgoing {
@@ -187,6 +190,15 @@ impl Outgoing {
         Self {
             dest,
             text: text.into(),
+            answer: false,
+        }
+    }
+
+    /// The framework's own answer to a command (see the `answer` field).
+    pub(crate) fn answer(dest: Destination, text: impl Into<String>) -> Self {
+        Self {
+            answer: true,
+            ..Self::new(dest, text)
         }
     }
 }

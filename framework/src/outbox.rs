@@ -677,7 +677,9 @@ impl actix::Handler<Say> for Outbox {
             self.health.update_outbox(|o| o.undeliverable += 1);
             return;
         }
-        if !self.loop_guard(&out.dest, &out.text) {
+        // The guard is for handlers' output caught in a loop; the framework's own answers to a
+        // user (bounded by the user's command budget) always go out.
+        if !out.answer && !self.loop_guard(&out.dest, &out.text) {
             tracing::debug!(dest = %out.dest, "repeated text collapsed");
             self.health.update_outbox(|o| o.collapsed += 1);
             return;

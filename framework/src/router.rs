@@ -299,7 +299,9 @@ impl Router {
     }
 
     fn say(&self, dest: Destination, text: String) {
-        self.shared.outbox.do_send(Say(Outgoing::new(dest, text)));
+        self.shared
+            .outbox
+            .do_send(Say(Outgoing::answer(dest, text)));
     }
 
     /// Replies to the sender of `msg`, addressing them by name in a room.
@@ -401,7 +403,7 @@ impl Router {
             };
             shared
                 .outbox
-                .do_send(Say(Outgoing::new(msg.reply_to(), address(&msg, &text))));
+                .do_send(Say(Outgoing::answer(msg.reply_to(), address(&msg, &text))));
         });
     }
 

@@ -324,10 +324,13 @@ fn bot_json(s: &Snapshot) -> Value {
         "outbox": {
             "queued": s.outbox.queued,
             "sent": s.outbox.sent,
-            "dropped": s.outbox.dropped,
-            "collapsed": s.outbox.collapsed,
-            "undeliverable": s.outbox.undeliverable,
-            "lost_at_shutdown": s.outbox.lost_at_shutdown,
+            "dropped": s.outbox.dropped_total(),
+            "dropped_by_reason": s
+                .outbox
+                .dropped_by_reason()
+                .iter()
+                .map(|(reason, n)| ((*reason).to_owned(), json!(n)))
+                .collect::<serde_json::Map<String, Value>>(),
         },
     })
 }
@@ -715,19 +718,14 @@ impl Collector for Metrics {
             "Lines the outbox did not send, by reason",
             MetricType::Counter,
             snaps.iter().flat_map(|s| {
-                let o = &s.outbox;
-                [
-                    ("queue_full", o.dropped),
-                    ("repeat", o.collapsed),
-                    ("undeliverable", o.undeliverable),
-                    ("shutdown", o.lost_at_shutdown),
-                ]
-                .into_iter()
-                .map(move |(reason, n)| {
-                    let mut l = bot(s);
-                    l.push(("reason", reason.to_owned()));
-                    (l, counter(n))
-                })
+                s.outbox
+                    .dropped_by_reason()
+                    .into_iter()
+                    .map(move |(reason, n)| {
+                        let mut l = bot(s);
+                        l.push(("reason", reason.to_owned()));
+                        (l, counter(n))
+                    })
             }),
         )?;
         let per_actor = |s: &Snapshot, a: &ActorStatus| {

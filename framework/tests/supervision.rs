@@ -263,3 +263,38 @@ async fn handler_errors_reach_the_user_as_short_lines() {
         "tester: sorry, !fail failed; the error has been logged"
     );
 }
+
+/// The self-healing walk-through ended in silence: after the sixth identical apology the
+/// outbox's anti-loop guard took the framework's own answer for a loop and swallowed it. The
+/// framework's answers to a user always go out; a handler repeating itself is still collapsed.
+#[tokio::test]
+async fn the_frameworks_own_answers_are_never_taken_for_a_loop() {
+    let mut bot = TestBot::new()
+        .with(Counter::default())
+        .with(Echo)
+        .configure(|o| {
+            o.restart.max_restarts = 100;
+            o.restart.backoff_initial = Duration::from_millis(1);
+            o.restart.backoff_max = Duration::from_millis(1);
+            o.budget.per_minute = 100;
+        });
+    for _ in 0..8 {
+        bot.send("!count crash");
+    }
+    let apologies = bot.replies(8).await;
+    assert!(
+        apologies
+            .iter()
+            .all(|a| a == "tester: sorry, !count crashed; it is being restarted"),
+        "{apologies:?}"
+    );
+    for _ in 0..8 {
+        bot.send("!echo same");
+    }
+    bot.send("!echo different");
+    let said = bot.replies(6).await;
+    assert_eq!(said[..5], ["same"; 5]);
+    assert_eq!(said[5], "different");
+    let o = bot.status().outbox;
+    assert_eq!((o.collapsed, o.dropped_total()), (3, 3));
+}

@@ -143,15 +143,21 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
         lines.push(l);
     }
     let o = &s.outbox;
+    // The same counters, by the same names, as the JSON API and /metrics.
     let mut l = format!(
-        "outbox: {} queued, {} sent, {} dropped, {} collapsed",
-        o.queued, o.sent, o.dropped, o.collapsed
+        "outbox: {} queued, {} sent, {} dropped",
+        o.queued,
+        o.sent,
+        o.dropped_total()
     );
-    if o.undeliverable > 0 {
-        l.push_str(&format!(", {} undeliverable", o.undeliverable));
-    }
-    if o.lost_at_shutdown > 0 {
-        l.push_str(&format!(", {} lost at shutdown", o.lost_at_shutdown));
+    let reasons: Vec<String> = o
+        .dropped_by_reason()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if !reasons.is_empty() {
+        l.push_str(&format!(" ({})", reasons.join(", ")));
     }
     lines.push(l);
     lines.join("\n")
