@@ -353,6 +353,7 @@ impl Bot {
             }
         }
         let (fin_tx, mut fin_rx) = oneshot::channel();
+        let closing = CancellationToken::new();
         let link = Link::new(
             router.clone().recipient(),
             rx,
@@ -360,6 +361,7 @@ impl Bot {
             transport.kind,
             nick,
             shutdown.clone(),
+            closing.clone(),
             pacing,
             fatal.clone(),
         );
@@ -414,6 +416,7 @@ impl Bot {
             health.update_outbox(|o| o.lost_at_shutdown += lost as u64);
         }
         outbox.do_send(StopOutbox);
+        closing.cancel();
         drop(shared);
         if !transport_done {
             let _ = tokio::time::timeout(deadline, fin_rx).await;

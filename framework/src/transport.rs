@@ -236,6 +236,11 @@ pub struct Link {
     nick: Arc<Mutex<String>>,
     input_closed: CancellationToken,
     connected_at: Option<Instant>,
+    /// Whether the current session said it is connected (read by the host while the session
+    /// holds the link).
+    connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled once the outbox has closed for good (the bot is stopping).
+    closing: CancellationToken,
     pacing: Pacing,
     fatal: Fatal,
 }
@@ -249,6 +254,7 @@ impl Link {
         kind: &'static str,
         nick: Arc<Mutex<String>>,
         input_closed: CancellationToken,
+        closing: CancellationToken,
         pacing: Pacing,
         fatal: Fatal,
     ) -> Self {
@@ -260,6 +266,8 @@ impl Link {
             nick,
             input_closed,
             connected_at: None,
+            connected: Arc::default(),
+            closing,
             pacing,
             fatal,
         }
@@ -279,6 +287,8 @@ impl Link {
     /// (server, nick, rooms).
     pub fn connected(&mut self, detail: impl Into<String>) {
         self.connected_at = Some(Instant::now());
+        self.connected
+            .store(true, std::sync::atomic::Ordering::Release);
         let detail = detail.into();
         self.health.update(ActorKind::Transport, self.kind, |s| {
             s.state = ActorState::Running;
@@ -385,9 +395,21 @@ impl<T: Transport> Actor for TransportHost<T> {
                     }
                 });
                 link.connected_at = None;
+                link.connected
+                    .store(false, std::sync::atomic::Ordering::Release);
+                // Once the bot stops, a session that is still connecting has nothing to send
+                // and ends at once; a connected one ends by itself when its deliveries end.
+                let (closing, connected) = (link.closing.clone(), link.connected.clone());
+                let unneeded = async move {
+                    closing.cancelled().await;
+                    if connected.load(std::sync::atomic::Ordering::Acquire) {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 let session = tokio::select! {
                     r = crate::handler::catch(transport.session(&mut link)) => Some(r),
                     () = heal.notified() => None,
+                    () = unneeded => break,
                 };
                 let Some(result) = session else {
                     // The heal is in the log already, with who asked.
@@ -434,6 +456,8 @@ impl<T: Transport> Actor for TransportHost<T> {
                 tokio::select! {
                     () = actix::clock::sleep(delay) => {}
                     () = heal.notified() => attempt = 0,
+                    // Stopping while waiting to reconnect: nothing is left to say.
+                    () = link.closing.cancelled() => break,
                 }
             }
             link.health.update(ActorKind::Transport, kind, |s| {

@@ -44,11 +44,43 @@ pub(crate) async fn connect(
             format!("server name {host}: {e}"),
         )
     })?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await?;
-    Ok(Box::pin(stream))
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    match tokio::time::timeout(TLS_HANDSHAKE, handshake).await {
+        Ok(Ok(stream)) => Ok(Box::pin(stream)),
+        Ok(Err(e)) => {
+            // A plain-text server answers a TLS hello with an IRC line (not a TLS record) or
+            // by hanging up.
+            let text = e.to_string();
+            let plain = e.kind() == io::ErrorKind::UnexpectedEof
+                || text.contains("InvalidContentType")
+                || text.contains("corrupt message");
+            if plain {
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {host}:{port} failed ({text}): {PLAIN_HINT}"),
+                ))
+            } else {
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {host}:{port} failed: {text}"),
+                ))
+            }
+        }
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no TLS answer from {host}:{port} within {}s: {PLAIN_HINT}",
+                TLS_HANDSHAKE.as_secs()
+            ),
+        )),
+    }
 }
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+/// What to try when a TLS handshake fails the way it does with a plain-text server.
+const PLAIN_HINT: &str =
+    "the server may not speak TLS on this port: set tls = false, or use its TLS port (often 6697)";
 
 /// What the reader produced.
 #[derive(Debug, PartialEq, Eq)]

@@ -1264,6 +1264,10 @@ impl Transport for Irc {
     async fn session(&mut self, link: &mut Link) -> Result<SessionEnd, TransportError> {
         let connect_timeout = self.cfg.connect_timeout();
         let (host, port, tls) = (self.cfg.server.clone(), self.cfg.port(), self.cfg.tls);
+        tracing::info!(
+            "connecting to {host}:{port} {}",
+            if tls { "with TLS" } else { "without TLS" }
+        );
         let stream = tokio::time::timeout(
             connect_timeout,
             conn::connect(&host, port, tls, self.cfg.ca_file.as_deref()),
