@@ -6,6 +6,7 @@ use std::sync::mpsc;
 
 /// Starts `cmd` with its stdin piped and its stdout lines sent to the receiver (stderr
 /// dropped).
+#[allow(dead_code)] // not every test file starts the binary this way
 pub(crate) fn spawn_piped(
     cmd: &mut Command,
 ) -> (Child, Option<ChildStdin>, mpsc::Receiver<String>) {
