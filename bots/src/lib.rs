@@ -132,12 +132,13 @@ const POLLER_KEYS: &[&str] = &[
 ];
 
 impl App {
-    /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `echo`, `heal`,
+    /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `whoami`, `echo`,
+    /// `heal`,
     /// always on)
     /// and the library's optional ones (`boom`, `lines`, `dns`, `links`) and pollers (`feed`,
     /// `http_json`).
     pub fn new() -> Self {
-        use opsbot_handlers::{demo, echo, heal, help, status, whereareyou};
+        use opsbot_handlers::{demo, echo, heal, help, status, whereareyou, whoami};
         Self {
             handlers: Vec::new(),
             pollers: Vec::new(),
@@ -145,6 +146,7 @@ impl App {
         .builtin::<help::Help>("help")
         .builtin::<status::Status>("status")
         .builtin::<whereareyou::WhereAreYou>("whereareyou")
+        .builtin::<whoami::WhoAmI>("whoami")
         .builtin::<echo::Echo>("echo")
         .builtin::<heal::Heal>("heal")
         .handler::<demo::Boom>("boom")

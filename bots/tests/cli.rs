@@ -145,6 +145,7 @@ fn with_no_arguments_it_is_a_console_bot_with_the_builtins() {
             "!help",
             "!status",
             "!whereareyou",
+            "!whoami",
             "!help"
         ]
     );
@@ -691,7 +692,7 @@ fn access_lists_are_checked_against_the_bots_commands_and_transport() {
     ));
     assert!(!ok, "dns is not enabled");
     assert!(
-        err.contains("`bot[0].access.dns`: `dns` is not a command of this bot (hint: its commands: echo, heal, help, status, whereareyou)"),
+        err.contains("`bot[0].access.dns`: `dns` is not a command of this bot (hint: its commands: echo, heal, help, status, whereareyou, whoami)"),
         "{err}"
     );
     let (ok, _, err) = check(&bot(

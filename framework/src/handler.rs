@@ -205,6 +205,11 @@ impl Context {
             .is_some_and(|s| self.shared.is_admin(s))
     }
 
+    /// What the transport's sender ids are (how admin entries match them).
+    pub fn identity(&self) -> crate::transport::Identity {
+        self.shared.identity
+    }
+
     /// The sender of the message being handled, if there is one (a poller's context has none).
     pub fn sender(&self) -> Option<&Sender> {
         self.sender.as_ref()

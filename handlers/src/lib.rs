@@ -1,7 +1,8 @@
 //! Reusable opsbot handlers.
 //!
 //! Built-ins, on in every bot: [`help::Help`], [`status::Status`],
-//! [`whereareyou::WhereAreYou`] and [`echo::Echo`]. Demos, off unless a config lists them:
+//! [`whereareyou::WhereAreYou`], [`whoami::WhoAmI`] and [`echo::Echo`] (and [`heal::Heal`],
+//! which `opsbot_bots::App` adds). Demos, off unless a config lists them:
 //! [`demo::Boom`] (panics, to show self-healing) and [`demo::Lines`] (writes many lines, to show
 //! the outbox's pacing).
 //!
@@ -17,6 +18,7 @@ pub mod links;
 pub mod pollers;
 pub mod status;
 pub mod whereareyou;
+pub mod whoami;
 
 use opsbot::BotBuilder;
 
@@ -26,5 +28,6 @@ pub fn add_builtins(builder: BotBuilder) -> BotBuilder {
         .handler(help::Help)
         .handler(status::Status)
         .handler(whereareyou::WhereAreYou)
+        .handler(whoami::WhoAmI)
         .handler(echo::Echo)
 }

@@ -298,3 +298,31 @@ async fn heal_restarts_a_failed_handler_and_a_failed_poller_for_admins_only() {
         "tester: sorry, !boom crashed; it is being restarted"
     );
 }
+
+/// Someone refused as "not an admin" could not learn the id the bot saw, so could not have the
+/// admin entry written. `!whoami` tells it, and the entry that would cover it.
+#[tokio::test]
+async fn whoami_shows_the_id_the_bot_sees_and_whether_it_is_an_admin() {
+    let mut bot = TestBot::new()
+        .with(opsbot_handlers::whoami::WhoAmI)
+        .configure(|o| o.admins = vec!["*!*@ops.example.com".into()]);
+    bot.send_as("alice!al@ops.example.com", "#ops", "!whoami");
+    assert_eq!(
+        bot.reply().await,
+        "you are alice!al@ops.example.com: an admin"
+    );
+    bot.send_as("bob!b@home.example.net", "#ops", "!whoami");
+    assert_eq!(
+        bot.reply().await,
+        "you are bob!b@home.example.net: not an admin (an admin entry for you: \"*!*@home.example.net\")"
+    );
+    bot.send_message(Incoming::in_room(
+        "#ops",
+        Sender::unverified("ops@conference.example.org/alice", "alice"),
+        "!whoami",
+    ));
+    let r = bot.reply().await;
+    assert!(r.contains("a name the service cannot prove"), "{r}");
+    bot.send_as("bob!b@home.example.net", "#ops", "!whoami me");
+    assert_eq!(bot.reply().await, "bob!b@home.example.net: usage: !whoami");
+}
