@@ -467,7 +467,12 @@ impl App {
 
     /// Runs every bot of a checked config until they stop.
     pub fn run(&self, config: &Config) -> anyhow::Result<()> {
-        opsbot::logging::init(&config.log);
+        use std::io::IsTerminal;
+        // A console bot's replies share the terminal with the log: keep the log to warnings
+        // there unless asked for more.
+        let console = config.bots.iter().any(|b| b.transport.kind == "console");
+        let quiet = console && std::io::stderr().is_terminal();
+        opsbot::logging::init_with(&config.log, if quiet { "warn" } else { "info" });
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
@@ -479,15 +484,20 @@ impl App {
         options.notify = opsbot::systemd::Notify::from_env();
         options.http = config.http.clone();
         options.healing_log = healing_log(config, &bots);
-        if config.bots.iter().any(|b| b.transport.kind == "console") {
-            use std::io::IsTerminal;
+        if console {
             if !std::io::stdin().is_terminal() {
                 tracing::info!(
                     "the console bot reads standard input, which is not a terminal: it stops \
                      when that input ends"
                 );
             }
-            eprintln!("opsbot console: type !help (end with Ctrl-D)");
+            let logs =
+                if quiet && config.log.level.is_none() && std::env::var_os("RUST_LOG").is_none() {
+                    "; the log shows warnings here (more: RUST_LOG=info)"
+                } else {
+                    ""
+                };
+            eprintln!("opsbot console: type !help (end with Ctrl-D){logs}");
         }
         opsbot::run_process(bots, options).context("running the bots")
     }

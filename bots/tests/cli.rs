@@ -290,6 +290,79 @@ fn logs_to_a_pipe_are_plain_text() {
     );
 }
 
+/// One `!boom` printed the panic twice at ERROR, recoveries at WARN, actix's own chatter and a
+/// Rust debug value (`Some(Rate { .. })`). Now: the panic once, the restart at info, nothing
+/// of actix's or of Rust's debug formatting; and at a terminal the console's log keeps to
+/// warnings by default, which the banner says.
+#[test]
+fn the_console_log_says_each_thing_once_and_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = selfheal(dir.path());
+    let mut child = common::opsbot()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"!boom\n!echo after\n")
+        .unwrap();
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        stderr.read_to_string(&mut log).unwrap();
+        log
+    });
+    assert!(wait_exit(&mut child).success());
+    let log = reader.join().unwrap();
+    let panics: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("crashed on purpose"))
+        .collect();
+    assert_eq!(panics.len(), 1, "{log}");
+    assert!(
+        panics[0].contains(" ERROR ") && panics[0].contains("handler=\"boom\""),
+        "{log}"
+    );
+    let restart = log
+        .lines()
+        .find(|l| l.contains("action=\"restart\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(restart.contains(" INFO "), "{restart}");
+    for noise in ["Actix runtime", "actix_server", "Some(", "Rate {", "None,"] {
+        assert!(!log.contains(noise), "`{noise}` in\n{log}");
+    }
+
+    // At a terminal (a pseudo-terminal by `script`), warnings only, and the banner says so.
+    let cmd = format!(
+        "printf '!boom\\n' | {} run --config {}",
+        env!("CARGO_BIN_EXE_opsbot"),
+        config.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("XDG_STATE_HOME", dir.path())
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("the log shows warnings here (more: RUST_LOG=info)"),
+        "{shown}"
+    );
+    assert!(shown.contains("sorry, !boom crashed"), "{shown}");
+    assert!(!shown.contains(" INFO "), "{shown}");
+    assert_eq!(shown.matches("crashed on purpose").count(), 1, "{shown}");
+}
+
 fn check(text: &str) -> (bool, String, String) {
     check_env(text, &[])
 }

@@ -296,7 +296,7 @@ impl<H: Handler> HandlerHost<H> {
 
     /// Builds a fresh instance; a factory that panics counts as another crash.
     fn fresh(&mut self, ctx: &mut Context2<H>) {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| caught(|| (self.factory)()))) {
             Ok(h) => {
                 self.handler = Some(Box::new(h));
                 self.set_state(ActorState::Running);
@@ -427,7 +427,7 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             (handler, result)
         };
         let done = job.done;
-        let fut = AssertUnwindSafe(run).catch_unwind();
+        let fut = AssertUnwindSafe(Caught::new(run)).catch_unwind();
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             act.shared.health.update(ActorKind::Handler, H::NAME, |s| {
                 s.handled += 1;
@@ -553,8 +553,66 @@ pub(crate) fn install_panic_hook() {
 
 /// Runs `fut` to completion, turning a panic into a [`Panic`].
 pub(crate) async fn catch<F: Future>(fut: F) -> Result<F::Output, Panic> {
-    AssertUnwindSafe(fut)
+    AssertUnwindSafe(Caught::new(fut))
         .catch_unwind()
         .await
         .map_err(|p| Panic::from_payload(&*p))
+}
+
+thread_local! {
+    /// How many framework catches are running on this thread right now.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a panic on this thread now will be caught by the framework, which then logs it
+/// once, with what it was running (the panic hook need not).
+pub(crate) fn panic_is_caught() -> bool {
+    CATCHING.with(|c| c.get() > 0)
+}
+
+/// Marks this thread as catching while it lives.
+struct Catching;
+
+impl Catching {
+    fn new() -> Self {
+        CATCHING.with(|c| c.set(c.get() + 1));
+        Self
+    }
+}
+
+impl Drop for Catching {
+    fn drop(&mut self) {
+        CATCHING.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Runs `f` as a framework catch (see [`panic_is_caught`]); the caller catches its panic.
+pub(crate) fn caught<R>(f: impl FnOnce() -> R) -> R {
+    let _c = Catching::new();
+    f()
+}
+
+/// A future whose every poll runs as a framework catch (see [`panic_is_caught`]).
+pub(crate) struct Caught<F> {
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future> Caught<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for Caught<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let _c = Catching::new();
+        self.inner.as_mut().poll(cx)
+    }
 }

@@ -453,7 +453,22 @@ impl Inner {
             detail.truncate(end);
             detail.push('…');
         }
-        tracing::warn!(bot, subsystem, action, %detail, "healing");
+        // Trouble at warn; the healing itself (a fresh instance, a resumed stream, a breaker
+        // closing, the state getting better) at info.
+        let recovered = match action {
+            "restart" | "heal" | "resumed" | "nick" | "breaker closed" | "breaker half-open" => {
+                true
+            }
+            "state" => !["→ degraded", "→ critical", "→ failed"]
+                .iter()
+                .any(|w| detail.contains(w)),
+            _ => false,
+        };
+        if recovered {
+            tracing::info!(bot, subsystem, action, %detail, "healing");
+        } else {
+            tracing::warn!(bot, subsystem, action, %detail, "healing");
+        }
         if self.log.len() == HEALING_LOG_LEN {
             self.log.pop_front();
         }

@@ -3,7 +3,8 @@
 //!
 //! Text logs are coloured only when standard error is a terminal and `NO_COLOR` is unset.
 //! Logs go to standard error, so they never mix with what the console transport prints. A panic
-//! is logged as one error event (the message and where it happened), not dumped raw.
+//! is logged as one error event (the message and where it happened), not dumped raw: where the
+//! framework catches it (with the handler, poller or session it hit), else by the panic hook.
 
 use std::io::IsTerminal;
 
@@ -30,16 +31,26 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'st
 
 /// Installs the global subscriber and the panic hook. Call once, early in `main`.
 pub fn init(config: &LogConfig) {
+    init_with(config, "info");
+}
+
+/// Like [`init`], with `default` as the level when neither `RUST_LOG` nor the config sets one
+/// (`warn` for a console bot at a terminal, whose replies share the screen). The actix
+/// server's own chatter is kept at warnings either way.
+pub fn init_with(config: &LogConfig, default: &str) {
+    // The actix server's own chatter (workers starting, "Actix runtime found") is kept at
+    // warnings whatever the level, unless a filter names it.
+    let quiet = "actix_server=warn,actix_web=warn";
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
+        .and_then(|v| EnvFilter::try_new(format!("{quiet},{v}")).ok())
         .or_else(|| {
             config
                 .level
                 .as_deref()
-                .and_then(|l| EnvFilter::try_new(l).ok())
+                .and_then(|l| EnvFilter::try_new(format!("{quiet},{l}")).ok())
         })
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(format!("{quiet},{default}")));
     // Colours only for a person at a terminal: journald, files and pipes get plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
@@ -61,7 +72,14 @@ pub fn init(config: &LogConfig) {
             let at = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()));
-            tracing::error!(panic = %message, at = at.as_deref().unwrap_or("?"), "panic caught");
+            let at = at.as_deref().unwrap_or("?");
+            // A panic the framework catches (a handler's, a poller's, a session's) is logged
+            // once, where it is caught, with what it was running; any other here.
+            if crate::handler::panic_is_caught() {
+                tracing::debug!(panic = %message, at, "panic");
+            } else {
+                tracing::error!(panic = %message, at, "panic");
+            }
         }));
     }
 }

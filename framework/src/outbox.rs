@@ -255,9 +255,15 @@ impl Pacing {
             inner.1 = Arc::new(kept);
             return false;
         }
+        let show = |r: Option<Rate>, unit: &str| {
+            r.map_or_else(
+                || "unlimited".to_owned(),
+                |r| format!("{} {unit}/s, burst {}", r.per_second, r.burst),
+            )
+        };
         tracing::info!(
-            lines = ?opts.global,
-            bytes = ?opts.global_bytes,
+            lines = %show(opts.global, "lines"),
+            bytes = %show(opts.global_bytes, "bytes"),
             max_line_bytes = opts.max_line_bytes,
             "pacing profile set"
         );

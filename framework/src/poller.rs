@@ -160,7 +160,9 @@ impl<P: Poller> PollerHost<P> {
         let mut poller = match self.poller.take() {
             Some(p) => p,
             None => {
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)())) {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::handler::caught(|| (self.factory)())
+                })) {
                     Ok(p) => {
                         for b in p.breakers() {
                             self.shared.health.attach(&b);

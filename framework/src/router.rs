@@ -381,8 +381,14 @@ impl Router {
                 }
             };
             let Some((what, msg)) = what else {
-                if let Outcome::Panicked { .. } | Outcome::TimedOut(_) = outcome {
-                    tracing::warn!(handler = hname, ?outcome, "passive handler failed");
+                match outcome {
+                    Outcome::Panicked { .. } => {
+                        tracing::warn!(handler = hname, "a passive handler crashed");
+                    }
+                    Outcome::TimedOut(t) => {
+                        tracing::warn!(handler = hname, "a passive handler took longer than {t:?}");
+                    }
+                    _ => {}
                 }
                 return;
             };
