@@ -280,7 +280,9 @@ impl App {
             config.warnings.extend(warnings);
             Ok(config)
         } else {
-            Err(ConfigErrors(errors))
+            let mut errors = ConfigErrors(errors);
+            errors.sort();
+            Err(errors)
         }
     }
 

@@ -393,7 +393,8 @@ fn check_names_the_file_the_key_and_the_problem() {
     );
     assert!(!ok);
     assert!(
-        err.starts_with("bots.toml:4: `bot[0].outbox.rat`: unknown field `rat`, expected one of"),
+        err.starts_with("bots.toml:4: `bot[0].outbox.rat`: unknown field `rat`, expected one of")
+            && err.contains("(hint: did you mean `rate`?)"),
         "{err}"
     );
 
@@ -403,13 +404,14 @@ fn check_names_the_file_the_key_and_the_problem() {
     assert!(!ok);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
+    // In the file's order.
+    assert!(lines[0].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns, links)"), "{err}");
+    assert!(lines[1].contains("`echo` is built in"), "{err}");
     assert!(
-        lines[0]
+        lines[2]
             .starts_with("bots.toml:5: `bot[0].transport.kind`: unknown transport kind `telex`"),
         "{err}"
     );
-    assert!(lines[1].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns, links)"), "{err}");
-    assert!(lines[2].contains("`echo` is built in"), "{err}");
 
     let (ok, _, err) = check("[[bot]]\nname = \"ops\"\n[bot.transport\n");
     assert!(!ok);

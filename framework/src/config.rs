@@ -75,6 +75,80 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// Puts the errors in the order of the file: by file, then line (errors without a line
+    /// last), keeping the order of those on one line.
+    pub fn sort(&mut self) {
+        self.0.sort_by(|a, b| {
+            (&a.file, a.line.is_none(), a.line).cmp(&(&b.file, b.line.is_none(), b.line))
+        });
+    }
+}
+
+/// The distance in edits (insert, delete, replace one character) between two short words.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A parser's message about `key` in a person's words, with a hint where one helps: what
+/// `[bot]` for `[[bot]]` means, what number a key wants, which known key a misspelt one is
+/// probably (`rat`: did you mean `rate`?).
+pub fn explain(key: &str, message: &str) -> (String, Option<String>) {
+    let last = key.rsplit(['.', '[']).next().unwrap_or(key);
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, rest) = rest.split_once('`').unwrap_or((rest, ""));
+        let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        let close = known
+            .iter()
+            .map(|k| (edits(field, k), *k))
+            .filter(|(d, k)| *d <= 2.max(k.len() / 3) && *d < field.len().max(1))
+            .min();
+        let hint = match close {
+            Some((_, k)) => format!("did you mean `{k}`?"),
+            None => "check the spelling; the config reference is in README.md".into(),
+        };
+        return (message.to_owned(), Some(hint));
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        if key == "bot" && expected.contains("sequence") {
+            return (
+                "`[bot]` makes one table, but bots are a list".into(),
+                Some("write [[bot]] (two brackets) above each bot".into()),
+            );
+        }
+        let want = match expected {
+            "f64" | "f32" if last.ends_with("_secs") => "a number of seconds, like 30".to_owned(),
+            "f64" | "f32" => "a number, like 2.5".to_owned(),
+            e if ["u8", "u16", "u32", "u64", "usize", "i32", "i64", "isize"].contains(&e) => {
+                if last.ends_with("_ms") {
+                    "a whole number of milliseconds, like 500".to_owned()
+                } else if last.ends_with("_secs") {
+                    "a whole number of seconds, like 30".to_owned()
+                } else {
+                    "a whole number, like 5".to_owned()
+                }
+            }
+            "a boolean" => "true or false".to_owned(),
+            "a sequence" => "a list, like [\"a\", \"b\"]".to_owned(),
+            "a string" => "a string in quotes".to_owned(),
+            other => other.to_owned(),
+        };
+        return (format!("expected {want}, found {found}"), None);
+    }
+    (message.to_owned(), None)
+}
+
 /// A secret read from the config (usually `${ENV_VAR}`); its value never appears in `Debug`,
 /// logs or chat.
 #[derive(Clone)]
@@ -451,7 +525,9 @@ impl Config {
         if v.errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(v.errors))
+            let mut errors = ConfigErrors(v.errors);
+            errors.sort();
+            Err(errors)
         }
     }
 
@@ -543,10 +619,9 @@ fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
         let inner = e.inner();
         let line = inner.span().map(|s| line_of(text, s.start));
         let key = if key == "." { String::new() } else { key };
-        let mut err = fail(key, line, inner.message().to_owned());
-        if inner.message().starts_with("unknown field") {
-            err.0[0].hint = Some("check the spelling; the config reference is in README.md".into());
-        }
+        let (message, hint) = explain(&key, inner.message());
+        let mut err = fail(key, line, message);
+        err.0[0].hint = hint;
         err
     })
 }
@@ -571,9 +646,25 @@ fn locate(text: &str, key: &str) -> Option<usize> {
     if last.is_empty() {
         return None;
     }
-    let hits: Vec<usize> = text
+    // A key of one bot (`bot[1].prefix`) is looked for in that bot's part of the file: from
+    // its `[[bot]]` to the next.
+    let (from, to) = key
+        .strip_prefix("bot[")
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(n, _)| n.parse::<usize>().ok())
+        .and_then(|n| {
+            let starts: Vec<usize> = text
+                .match_indices("[[bot]]")
+                .map(|(i, _)| i)
+                .filter(|&i| text[..i].rfind('\n').map_or(0, |l| l + 1) == i)
+                .collect();
+            let from = *starts.get(n)?;
+            Some((from, starts.get(n + 1).copied().unwrap_or(text.len())))
+        })
+        .unwrap_or((0, text.len()));
+    let hits: Vec<usize> = text[from..to]
         .match_indices(last)
-        .map(|(i, _)| i)
+        .map(|(i, _)| i + from)
         .filter(|&i| {
             let line_start = text[..i].rfind('\n').map_or(0, |n| n + 1);
             let before = text[line_start..i].trim();
@@ -1212,6 +1303,58 @@ mod tests {
         assert_eq!(e[0].key, "bot[0].transport.kind", "{e:?}");
     }
 
+    /// The common mistakes read like internals no more: `[bot]` for `[[bot]]`, a duration as a
+    /// string, a misspelt key; and errors come in the file's order.
+    #[test]
+    fn common_mistakes_are_told_in_words_with_a_hint() {
+        let e = errors("[bot]\nname = \"ops\"\n");
+        assert_eq!(e[0].message, "`[bot]` makes one table, but bots are a list");
+        assert_eq!(
+            e[0].hint.as_deref(),
+            Some("write [[bot]] (two brackets) above each bot")
+        );
+        let e = errors(
+            "[[bot]]\nname = \"ops\"\nhandler_timeout_secs = \"30s\"\n[bot.transport]\nkind = \"console\"\n",
+        );
+        assert_eq!(e[0].key, "bot[0].handler_timeout_secs");
+        assert_eq!(
+            e[0].message,
+            "expected a number of seconds, like 30, found string \"30s\""
+        );
+        let e = errors(
+            "[[bot]]\nname = \"ops\"\n[bot.outbox]\nrat = 3\n[bot.transport]\nkind = \"console\"\n",
+        );
+        assert_eq!(e[0].hint.as_deref(), Some("did you mean `rate`?"));
+        let e = errors(
+            "[[bot]]\nname = \"ops\"\n[bot.outbox]\nzzzzzz = 3\n[bot.transport]\nkind = \"console\"\n",
+        );
+        assert!(e[0].hint.as_deref().unwrap().contains("check the spelling"));
+        // In the file's order, though found in another.
+        let e = errors(
+            "[[bot]]\nname = \"a\"\n[bot.outbox]\nrate = -2\n[bot.transport]\nkind = \"console\"\n\
+             [[bot]]\nname = \"b\"\nprefix = \"\"\n[bot.transport]\nkind = \"console\"\n",
+        );
+        let lines: Vec<(bool, Option<usize>)> =
+            e.iter().map(|e| (e.line.is_none(), e.line)).collect();
+        let mut sorted = lines.clone();
+        sorted.sort();
+        assert_eq!(lines, sorted, "{e:?}");
+        assert_eq!(e[1].key, "bot[1].prefix");
+        assert_eq!(
+            e[1].line,
+            Some(9),
+            "a key two bots have is found in its own bot"
+        );
+    }
+
+    #[test]
+    fn nearest_keys_are_found_by_edits() {
+        assert_eq!(edits("rat", "rate"), 1);
+        assert_eq!(edits("shuot", "shout"), 2);
+        assert_eq!(edits("", "abc"), 3);
+        assert_eq!(edits("kitten", "sitting"), 3);
+    }
+
     #[test]
     fn wrong_type_names_the_key() {
         let e = errors(
@@ -1254,10 +1397,10 @@ mod tests {
                 "bot[0].prefix",
                 "bot[0].handler_timeout_secs",
                 "bot[0].shutdown_deadline_secs",
-                "bot[0].supervisor.backoff_max_ms",
                 "bot[0].outbox.rate",
                 "bot[0].outbox.byte_rate",
                 "bot[0].outbox.dest_burst",
+                "bot[0].supervisor.backoff_max_ms",
                 "bot[1].prefix",
                 "bot[1].transport.kind",
             ]

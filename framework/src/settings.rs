@@ -101,7 +101,12 @@ pub fn build<T: FromSettings>(table: Option<&toml::Table>) -> Result<T, Vec<(Str
         .map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            vec![(path, e.inner().message().to_owned())]
+            let (message, hint) = crate::config::explain(&path, e.inner().message());
+            let message = match hint {
+                Some(h) => format!("{message} (hint: {h})"),
+                None => message,
+            };
+            vec![(path, message)]
         })?;
     T::from_settings(settings).map_err(|e| vec![(e.key.unwrap_or_default(), e.message)])
 }

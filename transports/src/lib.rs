@@ -60,7 +60,8 @@ fn settings<T: serde::de::DeserializeOwned>(
         } else {
             format!("{}.{path}", t.key)
         };
-        error(file, key, e.inner().message().to_owned(), None)
+        let (message, hint) = opsbot::config::explain(&path, e.inner().message());
+        error(file, key, message, hint)
     })
 }
 
