@@ -84,6 +84,7 @@ pub use poller::{Item, Poller, PollerOptions};
 
 /// What a handler or poller author needs, in one import.
 pub mod prelude {
+    pub use crate::bot::Bot;
     pub use crate::command::{Call, Command, Match};
     pub use crate::error::{Error, Result};
     pub use crate::handler::{Context, Handler};

@@ -233,3 +233,48 @@ fn greet_answers_on_irc_from_the_same_bot_with_another_transport() {
         }
     }
 }
+
+/// The README's `Cargo.toml` for a bot in a repository of its own, with this program's
+/// `main.rs`, is a project cargo takes: its dependencies resolve against this checkout
+/// (offline, from what the workspace already fetched), with no workspace around it.
+#[test]
+fn the_readmes_standalone_manifest_is_a_project_of_its_own() {
+    let readme = std::fs::read_to_string(here("../../README.md")).unwrap();
+    let start = readme
+        .find("```toml\n[package]\nname = \"greeter\"")
+        .expect("the standalone Cargo.toml in README.md");
+    let manifest = &readme[start + "```toml\n".len()..];
+    let manifest = &manifest[..manifest.find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    // The README puts opsbot's checkout beside the project: here it is this one.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap();
+    let project = dir.path().join("greeter");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        manifest.replace("../opsbot/", &format!("{}/", root.display())),
+    )
+    .unwrap();
+    std::fs::copy(here("src/main.rs"), project.join("src/main.rs")).unwrap();
+    std::fs::copy(root.join("Cargo.lock"), project.join("Cargo.lock")).unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--offline",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
+        .arg(project.join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = String::from_utf8_lossy(&out.stdout);
+    assert!(meta.contains("\"name\":\"greeter\""), "{meta}");
+    assert!(meta.contains("\"name\":\"opsbot-bots\""));
+}
