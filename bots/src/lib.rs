@@ -508,7 +508,21 @@ impl App {
     /// bot with every built-in handler. Exits 0 after a graceful stop, 2 for a bad config, 1
     /// when a bot failed.
     pub fn main(self) -> ExitCode {
-        let cli = Cli::parse();
+        // Named as the program was started (`opsbot`, or a bot program of one's own), never as
+        // the crate that holds the CLI.
+        use clap::{CommandFactory, FromArgMatches};
+        let name = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "opsbot".into());
+        let name: &'static str = Box::leak(name.into_boxed_str()); // once per process
+        let matches = Cli::command().name(name).get_matches();
+        let cli = match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
         let result = match cli.command {
             None => self.run(&Config::console_default()),
             Some(Cmd::Check { config }) => match self.check(&config) {

@@ -904,6 +904,8 @@ return {
   error_shown: document.getElementById("error").style.display === "block",
   fits: document.documentElement.scrollWidth <= window.innerWidth,
   width: window.innerWidth,
+  updated: document.getElementById("updated").textContent,
+  log_zone: document.querySelector("#log thead th").textContent,
 };
 "##;
 
@@ -1232,6 +1234,13 @@ fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
     assert!(page["width"].as_u64().unwrap() <= 400, "{page}");
     // Nothing to press: the page only reads.
     assert_eq!(page["controls"], 0, "{page}");
+    // One time zone on the page, labelled: the update time is UTC like the healing log.
+    assert_eq!(page["log_zone"], "UTC", "{page}");
+    let updated = page["updated"].as_str().unwrap();
+    assert!(
+        updated.ends_with(" UTC") && updated.len() == "12:34:56 UTC".len(),
+        "{page}"
+    );
 
     let shot = driver.call("GET", &format!("/session/{id}/screenshot"), &Value::Null);
     use base64::Engine;

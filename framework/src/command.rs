@@ -30,8 +30,10 @@ pub struct Command {
     pub aliases: &'static [&'static str],
     /// The arguments, as shown after the name in usage lines (`<host> [type]`).
     pub usage: &'static str,
-    /// One line of help.
+    /// One line of help (what `!help` lists).
     pub help: &'static str,
+    /// More, shown by `!help NAME` only: examples, what the arguments may be.
+    pub details: &'static str,
     /// Whether only admins (by sender identity, from the config) may run it.
     pub admin: bool,
     /// Per-user cooldown between two uses, in seconds (0: none).
@@ -46,9 +48,16 @@ impl Command {
             aliases: &[],
             usage,
             help,
+            details: "",
             admin: false,
             cooldown: 0,
         }
+    }
+
+    /// More help, shown by `!help NAME` only (keep `help` to one short line).
+    pub const fn details(mut self, details: &'static str) -> Self {
+        self.details = details;
+        self
     }
 
     /// Other names for the command.

@@ -14,8 +14,12 @@ impl Handler for Heal {
     const COMMANDS: &'static [Command] = &[Command::new(
         "heal",
         "SUBSYSTEM",
-        "Restart a handler or poller, reset a breaker, or reconnect the transport (admins; \
-         names as !status shows them: handler:echo, breaker:api.example.com, transport).",
+        "Restart a handler or poller, reset a breaker, or reconnect.",
+    )
+    .details(
+        "SUBSYSTEM as !status names it: handler:NAME, poller:NAME, breaker:NAME or \
+         transport, or a bare name that fits one (!heal echo). The heal is in the healing \
+         log with who asked.",
     )
     .admin_only()];
 

@@ -80,6 +80,10 @@ pub fn list(catalog: &[CatalogEntry], prefix: &str, status: &Snapshot) -> String
 pub fn detail(entry: &CatalogEntry, prefix: &str, status: &Snapshot) -> String {
     let c = entry.command;
     let mut out = format!("usage: {}\n{}", c.usage_line(prefix), c.help);
+    if !c.details.is_empty() {
+        out.push('\n');
+        out.push_str(c.details);
+    }
     if !c.aliases.is_empty() {
         let aliases: Vec<String> = c.aliases.iter().map(|a| format!("{prefix}{a}")).collect();
         out.push_str(&format!("\naliases: {}", aliases.join(", ")));

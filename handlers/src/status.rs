@@ -91,7 +91,11 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
                 if let Some(d) = &a.detail {
                     l.push_str(&format!(" ({d})"));
                 }
-                l.push_str(&format!(", {} reconnects", a.reconnects));
+                l.push_str(&format!(
+                    ", {} reconnect{}",
+                    a.reconnects,
+                    if a.reconnects == 1 { "" } else { "s" }
+                ));
                 l
             }
             ActorKind::Handler => {

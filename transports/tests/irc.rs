@@ -61,7 +61,7 @@ async fn setup_on(server: Server, extra: &str) -> (Server, User, support::Runnin
 async fn help_and_status_in_a_channel_and_in_private() {
     let (_server, mut user, bot) = setup(Kind::Ngircd, "").await;
     user.say("#ops", "!help").await;
-    let help = user.privmsgs_from(BOT, 10, T).await;
+    let help = user.privmsgs_from(BOT, 11, T).await;
     let texts: Vec<String> = help.iter().map(|l| l.privmsg().unwrap().2).collect();
     assert!(help.iter().all(|l| l.privmsg().unwrap().1 == "#ops"));
     assert!(texts[0].starts_with("!big"), "{texts:?}");
@@ -74,7 +74,7 @@ async fn help_and_status_in_a_channel_and_in_private() {
     let first = user.privmsg_from(BOT, T).await;
     assert_eq!(first.0, "alice", "a private question gets a private answer");
     // The health summary first, then the version line.
-    assert_eq!(first.1, "healthy · 8 of 8 subsystems healthy");
+    assert_eq!(first.1, "healthy · 9 of 9 subsystems healthy");
     let second = user.privmsg_from(BOT, T).await;
     assert!(
         second.1.starts_with("opsbot 0.1.0 · bot ircbot · up "),
@@ -107,6 +107,10 @@ async fn help_and_status_in_a_channel_and_in_private() {
         user.privmsg_from(BOT, T).await,
         ("#ops".into(), "hello there".into())
     );
+    // Colour and bold codes go whole, their numbers too (`04red` used to come back).
+    user.say("#ops", "!echo \u{3}04,01red\u{3} and \u{2}bold\u{2}")
+        .await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "red and bold");
 }
 
 async fn two_hundred_lines(kind: Kind) {

@@ -275,6 +275,61 @@ impl Strays {
     }
 }
 
+/// `text` without mIRC formatting: bold, italics, underline, strike-through, monospace,
+/// reverse and reset codes, and colour codes with their numbers (`\x0304,01red` is `red`;
+/// stripping only the control character would leave `04,01red`).
+pub(crate) fn strip_formatting(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{2}' | '\u{f}' | '\u{11}' | '\u{16}' | '\u{1d}' | '\u{1e}' | '\u{1f}' => {}
+            '\u{3}' => {
+                // Up to two digits of foreground, then a comma and up to two of background.
+                let mut digits = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+                    let mut n = 0;
+                    while n < 2 && chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                        n += 1;
+                    }
+                    n
+                };
+                if digits(&mut chars) > 0 && chars.peek() == Some(&',') {
+                    let mut ahead = chars.clone();
+                    ahead.next();
+                    if ahead.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                        digits(&mut chars);
+                    }
+                }
+            }
+            '\u{4}' => {
+                // A hex colour: six hex digits, then a comma and six more.
+                let mut hex = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+                    let mut ahead = chars.clone();
+                    let ok = (0..6).all(|_| ahead.next().is_some_and(|c| c.is_ascii_hexdigit()));
+                    if ok {
+                        for _ in 0..6 {
+                            chars.next();
+                        }
+                    }
+                    ok
+                };
+                if hex(&mut chars) && chars.peek() == Some(&',') {
+                    let mut ahead = chars.clone();
+                    ahead.next();
+                    if (0..6).all(|_| ahead.next().is_some_and(|c| c.is_ascii_hexdigit())) {
+                        chars.next();
+                        hex(&mut chars);
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Whether `host` (or a user name) can be one: printable ASCII without spaces, `!` or `@`.
 fn valid_host(host: &str, max: usize) -> bool {
     !host.is_empty()
@@ -812,6 +867,7 @@ impl Session<'_> {
             return;
         }
         let sender = Sender::with_name(format!("{nick}!{user}@{host}"), nick.as_str());
+        let text = &strip_formatting(text);
         let incoming = if self.is_channel(target) {
             // Only from a channel we are in: anything else was not said to us.
             match self.irc.chan_key(target) {
@@ -1379,5 +1435,22 @@ mod tests {
         assert!(pieces.iter().all(|p| p.len() <= 7));
         assert_eq!(pieces.concat(), text);
         assert_eq!(cut("abc", 10), ["abc"]);
+    }
+
+    #[test]
+    fn formatting_codes_go_whole_with_their_numbers() {
+        for (raw, want) in [
+            ("\u{3}04red", "red"),
+            ("\u{3}04,01red\u{3} plain", "red plain"),
+            ("\u{3}4,1x", "x"),
+            ("\u{3},5comma", ",5comma"),
+            ("\u{3}123", "3"),
+            ("\u{2}bold\u{2} \u{1d}it\u{1d} \u{1f}u\u{f}", "bold it u"),
+            ("\u{4}ff0000,00ff00hex", "hex"),
+            ("\u{4}zz", "zz"),
+            ("100% \u{3}", "100% "),
+        ] {
+            assert_eq!(strip_formatting(raw), want, "{raw:?}");
+        }
     }
 }
