@@ -286,7 +286,7 @@ pub(crate) fn strip_formatting(text: &str) -> String {
             '\u{2}' | '\u{f}' | '\u{11}' | '\u{16}' | '\u{1d}' | '\u{1e}' | '\u{1f}' => {}
             '\u{3}' => {
                 // Up to two digits of foreground, then a comma and up to two of background.
-                let mut digits = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+                let digits = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
                     let mut n = 0;
                     while n < 2 && chars.peek().is_some_and(char::is_ascii_digit) {
                         chars.next();
@@ -305,7 +305,7 @@ pub(crate) fn strip_formatting(text: &str) -> String {
             }
             '\u{4}' => {
                 // A hex colour: six hex digits, then a comma and six more.
-                let mut hex = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+                let hex = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
                     let mut ahead = chars.clone();
                     let ok = (0..6).all(|_| ahead.next().is_some_and(|c| c.is_ascii_hexdigit()));
                     if ok {
