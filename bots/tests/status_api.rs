@@ -290,7 +290,7 @@ fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it
     assert_eq!(subsystem(&health, "handler:boom")["health"], "healthy");
     assert_eq!(
         ops["summary"].as_str().unwrap(),
-        format!("healthy · 7 of 7 subsystems healthy")
+        format!("healthy · 8 of 8 subsystems healthy")
     );
 
     // Two crashes: one restart, then the budget is spent.
@@ -306,7 +306,7 @@ fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it
     );
     assert_eq!(
         health["bots"][0]["summary"],
-        "degraded: handler:boom failed · 6 of 7 subsystems healthy"
+        "degraded: handler:boom failed · 7 of 8 subsystems healthy"
     );
 
     // The healing log holds the restart, the failure and the change of state.
@@ -1208,7 +1208,7 @@ fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
     assert_eq!(page["bot"], "degraded", "{page}");
     assert_eq!(
         page["summary"],
-        "degraded: handler:boom failed · 6 of 7 subsystems healthy"
+        "degraded: handler:boom failed · 7 of 8 subsystems healthy"
     );
     assert_eq!(page["boom_state"], "failed", "{page}");
     assert_eq!(page["boom_health"], "degraded", "{page}");
