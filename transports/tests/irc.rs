@@ -770,6 +770,55 @@ async fn many_channels_are_joined_without_a_flood_quit() {
     );
 }
 
+/// SASL credentials that a server (a real ngircd, which offers no SASL) does not take used to
+/// be skipped with a warning, leaving the bot unidentified on the network. That is now a
+/// refusal that says what to do; `sasl_optional = true` goes on without it.
+#[tokio::test]
+async fn sasl_the_server_does_not_offer_is_a_refusal_unless_optional() {
+    let server = Server::start(Kind::Ngircd);
+    let sasl = "[sasl]\nuser = \"opsbot\"\npassword = \"pw\"\n";
+    let bot = support::RunningBot::start(&transport(server.port, sasl), |b| {
+        b.configure(|o| o.reconnect.refused_min = Duration::from_secs(30))
+    });
+    let s = bot
+        .wait_status(T, "the refusal", |s| {
+            s.healing_log.iter().any(|e| e.action == "reconnect")
+        })
+        .await;
+    let entry = s
+        .healing_log
+        .iter()
+        .find(|e| e.action == "reconnect")
+        .unwrap();
+    assert!(
+        entry
+            .detail
+            .starts_with("refused: the server does not offer SASL")
+            && entry.detail.contains("sasl_optional = true"),
+        "{}",
+        entry.detail
+    );
+    assert!(next_attempt_in(&entry.detail) >= Duration::from_secs(30));
+    drop(bot);
+
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+    let bot = support::RunningBot::start(
+        &transport(server.port, &format!("sasl_optional = true\n{sasl}")),
+        |b| b,
+    );
+    bot_joins(&mut user, BOT).await;
+    user.say("#ops", "!echo unidentified but here").await;
+    assert_eq!(user.privmsg_from(BOT, T).await.1, "unidentified but here");
+    assert_eq!(
+        bot.status()
+            .actor(ActorKind::Transport, "irc")
+            .unwrap()
+            .reconnects,
+        0
+    );
+}
+
 /// A server that bans the bot (K-line) is not asked again within the refusal floor; a plain
 /// ERROR is an ordinary disconnect, retried on the usual backoff.
 #[tokio::test]

@@ -39,6 +39,10 @@ pub struct IrcConfig {
     pub password: Option<Secret>,
     /// SASL PLAIN account.
     pub sasl: Option<SaslConfig>,
+    /// With `sasl` set, go on without it when the server does not offer SASL (else that is a
+    /// refusal: credentials configured and not used leave the bot unidentified).
+    #[serde(default)]
+    pub sasl_optional: bool,
     /// Identify to NickServ with this password after connecting.
     pub nickserv_password: Option<Secret>,
     /// The message to NickServ, with `{nick}` and `{password}` filled in. The default,

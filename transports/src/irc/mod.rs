@@ -691,8 +691,7 @@ impl Session<'_> {
             }
             Command::CAP(_, CapSubCommand::NAK, ..) => {
                 if self.sasl == Sasl::Requested {
-                    self.sasl = Sasl::Done;
-                    tracing::warn!("server does not offer SASL; continuing without it");
+                    self.no_sasl()?;
                     self.send(Command::CAP(None, CapSubCommand::END, None, None))
                         .await?;
                 } else {
@@ -888,6 +887,23 @@ impl Session<'_> {
         self.link.incoming(incoming);
     }
 
+    /// The server does not offer SASL although the config has credentials for it: a refusal
+    /// (the bot would end up unidentified on the network), unless `sasl_optional` says to go
+    /// on without it.
+    fn no_sasl(&mut self) -> Result<(), TransportError> {
+        self.sasl = Sasl::Done;
+        if self.irc.cfg.sasl_optional {
+            tracing::warn!("the server does not offer SASL; going on without it (sasl_optional)");
+            Ok(())
+        } else {
+            Err(TransportError::Refused(
+                "the server does not offer SASL, and the config has SASL credentials: the bot \
+                 would be unidentified (set sasl_optional = true to go on without it)"
+                    .into(),
+            ))
+        }
+    }
+
     async fn on_numeric(
         &mut self,
         code: u16,
@@ -902,6 +918,10 @@ impl Session<'_> {
                 if self.registered {
                     self.strays.note("001 after registration", line);
                     return Ok(());
+                }
+                if self.sasl == Sasl::Requested {
+                    // A server that ignored our CAP request registered us without SASL.
+                    self.no_sasl()?;
                 }
                 // Our nick as the server says it, when it is one; else the one we sent.
                 let me = if self.valid_nick(arg(0)) {

@@ -67,7 +67,20 @@ pub(crate) struct Filter {
     emptied: bool,
     /// Elements emptied so far.
     count: Arc<AtomicU64>,
+    /// The names of the open elements (while not dropping), to see an end tag that closes
+    /// another element than the open one: XML that does not parse.
+    names: Vec<Vec<u8>>,
+    /// The name of the tag being read (its first bytes).
+    name: Vec<u8>,
+    /// Whether the tag's name is still being read.
+    in_name: bool,
+    /// Set once the XML is broken (a mismatched end tag): everything is handed on as it is,
+    /// so that the parser sees the fault and the stream ends.
+    broken: bool,
 }
+
+/// The longest element name compared; a longer one is compared by its start.
+const NAME_MAX: usize = 256;
 
 impl Filter {
     pub(crate) fn new(count: Arc<AtomicU64>) -> Self {
@@ -80,6 +93,10 @@ impl Filter {
             dropping: None,
             emptied: false,
             count,
+            names: Vec::new(),
+            name: Vec::new(),
+            in_name: false,
+            broken: false,
         }
     }
 
@@ -90,9 +107,35 @@ impl Filter {
 
     /// Passes `input` on into `out`, holding back and emptying as described above.
     pub(crate) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &b in input {
+        for (i, &b) in input.iter().enumerate() {
+            if self.broken {
+                out.extend_from_slice(&input[i..]);
+                return;
+            }
             self.byte(b, out);
         }
+    }
+
+    /// Collects a byte of the tag's name, until the name ends.
+    fn name_byte(&mut self, b: u8) {
+        if !self.in_name {
+            return;
+        }
+        if b.is_ascii_whitespace() || b == b'/' || b == b'>' {
+            self.in_name = false;
+        } else if self.name.len() < NAME_MAX {
+            self.name.push(b);
+        }
+    }
+
+    /// The XML is broken: hand on what is held and everything after it.
+    fn break_open(&mut self, out: &mut Vec<u8>) {
+        if self.holding {
+            out.extend_from_slice(&self.held);
+            self.held.clear();
+            self.holding = false;
+        }
+        self.broken = true;
     }
 
     fn keep(&mut self, b: u8, out: &mut Vec<u8>) {
@@ -126,6 +169,8 @@ impl Filter {
             Lex::Open => match b {
                 b'/' => {
                     self.lex = Lex::End;
+                    self.name.clear();
+                    self.in_name = true;
                     self.keep(b, out);
                 }
                 b'?' => {
@@ -141,6 +186,9 @@ impl Filter {
                         quote: None,
                         slash: false,
                     };
+                    self.name.clear();
+                    self.name.push(b);
+                    self.in_name = true;
                     self.depth += 1;
                     if self.dropping.is_none() && self.depth > MAX_NESTING + 1 {
                         // Too deep: of the held element, only its start tag is kept (this
@@ -156,6 +204,13 @@ impl Filter {
             },
             Lex::Start { quote, slash } => {
                 self.keep(b, out);
+                if quote.is_none() {
+                    let was = self.in_name;
+                    self.name_byte(b);
+                    if was && !self.in_name && self.dropping.is_none() {
+                        self.names.push(std::mem::take(&mut self.name));
+                    }
+                }
                 match (quote, b) {
                     (Some(q), c) if c == q => {
                         self.lex = Lex::Start { quote: None, slash };
@@ -179,6 +234,9 @@ impl Filter {
                             self.start_end = Some(self.held.len());
                         }
                         if slash {
+                            if self.dropping.is_none() {
+                                self.names.pop();
+                            }
                             self.close(out);
                         }
                     }
@@ -192,8 +250,16 @@ impl Filter {
             }
             Lex::End => {
                 self.keep(b, out);
+                self.name_byte(b);
                 if b == b'>' {
                     self.lex = Lex::Text;
+                    if self.dropping.is_none() {
+                        let open = self.names.pop();
+                        if open.as_deref() != Some(self.name.as_slice()) {
+                            self.break_open(out);
+                            return;
+                        }
+                    }
                     self.close(out);
                 }
             }
@@ -472,6 +538,18 @@ mod tests {
             "<a>".repeat(100)
         );
         assert_eq!(run(&[tricky.as_bytes()]), (tricky.clone(), 0));
+    }
+
+    /// XML that does not parse is handed on at once, so that the parser sees it: an end tag
+    /// that closes another element than the open one was held back with the element.
+    #[test]
+    fn a_mismatched_end_tag_is_handed_on_at_once() {
+        let text = format!("{HEAD}<message from='a@b/c'><body>x</wrong><message id='2'/>");
+        let (out, n) = run(&[text.as_bytes()]);
+        assert_eq!(out, text);
+        assert_eq!(n, 0);
+        let ok = format!("{HEAD}<a><b/><c x='1'></c><d:e xmlns:d='u'></d:e></a>");
+        assert_eq!(run(&[ok.as_bytes()]), (ok.clone(), 0));
     }
 
     #[test]
