@@ -57,7 +57,9 @@ mod tests {
 
     #[tokio::test]
     async fn announces_only_files_that_are_new() {
-        let dir = tempfile::tempdir().unwrap();
+        // A folder of the test's own (no test-only crates here: the examples build with the
+        // binary's dependencies and nothing more).
+        let dir = Scratch::new();
         std::fs::write(dir.path().join("old.txt"), "").unwrap();
         let store = Store::open(&dir.path().join("state.redb")).unwrap();
         let opts = PollerOptions {
@@ -78,5 +80,33 @@ mod tests {
         }
         std::fs::write(dir.path().join("new.txt"), "").unwrap();
         assert_eq!(bot.reply().await, "new file: new.txt");
+    }
+
+    /// A folder removed when dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "opsbot-poller-example-{}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
