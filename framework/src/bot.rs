@@ -27,7 +27,7 @@ use crate::router::{Close, RouteError, RouteTable, Router};
 use crate::shared::BotShared;
 use crate::store::Store;
 use crate::supervisor::{Fatal, fault_point};
-use crate::transport::{Identity, Limits, Link, ReconnectPolicy, Transport, TransportHost};
+use crate::transport::{Identity, Limits, Link, Recall, ReconnectPolicy, Transport, TransportHost};
 
 /// Why a bot could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -306,11 +306,13 @@ impl Bot {
         fault_point!(&name, BotTask);
         let fatal = Fatal::default();
         let (tx, rx) = mpsc::channel(1);
+        let recall = Recall::default();
         let pacing = Pacing::new(options.outbox.clone(), &transport.limits);
         let outbox = Outbox::new(
             options.outbox.resolve(&transport.limits),
             pacing.clone(),
             tx,
+            recall,
             health.clone(),
             fatal.guard("outbox"),
         )

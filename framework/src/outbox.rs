@@ -12,9 +12,13 @@
 //!    limiters live in a shared [`Pacing`] handle: the transport charges its own protocol traffic
 //!    (keep-alives, joins) to the same budget and can switch to a server-specific profile once it
 //!    knows what it is talking to;
-//! 5. hands one line at a time to the transport and waits for its acknowledgement, so the backlog
-//!    lives here, not in a socket buffer, and a line the transport could not send (disconnected)
-//!    goes back to the head of its queue until the connection is back.
+//! 5. hands lines to the transport in order, at most the transport's *window* of them
+//!    unacknowledged at once ([`Limits::window`], one by default, and at most
+//!    [`Limits::window_per_destination`] for one destination), so the backlog lives here, not in
+//!    a socket buffer. A line in flight keeps its place in its destination's queue: one the
+//!    transport could not send (disconnected) or asked to hold becomes a waiting line again where
+//!    it was, so after a reconnect a destination's lines go out in their order, none lost and
+//!    none twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -31,7 +35,7 @@ use crate::health::Health;
 use crate::message::{Destination, Outgoing};
 use crate::supervisor::{CoreGuard, fault_point};
 use crate::text::{pack_lines, split_lines};
-use crate::transport::{Ack, Delivery, Limits};
+use crate::transport::{Ack, Delivery, Limits, Recall};
 
 /// A sustained rate with a burst allowance.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,6 +95,11 @@ pub struct OutboxOptions {
     pub loop_repeats: u32,
     /// The anti-loop window.
     pub loop_window: Duration,
+    /// Lines in the transport's hands, not yet acknowledged, at most (see
+    /// [`Limits::window`]).
+    pub window: usize,
+    /// Of those, for one destination at most.
+    pub window_per_destination: usize,
 }
 
 impl Default for OutboxOptions {
@@ -105,6 +114,8 @@ impl Default for OutboxOptions {
             queue: 2000,
             loop_repeats: 5,
             loop_window: Duration::from_secs(120),
+            window: 1,
+            window_per_destination: 1,
         }
     }
 }
@@ -393,12 +404,31 @@ pub(crate) fn valid_destination(dest: &Destination) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// One line in a destination's queue: waiting, or in the transport's hands (`flight` is the
+/// hand-over's number), in which case it keeps its place until the transport answers.
+#[derive(Debug)]
+struct Entry {
+    line: String,
+    flight: Option<u64>,
+}
+
+/// A line chosen to go out, waiting for its turn at the global pace.
+#[derive(Debug)]
+struct Handing {
+    flight: u64,
+    dest: Destination,
+    line: String,
+    stamp: u64,
+}
+
 /// The outbox actor.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     opts: OutboxOptions,
-    queues: HashMap<Destination, VecDeque<String>>,
+    queues: HashMap<Destination, VecDeque<Entry>>,
+    /// Destinations with a waiting line, round-robin.
     rotation: VecDeque<Destination>,
+    /// Waiting lines (not in flight), over all destinations.
     queued: usize,
     dropped: HashMap<Destination, u64>,
     recent: HashMap<(Destination, String), VecDeque<Instant>>,
@@ -406,12 +436,26 @@ pub(crate) struct Outbox {
     held: HashMap<Destination, Instant>,
     pacing: Pacing,
     transport: mpsc::Sender<Delivery>,
-    busy: bool,
+    /// Lines chosen and not yet answered by the transport (handing or in its hands).
+    in_flight: usize,
+    /// The same, per destination.
+    flights: HashMap<Destination, usize>,
+    next_flight: u64,
+    /// Chosen lines waiting for the global pace, handed on one at a time, in order.
+    to_hand: VecDeque<Handing>,
+    handing: bool,
+    /// Set when a line came back unanswered (the session died): nothing more is chosen until
+    /// every line in flight has been answered, so that all that come back take their places
+    /// before any line after them goes out.
+    returning: bool,
+    /// Shared with the link: how many times a line came back; `stamp` is the count this
+    /// outbox has caught up with (every line in flight answered since), given to each line it
+    /// chooses.
+    recall: Recall,
+    stamp: u64,
     scheduled: bool,
     /// Set when a shutdown's deadline has passed: nothing more is handed to the transport.
     closed: Arc<std::sync::atomic::AtomicBool>,
-    /// Whether the line in flight is in the transport's hands (it will be written).
-    handed: Arc<std::sync::atomic::AtomicBool>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     health: Health,
     guard: CoreGuard,
@@ -422,6 +466,7 @@ impl Outbox {
         opts: OutboxOptions,
         pacing: Pacing,
         transport: mpsc::Sender<Delivery>,
+        recall: Recall,
         health: Health,
         guard: CoreGuard,
     ) -> Self {
@@ -435,10 +480,16 @@ impl Outbox {
             held: HashMap::new(),
             pacing,
             transport,
-            busy: false,
+            in_flight: 0,
+            flights: HashMap::new(),
+            next_flight: 0,
+            to_hand: VecDeque::new(),
+            handing: false,
+            returning: false,
+            stamp: recall.current(),
+            recall,
             scheduled: false,
             closed: Arc::default(),
-            handed: Arc::default(),
             drain_waiters: Vec::new(),
             health,
             guard,
@@ -474,11 +525,13 @@ impl Outbox {
             *self.dropped.entry(dest).or_default() += 1;
             return false;
         }
-        let q = self.queues.entry(dest.clone()).or_default();
-        if q.is_empty() && !self.rotation.contains(&dest) {
-            self.rotation.push_back(dest);
+        if !self.rotation.contains(&dest) {
+            self.rotation.push_back(dest.clone());
         }
-        q.push_back(line);
+        self.queues
+            .entry(dest)
+            .or_default()
+            .push_back(Entry { line, flight: None });
         self.queued += 1;
         true
     }
@@ -488,9 +541,10 @@ impl Outbox {
         self.health.update_outbox(|o| o.queued = queued);
     }
 
-    /// Takes the next line whose destination's limiter allows it, round-robin; else says how
-    /// long until one does.
-    fn take_next(&mut self) -> Result<Option<(Destination, String)>, Duration> {
+    /// Takes the next waiting line whose destination may have one more in flight and whose
+    /// limiter allows it, round-robin, and marks it in flight; else says how long until one
+    /// can go (`Ok(None)`: nothing waits, or every destination with lines is at its window).
+    fn take_next(&mut self) -> Result<Option<(u64, Destination, String)>, Duration> {
         let mut wait = None::<Duration>;
         let limiters = self.pacing.limiters();
         let now = Instant::now();
@@ -507,6 +561,11 @@ impl Outbox {
                 }
                 self.held.remove(&dest);
             }
+            if self.flights.get(&dest).copied().unwrap_or(0) >= self.opts.window_per_destination {
+                // Its turn comes when one of its lines is answered.
+                self.rotation.push_back(dest);
+                continue;
+            }
             if !self.pacing.open_for(&dest) {
                 wait = Some(wait.map_or(GATE_RECHECK, |old| old.min(GATE_RECHECK)));
                 self.rotation.push_back(dest);
@@ -520,23 +579,29 @@ impl Outbox {
             };
             match allowed {
                 Ok(()) => {
+                    let flight = self.next_flight;
+                    self.next_flight += 1;
                     let q = self
                         .queues
                         .get_mut(&dest)
                         .expect("rotation holds queued destinations");
-                    let line = q.pop_front().expect("queues in rotation are not empty");
+                    let entry = q
+                        .iter_mut()
+                        .find(|e| e.flight.is_none())
+                        .expect("destinations in rotation have a waiting line");
+                    entry.flight = Some(flight);
+                    let line = entry.line.clone();
+                    let more = q.iter().any(|e| e.flight.is_none());
                     self.queued -= 1;
-                    if q.is_empty() {
-                        self.queues.remove(&dest);
-                        if let Some(n) = self.dropped.remove(&dest) {
-                            let notice =
-                                format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
-                            self.enqueue(dest.clone(), notice, true);
-                        }
-                    } else {
+                    *self.flights.entry(dest.clone()).or_default() += 1;
+                    self.in_flight += 1;
+                    if more {
                         self.rotation.push_back(dest.clone());
+                    } else if let Some(n) = self.dropped.remove(&dest) {
+                        let notice = format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
+                        self.enqueue(dest.clone(), notice, true);
                     }
-                    return Ok(Some((dest, line)));
+                    return Ok(Some((flight, dest, line)));
                 }
                 Err(w) => {
                     wait = Some(wait.map_or(w, |old| old.min(w)));
@@ -550,101 +615,226 @@ impl Outbox {
         }
     }
 
-    fn requeue_front(&mut self, dest: Destination, line: String) {
-        let q = self.queues.entry(dest.clone()).or_default();
-        if q.is_empty() && !self.rotation.contains(&dest) {
-            self.rotation.push_front(dest);
+    /// The transport answered flight `flight` of `dest`: `sent` removes the line from its queue
+    /// (written, or dropped as undeliverable); otherwise it waits again where it was, ahead of
+    /// the lines that came after it.
+    fn land(&mut self, flight: u64, dest: &Destination, sent: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.returning = false;
         }
-        q.push_front(line);
-        self.queued += 1;
+        if let Some(n) = self.flights.get_mut(dest) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.flights.remove(dest);
+            }
+        }
+        let Some(q) = self.queues.get_mut(dest) else {
+            return;
+        };
+        let Some(i) = q.iter().position(|e| e.flight == Some(flight)) else {
+            return;
+        };
+        if sent {
+            q.remove(i);
+            if q.is_empty() {
+                self.queues.remove(dest);
+            }
+        } else {
+            q[i].flight = None;
+            self.queued += 1;
+            if !self.rotation.contains(dest) {
+                // Back first: it was on its way.
+                self.rotation.push_front(dest.clone());
+            }
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.queued == 0 && self.in_flight == 0
     }
 
     fn pump(&mut self, ctx: &mut actix::Context<Self>) {
-        if self.busy || self.scheduled || self.closed.load(Ordering::Acquire) {
+        if self.scheduled || self.closed.load(Ordering::Acquire) {
             return;
         }
-        match self.take_next() {
-            Ok(None) => {
-                self.publish();
+        if self.in_flight == 0 {
+            // Every line that came back has taken its place again: lines chosen now are fresh.
+            self.stamp = self.recall.current();
+        }
+        while self.in_flight < self.opts.window && !(self.returning && self.in_flight > 0) {
+            match self.take_next() {
+                Ok(Some((flight, dest, line))) => {
+                    let stamp = self.stamp;
+                    self.to_hand.push_back(Handing {
+                        flight,
+                        dest,
+                        line,
+                        stamp,
+                    });
+                }
+                Ok(None) => break,
+                Err(wait) => {
+                    self.scheduled = true;
+                    ctx.run_later(wait, |act, ctx| {
+                        act.scheduled = false;
+                        act.pump(ctx);
+                    });
+                    break;
+                }
+            }
+        }
+        self.publish();
+        if self.drained() {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+        self.hand_next(ctx);
+    }
+
+    /// Hands the next chosen line to the transport once the global pace allows it: one at a
+    /// time, so lines leave in the order they were chosen; the transport's answer is awaited
+    /// apart, so that up to the window are in its hands at once.
+    fn hand_next(&mut self, ctx: &mut actix::Context<Self>) {
+        if self.handing {
+            return;
+        }
+        let Some(Handing {
+            flight,
+            dest,
+            line,
+            stamp,
+        }) = self.to_hand.pop_front()
+        else {
+            return;
+        };
+        let recall = self.recall.clone();
+        self.handing = true;
+        let pacing = self.pacing.clone();
+        let tx = self.transport.clone();
+        let closed = self.closed.clone();
+        let fut = async move {
+            while let Err(wait) = pacing.check_global(&dest, &line) {
+                actix::clock::sleep(wait).await;
+            }
+            if closed.load(Ordering::Acquire) {
+                // The shutdown deadline passed while this line waited for its turn.
+                return (flight, dest, Err(Undelivered::Closed));
+            }
+            let (ack, acked) = oneshot::channel();
+            let delivery = Delivery {
+                dest: dest.clone(),
+                text: line,
+                ack: Some(ack),
+                stamp,
+                recall,
+            };
+            if tx.send(delivery).await.is_err() {
+                return (flight, dest, Err(Undelivered::TransportGone));
+            }
+            (flight, dest, Ok(acked))
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|(flight, dest, handed), act, ctx| {
+                    act.handing = false;
+                    match handed {
+                        Ok(acked) => act.await_answer(flight, dest, acked, ctx),
+                        Err(why) => act.answered(flight, dest, why, ctx),
+                    }
+                    act.hand_next(ctx);
+                }),
+        );
+    }
+
+    /// Waits for the transport's answer about a line in its hands.
+    fn await_answer(
+        &mut self,
+        flight: u64,
+        dest: Destination,
+        acked: oneshot::Receiver<Ack>,
+        ctx: &mut actix::Context<Self>,
+    ) {
+        let fut = async move {
+            let why = match acked.await {
+                Ok(Ack::Sent) => None,
+                Ok(Ack::Undeliverable(why)) => {
+                    tracing::warn!(%dest, %why, "line dropped: undeliverable");
+                    Some(Undelivered::Dropped)
+                }
+                Ok(Ack::Hold(wait)) => Some(Undelivered::Held(wait)),
+                Err(_) => Some(Undelivered::Unacknowledged),
+            };
+            (flight, dest, why)
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|(flight, dest, why), act, ctx| match why {
+                    None => {
+                        act.land(flight, &dest, true);
+                        act.health.update_outbox(|o| o.sent += 1);
+                        act.pump(ctx);
+                    }
+                    Some(why) => act.answered(flight, dest, why, ctx),
+                }),
+        );
+    }
+
+    /// A line came back: the lines chosen after it and not yet handed over wait again in
+    /// their places, and nothing new is chosen until every line in flight has been answered
+    /// (lines already handed over are stale by their stamp and come back from the link).
+    fn recall_chosen(&mut self) {
+        self.returning = true;
+        for h in std::mem::take(&mut self.to_hand) {
+            self.land(h.flight, &h.dest, false);
+        }
+    }
+
+    /// A line that was not written: dropped, held, back in its place, or lost to the end.
+    fn answered(
+        &mut self,
+        flight: u64,
+        dest: Destination,
+        why: Undelivered,
+        ctx: &mut actix::Context<Self>,
+    ) {
+        match why {
+            Undelivered::Dropped => {
+                self.land(flight, &dest, true);
+                self.health.update_outbox(|o| o.undeliverable += 1);
+            }
+            Undelivered::Held(wait) => {
+                self.held.insert(dest.clone(), Instant::now() + wait);
+                self.recall_chosen();
+                self.land(flight, &dest, false);
+            }
+            Undelivered::Unacknowledged => {
+                self.recall_chosen();
+                self.land(flight, &dest, false);
+            }
+            Undelivered::Closed => {
+                // Counted as lost when the deadline passed; nothing more goes out.
+                self.land(flight, &dest, true);
+                return;
+            }
+            Undelivered::TransportGone => {
+                // The transport is gone for good (shutdown): nothing can be sent.
+                let lost = self.queued + self.in_flight;
+                tracing::warn!(lost, "transport closed; outbox discards its queue");
+                self.queues.clear();
+                self.rotation.clear();
+                self.to_hand.clear();
+                self.flights.clear();
+                self.queued = 0;
+                self.in_flight = 0;
                 for w in self.drain_waiters.drain(..) {
                     let _ = w.send(());
                 }
-            }
-            Err(wait) => {
-                self.scheduled = true;
-                ctx.run_later(wait, |act, ctx| {
-                    act.scheduled = false;
-                    act.pump(ctx);
-                });
-            }
-            Ok(Some((dest, line))) => {
-                self.busy = true;
-                self.publish();
-                let pacing = self.pacing.clone();
-                let tx = self.transport.clone();
-                let closed = self.closed.clone();
-                let handed = self.handed.clone();
-                handed.store(false, Ordering::Release);
-                let fut = async move {
-                    while let Err(wait) = pacing.check_global(&dest, &line) {
-                        actix::clock::sleep(wait).await;
-                    }
-                    if closed.load(Ordering::Acquire) {
-                        // The shutdown deadline passed while this line waited for its turn.
-                        return Err((dest, line, Undelivered::Closed));
-                    }
-                    let (ack, acked) = oneshot::channel();
-                    let delivery = Delivery {
-                        dest: dest.clone(),
-                        text: line.clone(),
-                        ack,
-                    };
-                    if tx.send(delivery).await.is_err() {
-                        return Err((dest, line, Undelivered::TransportGone));
-                    }
-                    handed.store(true, Ordering::Release);
-                    match acked.await {
-                        Ok(Ack::Sent) => Ok(()),
-                        Ok(Ack::Undeliverable(why)) => {
-                            tracing::warn!(%dest, %why, "line dropped: undeliverable");
-                            Err((dest, line, Undelivered::Dropped))
-                        }
-                        Ok(Ack::Hold(wait)) => Err((dest, line, Undelivered::Held(wait))),
-                        Err(_) => Err((dest, line, Undelivered::Unacknowledged)),
-                    }
-                };
-                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-                    act.busy = false;
-                    match res {
-                        Ok(()) => act.health.update_outbox(|o| o.sent += 1),
-                        Err((_, _, Undelivered::Dropped)) => {
-                            act.health.update_outbox(|o| o.undeliverable += 1);
-                        }
-                        Err((dest, line, Undelivered::Held(wait))) => {
-                            act.held.insert(dest.clone(), Instant::now() + wait);
-                            act.requeue_front(dest, line);
-                        }
-                        Err((_, _, Undelivered::Closed)) => return,
-                        Err((_, _, Undelivered::TransportGone)) => {
-                            // The transport is gone for good (shutdown): nothing can be sent.
-                            let lost = act.queued + 1;
-                            tracing::warn!(lost, "transport closed; outbox discards its queue");
-                            act.queues.clear();
-                            act.rotation.clear();
-                            act.queued = 0;
-                            for w in act.drain_waiters.drain(..) {
-                                let _ = w.send(());
-                            }
-                            return;
-                        }
-                        Err((dest, line, Undelivered::Unacknowledged)) => {
-                            act.requeue_front(dest, line);
-                        }
-                    }
-                    act.pump(ctx);
-                }));
+                return;
             }
         }
+        self.pump(ctx);
     }
 }
 
@@ -711,7 +901,7 @@ impl actix::Handler<Drain> for Outbox {
         let (tx, rx) = oneshot::channel();
         self.drain_waiters.push(tx);
         self.pump(ctx);
-        if !self.busy && self.queued == 0 {
+        if self.drained() {
             for w in self.drain_waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -737,10 +927,11 @@ impl actix::Handler<Queued> for Outbox {
     type Result = usize;
 
     /// Closes the outbox (the deadline passed) and answers how many lines it will never send:
-    /// those queued, and one still waiting for its turn (not one the transport already has).
+    /// those queued, and those chosen but still waiting for their turn (not those the
+    /// transport already has).
     fn handle(&mut self, _: Queued, _: &mut Self::Context) -> usize {
         self.closed.store(true, Ordering::Release);
-        self.queued + usize::from(self.busy && !self.handed.load(Ordering::Acquire))
+        self.queued + self.to_hand.len() + usize::from(self.handing)
     }
 }
 
@@ -791,6 +982,8 @@ impl OutboxSettings {
             queue: self.queue,
             loop_repeats: self.loop_repeats,
             loop_window: self.loop_window,
+            window: limits.window.max(1),
+            window_per_destination: limits.window_per_destination.clamp(1, limits.window.max(1)),
         }
     }
 }

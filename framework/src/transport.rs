@@ -7,9 +7,10 @@
 //! healing log. The transport object lives across sessions, so it can remember what a reconnect
 //! needs (a fallback nick, the rooms to rejoin).
 //!
-//! Lines to send arrive as [`Delivery`]s from the outbox, one at a time; the transport calls
-//! [`Delivery::done`] once the line is written. A delivery dropped without `done` (the session
-//! died) goes back to the head of the outbox's queue and is sent after the reconnect.
+//! Lines to send arrive as [`Delivery`]s from the outbox, in order, at most [`Limits::window`]
+//! of them unanswered at once; the transport calls [`Delivery::done`] once a line is written (or
+//! acknowledged by its server). A delivery dropped without `done` (the session died) goes back
+//! to its place in the outbox's queue and is sent after the reconnect.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +44,15 @@ pub struct Limits {
     /// reply's lines into as few messages as `max_line_bytes` allows, breaking between lines
     /// where it can. IRC's lines are single by protocol.
     pub multiline: bool,
+    /// How many deliveries the transport may hold unanswered at once (1: each is answered
+    /// before the next is handed over). A transport that answers a delivery only when its
+    /// server acknowledged it (XMPP's stream management) or whose sends run side by side
+    /// (Webex's posts) raises it so a round trip does not cap the pace.
+    pub window: usize,
+    /// Of those, for one destination at most: a transport that could reorder two lines for one
+    /// room (two HTTP posts at once) keeps this at 1; one that writes in order on one
+    /// connection can let the whole window go to one room.
+    pub window_per_destination: usize,
 }
 
 impl Limits {
@@ -55,6 +65,8 @@ impl Limits {
             line_overhead: 0,
             per_destination: None,
             multiline: false,
+            window: 1,
+            window_per_destination: 1,
         }
     }
 }
@@ -170,7 +182,41 @@ pub struct Delivery {
     pub dest: Destination,
     /// The text: one line, sanitized and within the transport's limit.
     pub text: String,
-    pub(crate) ack: oneshot::Sender<Ack>,
+    /// Taken once answered; still here when the delivery is dropped unanswered.
+    pub(crate) ack: Option<oneshot::Sender<Ack>>,
+    /// The recall count when the outbox chose it: a delivery chosen before a line came back
+    /// unanswered is stale, and [`Link::next_delivery`] gives it back rather than let it
+    /// overtake that line.
+    pub(crate) stamp: u64,
+    pub(crate) recall: Recall,
+}
+
+/// How many times a delivery came back unanswered (dropped, or held), shared by the outbox
+/// (which stamps each delivery it chooses) and the link (which refuses stale ones). It moves at
+/// the moment a delivery comes back, before the outbox has heard of it, so no delivery chosen
+/// earlier can slip past the returned line in that gap.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recall(Arc<std::sync::atomic::AtomicU64>);
+
+impl Recall {
+    pub(crate) fn current(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A delivery stamped `stamp` came back: every delivery stamped up to it is stale.
+    fn returned(&self, stamp: u64) {
+        self.0
+            .fetch_max(stamp + 1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.ack.is_some() {
+            // Unanswered: it goes back to the outbox (the sender's drop tells it).
+            self.recall.returned(self.stamp);
+        }
+    }
 }
 
 /// How a transport answered a [`Delivery`].
@@ -186,22 +232,30 @@ pub(crate) enum Ack {
 
 impl Delivery {
     /// Confirms that the line was written; the outbox then sends the next one.
-    pub fn done(self) {
-        let _ = self.ack.send(Ack::Sent);
+    pub fn done(mut self) {
+        self.answer(Ack::Sent);
+    }
+
+    fn answer(&mut self, ack: Ack) {
+        if let Some(tx) = self.ack.take() {
+            let _ = tx.send(ack);
+        }
     }
 
     /// Drops the line because its destination cannot take it now and will not soon (the bot is
     /// not in that room, or may not speak there). The outbox counts it as undeliverable, logs
     /// `why`, and `!status` shows the count.
-    pub fn undeliverable(self, why: impl Into<String>) {
-        let _ = self.ack.send(Ack::Undeliverable(why.into()));
+    pub fn undeliverable(mut self, why: impl Into<String>) {
+        self.answer(Ack::Undeliverable(why.into()));
     }
 
     /// Gives the line back because its destination will be ready soon (a room still being
     /// joined): it returns to the head of its queue, and that destination's lines wait `wait`
     /// while other destinations go on.
-    pub fn hold(self, wait: Duration) {
-        let _ = self.ack.send(Ack::Hold(wait));
+    pub fn hold(mut self, wait: Duration) {
+        // Back to its place: what was chosen after it must not go first.
+        self.recall.returned(self.stamp);
+        self.answer(Ack::Hold(wait));
     }
 }
 
@@ -280,7 +334,25 @@ impl Link {
 
     /// The next line to send; `None` when the bot is shutting down.
     pub async fn next_delivery(&mut self) -> Option<Delivery> {
-        self.outgoing.recv().await
+        loop {
+            let d = self.outgoing.recv().await?;
+            if d.stamp >= d.recall.current() {
+                return Some(d);
+            }
+            // Chosen before a line ahead of it came back: back to its place too, behind it.
+            drop(d);
+        }
+    }
+
+    /// Gives back, unanswered, every delivery handed over but not yet taken with
+    /// [`Link::next_delivery`]: they return to their places in the outbox's queues. The host
+    /// does it when a session ends; a transport that keeps deliveries across sessions (to send
+    /// them again on a resumed stream) does it too when it gives those up, so that nothing
+    /// handed later overtakes them.
+    pub fn return_pending(&mut self) {
+        while let Ok(d) = self.outgoing.try_recv() {
+            drop(d);
+        }
     }
 
     /// Reports that the session is connected and ready; `detail` shows in `!status`
@@ -411,6 +483,8 @@ impl<T: Transport> Actor for TransportHost<T> {
                     () = heal.notified() => None,
                     () = unneeded => break,
                 };
+                // Lines handed over that the session never took go back to their places.
+                link.return_pending();
                 let Some(result) = session else {
                     // The heal is in the log already, with who asked.
                     attempt = 0;

@@ -75,6 +75,9 @@ impl Profile {
             line_overhead: PRIVMSG_OVERHEAD,
             multiline: false,
             per_destination: None,
+            // Lines are written in order on one connection and answered when written.
+            window: 1,
+            window_per_destination: 1,
         }
     }
 }

@@ -53,6 +53,9 @@ const MAX_ELEMENT_BYTES: usize = 4 * 1024 * 1024;
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// How long after its join a room without a subject counts as live anyway.
 const SUBJECT_GRACE: Duration = Duration::from_secs(20);
+/// Replies that may await the server's acknowledgement at once: with one, each reply waited a
+/// round trip for the one before.
+const WINDOW: usize = 8;
 /// How many of our own message ids are remembered to recognise their reflections.
 const OWN_IDS: usize = 256;
 const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
@@ -130,7 +133,8 @@ pub struct Xmpp {
     /// Rooms being joined: the outbox holds their lines until we are in.
     waiting: Arc<Mutex<BTreeSet<String>>>,
     sm: Option<Sm>,
-    unacked: Option<Unacked>,
+    /// Replies written and not yet acknowledged, oldest first (at most [`WINDOW`]).
+    unacked: VecDeque<Unacked>,
     counter: u64,
     resumed: u32,
     resent: u64,
@@ -167,7 +171,7 @@ impl Xmpp {
             removals: Removals::default(),
             waiting: Arc::default(),
             sm: None,
-            unacked: None,
+            unacked: VecDeque::new(),
             counter: 0,
             resumed: 0,
             resent: 0,
@@ -204,6 +208,10 @@ impl Xmpp {
             line_overhead: MESSAGE_OVERHEAD,
             per_destination: None,
             multiline: true,
+            // A reply is answered when the server acknowledges it (XEP-0198): a window keeps the
+            // round trip from capping the pace; one connection keeps every room's order.
+            window: WINDOW,
+            window_per_destination: WINDOW,
         }
     }
 }
@@ -300,11 +308,15 @@ impl Session<'_> {
         let Some(sm) = self.x.sm.as_mut() else { return };
         sm.acked = h;
         sm.requested = None;
-        if let Some(u) = &self.x.unacked
-            && seq_covered(u.seq, h)
+        while self
+            .x
+            .unacked
+            .front()
+            .is_some_and(|u| seq_covered(u.seq, h))
         {
-            let u = self.x.unacked.take().expect("checked");
-            u.delivery.done();
+            if let Some(u) = self.x.unacked.pop_front() {
+                u.delivery.done();
+            }
         }
     }
 
@@ -340,7 +352,7 @@ impl Session<'_> {
             format!(
                 "acks on{}; {} awaiting ack, {} resumed, {} re-sent",
                 if resumable { " (resumable)" } else { "" },
-                u8::from(self.x.unacked.is_some()),
+                self.x.unacked.len(),
                 self.x.resumed,
                 self.x.resent
             )
@@ -390,30 +402,38 @@ impl Session<'_> {
                     self.link
                         .heal_event("resumed", "stream resumed: rooms kept");
                     self.on_ack(r.h);
-                    if let Some(u) = self.x.unacked.take() {
-                        // The server never got it: send it again on the resumed stream.
-                        let seq_before = self.x.sm.as_ref().map_or(0, |s| s.outbound);
-                        if let Some(sm) = self.x.sm.as_mut() {
-                            sm.outbound = r.h;
-                        }
+                    // What the server's count does not cover it never got: send it again on the
+                    // resumed stream, in order, counting from the server's count.
+                    if let Some(sm) = self.x.sm.as_mut() {
+                        sm.outbound = r.h;
+                    }
+                    let lost: Vec<Unacked> = self.x.unacked.drain(..).collect();
+                    let again = !lost.is_empty();
+                    for u in lost {
                         self.send(XmppStreamElement::Stanza(u.stanza.clone().into()))
                             .await?;
-                        let seq = self.x.sm.as_ref().map_or(seq_before, |s| s.outbound);
+                        let seq = self.x.sm.as_ref().map_or(0, |s| s.outbound);
                         self.x.resent += 1;
-                        self.x.unacked = Some(Unacked { seq, ..u });
+                        self.x.unacked.push_back(Unacked { seq, ..u });
+                    }
+                    if again {
                         self.request_ack().await?;
-                    } else if let Some(sm) = self.x.sm.as_mut() {
-                        sm.outbound = r.h;
                     }
                     return Ok(true);
                 }
                 XmppStreamElement::SM(sm::Nonza::Failed(f)) => {
                     tracing::info!(?f.error, "stream resumption failed; starting afresh");
-                    if let (Some(h), Some(u)) = (f.h, &self.x.unacked)
-                        && seq_covered(u.seq, h)
-                    {
-                        let u = self.x.unacked.take().expect("checked");
-                        u.delivery.done();
+                    if let Some(h) = f.h {
+                        while self
+                            .x
+                            .unacked
+                            .front()
+                            .is_some_and(|u| seq_covered(u.seq, h))
+                        {
+                            if let Some(u) = self.x.unacked.pop_front() {
+                                u.delivery.done();
+                            }
+                        }
                     }
                 }
                 other => {
@@ -424,9 +444,11 @@ impl Session<'_> {
             }
         }
         self.x.sm = None;
-        if let Some(u) = self.x.unacked.take() {
-            // Not known to have arrived: back to the head of the outbox's queue, to go out once
-            // its room is joined again. It may arrive twice; counted.
+        // Not known to have arrived: back to their places in the outbox's queues, to go out
+        // once their rooms are joined again (with what was handed over after them, so that none
+        // overtakes them). They may arrive twice; counted.
+        self.link.return_pending();
+        for u in self.x.unacked.drain(..) {
             self.x.resent += 1;
             drop(u.delivery);
         }
@@ -865,7 +887,7 @@ impl Session<'_> {
             .await?;
         if self.sm_on() {
             let seq = self.x.sm.as_ref().map_or(0, |s| s.outbound);
-            self.x.unacked = Some(Unacked {
+            self.x.unacked.push_back(Unacked {
                 delivery: d,
                 stanza: msg,
                 seq,
@@ -985,7 +1007,7 @@ impl Session<'_> {
             }
             XmppStreamElement::SM(sm::Nonza::Ack(a)) => {
                 self.on_ack(a.h);
-                if self.x.unacked.is_some() {
+                if !self.x.unacked.is_empty() {
                     self.request_ack().await?;
                 } else {
                     // Answer with our own count (XEP-0198 allows an <a/> at any time): the
@@ -1145,13 +1167,13 @@ impl Transport for Xmpp {
                         s.on_element(el).await?;
                     }
                 },
-                d = s.link.next_delivery(), if s.x.unacked.is_none() => match d {
+                d = s.link.next_delivery(), if s.x.unacked.len() < WINDOW => match d {
                     Some(d) => s.deliver(d).await?,
                     None => {
                         // Shutting down: give the server a moment to acknowledge the last
                         // reply, then close the stream.
                         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while s.x.unacked.is_some() {
+                            while !s.x.unacked.is_empty() {
                                 match s.stream.next().await {
                                     Some(Ok(el)) => { let _ = s.on_element(el).await; }
                                     Some(Err(ReadError::SoftTimeout)) => {}

@@ -355,6 +355,33 @@ impl XmppUser {
         }
     }
 
+    /// Every message body from `from` that reached this connection before it ended (the
+    /// server went away): what was delivered to this person, read to the end.
+    pub async fn bodies_until_closed(&mut self, from: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let want = Jid::new(from).unwrap().to_bare();
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(el) = tokio::time::timeout(left, self.stream.next()).await else {
+                return out;
+            };
+            match el {
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(
+                    Stanza::Message(m),
+                )))) => {
+                    if m.from.as_ref().is_some_and(|f| f.to_bare() == want)
+                        && let Some(body) = m.bodies.values().next()
+                    {
+                        out.push(body.clone());
+                    }
+                }
+                Some(Ok(_)) | Some(Err(ReadError::SoftTimeout)) => {}
+                _ => return out,
+            }
+        }
+    }
+
     /// The next message with a body from `from` (a bare JID matches any of its resources);
     /// `None` if none comes within `within`.
     pub async fn next_from(&mut self, from: &str, within: Duration) -> Option<Said> {
