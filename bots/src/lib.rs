@@ -247,12 +247,6 @@ impl App {
         let mut config = config;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let at_line = |mut e: ConfigError| {
-            if e.line.is_none() {
-                e.line = config.error_at(e.key.clone(), String::new(), None).line;
-            }
-            e
-        };
         // Under a service manager a console bot reads /dev/null, stops at once and is
         // restarted, forever, saying nothing.
         let managed = std::env::var_os("NOTIFY_SOCKET").is_some();
@@ -264,14 +258,10 @@ impl App {
                     Some("give the bot a chat transport (irc, xmpp, webex), or run it from a terminal".into()),
                 ));
             }
-            errors.extend(
-                opsbot_transports::check(&config.path, &bot.transport)
-                    .into_iter()
-                    .map(at_line),
-            );
-            let (bad, doubtful) = opsbot_transports::check_admins(&config.path, bot);
-            errors.extend(bad.into_iter().map(at_line));
-            warnings.extend(doubtful.into_iter().map(at_line));
+            errors.extend(opsbot_transports::check(&config, &bot.transport));
+            let (bad, doubtful) = opsbot_transports::check_admins(&config, bot);
+            errors.extend(bad);
+            warnings.extend(doubtful);
             if let Err(e) = self.assemble(&config, bot, Bot::builder(&bot.name)) {
                 errors.extend(e);
             }
@@ -606,7 +596,7 @@ fn poller_options(table: &mut toml::Table) -> (PollerOptions, Problems) {
         let v = table.remove(key)?;
         let n = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
         match n {
-            Some(n) if n.is_finite() && n > 0.0 && n * scale <= opsbot::config::MAX_SECS => {
+            Some(n) if n.is_finite() && n > 0.0 && n * scale <= opsbot::options::MAX_SECS => {
                 Some(Duration::from_secs_f64(n * scale))
             }
             _ => {

@@ -38,51 +38,6 @@ impl Default for BreakerPolicy {
     }
 }
 
-/// `breaker = { failures = 5, window_secs = 60, open_secs = 60 }` in a handler's or poller's
-/// settings; each key optional.
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerSettings {
-    /// Failures within the window that open it (default 5).
-    pub failures: Option<u32>,
-    /// The window, in seconds (default 60).
-    pub window_secs: Option<u64>,
-    /// How long it stays open, in seconds (default 60).
-    pub open_secs: Option<u64>,
-}
-
-impl BreakerSettings {
-    /// The policy of an optional `breaker` table (absent: the defaults), or the problem as a
-    /// settings error on the `breaker` key.
-    pub fn resolve(
-        settings: Option<Self>,
-    ) -> Result<BreakerPolicy, crate::settings::SettingsError> {
-        settings
-            .unwrap_or_default()
-            .policy()
-            .map_err(|e| crate::settings::SettingsError::at("breaker", e))
-    }
-
-    /// The policy these settings describe, or what is wrong with them.
-    pub fn policy(&self) -> Result<BreakerPolicy, String> {
-        let d = BreakerPolicy::default();
-        let p = BreakerPolicy {
-            failures: self.failures.unwrap_or(d.failures),
-            window: self.window_secs.map_or(d.window, Duration::from_secs),
-            open_for: self.open_secs.map_or(d.open_for, Duration::from_secs),
-        };
-        if p.failures == 0 || p.window.is_zero() || p.open_for.is_zero() {
-            return Err("every value must be at least 1".into());
-        }
-        if p.window.as_secs_f64() > crate::config::MAX_SECS
-            || p.open_for.as_secs_f64() > crate::config::MAX_SECS
-        {
-            return Err("durations are at most a year (31536000)".into());
-        }
-        Ok(p)
-    }
-}
-
 /// A breaker's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {

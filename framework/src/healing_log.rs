@@ -9,14 +9,13 @@
 //! default, for the whole process); the oldest go first.
 //!
 //! Each bot also keeps its latest 200 entries in memory for `!status` (see
-//! [`crate::health::Health`]).
+//! the bot's health record).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::health::HealingEvent;
 pub use crate::store::HealingRecord;
 use crate::store::{Store, StoreError};
 
@@ -87,21 +86,8 @@ impl HealingLog {
         })
     }
 
-    /// Queues `event` of `bot`; never waits.
-    pub fn record(&self, bot: &str, event: &HealingEvent) {
-        let at_ms = event
-            .at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let record = HealingRecord {
-            seq: 0,
-            at_ms,
-            bot: bot.to_owned(),
-            subsystem: event.subsystem.clone(),
-            action: event.action.clone(),
-            detail: event.detail.clone(),
-            state: event.state.as_str().to_owned(),
-        };
+    /// Queues `record` (its `seq` is given by the log when written); never waits.
+    pub fn record(&self, record: HealingRecord) {
         match self.tx.try_send(Msg::Entry(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -199,16 +185,16 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{BotHealth, HealingEvent};
-    use std::time::SystemTime;
 
-    fn event(i: usize) -> HealingEvent {
-        HealingEvent {
-            at: SystemTime::now(),
+    fn event(bot: &str, i: usize) -> HealingRecord {
+        HealingRecord {
+            seq: 0,
+            at_ms: 0,
+            bot: bot.into(),
             subsystem: "handler:boom".into(),
             action: "restart".into(),
             detail: format!("crash {i}"),
-            state: BotHealth::Recovering,
+            state: "recovering".into(),
         }
     }
 
@@ -221,7 +207,7 @@ mod tests {
         let stuck = store.db.begin_write().unwrap();
         let started = std::time::Instant::now();
         for i in 0..3 * QUEUE {
-            log.record("a", &event(i));
+            log.record(event("a", i));
         }
         // 12,288 entries queued or counted without waiting for the disk (a generous bound:
         // each is a channel send).
@@ -259,7 +245,7 @@ mod tests {
         {
             let log = HealingLog::open(Store::open(&path).unwrap(), 100).unwrap();
             for i in 0..150 {
-                log.record(if i % 2 == 0 { "a" } else { "b" }, &event(i));
+                log.record(event(if i % 2 == 0 { "a" } else { "b" }, i));
             }
             assert!(log.flush(Duration::from_secs(10)));
             assert_eq!(log.len().unwrap(), 100);
@@ -275,7 +261,7 @@ mod tests {
         assert_eq!(b.len(), 10);
         assert!(b.iter().all(|r| r.bot == "b"));
         // Numbering goes on after a restart.
-        log.record("a", &event(150));
+        log.record(event("a", 150));
         assert!(log.flush(Duration::from_secs(10)));
         let newest = &log.read(1, None).unwrap()[0];
         assert_eq!(newest.seq, all[0].seq + 1);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStatus};
-use crate::healing_log::HealingLog;
+use crate::healing_log::{HealingLog, HealingRecord};
 
 /// How many healing-log entries a bot keeps.
 const HEALING_LOG_LEN: usize = 200;
@@ -321,6 +321,24 @@ pub struct HealingEvent {
     pub state: BotHealth,
 }
 
+impl HealingEvent {
+    /// This event of `bot` as an entry of the persisted healing log.
+    pub fn to_record(&self, bot: &str) -> HealingRecord {
+        HealingRecord {
+            seq: 0,
+            at_ms: self
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            bot: bot.to_owned(),
+            subsystem: self.subsystem.clone(),
+            action: self.action.clone(),
+            detail: self.detail.clone(),
+            state: self.state.as_str().to_owned(),
+        }
+    }
+}
+
 /// What a forced heal of one subsystem does (restart a handler or poller, reconnect a
 /// transport); a breaker is reset by the registry itself.
 pub type Healer = Arc<dyn Fn() + Send + Sync>;
@@ -480,7 +498,7 @@ impl Inner {
             state: self.overall(),
         };
         if let Some(journal) = &self.journal {
-            journal.record(bot, &event);
+            journal.record(event.to_record(bot));
         }
         self.log.push_back(event);
     }
@@ -630,7 +648,7 @@ impl Health {
         // bot was built) is written first.
         if inner.journal.is_none() {
             for event in &inner.log {
-                journal.record(&self.bot, event);
+                journal.record(event.to_record(&self.bot));
             }
         }
         inner.journal = Some(journal);

@@ -17,7 +17,7 @@
 //! - **No redirects.** The client answers a 3xx as it is (its `Location` in
 //!   [`HttpResponse::location`]): following one is the caller's decision, because the next
 //!   host may be one the caller must not reach or must not send its headers to (pollers
-//!   follow theirs through the link guard of [`crate::fetch`]).
+//!   follow theirs through the link guard of the `fetch` module).
 //! - **`Retry-After`** on 429 and 423 (15 s when absent): the caller's [`Throttle`] holds every
 //!   request of that caller (one bot) until then, and never retries before it; other callers
 //!   go on.

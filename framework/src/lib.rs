@@ -58,6 +58,7 @@ pub mod logging;
 pub mod message;
 pub mod options;
 pub mod outbox;
+pub mod pacing;
 pub mod poller;
 pub mod router;
 pub mod settings;

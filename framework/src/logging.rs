@@ -67,15 +67,15 @@ pub fn init_with(config: &LogConfig, default: &str) {
     };
     if installed.is_ok() {
         std::panic::set_hook(Box::new(|info| {
-            crate::handler::note_panic(info);
-            let message = crate::handler::panic_message(info.payload());
+            crate::supervisor::note_panic(info);
+            let message = crate::supervisor::panic_message(info.payload());
             let at = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()));
             let at = at.as_deref().unwrap_or("?");
             // A panic the framework catches (a handler's, a poller's, a session's) is logged
             // once, where it is caught, with what it was running; any other here.
-            if crate::handler::panic_is_caught() {
+            if crate::supervisor::panic_is_caught() {
                 tracing::debug!(panic = %message, at, "panic");
             } else {
                 tracing::error!(panic = %message, at, "panic");

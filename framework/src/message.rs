@@ -16,7 +16,7 @@ pub struct Sender {
     pub id: Arc<str>,
     /// Display name (the nick on IRC).
     pub name: Arc<str>,
-    /// Whether the service vouches for `id` (see [`crate::transport::Identity`]). An id the
+    /// Whether the service vouches for `id` (see [`Identity`]). An id the
     /// transport had to make from text the sender chose (an occupant's nick in an XMPP room
     /// that hides real JIDs) is not verified: it keeps the sender's budget apart from others',
     /// and never matches an admin entry.
@@ -209,4 +209,125 @@ pub struct Inbound(pub Incoming);
 
 impl actix::Message for Inbound {
     type Result = ();
+}
+
+/// What a transport's sender ids are, and so how the config's admin entries match them.
+///
+/// Identity is what the service can prove, never text a user chose: on IRC the host part of
+/// `nick!user@host` (the server looked it up or cloaked it; the nick and the user name are the
+/// client's own words), on XMPP a real JID (the server stamps it), on Webex the sender's email
+/// (Webex's own record). A transport that cannot prove who sent a message marks its
+/// [`Sender`] unverified, and no entry matches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identity {
+    /// `nick!user@host` (IRC): an entry is a mask, with `*` for any run and `?` for one
+    /// character, compared without ASCII case.
+    Mask,
+    /// An address the service vouches for (a bare JID, an email, `console`): an entry is the
+    /// whole address, compared without case; wildcards are not allowed.
+    Address,
+}
+
+impl Identity {
+    /// Whether the admin entry `entry` covers the sender id `id`.
+    pub fn matches(self, entry: &str, id: &str) -> bool {
+        match self {
+            Self::Mask => {
+                entry.eq_ignore_ascii_case(id)
+                    || (entry.contains(['*', '?']) && wildcard(entry.as_bytes(), id.as_bytes()))
+            }
+            Self::Address => entry.to_lowercase() == id.to_lowercase(),
+        }
+    }
+
+    /// Checks an admin entry for this kind of identity: an error when it can never be right
+    /// (or could match someone it should not), a warning when it trusts what a user chooses.
+    pub fn check_entry(self, entry: &str) -> Result<Option<String>, (String, String)> {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err((
+                format!("`{entry}` is not an identity"),
+                "write a host mask on IRC (`*!*@ops.example.com`), an address elsewhere".into(),
+            ));
+        }
+        match self {
+            Self::Mask => {
+                let Some((who, host)) = entry.rsplit_once('@') else {
+                    return Err((
+                        format!("`{entry}` is not an IRC host mask (nick!user@host)"),
+                        "IRC senders are `nick!user@host`: trust the host, `*!*@ops.example.com`"
+                            .into(),
+                    ));
+                };
+                if !who.contains('!') {
+                    return Err((
+                        format!("`{entry}` is not an IRC host mask (nick!user@host)"),
+                        format!("IRC senders are `nick!user@host`: write `*!*@{host}`"),
+                    ));
+                }
+                if host.chars().all(|c| matches!(c, '*' | '?' | '.')) {
+                    return Ok(Some(format!(
+                        "`{entry}` trusts only a nick and a user name, which anyone can choose; \
+                         match the host (`*!*@ops.example.com`) or a services cloak"
+                    )));
+                }
+                Ok(None)
+            }
+            Self::Address => {
+                if entry.contains(['*', '?', '!', '/']) || !entry.contains('@') {
+                    return Err((
+                        format!("`{entry}` is not an address this transport can prove"),
+                        "write the whole address (`alice@example.org`): wildcards, IRC masks and \
+                         room nicks are not identities here"
+                            .into(),
+                    ));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Glob match with `*` (any run) and `?` (one byte), as IRC host masks use them
+/// (`*!*@ops.example.com`). Comparison is ASCII case-insensitive.
+fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&text[t])) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn host_masks_match_as_globs() {
+        assert!(wildcard(
+            b"*!*@ops.example.com",
+            b"alice!al@ops.example.com"
+        ));
+        assert!(wildcard(b"alice!*@*", b"ALICE!x@y"));
+        assert!(!wildcard(
+            b"*!*@ops.example.com",
+            b"mallory!m@evil.example.com"
+        ));
+        assert!(wildcard(b"a?c", b"abc") && !wildcard(b"a?c", b"abbc"));
+        assert!(wildcard(b"*", b"") && !wildcard(b"", b"x"));
+    }
 }

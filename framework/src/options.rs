@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::outbox::OutboxSettings;
-use crate::supervisor::RestartPolicy;
+pub use crate::pacing::OutboxSettings;
 
 /// Everything about a bot that is not its handlers or transport. `Default` gives the
 /// production defaults; new fields will always come with a default.
@@ -91,7 +90,7 @@ pub struct ReconnectPolicy {
     /// A session connected at least this long resets the backoff.
     pub stable_after: Duration,
     /// The shortest wait after the service refused the bot
-    /// ([`crate::transport::TransportError::Refused`]: bad credentials, banned): asking again
+    /// (a refusal: bad credentials, banned): asking again
     /// every minute is what gets a bot banned for longer.
     pub refused_min: Duration,
     /// How long the connection may be down (reconnecting) before the bot counts as critical
@@ -107,6 +106,34 @@ impl Default for ReconnectPolicy {
             stable_after: Duration::from_secs(30),
             refused_min: Duration::from_secs(300),
             critical_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The longest duration a key may hold: tokio's timers reach about two years, and an `Instant`
+/// plus a longer one can overflow.
+pub const MAX_SECS: f64 = 365.0 * 86_400.0;
+
+/// How a child is restarted: the budget and the backoff between attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window` before the child is marked failed.
+    pub max_restarts: u32,
+    /// The sliding window for `max_restarts`.
+    pub window: Duration,
+    /// Delay before the first restart; doubled for each further restart within the window.
+    pub backoff_initial: Duration,
+    /// Largest delay between restarts.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
         }
     }
 }

@@ -8,18 +8,18 @@
 //! same restart policy as handlers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
 use crate::error::Error;
-use crate::handler::{Factory, catch};
+use crate::handler::Factory;
 use crate::health::{ActorKind, ActorState};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
 use crate::shared::BotShared;
 use crate::store::Store;
-use crate::supervisor::{CoreGuard, Restarts, Verdict, fault_point};
+use crate::supervisor::{CoreGuard, Restarts, after_crash, catch, fault_point};
 
 /// One thing a source shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ impl<P: Poller> PollerHost<P> {
             Some(p) => p,
             None => {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    crate::handler::caught(|| (self.factory)())
+                    crate::supervisor::caught(|| (self.factory)())
                 })) {
                     Ok(p) => {
                         for b in p.breakers() {
@@ -170,7 +170,7 @@ impl<P: Poller> PollerHost<P> {
                         Box::new(p)
                     }
                     Err(payload) => {
-                        let panic = crate::handler::Panic::from_payload(&*payload);
+                        let panic = crate::supervisor::Panic::from_payload(&*payload);
                         tracing::error!(poller = P::NAME, panic = %panic.message, at = panic.at.as_deref().unwrap_or("?"), "poller factory panicked");
                         return self.crashed(format!("factory {}", panic.summary()), ctx);
                     }
@@ -266,33 +266,16 @@ impl<P: Poller> PollerHost<P> {
     }
 
     fn crashed(&mut self, why: String, ctx: &mut actix::Context<Self>) {
-        let name = P::NAME;
-        self.update(|s| s.last_error = Some((SystemTime::now(), why.clone())));
-        match self.restarts.record(Instant::now()) {
-            Verdict::RestartAfter(delay) => {
-                let restarts = self.restarts.total();
-                self.update(|s| {
-                    s.state = ActorState::Restarting;
-                    s.restarts = restarts;
-                });
-                self.shared.health.heal_event(
-                    &format!("poller:{name}"),
-                    "restart",
-                    format!("{why}; fresh instance in {delay:?} (restart {restarts})"),
-                );
-                self.schedule(delay.max(Duration::from_millis(1)), ctx);
-            }
-            Verdict::GiveUp => {
-                self.update(|s| {
-                    s.state = ActorState::Failed;
-                    s.next_run = None;
-                });
-                self.shared.health.heal_event(
-                    &format!("poller:{name}"),
-                    "failed",
-                    format!("{why}; restart budget spent, poller stopped"),
-                );
-            }
+        let delay = after_crash(
+            &self.shared.health,
+            &mut self.restarts,
+            (ActorKind::Poller, P::NAME),
+            &why,
+            "restart budget spent, poller stopped",
+        );
+        match delay {
+            Some(delay) => self.schedule(delay.max(Duration::from_millis(1)), ctx),
+            None => self.update(|s| s.next_run = None),
         }
     }
 }

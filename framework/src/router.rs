@@ -32,7 +32,6 @@ use crate::shared::BotShared;
 use crate::supervisor::{CoreGuard, fault_point};
 
 pub use crate::message::Inbound;
-pub use crate::options::Budget;
 
 /// What a message means, according to the route table.
 #[derive(Debug, PartialEq, Eq)]

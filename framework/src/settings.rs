@@ -30,8 +30,13 @@
 //! or absent table); a handler that has settings therefore must not implement `Default`.
 //! Secrets are written `${ENV_VAR}` in the file and read into a [`crate::config::Secret`].
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+use crate::breaker::BreakerPolicy;
+use crate::options::MAX_SECS;
 
 /// Built from its own table of the bot's config.
 pub trait FromSettings: Sized {
@@ -109,4 +114,45 @@ pub fn build<T: FromSettings>(table: Option<&toml::Table>) -> Result<T, Vec<(Str
             vec![(path, message)]
         })?;
     T::from_settings(settings).map_err(|e| vec![(e.key.unwrap_or_default(), e.message)])
+}
+
+/// `breaker = { failures = 5, window_secs = 60, open_secs = 60 }` in a handler's or poller's
+/// settings; each key optional.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Failures within the window that open it (default 5).
+    pub failures: Option<u32>,
+    /// The window, in seconds (default 60).
+    pub window_secs: Option<u64>,
+    /// How long it stays open, in seconds (default 60).
+    pub open_secs: Option<u64>,
+}
+
+impl BreakerSettings {
+    /// The policy of an optional `breaker` table (absent: the defaults), or the problem as a
+    /// settings error on the `breaker` key.
+    pub fn resolve(settings: Option<Self>) -> Result<BreakerPolicy, SettingsError> {
+        settings
+            .unwrap_or_default()
+            .policy()
+            .map_err(|e| SettingsError::at("breaker", e))
+    }
+
+    /// The policy these settings describe, or what is wrong with them.
+    pub fn policy(&self) -> Result<BreakerPolicy, String> {
+        let d = BreakerPolicy::default();
+        let p = BreakerPolicy {
+            failures: self.failures.unwrap_or(d.failures),
+            window: self.window_secs.map_or(d.window, Duration::from_secs),
+            open_for: self.open_secs.map_or(d.open_for, Duration::from_secs),
+        };
+        if p.failures == 0 || p.window.is_zero() || p.open_for.is_zero() {
+            return Err("every value must be at least 1".into());
+        }
+        if p.window.as_secs_f64() > MAX_SECS || p.open_for.as_secs_f64() > MAX_SECS {
+            return Err("durations are at most a year (31536000)".into());
+        }
+        Ok(p)
+    }
 }

@@ -19,32 +19,19 @@
 //! becomes a [`Restarts::record`] here, a fresh instance from the child's factory, and an entry in
 //! the healing log. Messages for a restarting handler stay in its host's mailbox meanwhile.
 
+mod panic;
+
+pub(crate) use panic::{
+    Caught, Panic, catch, caught, how_it_ended, install_panic_hook, note_panic, panic_is_caught,
+    panic_message,
+};
+
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-/// How a child is restarted: the budget and the backoff between attempts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// Restarts allowed within `window` before the child is marked failed.
-    pub max_restarts: u32,
-    /// The sliding window for `max_restarts`.
-    pub window: Duration,
-    /// Delay before the first restart; doubled for each further restart within the window.
-    pub backoff_initial: Duration,
-    /// Largest delay between restarts.
-    pub backoff_max: Duration,
-}
+use crate::health::{ActorKind, ActorState, Health};
 
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-        }
-    }
-}
+use crate::options::RestartPolicy;
 
 /// What the policy decides after a crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +91,44 @@ impl Restarts {
     /// Restarts so far, over the child's whole life.
     pub fn total(&self) -> u32 {
         self.total
+    }
+}
+
+/// What a host of user code (a handler's, a poller's) does after its child crashed, the one
+/// restart-or-give-up path for all of them: notes the crash (`why` is shown in chat and
+/// `!status`, never a panic's message), then either marks the child restarting and answers the
+/// delay before a fresh instance, or, with the budget spent, marks it failed and answers `None`
+/// (`gave_up` says what that means for its users). Both are healing-log entries.
+pub(crate) fn after_crash(
+    health: &Health,
+    restarts: &mut Restarts,
+    (kind, name): (ActorKind, &str),
+    why: &str,
+    gave_up: &str,
+) -> Option<Duration> {
+    health.update(kind, name, |s| {
+        s.last_error = Some((SystemTime::now(), why.to_owned()));
+    });
+    let subsystem = format!("{}:{name}", kind.as_str());
+    match restarts.record(Instant::now()) {
+        Verdict::RestartAfter(delay) => {
+            let total = restarts.total();
+            health.update(kind, name, |s| {
+                s.state = ActorState::Restarting;
+                s.restarts = total;
+            });
+            health.heal_event(
+                &subsystem,
+                "restart",
+                format!("{why}; fresh instance in {delay:?} (restart {total})"),
+            );
+            Some(delay)
+        }
+        Verdict::GiveUp => {
+            health.update(kind, name, |s| s.state = ActorState::Failed);
+            health.heal_event(&subsystem, "failed", format!("{why}; {gave_up}"));
+            None
+        }
     }
 }
 
@@ -202,7 +227,7 @@ impl Drop for CoreGuard {
         }
         // The panic hook noted the location on this thread (a task's future is dropped on the
         // thread it ran on); the message stays in the log, where the hook put it.
-        let how = crate::handler::how_it_ended();
+        let how = crate::supervisor::how_it_ended();
         self.fatal.report(format!("{} {how}", self.actor));
     }
 }

@@ -20,133 +20,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{ActorKind, ActorState, ConnState, Health};
+pub use crate::message::Identity;
 use crate::message::{Destination, Inbound, Incoming};
-pub use crate::options::ReconnectPolicy;
-use crate::outbox::{Pacing, Rate};
+use crate::options::ReconnectPolicy;
+pub use crate::pacing::Limits;
+use crate::pacing::Pacing;
 use crate::supervisor::{CoreGuard, Fatal, fault_point, full_jitter};
 
 pub mod memory;
-
-/// What a transport's service tolerates; the outbox's defaults come from here.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
-    /// Longest text, in bytes, that one outgoing line may carry.
-    pub max_line_bytes: usize,
-    /// Global pace the service allows for this connection (`None`: unlimited).
-    pub global: Option<Rate>,
-    /// Global pace in bytes per second, burst in bytes (`None`: unlimited).
-    pub global_bytes: Option<Rate>,
-    /// Bytes the protocol adds to each line besides the text and the destination's name.
-    pub line_overhead: usize,
-    /// Pace per destination (`None`: unlimited).
-    pub per_destination: Option<Rate>,
-    /// Whether one message may carry several lines (XMPP, Webex): the outbox then packs a
-    /// reply's lines into as few messages as `max_line_bytes` allows, breaking between lines
-    /// where it can. IRC's lines are single by protocol.
-    pub multiline: bool,
-    /// How many deliveries the transport may hold unanswered at once (1: each is answered
-    /// before the next is handed over). A transport that answers a delivery only when its
-    /// server acknowledged it (XMPP's stream management) or whose sends run side by side
-    /// (Webex's posts) raises it so a round trip does not cap the pace.
-    pub window: usize,
-    /// Of those, for one destination at most: a transport that could reorder two lines for one
-    /// room (two HTTP posts at once) keeps this at 1; one that writes in order on one
-    /// connection can let the whole window go to one room.
-    pub window_per_destination: usize,
-}
-
-impl Limits {
-    /// No pacing, with the given line limit.
-    pub const fn unlimited(max_line_bytes: usize) -> Self {
-        Self {
-            max_line_bytes,
-            global: None,
-            global_bytes: None,
-            line_overhead: 0,
-            per_destination: None,
-            multiline: false,
-            window: 1,
-            window_per_destination: 1,
-        }
-    }
-}
-
-/// What a transport's sender ids are, and so how the config's admin entries match them.
-///
-/// Identity is what the service can prove, never text a user chose: on IRC the host part of
-/// `nick!user@host` (the server looked it up or cloaked it; the nick and the user name are the
-/// client's own words), on XMPP a real JID (the server stamps it), on Webex the sender's email
-/// (Webex's own record). A transport that cannot prove who sent a message marks its
-/// [`Sender`](crate::message::Sender) unverified, and no entry matches it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Identity {
-    /// `nick!user@host` (IRC): an entry is a mask, with `*` for any run and `?` for one
-    /// character, compared without ASCII case.
-    Mask,
-    /// An address the service vouches for (a bare JID, an email, `console`): an entry is the
-    /// whole address, compared without case; wildcards are not allowed.
-    Address,
-}
-
-impl Identity {
-    /// Whether the admin entry `entry` covers the sender id `id`.
-    pub fn matches(self, entry: &str, id: &str) -> bool {
-        match self {
-            Self::Mask => {
-                entry.eq_ignore_ascii_case(id)
-                    || (entry.contains(['*', '?'])
-                        && crate::shared::wildcard(entry.as_bytes(), id.as_bytes()))
-            }
-            Self::Address => entry.to_lowercase() == id.to_lowercase(),
-        }
-    }
-
-    /// Checks an admin entry for this kind of identity: an error when it can never be right
-    /// (or could match someone it should not), a warning when it trusts what a user chooses.
-    pub fn check_entry(self, entry: &str) -> Result<Option<String>, (String, String)> {
-        let entry = entry.trim();
-        if entry.is_empty() || entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err((
-                format!("`{entry}` is not an identity"),
-                "write a host mask on IRC (`*!*@ops.example.com`), an address elsewhere".into(),
-            ));
-        }
-        match self {
-            Self::Mask => {
-                let Some((who, host)) = entry.rsplit_once('@') else {
-                    return Err((
-                        format!("`{entry}` is not an IRC host mask (nick!user@host)"),
-                        "IRC senders are `nick!user@host`: trust the host, `*!*@ops.example.com`"
-                            .into(),
-                    ));
-                };
-                if !who.contains('!') {
-                    return Err((
-                        format!("`{entry}` is not an IRC host mask (nick!user@host)"),
-                        format!("IRC senders are `nick!user@host`: write `*!*@{host}`"),
-                    ));
-                }
-                if host.chars().all(|c| matches!(c, '*' | '?' | '.')) {
-                    return Ok(Some(format!(
-                        "`{entry}` trusts only a nick and a user name, which anyone can choose;                          match the host (`*!*@ops.example.com`) or a services cloak"
-                    )));
-                }
-                Ok(None)
-            }
-            Self::Address => {
-                if entry.contains(['*', '?', '!', '/']) || !entry.contains('@') {
-                    return Err((
-                        format!("`{entry}` is not an address this transport can prove"),
-                        "write the whole address (`alice@example.org`): wildcards, IRC masks and                          room nicks are not identities here"
-                            .into(),
-                    ));
-                }
-                Ok(None)
-            }
-        }
-    }
-}
 
 /// How a session ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -479,7 +360,7 @@ impl<T: Transport> Actor for TransportHost<T> {
                     }
                 };
                 let session = tokio::select! {
-                    r = crate::handler::catch(transport.session(&mut link)) => Some(r),
+                    r = crate::supervisor::catch(transport.session(&mut link)) => Some(r),
                     () = heal.notified() => None,
                     () = unneeded => break,
                 };

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use opsbot::outbox::Rate;
+use opsbot::pacing::Rate;
 use opsbot::prelude::*;
 use opsbot::testkit::{Echo, TestBot};
 use opsbot::transport::Limits;

@@ -295,7 +295,7 @@ fn numbered(n: u32) -> Vec<String> {
 #[tokio::test]
 async fn a_line_cut_mid_delivery_is_sent_after_the_reconnect() {
     let mut bot = TestBot::with_limits(Limits {
-        global: Some(opsbot::outbox::Rate::new(20.0, 1)),
+        global: Some(opsbot::pacing::Rate::new(20.0, 1)),
         ..Limits::unlimited(400)
     })
     .with(Count);
@@ -376,7 +376,7 @@ async fn shutdown_cuts_a_running_command_at_the_deadline() {
 #[tokio::test]
 async fn a_backlog_longer_than_the_deadline_is_counted_as_lost() {
     let mut bot = TestBot::with_limits(Limits {
-        global: Some(opsbot::outbox::Rate::new(20.0, 1)),
+        global: Some(opsbot::pacing::Rate::new(20.0, 1)),
         ..Limits::unlimited(400)
     })
     .with(Count)
@@ -483,7 +483,7 @@ async fn the_reconnect_backoff_starts_afresh_after_a_stable_connection() {
 #[tokio::test]
 async fn an_ignored_user_is_heard_again_after_the_ignore_period() {
     let mut bot = TestBot::new().with(Echo).configure(|o| {
-        o.budget = opsbot::router::Budget {
+        o.budget = opsbot::options::Budget {
             per_minute: 60,
             ignore_for: Duration::from_secs(1),
         };

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use opsbot::options::Budget;
 use opsbot::prelude::*;
-use opsbot::router::Budget;
 use opsbot::testkit::TestBot;
 
 #[derive(Clone)]

@@ -38,7 +38,7 @@ pub struct DnsSettings {
     /// Lines per answer (default 10).
     pub max_answers: Option<usize>,
     /// The nameservers' circuit breaker (5 failures in 60 s open it for 60 s by default).
-    pub breaker: Option<opsbot::breaker::BreakerSettings>,
+    pub breaker: Option<opsbot::settings::BreakerSettings>,
 }
 
 /// The record types `!dns` asks for.
@@ -86,7 +86,7 @@ impl FromSettings for Dns {
         if !(1..=60).contains(&timeout.as_secs()) {
             return Err(SettingsError::at("timeout_secs", "must be 1 to 60"));
         }
-        let breaker = opsbot::breaker::BreakerSettings::resolve(s.breaker)?;
+        let breaker = opsbot::settings::BreakerSettings::resolve(s.breaker)?;
         let max_answers = s.max_answers.unwrap_or(10);
         if !(1..=50).contains(&max_answers) {
             return Err(SettingsError::at("max_answers", "must be 1 to 50"));

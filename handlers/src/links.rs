@@ -58,7 +58,7 @@ pub struct LinksSettings {
     /// The address fetches are made from (default: the system's choice).
     pub local_address: Option<std::net::IpAddr>,
     /// Each site's circuit breaker (5 failures in 60 s open it for 60 s by default).
-    pub breaker: Option<opsbot::breaker::BreakerSettings>,
+    pub breaker: Option<opsbot::settings::BreakerSettings>,
 }
 
 /// Room memory: recent summaries (for the rate) and URLs (for repeats).
@@ -145,7 +145,7 @@ impl FromSettings for Links {
         if reqwest_url_ok(&xkcd).is_none() {
             return Err(SettingsError::at("xkcd_url", "is not an http(s) URL"));
         }
-        let breaker = opsbot::breaker::BreakerSettings::resolve(s.breaker)?;
+        let breaker = opsbot::settings::BreakerSettings::resolve(s.breaker)?;
         let settings = FetchSettings {
             allow,
             total,

@@ -33,11 +33,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use opsbot::breaker::{Breaker, BreakerSettings};
+use opsbot::breaker::Breaker;
 use opsbot::config::Secret;
 use opsbot::fetch::{Allow, FetchError, FetchSettings, Fetcher, Url};
 use opsbot::http::{HttpClient, Repeat, Throttle};
 use opsbot::prelude::*;
+use opsbot::settings::BreakerSettings;
 use opsbot::settings::{FromSettings, SettingsError};
 use serde_json::Value;
 

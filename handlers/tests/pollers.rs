@@ -7,10 +7,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opsbot::breaker::BreakerSettings;
 use opsbot::breaker::BreakerState;
 use opsbot::health::BotHealth;
 use opsbot::prelude::*;
+use opsbot::settings::BreakerSettings;
 use opsbot::settings::FromSettings;
 use opsbot::store::Store;
 use opsbot::testkit::TestBot;

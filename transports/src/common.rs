@@ -1,5 +1,5 @@
-//! What the transports share: checks of common settings, and the
-//! per-room backoff after removals and refusals.
+//! What the transports share: checks of common settings, the TLS handshake of the transports
+//! that open their own sockets, and the per-room backoff after removals and refusals.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +16,7 @@ pub(crate) fn secs_problems(values: &[(&str, Option<u64>)]) -> Vec<(String, Stri
     for (key, v) in values {
         if *v == Some(0) {
             out.push(((*key).into(), "must be at least 1".into()));
-        } else if v.is_some_and(|s| s as f64 > opsbot::config::MAX_SECS) {
+        } else if v.is_some_and(|s| s as f64 > opsbot::options::MAX_SECS) {
             out.push((
                 (*key).into(),
                 "is longer than the runtime's timers allow (at most a year, 31536000)".into(),
@@ -109,5 +109,49 @@ mod tests {
         ]);
         let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a", "d"]);
+    }
+}
+
+/// How long a TLS handshake may take.
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+pub(crate) const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Why a TLS connection could not be made.
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+#[derive(Debug)]
+pub(crate) enum TlsFailure {
+    /// Before any byte was sent: no trusted CA, an unreadable CA file, a bad server name.
+    Setup(std::io::Error),
+    /// The handshake failed (a certificate for another name, a server that does not speak TLS).
+    Handshake(std::io::Error),
+    /// No answer within [`TLS_HANDSHAKE`].
+    TimedOut,
+}
+
+/// Wraps `stream` in TLS to `server` (the name its certificate must carry), trusting the
+/// system's CA certificates and those in `ca_file` (the framework's shared rustls settings).
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+pub(crate) async fn tls_connect<S>(
+    stream: S,
+    server: &str,
+    ca_file: Option<&Path>,
+) -> Result<tokio_rustls::client::TlsStream<S>, TlsFailure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let config = opsbot::tls::client_config(ca_file).map_err(TlsFailure::Setup)?;
+    let name = ServerName::try_from(server.to_owned()).map_err(|e| {
+        TlsFailure::Setup(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("server name {server}: {e}"),
+        ))
+    })?;
+    let handshake =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, stream);
+    match tokio::time::timeout(TLS_HANDSHAKE, handshake).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(TlsFailure::Handshake(e)),
+        Err(_) => Err(TlsFailure::TimedOut),
     }
 }

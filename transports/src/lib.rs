@@ -20,7 +20,7 @@ pub mod xmpp;
 use std::path::Path;
 
 use opsbot::BotBuilder;
-use opsbot::config::{BotConfig, ConfigError, TransportConfig};
+use opsbot::config::{BotConfig, Config, ConfigError, TransportConfig};
 use opsbot::transport::Identity;
 
 /// The transport kinds this build knows.
@@ -81,9 +81,11 @@ fn checked<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Checks a transport section without connecting; returns every problem.
-pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
-    match t.kind.as_str() {
+/// Checks a transport section of `config` without connecting; returns every problem, each
+/// with the file, its line, the key path and a hint where one helps, as the framework's own.
+pub fn check(config: &Config, t: &TransportConfig) -> Vec<ConfigError> {
+    let file = config.path.as_path();
+    let found = match t.kind.as_str() {
         "console" => t
             .settings
             .keys()
@@ -108,7 +110,13 @@ pub fn check(file: &Path, t: &TransportConfig) -> Vec<ConfigError> {
             format!("unknown transport kind `{other}`"),
             Some(format!("this build knows: {}", KINDS.join(", "))),
         )],
-    }
+    };
+    found.into_iter().map(|e| located(config, e)).collect()
+}
+
+/// `e` with its line in `config`'s file, when the key can be found there.
+fn located(config: &Config, e: ConfigError) -> ConfigError {
+    config.error_at(e.key, e.message, e.hint)
 }
 
 /// What the sender ids of a transport kind are (how its admin entries match).
@@ -123,7 +131,8 @@ pub fn identity(kind: &str) -> Identity {
 /// the warnings. On XMPP and Webex an entry is a whole address (an IRC mask there could match
 /// a room nick anyone can choose); on IRC a mask that trusts only the nick is a warning; on
 /// the console the only user is `console`.
-pub fn check_admins(file: &Path, bot: &BotConfig) -> (Vec<ConfigError>, Vec<ConfigError>) {
+pub fn check_admins(config: &Config, bot: &BotConfig) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let file = config.path.as_path();
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     let kind = bot.transport.kind.as_str();
     for (i, entry) in bot.options.admins.iter().enumerate() {
@@ -150,7 +159,8 @@ pub fn check_admins(file: &Path, bot: &BotConfig) -> (Vec<ConfigError>, Vec<Conf
             )),
         }
     }
-    (errors, warnings)
+    let all = |v: Vec<ConfigError>| v.into_iter().map(|e| located(config, e)).collect();
+    (all(errors), all(warnings))
 }
 
 /// Gives `builder` the transport described by `t`, which [`check`] must have passed.

@@ -766,8 +766,8 @@ async fn burst(fake: &FakeWebex, raise: bool) -> (Duration, Arc<HttpClient>) {
         b.configure(|o| {
             o.budget.per_minute = 0;
             if raise {
-                o.outbox.global = Some(opsbot::outbox::Rate::new(1000.0, 1000));
-                o.outbox.per_destination = Some(opsbot::outbox::Rate::new(1000.0, 1000));
+                o.outbox.global = Some(opsbot::pacing::Rate::new(1000.0, 1000));
+                o.outbox.per_destination = Some(opsbot::pacing::Rate::new(1000.0, 1000));
             }
         })
     });

@@ -7,14 +7,13 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
 };
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
+
+use crate::common::{TLS_HANDSHAKE, TlsFailure, tls_connect};
 
 /// Longest line read from a server: 512 bytes of message plus 8 KiB of IRCv3 tags.
 pub(crate) const MAX_LINE: usize = 512 + 8192;
@@ -37,17 +36,10 @@ pub(crate) async fn connect(
     if !tls {
         return Ok(Box::pin(tcp));
     }
-    let config = opsbot::tls::client_config(ca_file)?;
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("server name {host}: {e}"),
-        )
-    })?;
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
-    match tokio::time::timeout(TLS_HANDSHAKE, handshake).await {
-        Ok(Ok(stream)) => Ok(Box::pin(stream)),
-        Ok(Err(e)) => {
+    match tls_connect(tcp, host, ca_file).await {
+        Ok(stream) => Ok(Box::pin(stream)),
+        Err(TlsFailure::Setup(e)) => Err(e),
+        Err(TlsFailure::Handshake(e)) => {
             // A plain-text server answers a TLS hello with an IRC line (not a TLS record) or
             // by hanging up.
             let text = e.to_string();
@@ -66,7 +58,7 @@ pub(crate) async fn connect(
                 ))
             }
         }
-        Err(_) => Err(io::Error::new(
+        Err(TlsFailure::TimedOut) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "no TLS answer from {host}:{port} within {}s: {PLAIN_HINT}",
@@ -76,8 +68,6 @@ pub(crate) async fn connect(
     }
 }
 
-/// How long a TLS handshake may take.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 /// What to try when a TLS handshake fails the way it does with a plain-text server.
 const PLAIN_HINT: &str =
     "the server may not speak TLS on this port: set tls = false, or use its TLS port (often 6697)";

@@ -6,7 +6,7 @@
 //! its 004 reply, or fixed in the config; until the server has said what it is, and for servers
 //! we do not know, the conservative profile applies.
 
-use opsbot::outbox::Rate;
+use opsbot::pacing::Rate;
 use opsbot::transport::Limits;
 
 /// Bytes a PRIVMSG adds to its text on the wire besides the target: `PRIVMSG ` ` :` CRLF.

@@ -17,7 +17,9 @@
 //! Every request goes through the process's shared [`HttpClient`] with this bot's own
 //! [`Throttle`]: a 429 holds this bot's requests for the `Retry-After`, not the other bots'.
 
+mod admission;
 mod config;
+mod device;
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -30,27 +32,23 @@ use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, SinkExt, StreamExt};
 use opsbot::http::{HttpClient, HttpError, HttpResponse, Repeat, Throttle};
 use opsbot::message::{Destination, Incoming, Sender};
-use opsbot::outbox::Rate;
+use opsbot::pacing::Rate;
 use opsbot::transport::{Delivery, Limits, Link, SessionEnd, Transport, TransportError};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+pub use admission::message_id;
+use admission::*;
 pub use config::{MAX_MESSAGE_BYTES, REST_URL, U2C_URL, WDM_URL, WEBEX_DOMAINS, WebexConfig};
+use device::*;
 
-/// How many message ids are remembered to run a redelivered event once.
-const SEEN: usize = 4096;
-/// Longest text taken as a command; longer ones are skipped (and logged).
-const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Largest WebSocket message read; a larger one ends the connection.
 const MAX_FRAME_BYTES: usize = 4 << 20;
 /// Replies posted at once, to different rooms.
 const WINDOW: usize = 8;
 /// Failed attempts at one reply (server errors, no connection) before it is dropped.
 const MAX_SEND_FAILURES: u32 = 5;
-/// Webex bot accounts' email domain.
-const BOT_DOMAIN: &str = "@webex.bot";
-
 /// The Webex transport; see the [module documentation](self).
 #[derive(Debug)]
 pub struct Webex {
@@ -127,169 +125,6 @@ struct Stats {
     registrations: u64,
 }
 
-#[derive(Clone, Debug)]
-struct Device {
-    ws_url: String,
-}
-
-/// Who the bot is.
-#[derive(Clone, Debug, Default)]
-struct Me {
-    id: String,
-    /// The person's UUID inside the id, which events name actors by.
-    uuid: String,
-    emails: Vec<String>,
-    name: String,
-}
-
-impl Me {
-    fn is(&self, id: &str, email: &str) -> bool {
-        (!id.is_empty() && (id == self.id || id == self.uuid))
-            || (!email.is_empty() && self.emails.iter().any(|e| e.eq_ignore_ascii_case(email)))
-    }
-}
-
-#[derive(Debug, Default)]
-struct Seen {
-    order: VecDeque<String>,
-    set: HashSet<String>,
-}
-
-impl Seen {
-    /// Remembers `id`; answers whether it is new.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
-            return false;
-        }
-        if self.order.len() >= SEEN
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        self.order.push_back(id.to_owned());
-        self.set.insert(id.to_owned());
-        true
-    }
-}
-
-/// The REST side, for one bot: its token, its throttle, the shared client.
-struct Api {
-    http: Arc<HttpClient>,
-    throttle: Throttle,
-    token: opsbot::config::Secret,
-    rest: String,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("rest", &self.rest).finish()
-    }
-}
-
-impl Api {
-    async fn get(&self, url: &str) -> Result<HttpResponse, HttpError> {
-        let auth = format!("Bearer {}", self.token.expose());
-        self.http
-            .send(&self.throttle, Repeat::Safe, url, |c| {
-                c.get(url)
-                    .header("Authorization", &auth)
-                    .header("Accept", "application/json")
-            })
-            .await
-    }
-
-    async fn post(&self, url: &str, body: &Value) -> Result<HttpResponse, HttpError> {
-        let auth = format!("Bearer {}", self.token.expose());
-        let body = body.to_string();
-        self.http
-            .send(&self.throttle, Repeat::IfNotSent, url, |c| {
-                c.post(url)
-                    .header("Authorization", &auth)
-                    .header("Content-Type", "application/json")
-                    .body(body.clone())
-            })
-            .await
-    }
-}
-
-/// What went wrong with a REST call during setup, as the session's end.
-fn setup_error(what: &str, r: Result<HttpResponse, HttpError>) -> Result<Value, TransportError> {
-    match r {
-        Err(e) => Err(TransportError::Connection(format!("{what}: {e}"))),
-        Ok(resp) if matches!(resp.status, 401 | 403) => Err(TransportError::Refused(format!(
-            "{what}: the token was refused ({})",
-            resp.status
-        ))),
-        Ok(resp) if !resp.is_success() => Err(TransportError::Connection(format!(
-            "{what}: HTTP {} {}",
-            resp.status,
-            resp.text(200)
-        ))),
-        Ok(resp) => serde_json::from_slice(&resp.body)
-            .map_err(|e| TransportError::Connection(format!("{what}: unreadable answer: {e}"))),
-    }
-}
-
-/// The id REST uses for the message an event names: the unpadded base64 of its URI.
-pub fn message_id(activity_id: &str) -> String {
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .encode(format!("ciscospark://us/MESSAGE/{activity_id}"))
-}
-
-/// The UUID inside a REST id (`base64("ciscospark://us/PEOPLE/<uuid>")`), padded or not.
-fn uuid_of(id: &str) -> Option<String> {
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let raw = engine.decode(id).ok()?;
-    let uri = String::from_utf8(raw).ok()?;
-    uri.rsplit('/').next().map(str::to_owned)
-}
-
-/// `text` without the bot's name at its start (its full display name, or the first word of
-/// it, as a mention shows it), if it starts with one.
-fn strip_name<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    let text = text.trim_start();
-    let first = name.split_whitespace().next().unwrap_or("");
-    for n in [name, first] {
-        if n.is_empty() || text.len() < n.len() || !text.is_char_boundary(n.len()) {
-            continue;
-        }
-        let (head, tail) = text.split_at(n.len());
-        if head.to_lowercase() == n.to_lowercase()
-            && (tail.is_empty() || tail.starts_with([' ', '\t', '\n', ':', ',', '\u{a0}']))
-        {
-            return Some(
-                tail.trim_start_matches([':', ','])
-                    .trim_start_matches(|c: char| c.is_whitespace()),
-            );
-        }
-    }
-    None
-}
-
-/// Markdown that shows `text` as written: `<` opens HTML and mentions (`<@all>`), so it is
-/// escaped and nothing a user made the bot repeat can ping a room.
-fn markdown(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;")
-}
-
-/// A message as `GET messages/{id}` answers it.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct RestMessage {
-    id: String,
-    room_id: String,
-    room_type: String,
-    text: String,
-    person_id: String,
-    person_email: String,
-    created: String,
-    parent_id: Option<String>,
-}
-
 /// An event's message, fetched.
 type Fetched = (String, Result<HttpResponse, HttpError>);
 
@@ -321,248 +156,6 @@ impl Webex {
         }
     }
 
-    async fn me(&self) -> Result<Me, TransportError> {
-        let url = format!("{}/people/me", self.api.rest);
-        let v = setup_error("reading the bot's account", self.api.get(&url).await)?;
-        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let id = s("id");
-        let emails = v
-            .get("emails")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Me {
-            uuid: uuid_of(&id).unwrap_or_default(),
-            id,
-            emails,
-            name: s("displayName"),
-        })
-    }
-
-    /// The device service: from the catalog when there is one (and it leads to Webex or the
-    /// catalog's own host), else `wdm_url`.
-    async fn wdm(&self) -> String {
-        let u2c = self.cfg.u2c_url.trim_end_matches('/');
-        if !u2c.is_empty() {
-            let url = format!("{u2c}/catalog?format=hostmap");
-            match setup_error("reading the service catalog", self.api.get(&url).await) {
-                Ok(v) => match v.pointer("/serviceLinks/wdm").and_then(Value::as_str) {
-                    Some(wdm) => {
-                        let from = opsbot::fetch::Url::parse(u2c).expect("checked u2c_url");
-                        match config::served_url(wdm, "https", "http", &from) {
-                            Ok(_) => return wdm.trim_end_matches('/').to_owned(),
-                            Err(why) => tracing::warn!(
-                                kind = "webex",
-                                %why,
-                                "the service catalog's device service is not used; using wdm_url"
-                            ),
-                        }
-                    }
-                    None => {
-                        tracing::warn!(kind = "webex", "the service catalog names no wdm service");
-                    }
-                },
-                Err(e) => tracing::warn!(kind = "webex", error = %e, "using wdm_url"),
-            }
-        }
-        self.cfg.wdm_url.trim_end_matches('/').to_owned()
-    }
-
-    /// The bot's device: the one registered under our name, else a new one (`fresh`: always a
-    /// new one, when the old one turned out stale).
-    async fn register(&mut self, fresh: bool) -> Result<Device, TransportError> {
-        let wdm = self.wdm().await;
-        let devices = format!("{wdm}/devices");
-        if !fresh {
-            let v = setup_error("listing devices", self.api.get(&devices).await)?;
-            let found = v
-                .get("devices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|d| {
-                    d.get("name").and_then(Value::as_str) == Some(self.cfg.device_name.as_str())
-                });
-            if let Some(d) = found.and_then(device_of) {
-                return checked_socket(d, &wdm);
-            }
-        }
-        let body = json!({
-            "deviceName": self.cfg.device_name,
-            "deviceType": "DESKTOP",
-            "localizedModel": "rust",
-            "model": "rust",
-            "name": self.cfg.device_name,
-            "systemName": "opsbot",
-            "systemVersion": env!("CARGO_PKG_VERSION"),
-        });
-        let v = setup_error("registering a device", self.api.post(&devices, &body).await)?;
-        self.stats.registrations += 1;
-        let d = device_of(&v).ok_or_else(|| {
-            TransportError::Connection("the device registration named no webSocketUrl".into())
-        })?;
-        checked_socket(d, &wdm)
-    }
-
-    /// Opens and authorizes the device's socket (whose URL [`checked_socket`] passed);
-    /// `Ok(None)` when the device is stale (404).
-    async fn open(&self, device: &Device) -> Result<Option<Socket>, TransportError> {
-        let mut req = device
-            .ws_url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| TransportError::Connection(format!("webSocketUrl: {e}")))?;
-        let auth = format!("Bearer {}", self.cfg.token.expose());
-        req.headers_mut().insert(
-            "Authorization",
-            auth.parse()
-                .map_err(|_| TransportError::Refused("the token is not a header value".into()))?,
-        );
-        let ws_config = tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
-        let connector = tokio_tungstenite::Connector::Rustls(self.api.http.tls());
-        let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
-            req,
-            Some(ws_config),
-            true,
-            Some(connector),
-        )
-        .await
-        {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                return match resp.status().as_u16() {
-                    404 => Ok(None),
-                    s @ (401 | 403) => Err(TransportError::Refused(format!(
-                        "the WebSocket refused the token ({s})"
-                    ))),
-                    s => Err(TransportError::Connection(format!(
-                        "the WebSocket upgrade answered HTTP {s}"
-                    ))),
-                };
-            }
-            Err(e) => return Err(TransportError::Connection(format!("WebSocket: {e}"))),
-        };
-        let frame = json!({
-            "id": uuid::Uuid::new_v4().to_string(),
-            "type": "authorization",
-            "data": { "token": auth },
-        });
-        ws.send(Message::text(frame.to_string()))
-            .await
-            .map_err(|e| TransportError::Connection(format!("WebSocket: {e}")))?;
-        Ok(Some(ws))
-    }
-
-    fn detail(&self, me: &Me, device: &Device) -> String {
-        let host = device
-            .ws_url
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or("?");
-        let s = &self.stats;
-        let mut d = format!(
-            "{} via {host} · device {} · received {} · duplicates {} · older than the bot {} · refused senders {} · unconfirmed replies {} · throttled {}",
-            me.emails.first().map_or(me.name.as_str(), String::as_str),
-            self.cfg.device_name,
-            s.received,
-            s.duplicates,
-            s.old,
-            s.refused_senders,
-            s.unconfirmed,
-            self.api.throttle.throttled(),
-        );
-        if let Some(wait) = self.api.throttle.remaining() {
-            let _ = write!(d, " (holding {:.0}s)", wait.as_secs_f64().ceil());
-        }
-        if !self.slow.gap.is_zero() {
-            let _ = write!(
-                d,
-                " · slowed to a reply per {:.1}s",
-                self.slow.gap.as_secs_f64()
-            );
-        }
-        d
-    }
-
-    /// Whether the sender may use the bot.
-    fn approved(&self, email: &str, room: &str) -> bool {
-        let c = &self.cfg;
-        if c.approved_users.is_empty()
-            && c.approved_domains.is_empty()
-            && c.approved_rooms.is_empty()
-        {
-            return true;
-        }
-        let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
-        c.approved_users
-            .iter()
-            .any(|u| u.eq_ignore_ascii_case(email))
-            || c.approved_domains
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain))
-            || (!room.is_empty() && c.approved_rooms.iter().any(|r| r == room))
-    }
-
-    /// Turns a fetched message into a command for the router, or says why not.
-    fn accept(&mut self, me: &Me, m: RestMessage) -> Result<Incoming, &'static str> {
-        if me.is(&m.person_id, &m.person_email) {
-            return Err("own message");
-        }
-        if !self.seen.insert(&m.id) {
-            self.stats.duplicates += 1;
-            return Err("already handled");
-        }
-        let created = chrono::DateTime::parse_from_rfc3339(&m.created)
-            .map(SystemTime::from)
-            .map_err(|_| "no readable creation time")?;
-        if created < self.started {
-            self.stats.old += 1;
-            return Err("created before the bot started");
-        }
-        if m.person_email.to_ascii_lowercase().ends_with(BOT_DOMAIN) && !self.cfg.allow_bots {
-            return Err("from another bot");
-        }
-        if !self.approved(&m.person_email, &m.room_id) {
-            self.stats.refused_senders += 1;
-            tracing::warn!(
-                kind = "webex",
-                sender = %m.person_email,
-                room = %m.room_id,
-                "a sender who is not approved tried the bot"
-            );
-            return Err("not approved");
-        }
-        if m.text.len() > MAX_COMMAND_BYTES {
-            return Err("too long");
-        }
-        self.stats.received += 1;
-        let sender = Sender::with_name(m.person_email.clone(), m.person_email.clone());
-        let group = m.room_type != "direct";
-        let (text, addressed) = match strip_name(&m.text, &me.name) {
-            Some(rest) if group => (rest.to_owned(), true),
-            _ => (m.text.trim().to_owned(), false),
-        };
-        let mut incoming = if group {
-            Incoming::in_room(m.room_id.clone(), sender, text)
-        } else {
-            Incoming::direct(sender, text)
-        };
-        incoming.id = Some(m.id);
-        incoming.addressed = addressed;
-        if group {
-            incoming.thread = m.parent_id.filter(|p| !p.is_empty()).map(Into::into);
-        }
-        Ok(incoming)
-    }
-
     /// The request that posts `d`.
     fn post_of(&self, d: &Delivery) -> Value {
         let mut body = match &d.dest {
@@ -580,67 +173,6 @@ impl Webex {
             body["text"] = Value::String(d.text.clone());
         }
         body
-    }
-}
-
-/// The device, if its WebSocket URL is one the token may go to: `wss` (or `ws` to this
-/// machine when the device service is here too), on a Webex host or the device service's own.
-fn checked_socket(d: Device, wdm: &str) -> Result<Device, TransportError> {
-    let from = opsbot::fetch::Url::parse(wdm)
-        .map_err(|e| TransportError::Connection(format!("the device service's URL: {e}")))?;
-    match config::served_url(&d.ws_url, "wss", "ws", &from) {
-        Ok(_) => Ok(d),
-        Err(why) => Err(TransportError::Connection(format!(
-            "the device service handed over a WebSocket the token may not go to: {why}"
-        ))),
-    }
-}
-
-fn device_of(v: &Value) -> Option<Device> {
-    Some(Device {
-        ws_url: v.get("webSocketUrl")?.as_str()?.to_owned(),
-    })
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// What one event asks of us.
-enum Event {
-    /// A message to fetch, by REST id.
-    Message(String),
-    /// Nothing (another kind of event, the bot's own message, unreadable).
-    Nothing,
-}
-
-/// Reads one frame's event; `ack` is the envelope id to acknowledge.
-fn event_of(raw: &[u8], me: &Me) -> (Option<String>, Event) {
-    let Ok(v) = serde_json::from_slice::<Value>(raw) else {
-        return (None, Event::Nothing);
-    };
-    let ack = v.get("id").and_then(Value::as_str).map(str::to_owned);
-    let data = v.get("data").unwrap_or(&Value::Null);
-    if data.get("eventType").and_then(Value::as_str) != Some("conversation.activity") {
-        return (ack, Event::Nothing);
-    }
-    let activity = data.get("activity").unwrap_or(&Value::Null);
-    let verb = activity.get("verb").and_then(Value::as_str).unwrap_or("");
-    if !matches!(verb, "post" | "share") {
-        return (ack, Event::Nothing);
-    }
-    let actor = activity.get("actor").unwrap_or(&Value::Null);
-    let s = |k: &str| actor.get(k).and_then(Value::as_str).unwrap_or("");
-    let actor_id = if s("entryUUID").is_empty() {
-        s("id")
-    } else {
-        s("entryUUID")
-    };
-    if me.is(actor_id, s("emailAddress")) {
-        return (ack, Event::Nothing);
-    }
-    match activity.get("id").and_then(Value::as_str) {
-        Some(id) if !id.is_empty() && id.len() < 256 => (ack, Event::Message(message_id(id))),
-        _ => (ack, Event::Nothing),
     }
 }
 

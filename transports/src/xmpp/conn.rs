@@ -17,8 +17,6 @@ use opsbot::transport::TransportError;
 use sasl::common::{ChannelBinding, Credentials};
 use tokio::io::{AsyncRead, AsyncWrite, BufStream, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::jid::BareJid;
 use tokio_xmpp::parsers::ns;
@@ -32,6 +30,7 @@ use tokio_xmpp::xmlstream::{
 
 use super::config::XmppConfig;
 use super::depth::Nesting;
+use crate::common::{TLS_HANDSHAKE, TlsFailure, tls_connect};
 
 /// A connected byte stream, plain or TLS.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -164,17 +163,17 @@ async fn tcp(cfg: &XmppConfig, domain: &str) -> Result<(TcpStream, String), Tran
 }
 
 async fn tls(stream: BoxStream, domain: &str, ca_file: Option<&Path>) -> io::Result<BoxStream> {
-    let config = opsbot::tls::client_config(ca_file)?;
-    let name = ServerName::try_from(domain.to_owned()).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("server name {domain}: {e}"),
-        )
-    })?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await?;
-    Ok(Box::pin(stream))
+    match tls_connect(stream, domain, ca_file).await {
+        Ok(stream) => Ok(Box::pin(stream)),
+        Err(TlsFailure::Setup(e) | TlsFailure::Handshake(e)) => Err(e),
+        Err(TlsFailure::TimedOut) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no TLS answer from {domain} within {}s",
+                TLS_HANDSHAKE.as_secs()
+            ),
+        )),
+    }
 }
 
 async fn open<S: tokio::io::AsyncBufRead + AsyncWrite + Unpin>(

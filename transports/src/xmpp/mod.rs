@@ -12,9 +12,12 @@
 //! (the subject ends the history a room replays on join, whatever the server made of our
 //! request for none).
 
+mod acks;
 mod config;
 mod conn;
 mod depth;
+mod dispatch;
+mod rooms;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use opsbot::message::{Destination, Incoming, Sender};
-use opsbot::outbox::Rate;
+use opsbot::pacing::Rate;
 use opsbot::transport::{Delivery, Limits, Link, SessionEnd, Transport, TransportError};
 use tokio_xmpp::Stanza;
 use tokio_xmpp::jid::{BareJid, FullJid, Jid};
@@ -40,8 +43,11 @@ use tokio_xmpp::xmlstream::{
 };
 
 use crate::common::{Removals, refusal_backoff};
+use acks::*;
 pub use config::{MAX_MESSAGE_BYTES, XmppConfig};
 use conn::Xml;
+use dispatch::*;
+use rooms::*;
 
 /// Bytes a message stanza adds to its text on the wire (element, `to`, `type`, `id`, `body`),
 /// for the byte budget.
@@ -60,68 +66,6 @@ const WINDOW: usize = 8;
 const OWN_IDS: usize = 256;
 const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 const LEGACY_DELAY: &str = "jabber:x:delay";
-
-/// Where we stand with one room.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Room {
-    /// Presence due (`sent: None`) or sent and not yet answered, with the nick asked for;
-    /// `refused` is the wait after the previous refusal when this join retries one.
-    Joining {
-        sent: Option<Instant>,
-        nick: String,
-        refused: Option<Duration>,
-    },
-    /// In the room as `nick`; `live` once the replayed history is over.
-    Joined {
-        nick: String,
-        live: bool,
-        since: Instant,
-    },
-    /// Removed (kicked, room destroyed); join again at the instant.
-    Removed { rejoin_at: Instant, why: String },
-    /// The room refused the join; retry at the instant.
-    Refused {
-        reason: String,
-        retry_at: Instant,
-        backoff: Duration,
-    },
-}
-
-/// What a room needs at a tick.
-enum Due {
-    /// Send the join presence with this nick (and the wait after the refusal it retries).
-    Join(String, Option<Duration>),
-    /// The join went unanswered: a refusal.
-    Unanswered(Option<Duration>),
-    /// No subject came: the history is over.
-    Live,
-    /// Join again after a removal or a refusal.
-    Rejoin(Option<Duration>),
-}
-
-/// Stream management (XEP-0198) state, kept across connections for resumption.
-#[derive(Debug, Default)]
-struct Sm {
-    /// Resumption id, if the server allows resuming.
-    resume_id: Option<String>,
-    /// Stanzas received in this managed stream (our `h`).
-    inbound: u32,
-    /// Stanzas sent in this managed stream.
-    outbound: u32,
-    /// The server's last `h`: how many of ours it has.
-    acked: u32,
-    /// When our `<r/>` went out, while the server has not answered it.
-    requested: Option<Instant>,
-}
-
-/// A reply written but not yet acknowledged by the server.
-#[derive(Debug)]
-struct Unacked {
-    delivery: Delivery,
-    stanza: Message,
-    /// The value of `Sm::outbound` once it was sent.
-    seq: u32,
-}
 
 /// The XMPP transport.
 #[derive(Debug)]
@@ -186,16 +130,6 @@ impl Xmpp {
         format!("ob{:x}-{}", std::process::id(), self.counter)
     }
 
-    fn sync_gate(&self) {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        w.clear();
-        for (room, state) in &self.rooms {
-            if matches!(state, Room::Joining { .. }) {
-                w.insert(room.to_string());
-            }
-        }
-    }
-
     fn limits_for(&self) -> Limits {
         Limits {
             max_line_bytes: self.cfg.max_message_bytes(),
@@ -226,34 +160,11 @@ fn child<'a>(el: &'a [Element], name: &str, ns: &str) -> Option<&'a Element> {
     el.iter().find(|e| e.is(name, ns))
 }
 
-/// The MUC status codes of a presence or message (`<x xmlns='…muc#user'><status code/>`).
-fn muc_codes(payloads: &[Element]) -> Vec<u16> {
-    child(payloads, "x", ns::MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.is("status", ns::MUC_USER))
-                .filter_map(|c| c.attr("code")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The `<item/>` of a MUC presence.
-fn muc_item(payloads: &[Element]) -> Option<&Element> {
-    child(payloads, "x", ns::MUC_USER)?.get_child("item", ns::MUC_USER)
-}
-
 /// The defined condition of a stanza's `<error/>`, as its element name.
 fn error_condition(payloads: &[Element]) -> String {
     child(payloads, "error", ns::JABBER_CLIENT)
         .and_then(|e| e.children().find(|c| c.ns() == ns::XMPP_STANZAS))
         .map_or_else(|| "error".to_owned(), |c| c.name().to_owned())
-}
-
-fn body(m: &Message) -> Option<&String> {
-    m.bodies
-        .get(&Lang(String::new()))
-        .or_else(|| m.bodies.values().next())
 }
 
 /// One connection.
@@ -270,11 +181,6 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Whether stream management is on for this connection.
-    fn sm_on(&self) -> bool {
-        self.x.sm.is_some()
-    }
-
     async fn send(&mut self, el: XmppStreamElement) -> Result<(), TransportError> {
         let counts = matches!(el, XmppStreamElement::Stanza(_));
         self.stream.send(&el).await?;
@@ -289,35 +195,6 @@ impl Session<'_> {
     async fn send_own(&mut self, stanza: Stanza, bytes: usize) -> Result<(), TransportError> {
         self.link.pacing().charge(bytes);
         self.send(XmppStreamElement::Stanza(stanza)).await
-    }
-
-    /// Asks the server how many of our stanzas it has; the answer must come within the ping
-    /// timeout.
-    async fn request_ack(&mut self) -> Result<(), TransportError> {
-        self.link.pacing().charge_n(0, 30);
-        self.send(XmppStreamElement::SM(sm::Nonza::Req(sm::R)))
-            .await?;
-        if let Some(sm) = self.x.sm.as_mut() {
-            sm.requested.get_or_insert_with(Instant::now);
-        }
-        Ok(())
-    }
-
-    /// Takes the server's `h`: a reply is delivered once it is covered.
-    fn on_ack(&mut self, h: u32) {
-        let Some(sm) = self.x.sm.as_mut() else { return };
-        sm.acked = h;
-        sm.requested = None;
-        while self
-            .x
-            .unacked
-            .front()
-            .is_some_and(|u| seq_covered(u.seq, h))
-        {
-            if let Some(u) = self.x.unacked.pop_front() {
-                u.delivery.done();
-            }
-        }
     }
 
     fn publish(&mut self) {
@@ -373,469 +250,6 @@ impl Session<'_> {
             self.me, self.peer, self.security
         ));
         self.x.sync_gate();
-    }
-
-    /// Binds a resource and enables stream management, or resumes the previous stream.
-    /// Answers whether the stream was resumed (rooms and presence are then as they were).
-    async fn establish(
-        &mut self,
-        features: &tokio_xmpp::parsers::stream_features::StreamFeatures,
-    ) -> Result<bool, TransportError> {
-        let sm_offered = features.stream_management.is_some();
-        // The id is taken out for the attempt: whatever goes wrong with it, the next
-        // connection starts afresh instead of trying the same resumption again.
-        let prev = self.x.sm.as_mut().and_then(|s| s.resume_id.take());
-        if sm_offered && let Some(prev) = prev {
-            let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
-            self.stream
-                .send(&XmppStreamElement::SM(sm::Nonza::Resume(sm::Resume {
-                    h,
-                    previd: sm::StreamId(prev.clone()),
-                })))
-                .await?;
-            match conn::next(&mut self.stream).await? {
-                XmppStreamElement::SM(sm::Nonza::Resumed(r)) => {
-                    if let Some(sm) = self.x.sm.as_mut() {
-                        sm.resume_id = Some(prev);
-                    }
-                    self.x.resumed += 1;
-                    self.link
-                        .heal_event("resumed", "stream resumed: rooms kept");
-                    self.on_ack(r.h);
-                    // What the server's count does not cover it never got: send it again on the
-                    // resumed stream, in order, counting from the server's count.
-                    if let Some(sm) = self.x.sm.as_mut() {
-                        sm.outbound = r.h;
-                    }
-                    let lost: Vec<Unacked> = self.x.unacked.drain(..).collect();
-                    let again = !lost.is_empty();
-                    for u in lost {
-                        self.send(XmppStreamElement::Stanza(u.stanza.clone().into()))
-                            .await?;
-                        let seq = self.x.sm.as_ref().map_or(0, |s| s.outbound);
-                        self.x.resent += 1;
-                        self.x.unacked.push_back(Unacked { seq, ..u });
-                    }
-                    if again {
-                        self.request_ack().await?;
-                    }
-                    return Ok(true);
-                }
-                XmppStreamElement::SM(sm::Nonza::Failed(f)) => {
-                    tracing::info!(?f.error, "stream resumption failed; starting afresh");
-                    if let Some(h) = f.h {
-                        while self
-                            .x
-                            .unacked
-                            .front()
-                            .is_some_and(|u| seq_covered(u.seq, h))
-                        {
-                            if let Some(u) = self.x.unacked.pop_front() {
-                                u.delivery.done();
-                            }
-                        }
-                    }
-                }
-                other => {
-                    return Err(TransportError::Connection(format!(
-                        "unexpected answer to resumption: {other:?}"
-                    )));
-                }
-            }
-        }
-        self.x.sm = None;
-        // Not known to have arrived: back to their places in the outbox's queues, to go out
-        // once their rooms are joined again (with what was handed over after them, so that none
-        // overtakes them). They may arrive twice; counted.
-        self.link.return_pending();
-        for u in self.x.unacked.drain(..) {
-            self.x.resent += 1;
-            drop(u.delivery);
-        }
-        let id = self.x.next_id();
-        let resource = self.x.cfg.resource.clone();
-        let bind = Iq::from_set(id.clone(), BindQuery::new(resource));
-        self.stream
-            .send(&XmppStreamElement::Stanza(bind.into()))
-            .await?;
-        loop {
-            match conn::next(&mut self.stream).await? {
-                XmppStreamElement::Stanza(Stanza::Iq(Iq::Result {
-                    id: rid,
-                    payload: Some(p),
-                    ..
-                })) if rid == id => {
-                    let jid = p
-                        .get_child("jid", ns::BIND)
-                        .map(Element::text)
-                        .and_then(|t| FullJid::new(&t).ok())
-                        .ok_or_else(|| {
-                            TransportError::Connection("the server bound no resource".into())
-                        })?;
-                    self.me = jid;
-                    break;
-                }
-                XmppStreamElement::Stanza(Stanza::Iq(Iq::Error { id: rid, error, .. }))
-                    if rid == id =>
-                {
-                    return Err(TransportError::Refused(format!(
-                        "resource binding refused: {:?}",
-                        error.defined_condition
-                    )));
-                }
-                other => tracing::debug!(?other, "ignored while binding"),
-            }
-        }
-        if sm_offered {
-            self.stream
-                .send(&XmppStreamElement::SM(sm::Nonza::Enable(sm::Enable {
-                    max: None,
-                    resume: true,
-                })))
-                .await?;
-            loop {
-                match conn::next(&mut self.stream).await? {
-                    XmppStreamElement::SM(sm::Nonza::Enabled(e)) => {
-                        self.x.sm = Some(Sm {
-                            resume_id: e.resume.then_some(e.id).flatten().map(|i| i.0),
-                            ..Sm::default()
-                        });
-                        break;
-                    }
-                    XmppStreamElement::SM(sm::Nonza::Failed(_)) => {
-                        tracing::warn!("the server refused stream management");
-                        break;
-                    }
-                    other => tracing::debug!(?other, "ignored while enabling acknowledgements"),
-                }
-            }
-        }
-        Ok(false)
-    }
-    async fn join(
-        &mut self,
-        room: BareJid,
-        nick: String,
-        refused: Option<Duration>,
-    ) -> Result<(), TransportError> {
-        let Ok(to) = room.with_resource_str(&nick) else {
-            tracing::warn!(%room, %nick, "nick not usable in a JID");
-            return Ok(());
-        };
-        let mut x = Element::builder("x", ns::MUC)
-            .append(Element::builder("history", ns::MUC).attr(attr("maxstanzas"), "0"));
-        if let Some(pw) = self.x.cfg.room_passwords.get(&room.to_string()) {
-            x = x.append(Element::builder("password", ns::MUC).append(pw.expose()));
-        }
-        let presence = Presence::available()
-            .with_to(to)
-            .with_payloads(vec![x.build()]);
-        self.x.rooms.insert(
-            room,
-            Room::Joining {
-                sent: Some(Instant::now()),
-                nick,
-                refused,
-            },
-        );
-        self.send_own(presence.into(), 200).await
-    }
-
-    async fn on_presence(&mut self, p: Presence) -> Result<(), TransportError> {
-        let Some(Ok(from)) = p.from.clone().map(Jid::try_into_full) else {
-            return Ok(());
-        };
-        let room = from.to_bare();
-        let Some(state) = self.x.rooms.get(&room).cloned() else {
-            return Ok(());
-        };
-        let nick = from.resource().to_string();
-        let codes = muc_codes(&p.payloads);
-        let own = codes.contains(&110);
-        match p.type_ {
-            PresenceType::Error => {
-                let Room::Joining {
-                    nick: asked,
-                    refused,
-                    ..
-                } = state
-                else {
-                    return Ok(());
-                };
-                let cond = error_condition(&p.payloads);
-                if cond == "conflict" {
-                    let next = fallback_nick(&self.x.cfg.nick(), &asked);
-                    self.link.heal_event(
-                        "nick",
-                        format!("{room}: nick {asked} is taken; joining as {next}"),
-                    );
-                    self.join(room, next, refused).await?;
-                } else {
-                    self.refused(room, cond, refused);
-                }
-            }
-            PresenceType::None if own => {
-                if codes.contains(&201) {
-                    // We created the room; accept the default configuration so others can join.
-                    let id = self.x.next_id();
-                    let q = Element::builder("query", MUC_OWNER)
-                        .append(
-                            Element::builder("x", ns::DATA_FORMS)
-                                .attr(attr("type"), "submit")
-                                .build(),
-                        )
-                        .build();
-                    let iq = Iq::Set {
-                        from: None,
-                        to: Some(Jid::from(room.clone())),
-                        id,
-                        payload: q,
-                    };
-                    self.send_own(iq.into(), 200).await?;
-                }
-                if matches!(state, Room::Joining { .. }) {
-                    tracing::info!(%room, %nick, "joined");
-                }
-                let (live, since) = match state {
-                    Room::Joined { live, since, .. } => (live, since),
-                    _ => (false, Instant::now()),
-                };
-                self.link.set_nick(&nick);
-                self.x
-                    .rooms
-                    .insert(room, Room::Joined { nick, live, since });
-                self.publish();
-            }
-            PresenceType::Unavailable if own => {
-                let item = muc_item(&p.payloads);
-                if codes.contains(&303) {
-                    // Our nick changed (by us or the service).
-                    if let Some(new) = item.and_then(|i| i.attr("nick"))
-                        && let Room::Joined { live, since, .. } = state
-                    {
-                        self.x.rooms.insert(
-                            room,
-                            Room::Joined {
-                                nick: new.to_owned(),
-                                live,
-                                since,
-                            },
-                        );
-                    }
-                    return Ok(());
-                }
-                let destroyed = child(&p.payloads, "x", ns::MUC_USER)
-                    .is_some_and(|x| x.get_child("destroy", ns::MUC_USER).is_some());
-                let why = if destroyed {
-                    "destroyed".to_owned()
-                } else if codes.contains(&301) {
-                    "banned".to_owned()
-                } else if codes.contains(&307) {
-                    "kicked".to_owned()
-                } else if codes.contains(&321) || codes.contains(&322) {
-                    "removed (members only)".to_owned()
-                } else if codes.contains(&332) {
-                    "closed (service shut down)".to_owned()
-                } else {
-                    "left".to_owned()
-                };
-                let reason = item
-                    .and_then(|i| i.get_child("reason", ns::MUC_USER))
-                    .map(Element::text)
-                    .unwrap_or_default();
-                if why == "banned" {
-                    let reason = format!("banned {reason}").trim_end().to_owned();
-                    self.refused(room, reason, None);
-                    return Ok(());
-                }
-                let delay = self
-                    .x
-                    .removals
-                    .delay(room.clone(), self.x.cfg.rejoin_delay());
-                self.link.heal_event(
-                    "removed",
-                    format!(
-                        "{room}: {why}{}; rejoining in {}s",
-                        if reason.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({reason})")
-                        },
-                        delay.as_secs()
-                    ),
-                );
-                self.x.rooms.insert(
-                    room,
-                    Room::Removed {
-                        rejoin_at: Instant::now() + delay,
-                        why,
-                    },
-                );
-                self.publish();
-            }
-            PresenceType::None => {
-                if let Some(real) = muc_item(&p.payloads)
-                    .and_then(|i| i.attr("jid"))
-                    .and_then(|j| Jid::new(j).ok())
-                {
-                    self.occupants.insert(from, real.to_bare());
-                }
-            }
-            PresenceType::Unavailable => {
-                self.occupants.remove(&from);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// The room refused the bot; `previous` is the wait after the refusal before, if this
-    /// join retried one.
-    fn refused(&mut self, room: BareJid, reason: String, previous: Option<Duration>) {
-        let backoff = refusal_backoff(previous, self.x.cfg.join_retry());
-        self.link.heal_event(
-            "refused",
-            format!(
-                "{room} refused the bot ({reason}); retrying in {}s",
-                backoff.as_secs()
-            ),
-        );
-        self.x.rooms.insert(
-            room,
-            Room::Refused {
-                reason,
-                retry_at: Instant::now() + backoff,
-                backoff,
-            },
-        );
-        self.publish();
-    }
-
-    fn on_message(&mut self, m: Message) {
-        let Some(from) = m.from.clone() else { return };
-        if matches!(m.type_, MessageType::Error | MessageType::Headline) {
-            return;
-        }
-        let room = from.to_bare();
-        if m.type_ == MessageType::Groupchat
-            && !m.subjects.is_empty()
-            && (from.resource().is_none() || body(&m).is_none())
-            && let Some(Room::Joined { live, .. }) = self.x.rooms.get_mut(&room)
-        {
-            // The subject ends the history the room replays on join.
-            *live = true;
-            self.publish();
-            return;
-        }
-        let Some(text) = body(&m) else { return };
-        if m.payloads.iter().any(|p| {
-            p.is("delay", ns::DELAY)
-                || p.is("x", LEGACY_DELAY)
-                || p.ns() == ns::CARBONS
-                || p.is("forwarded", ns::FORWARD)
-        }) {
-            return;
-        }
-        if room == self.bare {
-            // Our own account: a copy of something we sent, or a forgery.
-            tracing::debug!(%from, "message from the bot's own account ignored");
-            return;
-        }
-        if text.len() > MAX_COMMAND_BYTES {
-            tracing::warn!(%from, bytes = text.len(), "message too long to be a command; ignored");
-            return;
-        }
-        let id = m.id.as_ref().map(|i| i.0.clone());
-        if id.as_ref().is_some_and(|i| self.x.own_ids.contains(i)) {
-            return;
-        }
-        let incoming = match (
-            m.type_.clone(),
-            self.x.rooms.get(&room),
-            from.clone().try_into_full(),
-        ) {
-            (MessageType::Groupchat, Some(Room::Joined { nick, live, .. }), Ok(occ)) => {
-                if !live || occ.resource().as_str() == nick {
-                    return;
-                }
-                let name = occ.resource().to_string();
-                Incoming::in_room(room.to_string(), self.occupant(&occ, name), text.clone())
-            }
-            (MessageType::Groupchat, _, _) => return,
-            (_, Some(_), Ok(occ)) => {
-                // A private message through a room: answered privately, through the room.
-                let name = occ.to_string();
-                Incoming::direct(self.occupant(&occ, name), text.clone())
-            }
-            (_, Some(_), Err(_)) => return,
-            (_, None, _) => Incoming::direct(
-                Sender::with_name(room.to_string(), from.to_string()),
-                text.clone(),
-            ),
-        };
-        self.link.incoming(Incoming { id, ..incoming });
-    }
-
-    /// Who an occupant of a room is: their real JID when the room shows it (verified), else
-    /// their occupant address, which holds a nick anyone can choose (unverified: it never
-    /// matches an admin entry). A room that hides real JIDs is logged once.
-    fn occupant(&mut self, occ: &FullJid, name: String) -> Sender {
-        if let Some(real) = self.occupants.get(occ) {
-            return Sender::with_name(real.to_string(), name);
-        }
-        let room = occ.to_bare();
-        if self.x.anonymous_rooms.insert(room.clone()) {
-            tracing::info!(
-                %room,
-                "the room hides its occupants' real JIDs: no one speaking there has admin rights \
-                 (make the room non-anonymous, or the bot a moderator, to let admins act there)"
-            );
-        }
-        Sender::unverified(occ.to_string(), name)
-    }
-
-    async fn on_iq(&mut self, iq: Iq) -> Result<(), TransportError> {
-        match iq {
-            Iq::Get {
-                from, id, payload, ..
-            } => {
-                if payload.is("ping", ns::PING) {
-                    let result = Iq::Result {
-                        from: None,
-                        to: from,
-                        id,
-                        payload: None,
-                    };
-                    self.send_own(result.into(), 80).await?;
-                } else {
-                    self.refuse_iq(from, id).await?;
-                }
-            }
-            Iq::Set { from, id, .. } => self.refuse_iq(from, id).await?,
-            Iq::Result { id, .. } | Iq::Error { id, .. } => {
-                if self.ping_sent.as_ref().is_some_and(|(p, _)| *p == id) {
-                    self.ping_sent = None;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn refuse_iq(&mut self, from: Option<Jid>, id: String) -> Result<(), TransportError> {
-        let error = StanzaError::new(
-            ErrorType::Cancel,
-            DefinedCondition::ServiceUnavailable,
-            "en",
-            "not supported",
-        );
-        let iq = Iq::Error {
-            from: None,
-            to: from,
-            id,
-            error,
-            payload: None,
-        };
-        self.send_own(iq.into(), 200).await
     }
 
     async fn deliver(&mut self, d: Delivery) -> Result<(), TransportError> {
@@ -976,86 +390,6 @@ impl Session<'_> {
         self.send_own(iq.into(), 100).await?;
         self.ping_sent = Some((id, Instant::now()));
         Ok(())
-    }
-
-    async fn on_element(&mut self, el: FallibleStreamElement) -> Result<(), TransportError> {
-        let el = match el {
-            FallibleStreamElement::Ok(el) => el,
-            FallibleStreamElement::Err(e) => {
-                if matches!(e, StreamElementError::InvalidStanza { .. }) {
-                    self.count_inbound();
-                }
-                tracing::warn!(error = %e, "unreadable element from the server skipped");
-                return Ok(());
-            }
-        };
-        match el {
-            XmppStreamElement::Stanza(s) => {
-                self.count_inbound();
-                match s {
-                    Stanza::Message(m) => self.on_message(m),
-                    Stanza::Presence(p) => self.on_presence(p).await?,
-                    Stanza::Iq(iq) => self.on_iq(iq).await?,
-                }
-            }
-            XmppStreamElement::SM(sm::Nonza::Req(_)) => {
-                let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
-                self.link.pacing().charge_n(0, 40);
-                self.stream
-                    .send(&XmppStreamElement::SM(sm::Nonza::Ack(sm::A { h })))
-                    .await?;
-            }
-            XmppStreamElement::SM(sm::Nonza::Ack(a)) => {
-                self.on_ack(a.h);
-                if !self.x.unacked.is_empty() {
-                    self.request_ack().await?;
-                } else {
-                    // Answer with our own count (XEP-0198 allows an <a/> at any time): the
-                    // server's <a/> otherwise waits for a delayed TCP acknowledgement, and a
-                    // server that does not disable Nagle's algorithm (Prosody) then holds its
-                    // next stanza to us until that comes, up to 40 ms on Linux.
-                    let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
-                    self.link.pacing().charge_n(0, 40);
-                    self.stream
-                        .send(&XmppStreamElement::SM(sm::Nonza::Ack(sm::A { h })))
-                        .await?;
-                }
-            }
-            XmppStreamElement::StreamError(e) => return Err(conn::stream_error(&e.0)),
-            other => tracing::debug!(?other, "unexpected element ignored"),
-        }
-        Ok(())
-    }
-
-    fn count_inbound(&mut self) {
-        if let Some(sm) = self.x.sm.as_mut() {
-            sm.inbound = sm.inbound.wrapping_add(1);
-        }
-    }
-}
-
-/// Whether an acknowledgement `h` covers the stanza numbered `seq` (both counted modulo 2^32).
-fn seq_covered(seq: u32, h: u32) -> bool {
-    h.wrapping_sub(seq) < u32::MAX / 2
-}
-
-fn set_iq_to(iq: &mut Iq, jid: Jid) {
-    match iq {
-        Iq::Get { to, .. } | Iq::Set { to, .. } | Iq::Result { to, .. } | Iq::Error { to, .. } => {
-            *to = Some(jid);
-        }
-    }
-}
-
-/// The nick to try after `taken`: the configured one with `_`, then with `__`, then with a
-/// number.
-fn fallback_nick(base: &str, taken: &str) -> String {
-    if taken == base {
-        format!("{base}_")
-    } else if taken == format!("{base}_") {
-        format!("{base}__")
-    } else {
-        format!("{base}{}", fastrand::u16(100..1000))
     }
 }
 
