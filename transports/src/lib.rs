@@ -8,10 +8,18 @@
 //! it into a transport: swapping protocols is a one-line config change.
 
 #[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
+// Each piece serves some of the transports: a build with fewer leaves some unused.
+#[cfg_attr(
+    not(all(feature = "irc", feature = "xmpp", feature = "webex")),
+    allow(dead_code)
+)]
 mod common;
 pub mod console;
 #[cfg(feature = "irc")]
 pub mod irc;
+#[cfg(any(feature = "irc", feature = "xmpp"))]
+#[cfg_attr(not(all(feature = "irc", feature = "xmpp")), allow(dead_code))]
+mod membership;
 #[cfg(feature = "webex")]
 pub mod webex;
 #[cfg(feature = "xmpp")]

@@ -18,23 +18,8 @@ pub(super) fn fold(name: &str) -> String {
         .collect()
 }
 
-/// Where we stand with one channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Chan {
-    /// JOIN due at registration (`sent: None`) or sent and not yet answered.
-    Joining { sent: Option<Instant> },
-    /// In the channel.
-    Joined,
-    /// Kicked; rejoin at the instant.
-    Kicked { rejoin_at: Instant, by: String },
-    /// The server refused the join; retry at the instant. `sent` while a retry's JOIN is out.
-    Refused {
-        reason: String,
-        retry_at: Instant,
-        backoff: Duration,
-        sent: Option<Instant>,
-    },
-}
+/// Where we stand with one channel (nothing more to keep about a channel the bot is in).
+pub(super) type Chan = Membership<()>;
 
 impl Irc {
     /// The configured name of the channel the server calls `name`.
@@ -46,22 +31,14 @@ impl Irc {
     /// Whether a JOIN to `name` is out and waiting for the server's answer (a first join, or
     /// the retry of a refused one).
     pub(super) fn awaiting_join(&self, name: &str) -> bool {
-        self.chan_key(name).is_some_and(|k| {
-            matches!(
-                self.channels.get(&k),
-                Some(Chan::Joining { sent: Some(_) } | Chan::Refused { sent: Some(_), .. })
-            )
-        })
+        self.chan_key(name)
+            .and_then(|k| self.channels.get(&k))
+            .is_some_and(Chan::awaiting)
     }
 
     /// Whether any JOIN of ours is waiting for an answer.
     pub(super) fn any_join_awaited(&self) -> bool {
-        self.channels.values().any(|c| {
-            matches!(
-                c,
-                Chan::Joining { sent: Some(_) } | Chan::Refused { sent: Some(_), .. }
-            )
-        })
+        self.channels.values().any(Chan::awaiting)
     }
 }
 
@@ -69,23 +46,15 @@ impl Session<'_> {
     /// Queues JOINs; they go out as the pacing budget allows (each costs InspIRCd two
     /// penalty points, so ten channels at once would be an Excess Flood on a strict server).
     pub(super) async fn join(&mut self, names: Vec<String>) -> Result<(), TransportError> {
-        let now = Instant::now();
         for name in names {
             if self.pending_joins.contains(&name) {
                 continue;
             }
-            match self.irc.channels.get_mut(&name) {
-                // A retry keeps the refusal and its backoff, so that a second refusal doubles
-                // it; the next retry is one backoff away unless the JOIN succeeds.
-                Some(Chan::Refused {
-                    retry_at, backoff, ..
-                }) => *retry_at = now + *backoff,
-                _ => {
-                    self.irc
-                        .channels
-                        .insert(name.clone(), Chan::Joining { sent: None });
-                }
-            }
+            // A retry carries the refusal's backoff, so that a second refusal doubles it.
+            let retrying = self.irc.channels.get(&name).and_then(Chan::retrying);
+            self.irc
+                .channels
+                .insert(name.clone(), Chan::due((), retrying));
             self.pending_joins.push_back(name);
         }
         self.sync_gate();
@@ -98,7 +67,7 @@ impl Session<'_> {
             .irc
             .channels
             .iter()
-            .filter(|(_, c)| matches!(c, Chan::Joining { .. }))
+            .filter(|(_, c)| c.is_joining())
             .map(|(n, _)| fold(n))
             .collect();
         *self.irc.waiting.lock().unwrap_or_else(|p| p.into_inner()) = waiting;
@@ -117,26 +86,9 @@ impl Session<'_> {
                 break;
             }
             let name = self.pending_joins.pop_front().expect("front exists");
-            match self.irc.channels.get_mut(&name) {
-                Some(Chan::Refused {
-                    sent,
-                    retry_at,
-                    backoff,
-                    ..
-                }) => {
-                    // The next retry counts from this one going out, not from its queueing.
-                    *sent = Some(Instant::now());
-                    *retry_at = Instant::now() + *backoff;
-                }
-                _ => {
-                    self.irc.channels.insert(
-                        name,
-                        Chan::Joining {
-                            sent: Some(Instant::now()),
-                        },
-                    );
-                }
-            }
+            // The join timeout counts from the JOIN going out, not from its queueing.
+            let retrying = self.irc.channels.get(&name).and_then(Chan::retrying);
+            self.irc.channels.insert(name, Chan::sent((), retrying));
             self.note_sent(cost);
             self.writer.write_line(&line).await?;
             sent = true;
@@ -153,22 +105,11 @@ impl Session<'_> {
             return;
         };
         let chan = key.as_str();
-        let backoff = match self.irc.channels.get(chan) {
-            Some(Chan::Refused { backoff, .. }) => {
-                refusal_backoff(Some(*backoff), self.irc.cfg.join_retry())
-            }
-            Some(_) => refusal_backoff(None, self.irc.cfg.join_retry()),
-            None => return,
+        let first = self.irc.cfg.join_retry();
+        let Some(state) = self.irc.channels.get_mut(chan) else {
+            return;
         };
-        self.irc.channels.insert(
-            chan.to_owned(),
-            Chan::Refused {
-                reason: reason.to_owned(),
-                retry_at: now + backoff,
-                backoff,
-                sent: None,
-            },
-        );
+        let backoff = state.refuse(reason.to_owned(), first);
         self.last_refusal = Some(now);
         // State first, then the event: whoever sees the event also sees the state.
         self.publish();
@@ -202,7 +143,7 @@ impl Session<'_> {
                     self.set_limits();
                 }
             }
-            self.irc.channels.insert(key, Chan::Joined);
+            self.irc.channels.insert(key, Chan::Joined(()));
             tracing::info!(channel = %chan, "joined");
             self.publish();
         } else if (self.irc.any_join_awaited()

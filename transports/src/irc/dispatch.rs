@@ -96,7 +96,7 @@ impl Session<'_> {
             Command::KICK(chan, target, reason) if fold(target) == fold(&self.nick) => {
                 let by = from_nick.unwrap_or("the server").to_owned();
                 match self.irc.chan_key(chan) {
-                    Some(key) if self.irc.channels.get(&key) == Some(&Chan::Joined) => {
+                    Some(key) if self.irc.channels.get(&key).is_some_and(Chan::is_joined) => {
                         let delay = self
                             .irc
                             .removals
@@ -106,13 +106,9 @@ impl Session<'_> {
                             truncate(reason.as_deref().unwrap_or("no reason"), 200),
                             delay.as_secs()
                         );
-                        self.irc.channels.insert(
-                            key,
-                            Chan::Kicked {
-                                rejoin_at: Instant::now() + delay,
-                                by,
-                            },
-                        );
+                        if let Some(state) = self.irc.channels.get_mut(&key) {
+                            state.remove(format!("kicked by {by}"), delay);
+                        }
                         self.publish();
                         self.link.heal_event("kicked", event);
                     }
@@ -123,18 +119,14 @@ impl Session<'_> {
                 // The bot never leaves a configured channel by itself: this PART was forced
                 // (REMOVE, SAPART). Come back as after a kick.
                 match self.irc.chan_key(chan) {
-                    Some(key) if self.irc.channels.get(&key) == Some(&Chan::Joined) => {
+                    Some(key) if self.irc.channels.get(&key).is_some_and(Chan::is_joined) => {
                         let delay = self
                             .irc
                             .removals
                             .delay(key.clone(), self.irc.cfg.rejoin_delay());
-                        self.irc.channels.insert(
-                            key,
-                            Chan::Kicked {
-                                rejoin_at: Instant::now() + delay,
-                                by: "a forced part".into(),
-                            },
-                        );
+                        if let Some(state) = self.irc.channels.get_mut(&key) {
+                            state.remove("parted by force".into(), delay);
+                        }
                         self.publish();
                         self.link.heal_event(
                             "parted",
@@ -196,7 +188,7 @@ impl Session<'_> {
         let incoming = if self.is_channel(target) {
             // Only from a channel we are in: anything else was not said to us.
             match self.irc.chan_key(target) {
-                Some(k) if self.irc.channels.get(&k) == Some(&Chan::Joined) => {}
+                Some(k) if self.irc.channels.get(&k).is_some_and(Chan::is_joined) => {}
                 _ => {
                     self.strays
                         .note("PRIVMSG to a channel we are not in", target);
@@ -299,7 +291,7 @@ impl Session<'_> {
                 let ours = self
                     .irc
                     .chan_key(&chan)
-                    .is_some_and(|k| self.irc.channels.get(&k) == Some(&Chan::Joined))
+                    .is_some_and(|k| self.irc.channels.get(&k).is_some_and(Chan::is_joined))
                     && self
                         .last_channel_send
                         .get(&fold(&chan))

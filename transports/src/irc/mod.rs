@@ -41,7 +41,8 @@ use opsbot::transport::{Delivery, Limits, Link, SessionEnd, Transport, Transport
 pub use config::{IrcConfig, ProfileChoice, SaslConfig};
 pub use profile::Profile;
 
-use crate::common::{Removals, refusal_backoff};
+use crate::common::Removals;
+use crate::membership::Membership;
 use channels::{Chan, fold};
 use conn::{LineReader, LineWriter, Read};
 use lines::*;
@@ -90,7 +91,7 @@ impl Irc {
         let channels = cfg
             .channels
             .iter()
-            .map(|c| (c.clone(), Chan::Joining { sent: None }))
+            .map(|c| (c.clone(), Chan::due((), None)))
             .collect();
         let profile = cfg.profile.fixed().unwrap_or(Profile::Conservative);
         Self {
@@ -211,19 +212,14 @@ impl Session<'_> {
             .irc
             .channels
             .iter()
-            .map(|(name, c)| match c {
-                Chan::Joining { .. } => format!("{name} joining"),
-                Chan::Joined if self.muted.contains_key(&fold(name)) => {
-                    format!("{name} joined, muted")
-                }
-                Chan::Joined => format!("{name} joined"),
-                Chan::Kicked { by, .. } => format!("{name} kicked by {by}"),
-                Chan::Refused {
-                    reason, retry_at, ..
-                } => format!(
-                    "{name} refused ({reason}; retry in {}s)",
-                    retry_at.saturating_duration_since(Instant::now()).as_secs()
-                ),
+            .map(|(name, c)| {
+                c.describe(name, |()| {
+                    if self.muted.contains_key(&fold(name)) {
+                        format!("{name} joined, muted")
+                    } else {
+                        format!("{name} joined")
+                    }
+                })
             })
             .collect();
         let detail = format!(
@@ -257,12 +253,12 @@ impl Session<'_> {
                 .chan_key(&target)
                 .and_then(|k| self.irc.channels.get(&k))
             {
-                Some(Chan::Joined) => {}
-                Some(Chan::Joining { .. }) => {
+                Some(Membership::Joined(())) => {}
+                Some(Membership::Joining { .. }) => {
                     d.hold(Duration::from_millis(500));
                     return Ok(());
                 }
-                Some(Chan::Kicked { .. } | Chan::Refused { .. }) => {
+                Some(Membership::Removed { .. } | Membership::Refused { .. }) => {
                     d.undeliverable(format!("not in {target}"));
                     return Ok(());
                 }
@@ -353,28 +349,15 @@ impl Session<'_> {
             .irc
             .channels
             .iter()
-            .filter(|(name, c)| match c {
-                Chan::Kicked { rejoin_at, .. } => *rejoin_at <= now,
-                // Not while its retry is queued or out: the retry's answer decides.
-                Chan::Refused {
-                    retry_at,
-                    sent: None,
-                    ..
-                } => *retry_at <= now && !self.pending_joins.contains(*name),
-                _ => false,
-            })
+            // Not while its retry is queued: the retry's answer decides.
+            .filter(|(name, c)| c.rejoin_due(now) && !self.pending_joins.contains(*name))
             .map(|(n, _)| n.clone())
             .collect();
         let unanswered: Vec<String> = self
             .irc
             .channels
             .iter()
-            .filter(|(_, c)| match c {
-                Chan::Joining { sent: Some(t) } | Chan::Refused { sent: Some(t), .. } => {
-                    now.duration_since(*t) > self.irc.cfg.join_timeout()
-                }
-                _ => false,
-            })
+            .filter(|(_, c)| c.unanswered(now, self.irc.cfg.join_timeout()))
             .map(|(n, _)| n.clone())
             .collect();
         for chan in unanswered {
@@ -440,7 +423,7 @@ impl Transport for Irc {
         // Channels are joined again from scratch on every connection; their lines wait in the
         // outbox until we are in.
         for c in self.channels.values_mut() {
-            *c = Chan::Joining { sent: None };
+            *c = Chan::due((), None);
         }
         let waiting = self.waiting.clone();
         link.pacing()

@@ -27,7 +27,7 @@ impl Session<'_> {
         if m.type_ == MessageType::Groupchat
             && !m.subjects.is_empty()
             && (from.resource().is_none() || body(&m).is_none())
-            && let Some(Room::Joined { live, .. }) = self.x.rooms.get_mut(&room)
+            && let Some(Membership::Joined(InRoom { live, .. })) = self.x.rooms.get_mut(&room)
         {
             // The subject ends the history the room replays on join.
             *live = true;
@@ -61,7 +61,11 @@ impl Session<'_> {
             self.x.rooms.get(&room),
             from.clone().try_into_full(),
         ) {
-            (MessageType::Groupchat, Some(Room::Joined { nick, live, .. }), Ok(occ)) => {
+            (
+                MessageType::Groupchat,
+                Some(Membership::Joined(InRoom { nick, live, .. })),
+                Ok(occ),
+            ) => {
                 if !live || occ.resource().as_str() == nick {
                     return;
                 }

@@ -42,7 +42,8 @@ use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmppStreamElement,
 };
 
-use crate::common::{Removals, refusal_backoff};
+use crate::common::Removals;
+use crate::membership::Membership;
 use acks::*;
 pub use config::{MAX_MESSAGE_BYTES, XmppConfig};
 use conn::Xml;
@@ -98,16 +99,7 @@ impl Xmpp {
             .rooms
             .iter()
             .filter_map(|r| BareJid::new(r).ok())
-            .map(|r| {
-                (
-                    r,
-                    Room::Joining {
-                        sent: None,
-                        nick: nick.clone(),
-                        refused: None,
-                    },
-                )
-            })
+            .map(|r| (r, Room::due(nick.clone(), None)))
             .collect();
         Self {
             cfg,
@@ -198,30 +190,18 @@ impl Session<'_> {
     }
 
     fn publish(&mut self) {
-        let now = Instant::now();
         let rooms: Vec<String> = self
             .x
             .rooms
             .iter()
-            .map(|(r, s)| match s {
-                Room::Joining { .. } => format!("{r} joining"),
-                Room::Joined { nick, live, .. } => {
-                    if *live {
-                        format!("{r} joined as {nick}")
+            .map(|(r, s)| {
+                s.describe(&r.to_string(), |j| {
+                    if j.live {
+                        format!("{r} joined as {}", j.nick)
                     } else {
-                        format!("{r} joined as {nick} (history)")
+                        format!("{r} joined as {} (history)", j.nick)
                     }
-                }
-                Room::Removed { rejoin_at, why } => format!(
-                    "{r} {why}, rejoin in {}s",
-                    rejoin_at.saturating_duration_since(now).as_secs()
-                ),
-                Room::Refused {
-                    reason, retry_at, ..
-                } => format!(
-                    "{r} refused ({reason}), retry in {}s",
-                    retry_at.saturating_duration_since(now).as_secs()
-                ),
+                })
             })
             .collect();
         let acks = if self.sm_on() {
@@ -264,11 +244,11 @@ impl Session<'_> {
                         d.undeliverable(format!("{name} is not a configured room"));
                         return Ok(());
                     }
-                    Some(Room::Joining { .. }) => {
+                    Some(Membership::Joining { .. }) => {
                         d.hold(Duration::from_secs(1));
                         return Ok(());
                     }
-                    Some(Room::Joined { .. }) => {}
+                    Some(Membership::Joined(_)) => {}
                     Some(_) => {
                         d.undeliverable(format!("not in {name}"));
                         return Ok(());
@@ -333,25 +313,16 @@ impl Session<'_> {
         let mut due = Vec::new();
         for (room, state) in &self.x.rooms {
             let action = match state {
-                Room::Joining {
+                Membership::Joining {
                     sent: None,
-                    nick,
-                    refused,
-                } => Due::Join(nick.clone(), *refused),
-                Room::Joining {
-                    sent: Some(at),
-                    refused,
-                    ..
-                } if now.duration_since(*at) > self.x.cfg.join_timeout() => {
-                    Due::Unanswered(*refused)
-                }
-                Room::Joined {
+                    asked,
+                    retrying,
+                } => Due::Join(asked.clone(), *retrying),
+                s if s.unanswered(now, self.x.cfg.join_timeout()) => Due::Unanswered,
+                Membership::Joined(InRoom {
                     live: false, since, ..
-                } if now.duration_since(*since) > SUBJECT_GRACE => Due::Live,
-                Room::Removed { rejoin_at, .. } if now >= *rejoin_at => Due::Rejoin(None),
-                Room::Refused {
-                    retry_at, backoff, ..
-                } if now >= *retry_at => Due::Rejoin(Some(*backoff)),
+                }) if now.duration_since(*since) > SUBJECT_GRACE => Due::Live,
+                s if s.rejoin_due(now) => Due::Rejoin(s.retrying()),
                 _ => continue,
             };
             due.push((room.clone(), action));
@@ -359,11 +330,11 @@ impl Session<'_> {
         for (room, action) in due {
             match action {
                 Due::Join(nick, refused) => self.join(room, nick, refused).await?,
-                Due::Unanswered(refused) => {
-                    self.refused(room, "no answer to the join".into(), refused);
-                }
+                Due::Unanswered => self.refused(room, "no answer to the join".into()),
                 Due::Live => {
-                    if let Some(Room::Joined { live, .. }) = self.x.rooms.get_mut(&room) {
+                    if let Some(Membership::Joined(InRoom { live, .. })) =
+                        self.x.rooms.get_mut(&room)
+                    {
                         // No subject came: the history is surely over by now.
                         *live = true;
                     }
@@ -459,11 +430,7 @@ impl Transport for Xmpp {
         if !resumed {
             let nick = s.x.cfg.nick();
             for state in s.x.rooms.values_mut() {
-                *state = Room::Joining {
-                    sent: None,
-                    nick: nick.clone(),
-                    refused: None,
-                };
+                *state = Room::due(nick.clone(), None);
             }
             s.send_own(Presence::available().into(), 60).await?;
         }

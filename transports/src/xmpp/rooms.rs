@@ -3,30 +3,18 @@
 
 use super::*;
 
-/// Where we stand with one room.
+/// Where we stand with one room; a join carries the nick it asks for.
+pub(super) type Room = Membership<InRoom, String>;
+
+/// What we keep about a room we are in.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Room {
-    /// Presence due (`sent: None`) or sent and not yet answered, with the nick asked for;
-    /// `refused` is the wait after the previous refusal when this join retries one.
-    Joining {
-        sent: Option<Instant>,
-        nick: String,
-        refused: Option<Duration>,
-    },
-    /// In the room as `nick`; `live` once the replayed history is over.
-    Joined {
-        nick: String,
-        live: bool,
-        since: Instant,
-    },
-    /// Removed (kicked, room destroyed); join again at the instant.
-    Removed { rejoin_at: Instant, why: String },
-    /// The room refused the join; retry at the instant.
-    Refused {
-        reason: String,
-        retry_at: Instant,
-        backoff: Duration,
-    },
+pub(super) struct InRoom {
+    /// Our nick there.
+    pub(super) nick: String,
+    /// The replayed history is over: messages can be commands.
+    pub(super) live: bool,
+    /// When we got in.
+    pub(super) since: Instant,
 }
 
 /// What a room needs at a tick.
@@ -34,7 +22,7 @@ pub(super) enum Due {
     /// Send the join presence with this nick (and the wait after the refusal it retries).
     Join(String, Option<Duration>),
     /// The join went unanswered: a refusal.
-    Unanswered(Option<Duration>),
+    Unanswered,
     /// No subject came: the history is over.
     Live,
     /// Join again after a removal or a refusal.
@@ -75,7 +63,7 @@ impl Xmpp {
         let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         w.clear();
         for (room, state) in &self.rooms {
-            if matches!(state, Room::Joining { .. }) {
+            if state.is_joining() {
                 w.insert(room.to_string());
             }
         }
@@ -101,14 +89,7 @@ impl Session<'_> {
         let presence = Presence::available()
             .with_to(to)
             .with_payloads(vec![x.build()]);
-        self.x.rooms.insert(
-            room,
-            Room::Joining {
-                sent: Some(Instant::now()),
-                nick,
-                refused,
-            },
-        );
+        self.x.rooms.insert(room, Room::sent(nick, refused));
         self.send_own(presence.into(), 200).await
     }
 
@@ -125,10 +106,8 @@ impl Session<'_> {
         let own = codes.contains(&110);
         match p.type_ {
             PresenceType::Error => {
-                let Room::Joining {
-                    nick: asked,
-                    refused,
-                    ..
+                let Membership::Joining {
+                    asked, retrying, ..
                 } = state
                 else {
                     return Ok(());
@@ -140,9 +119,9 @@ impl Session<'_> {
                         "nick",
                         format!("{room}: nick {asked} is taken; joining as {next}"),
                     );
-                    self.join(room, next, refused).await?;
+                    self.join(room, next, retrying).await?;
                 } else {
-                    self.refused(room, cond, refused);
+                    self.refused(room, cond);
                 }
             }
             PresenceType::None if own => {
@@ -164,17 +143,17 @@ impl Session<'_> {
                     };
                     self.send_own(iq.into(), 200).await?;
                 }
-                if matches!(state, Room::Joining { .. }) {
+                if state.is_joining() {
                     tracing::info!(%room, %nick, "joined");
                 }
                 let (live, since) = match state {
-                    Room::Joined { live, since, .. } => (live, since),
+                    Membership::Joined(InRoom { live, since, .. }) => (live, since),
                     _ => (false, Instant::now()),
                 };
                 self.link.set_nick(&nick);
                 self.x
                     .rooms
-                    .insert(room, Room::Joined { nick, live, since });
+                    .insert(room, Membership::Joined(InRoom { nick, live, since }));
                 self.publish();
             }
             PresenceType::Unavailable if own => {
@@ -182,15 +161,15 @@ impl Session<'_> {
                 if codes.contains(&303) {
                     // Our nick changed (by us or the service).
                     if let Some(new) = item.and_then(|i| i.attr("nick"))
-                        && let Room::Joined { live, since, .. } = state
+                        && let Membership::Joined(InRoom { live, since, .. }) = state
                     {
                         self.x.rooms.insert(
                             room,
-                            Room::Joined {
+                            Membership::Joined(InRoom {
                                 nick: new.to_owned(),
                                 live,
                                 since,
-                            },
+                            }),
                         );
                     }
                     return Ok(());
@@ -216,7 +195,7 @@ impl Session<'_> {
                     .unwrap_or_default();
                 if why == "banned" {
                     let reason = format!("banned {reason}").trim_end().to_owned();
-                    self.refused(room, reason, None);
+                    self.refused(room, reason);
                     return Ok(());
                 }
                 let delay = self
@@ -235,13 +214,9 @@ impl Session<'_> {
                         delay.as_secs()
                     ),
                 );
-                self.x.rooms.insert(
-                    room,
-                    Room::Removed {
-                        rejoin_at: Instant::now() + delay,
-                        why,
-                    },
-                );
+                if let Some(state) = self.x.rooms.get_mut(&room) {
+                    state.remove(why, delay);
+                }
                 self.publish();
             }
             PresenceType::None => {
@@ -260,24 +235,20 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The room refused the bot; `previous` is the wait after the refusal before, if this
-    /// join retried one.
-    pub(super) fn refused(&mut self, room: BareJid, reason: String, previous: Option<Duration>) {
-        let backoff = refusal_backoff(previous, self.x.cfg.join_retry());
+    /// The room refused the bot (or did not answer the join); a refusal of a join that
+    /// retried one doubles the wait.
+    pub(super) fn refused(&mut self, room: BareJid, reason: String) {
+        let first = self.x.cfg.join_retry();
+        let Some(state) = self.x.rooms.get_mut(&room) else {
+            return;
+        };
+        let backoff = state.refuse(reason.clone(), first);
         self.link.heal_event(
             "refused",
             format!(
                 "{room} refused the bot ({reason}); retrying in {}s",
                 backoff.as_secs()
             ),
-        );
-        self.x.rooms.insert(
-            room,
-            Room::Refused {
-                reason,
-                retry_at: Instant::now() + backoff,
-                backoff,
-            },
         );
         self.publish();
     }
