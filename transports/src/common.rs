@@ -10,6 +10,66 @@ pub(crate) const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// A removal this long after the previous one starts the rejoin delay afresh.
 const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
 
+/// A timing setting of a transport's table, in whole seconds: its key and its default. The
+/// transports that keep a connection and join rooms name them alike and share the defaults
+/// below, so that one config reads the same on every service.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub(crate) key: &'static str,
+    pub(crate) default: u64,
+}
+
+impl Timing {
+    /// The setting's value: `v`, else the default.
+    pub(crate) fn of(self, v: Option<u64>) -> Duration {
+        Duration::from_secs(v.unwrap_or(self.default))
+    }
+
+    /// The same setting with another default.
+    pub(crate) const fn or(self, default: u64) -> Self {
+        Self { default, ..self }
+    }
+}
+
+/// Silence on the connection before the transport pings.
+pub(crate) const PING_INTERVAL: Timing = Timing {
+    key: "ping_interval_secs",
+    default: 60,
+};
+/// How long a ping may go unanswered before the connection counts as dead.
+pub(crate) const PING_TIMEOUT: Timing = Timing {
+    key: "ping_timeout_secs",
+    default: 60,
+};
+/// Time allowed to connect and log in.
+pub(crate) const CONNECT_TIMEOUT: Timing = Timing {
+    key: "connect_timeout_secs",
+    default: 30,
+};
+/// The first wait before rejoining a room that removed the bot (doubling, see [`Removals`]).
+pub(crate) const REJOIN_DELAY: Timing = Timing {
+    key: "rejoin_delay_secs",
+    default: 10,
+};
+/// How long a join may go unanswered before it counts as refused.
+pub(crate) const JOIN_TIMEOUT: Timing = Timing {
+    key: "join_timeout_secs",
+    default: 60,
+};
+/// The first wait before retrying a room that refused the bot (doubling, see
+/// [`refusal_backoff`]).
+pub(crate) const JOIN_RETRY: Timing = Timing {
+    key: "join_retry_secs",
+    default: 60,
+};
+
+/// Problems with the timings `values` (each with its setting): zero, or longer than the
+/// runtime's timers.
+pub(crate) fn timing_problems(values: &[(Timing, Option<u64>)]) -> Vec<(String, String)> {
+    let keyed: Vec<(&str, Option<u64>)> = values.iter().map(|(t, v)| (t.key, *v)).collect();
+    secs_problems(&keyed)
+}
+
 /// Problems with optional timings in whole seconds: zero, or longer than the runtime's timers.
 pub(crate) fn secs_problems(values: &[(&str, Option<u64>)]) -> Vec<(String, String)> {
     let mut out = Vec::new();

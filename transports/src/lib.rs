@@ -202,3 +202,41 @@ pub fn from_config(
         )),
     }
 }
+
+#[cfg(all(test, feature = "irc", feature = "xmpp"))]
+mod tests {
+    /// The timings IRC and XMPP share are read the same way, with the same defaults and the
+    /// same limits, so one config reads the same on both.
+    #[test]
+    fn irc_and_xmpp_read_their_shared_timings_alike() {
+        let irc = |t: &str| -> crate::irc::IrcConfig {
+            toml::from_str(&format!("server = \"irc.example.org\"\nnick = \"b\"\n{t}")).unwrap()
+        };
+        let xmpp = |t: &str| -> crate::xmpp::XmppConfig {
+            toml::from_str(&format!("jid = \"b@example.org\"\npassword = \"pw\"\n{t}")).unwrap()
+        };
+        let (i, x) = (irc(""), xmpp(""));
+        let timings = |i: &crate::irc::IrcConfig, x: &crate::xmpp::XmppConfig| {
+            [
+                (i.ping_interval(), x.ping_interval()),
+                (i.ping_timeout(), x.ping_timeout()),
+                (i.connect_timeout(), x.connect_timeout()),
+                (i.rejoin_delay(), x.rejoin_delay()),
+                (i.join_timeout(), x.join_timeout()),
+                (i.join_retry(), x.join_retry()),
+            ]
+        };
+        for (a, b) in timings(&i, &x) {
+            assert_eq!(a, b);
+        }
+        let set = "ping_interval_secs = 7\nping_timeout_secs = 8\nconnect_timeout_secs = 9\n\
+                   rejoin_delay_secs = 3\njoin_timeout_secs = 4\njoin_retry_secs = 5\n";
+        for (a, b) in timings(&irc(set), &xmpp(set)) {
+            assert_eq!(a, b);
+        }
+        let zero = "rejoin_delay_secs = 0\njoin_timeout_secs = 0\n";
+        let keys = |p: Vec<(String, String)>| p.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(irc(zero).problems()), keys(xmpp(zero).problems()));
+        assert_eq!(keys(irc(zero).problems()).len(), 2);
+    }
+}

@@ -8,6 +8,10 @@ use opsbot::config::Secret;
 use serde::Deserialize;
 
 use super::profile::Profile;
+use crate::common::{
+    CONNECT_TIMEOUT, JOIN_RETRY, JOIN_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, REJOIN_DELAY,
+    timing_problems,
+};
 
 /// The IRC transport's settings, as written in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -126,22 +130,22 @@ impl IrcConfig {
 
     /// Silence before a PING.
     pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_secs.unwrap_or(60))
+        PING_INTERVAL.of(self.ping_interval_secs)
     }
 
     /// Wait for a reply to the PING.
     pub fn ping_timeout(&self) -> Duration {
-        Duration::from_secs(self.ping_timeout_secs.unwrap_or(60))
+        PING_TIMEOUT.of(self.ping_timeout_secs)
     }
 
     /// Delay before rejoining after a kick.
     pub fn rejoin_delay(&self) -> Duration {
-        Duration::from_secs(self.rejoin_delay_secs.unwrap_or(10))
+        REJOIN_DELAY.of(self.rejoin_delay_secs)
     }
 
     /// Time allowed to connect and register.
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs.unwrap_or(30))
+        CONNECT_TIMEOUT.of(self.connect_timeout_secs)
     }
 
     /// Time between attempts to take the nick back.
@@ -151,12 +155,12 @@ impl IrcConfig {
 
     /// How long a JOIN may go unanswered.
     pub fn join_timeout(&self) -> Duration {
-        Duration::from_secs(self.join_timeout_secs.unwrap_or(60))
+        JOIN_TIMEOUT.of(self.join_timeout_secs)
     }
 
     /// The first wait before retrying a channel that refused the bot.
     pub fn join_retry(&self) -> Duration {
-        Duration::from_secs(self.join_retry_secs.unwrap_or(60))
+        JOIN_RETRY.of(self.join_retry_secs)
     }
 
     /// The NickServ identification line (CRLF included), if a NickServ password is set.
@@ -223,18 +227,18 @@ impl IrcConfig {
                 ));
             }
         }
-        out.extend(crate::common::secs_problems(&[
-            ("ping_interval_secs", self.ping_interval_secs),
-            ("ping_timeout_secs", self.ping_timeout_secs),
-            ("connect_timeout_secs", self.connect_timeout_secs),
-            ("nick_regain_secs", self.nick_regain_secs),
-            ("join_timeout_secs", self.join_timeout_secs),
-            ("join_retry_secs", self.join_retry_secs),
-            (
-                "rejoin_delay_secs",
-                self.rejoin_delay_secs.map(|s| s.max(1)),
-            ),
+        out.extend(timing_problems(&[
+            (PING_INTERVAL, self.ping_interval_secs),
+            (PING_TIMEOUT, self.ping_timeout_secs),
+            (CONNECT_TIMEOUT, self.connect_timeout_secs),
+            (REJOIN_DELAY, self.rejoin_delay_secs),
+            (JOIN_TIMEOUT, self.join_timeout_secs),
+            (JOIN_RETRY, self.join_retry_secs),
         ]));
+        out.extend(crate::common::secs_problems(&[(
+            "nick_regain_secs",
+            self.nick_regain_secs,
+        )]));
         if let Some(cmd) = &self.nickserv_command
             && (!cmd.contains("{password}") || cmd.chars().any(char::is_control))
         {

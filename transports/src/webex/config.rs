@@ -6,7 +6,13 @@ use opsbot::config::Secret;
 use opsbot::fetch::Url;
 use serde::Deserialize;
 
-use crate::common::secs_problems;
+use crate::common::{CONNECT_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, Timing, timing_problems};
+
+/// Webex's own defaults: the Mercury socket is pinged every 20 s, and setting up (people/me,
+/// the catalog, the device, then the socket) may take a minute.
+const WS_PING_INTERVAL: Timing = PING_INTERVAL.or(20);
+const WS_PING_TIMEOUT: Timing = PING_TIMEOUT.or(20);
+const WEBEX_CONNECT_TIMEOUT: Timing = CONNECT_TIMEOUT.or(60);
 
 /// The most bytes Webex takes in one message's text or markdown.
 pub const MAX_MESSAGE_BYTES: usize = 7439;
@@ -129,10 +135,10 @@ impl WebexConfig {
             )),
             _ => {}
         }
-        out.extend(secs_problems(&[
-            ("ping_interval_secs", self.ping_interval_secs),
-            ("ping_timeout_secs", self.ping_timeout_secs),
-            ("connect_timeout_secs", self.connect_timeout_secs),
+        out.extend(timing_problems(&[
+            (WS_PING_INTERVAL, self.ping_interval_secs),
+            (WS_PING_TIMEOUT, self.ping_timeout_secs),
+            (WEBEX_CONNECT_TIMEOUT, self.connect_timeout_secs),
         ]));
         out
     }
@@ -142,15 +148,15 @@ impl WebexConfig {
     }
 
     pub(crate) fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_secs.unwrap_or(20))
+        WS_PING_INTERVAL.of(self.ping_interval_secs)
     }
 
     pub(crate) fn ping_timeout(&self) -> Duration {
-        Duration::from_secs(self.ping_timeout_secs.unwrap_or(20))
+        WS_PING_TIMEOUT.of(self.ping_timeout_secs)
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs.unwrap_or(60))
+        WEBEX_CONNECT_TIMEOUT.of(self.connect_timeout_secs)
     }
 
     /// The REST base without a trailing slash.

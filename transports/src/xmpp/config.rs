@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use opsbot::config::Secret;
 
-use crate::common::is_loopback;
+use crate::common::{
+    CONNECT_TIMEOUT, JOIN_RETRY, JOIN_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, REJOIN_DELAY,
+    is_loopback, timing_problems,
+};
 use serde::Deserialize;
 use tokio_xmpp::jid::{BareJid, ResourcePart};
 
@@ -98,32 +101,32 @@ impl XmppConfig {
 
     /// Silence before a ping.
     pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_secs.unwrap_or(60))
+        PING_INTERVAL.of(self.ping_interval_secs)
     }
 
     /// Wait for an answer to the ping.
     pub fn ping_timeout(&self) -> Duration {
-        Duration::from_secs(self.ping_timeout_secs.unwrap_or(60))
+        PING_TIMEOUT.of(self.ping_timeout_secs)
     }
 
     /// Time allowed to connect and log in.
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs.unwrap_or(30))
+        CONNECT_TIMEOUT.of(self.connect_timeout_secs)
     }
 
     /// Delay before rejoining after a kick.
     pub fn rejoin_delay(&self) -> Duration {
-        Duration::from_secs(self.rejoin_delay_secs.unwrap_or(10).max(1))
+        REJOIN_DELAY.of(self.rejoin_delay_secs)
     }
 
     /// Time a join may go unanswered.
     pub fn join_timeout(&self) -> Duration {
-        Duration::from_secs(self.join_timeout_secs.unwrap_or(30))
+        JOIN_TIMEOUT.of(self.join_timeout_secs)
     }
 
     /// First wait after a refused join.
     pub fn join_retry(&self) -> Duration {
-        Duration::from_secs(self.join_retry_secs.unwrap_or(60))
+        JOIN_RETRY.of(self.join_retry_secs)
     }
 
     /// Everything wrong with the settings, as (key, message) pairs.
@@ -199,13 +202,13 @@ impl XmppConfig {
                 format!("must be 64 to {MAX_MESSAGE_BYTES}"),
             ));
         }
-        out.extend(crate::common::secs_problems(&[
-            ("ping_interval_secs", self.ping_interval_secs),
-            ("ping_timeout_secs", self.ping_timeout_secs),
-            ("connect_timeout_secs", self.connect_timeout_secs),
-            ("rejoin_delay_secs", self.rejoin_delay_secs),
-            ("join_timeout_secs", self.join_timeout_secs),
-            ("join_retry_secs", self.join_retry_secs),
+        out.extend(timing_problems(&[
+            (PING_INTERVAL, self.ping_interval_secs),
+            (PING_TIMEOUT, self.ping_timeout_secs),
+            (CONNECT_TIMEOUT, self.connect_timeout_secs),
+            (REJOIN_DELAY, self.rejoin_delay_secs),
+            (JOIN_TIMEOUT, self.join_timeout_secs),
+            (JOIN_RETRY, self.join_retry_secs),
         ]));
         out.extend(crate::common::ca_file_problem(self.ca_file.as_deref()));
         out
