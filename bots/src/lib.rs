@@ -292,15 +292,7 @@ impl App {
             }
         }
         let known = self.optional_handlers();
-        for (name, _) in &bot.handler_settings {
-            if !bot.handlers.contains(name) {
-                errors.push(config.error_at(
-                    format!("{k}.handler.{name}"),
-                    format!("settings for `{name}`, which `handlers` does not list"),
-                    Some(format!("add \"{name}\" to handlers, or remove the table")),
-                ));
-            }
-        }
+        errors.extend(unlisted_tables(config, bot, "handler"));
         for name in &bot.handlers {
             let entry = self.handlers.iter().find(|h| h.name == name);
             match entry {
@@ -312,14 +304,8 @@ impl App {
                     match (h.add)(builder, table) {
                         Ok(b) => builder = b,
                         Err(problems) => {
-                            for (key, message) in problems {
-                                let key = if key.is_empty() {
-                                    format!("{k}.handler.{name}")
-                                } else {
-                                    format!("{k}.handler.{name}.{key}")
-                                };
-                                errors.push(config.error_at(key, message, None));
-                            }
+                            let under = format!("{k}.handler.{name}");
+                            errors.extend(settings_errors(config, &under, problems));
                             builder = Bot::builder(&bot.name);
                         }
                     }
@@ -338,15 +324,7 @@ impl App {
                 )),
             }
         }
-        for (name, _) in &bot.poller_settings {
-            if !bot.pollers.contains(name) {
-                errors.push(config.error_at(
-                    format!("{k}.poller.{name}"),
-                    format!("settings for `{name}`, which `pollers` does not list"),
-                    Some(format!("add \"{name}\" to pollers, or remove the table")),
-                ));
-            }
-        }
+        errors.extend(unlisted_tables(config, bot, "poller"));
         for name in &bot.pollers {
             let key = format!("{k}.poller.{name}");
             let Some(p) = self.pollers.iter().find(|p| p.name == name) else {
@@ -370,22 +348,13 @@ impl App {
                 .unwrap_or_default();
             let (opts, problems) = poller_options(&mut table);
             if !problems.is_empty() {
-                for (sub, message) in problems {
-                    errors.push(config.error_at(format!("{key}.{sub}"), message, None));
-                }
+                errors.extend(settings_errors(config, &key, problems));
                 continue;
             }
             match (p.add)(builder, opts, Some(&table)) {
                 Ok(b) => builder = b,
                 Err(problems) => {
-                    for (sub, message) in problems {
-                        let key = if sub.is_empty() {
-                            key.clone()
-                        } else {
-                            format!("{key}.{sub}")
-                        };
-                        errors.push(config.error_at(key, message, None));
-                    }
+                    errors.extend(settings_errors(config, &key, problems));
                     builder = Bot::builder(&bot.name);
                 }
             }
@@ -662,4 +631,41 @@ fn show(v: &toml::Value) -> String {
         toml::Value::Boolean(b) => b.to_string(),
         other => format!("a {}", other.type_str()),
     }
+}
+
+/// Tables of settings for handlers or pollers (`what`) that the bot's list does not name.
+fn unlisted_tables(config: &Config, bot: &BotConfig, what: &str) -> Vec<ConfigError> {
+    let (list, tables) = match what {
+        "handler" => (&bot.handlers, &bot.handler_settings),
+        _ => (&bot.pollers, &bot.poller_settings),
+    };
+    tables
+        .keys()
+        .filter(|name| !list.contains(name))
+        .map(|name| {
+            config.error_at(
+                format!("{}.{what}.{name}", bot.key),
+                format!("settings for `{name}`, which `{what}s` does not list"),
+                Some(format!("add \"{name}\" to {what}s, or remove the table")),
+            )
+        })
+        .collect()
+}
+
+/// A handler's or poller's settings problems, `(key inside its table, message)`, as config
+/// errors at their keys under `under` (`bot[0].handler.dns`).
+fn settings_errors<'a>(
+    config: &'a Config,
+    under: &str,
+    problems: Vec<(String, String)>,
+) -> impl Iterator<Item = ConfigError> + 'a {
+    let under = under.to_owned();
+    problems.into_iter().map(move |(key, message)| {
+        let key = if key.is_empty() {
+            under.clone()
+        } else {
+            format!("{under}.{key}")
+        };
+        config.error_at(key, message, None)
+    })
 }

@@ -928,6 +928,32 @@ fn the_library_handlers_work_by_name_alone() {
         err.contains("`bot[0].poller.feed.to`: a poller needs somewhere to post"),
         "{err}"
     );
+    // Handler and poller lists and tables are checked alike: a repeat, and a table for a
+    // name the list does not have, each with its line.
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"dns\", \"dns\"]\npollers = [\"feed\", \"feed\"]\n\
+         [bot.transport]\nkind = \"console\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bots.toml:3: `bot[0].handlers`: handler `dns` is listed twice"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bots.toml:4: `bot[0].pollers`: poller `feed` is listed twice"),
+        "{err}"
+    );
+    let (ok, _, err) = check(
+        "[[bot]]\nname = \"ops\"\n[bot.poller.fed]\nurl = \"https://x.example/feed\"\n\
+         [bot.transport]\nkind = \"console\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "bots.toml:3: `bot[0].poller.fed`: settings for `fed`, which `pollers` does not list"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
