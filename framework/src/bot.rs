@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::command::CatalogEntry;
 use crate::command::Command;
-use crate::handler::{CatalogEntry, Factory, Handler, HandlerHost, Job};
+use crate::handler::{Factory, Handler, HandlerHost, Job};
 use crate::health::Health;
 use crate::message::Identity;
 use crate::options::ReconnectPolicy;

@@ -16,8 +16,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-pub use crate::command::CatalogEntry;
-use crate::command::{Call, Command, Match};
+use crate::command::{Call, CatalogEntry, Command, Match};
 use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
 use crate::message::{Destination, Outgoing, Sender};

@@ -257,6 +257,7 @@ pub struct Health {
 
 /// A consistent copy of a bot's health at one moment.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The bot's name.
     pub bot: String,

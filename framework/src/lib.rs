@@ -46,10 +46,10 @@ pub mod bot;
 pub mod breaker;
 pub mod command;
 pub mod config;
-pub mod error;
+mod error;
 #[cfg(feature = "http")]
 pub mod fetch;
-pub mod handler;
+mod handler;
 pub mod healing_log;
 pub mod health;
 #[cfg(feature = "http")]
@@ -57,9 +57,9 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod options;
-pub mod outbox;
+mod outbox;
 pub mod pacing;
-pub mod poller;
+mod poller;
 pub mod router;
 pub mod settings;
 mod shared;

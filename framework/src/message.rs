@@ -114,8 +114,10 @@ impl fmt::Display for Destination {
     }
 }
 
-/// A message heard by a transport, normalized.
+/// A message heard by a transport, normalized. Made with [`Incoming::in_room`] or
+/// [`Incoming::direct`], then its fields set: it may grow.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Incoming {
     /// Where it was said: the room, or `None` for a direct (private) message.
     pub room: Option<Arc<str>>,

@@ -37,7 +37,7 @@ use crate::transport::{Ack, Delivery, Recall};
 
 /// Something to say.
 #[derive(Debug)]
-pub struct Say(pub Outgoing);
+pub(crate) struct Say(pub(crate) Outgoing);
 
 impl Message for Say {
     type Result = ();

@@ -3,7 +3,7 @@
 //! There is no help text here: every line comes from a handler's [`Command`] declaration, so
 //! help cannot drift from what the bot actually answers.
 
-use opsbot::handler::CatalogEntry;
+use opsbot::command::CatalogEntry;
 use opsbot::health::{ActorKind, ActorState, Snapshot};
 use opsbot::prelude::*;
 

@@ -137,6 +137,7 @@ pub struct BotConfig {
 
 /// A validated config file.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Where it came from.
     pub path: PathBuf,

@@ -84,7 +84,9 @@ impl Session<'_> {
                 text.clone(),
             ),
         };
-        self.link.incoming(Incoming { id, ..incoming });
+        let mut incoming = incoming;
+        incoming.id = id;
+        self.link.incoming(incoming);
     }
 
     /// Who an occupant of a room is: their real JID when the room shows it (verified), else
