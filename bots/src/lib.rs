@@ -51,11 +51,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use opsbot::config::{BotConfig, Config, ConfigError, ConfigErrors};
-use opsbot::settings::FromSettings;
+use opsbot::settings::{FromSettings, SettingsError};
 use opsbot::{Bot, BotBuilder, Destination, Handler, Poller, PollerOptions};
 
-/// Problems found in a settings table: (key path under the table, message).
-type Problems = Vec<(String, String)>;
+/// Problems found in a settings table, with their key paths under the table.
+type Problems = Vec<SettingsError>;
 type AddHandler = Box<dyn Fn(BotBuilder, Option<&toml::Table>) -> Result<BotBuilder, Problems>>;
 type AddPoller =
     Box<dyn Fn(BotBuilder, PollerOptions, Option<&toml::Table>) -> Result<BotBuilder, Problems>>;
@@ -569,7 +569,7 @@ fn poller_options(table: &mut toml::Table) -> (PollerOptions, Problems) {
                 Some(Duration::from_secs_f64(n * scale))
             }
             _ => {
-                problems.push((
+                problems.push(problem(
                     key.to_owned(),
                     format!("{} is not a positive duration of at most a year", show(&v)),
                 ));
@@ -589,11 +589,14 @@ fn poller_options(table: &mut toml::Table) -> (PollerOptions, Problems) {
     if let Some(v) = table.remove("max_posts") {
         match v.as_integer() {
             Some(n @ 1..=100) => opts.max_posts = n as usize,
-            _ => problems.push(("max_posts".into(), format!("{} is not 1 to 100", show(&v)))),
+            _ => problems.push(problem(
+                "max_posts".into(),
+                format!("{} is not 1 to 100", show(&v)),
+            )),
         }
     }
     match table.remove("to") {
-        None => problems.push((
+        None => problems.push(problem(
             "to".into(),
             "a poller needs somewhere to post: `to = [\"#ops\"]` (a person: \"@name\")".into(),
         )),
@@ -606,14 +609,14 @@ fn poller_options(table: &mut toml::Table) -> (PollerOptions, Problems) {
                     Some(s) if !s.is_empty() && !s.starts_with('@') => {
                         opts.post_to.push(Destination::room(s));
                     }
-                    _ => problems.push((
+                    _ => problems.push(problem(
                         format!("to[{i}]"),
                         format!("{} is not a room or @person", show(item)),
                     )),
                 }
             }
         }
-        Some(v) => problems.push((
+        Some(v) => problems.push(problem(
             "to".into(),
             format!("expected a list of rooms (and @people), found {}", show(&v)),
         )),
@@ -652,20 +655,24 @@ fn unlisted_tables(config: &Config, bot: &BotConfig, what: &str) -> Vec<ConfigEr
         .collect()
 }
 
-/// A handler's or poller's settings problems, `(key inside its table, message)`, as config
-/// errors at their keys under `under` (`bot[0].handler.dns`).
+/// A handler's or poller's settings problems as config errors at their keys under `under`
+/// (`bot[0].handler.dns`).
 fn settings_errors<'a>(
     config: &'a Config,
     under: &str,
-    problems: Vec<(String, String)>,
+    problems: Problems,
 ) -> impl Iterator<Item = ConfigError> + 'a {
     let under = under.to_owned();
-    problems.into_iter().map(move |(key, message)| {
-        let key = if key.is_empty() {
-            under.clone()
-        } else {
-            format!("{under}.{key}")
+    problems.into_iter().map(move |p| {
+        let key = match p.key() {
+            "" => under.clone(),
+            key => format!("{under}.{key}"),
         };
-        config.error_at(key, message, None)
+        config.error_at(key, p.message, p.hint)
     })
+}
+
+/// A problem with the key `key` of a poller's table.
+fn problem(key: String, message: String) -> SettingsError {
+    SettingsError::at(key, message)
 }

@@ -60,13 +60,19 @@ impl<T: Default> FromSettings for T {
     }
 }
 
-/// A setting with a value that cannot work.
+/// A setting with a value that cannot work: the one shape of a problem in a table of the
+/// config, whether a handler's, a poller's or a transport's. `opsbot check` shows it with the
+/// file, the line and the whole key path (`bot[0].handler.NAME.KEY`), like the framework's
+/// own problems.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SettingsError {
     /// The key inside the table (`greeting`, `feeds[2].url`), or `None` for the table.
     pub key: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// What to write instead, when that can be said.
+    pub hint: Option<String>,
 }
 
 impl SettingsError {
@@ -75,6 +81,7 @@ impl SettingsError {
         Self {
             key: Some(key.into()),
             message: message.into(),
+            hint: None,
         }
     }
 
@@ -83,7 +90,19 @@ impl SettingsError {
         Self {
             key: None,
             message: message.into(),
+            hint: None,
         }
+    }
+
+    /// The same problem, with a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The key inside the table, empty for the table itself.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("")
     }
 }
 
@@ -98,22 +117,20 @@ impl std::fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
-/// Reads `table` (absent: empty) as `T`'s settings and builds `T`; problems come back as
-/// (key path under the table, message) pairs.
-pub fn build<T: FromSettings>(table: Option<&toml::Table>) -> Result<T, Vec<(String, String)>> {
+/// Reads `table` (absent: empty) as `T`'s settings and builds `T`; problems come back with
+/// their key paths under the table.
+pub fn build<T: FromSettings>(table: Option<&toml::Table>) -> Result<T, Vec<SettingsError>> {
     let table = table.cloned().unwrap_or_default();
     let settings: T::Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let (message, hint) = crate::config::explain(&path, e.inner().message());
-            let message = match hint {
-                Some(h) => format!("{message} (hint: {h})"),
-                None => message,
-            };
-            vec![(path, message)]
+            let mut problem = SettingsError::at(path, message);
+            problem.hint = hint;
+            vec![problem]
         })?;
-    T::from_settings(settings).map_err(|e| vec![(e.key.unwrap_or_default(), e.message)])
+    T::from_settings(settings).map_err(|e| vec![e])
 }
 
 /// `breaker = { failures = 5, window_secs = 60, open_secs = 60 }` in a handler's or poller's

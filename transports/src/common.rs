@@ -5,10 +5,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use opsbot::settings::SettingsError;
+
 /// The longest wait before rejoining a room that removed or refused the bot.
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// A removal this long after the previous one starts the rejoin delay afresh.
 const REMOVALS_FORGOTTEN: Duration = Duration::from_secs(600);
+
+/// A problem with the setting `key` of a transport's table (see [`SettingsError`]).
+pub(crate) fn problem(key: String, message: String) -> SettingsError {
+    SettingsError::at(key, message)
+}
 
 /// A timing setting of a transport's table, in whole seconds: its key and its default. The
 /// transports that keep a connection and join rooms name them alike and share the defaults
@@ -65,19 +72,19 @@ pub(crate) const JOIN_RETRY: Timing = Timing {
 
 /// Problems with the timings `values` (each with its setting): zero, or longer than the
 /// runtime's timers.
-pub(crate) fn timing_problems(values: &[(Timing, Option<u64>)]) -> Vec<(String, String)> {
+pub(crate) fn timing_problems(values: &[(Timing, Option<u64>)]) -> Vec<SettingsError> {
     let keyed: Vec<(&str, Option<u64>)> = values.iter().map(|(t, v)| (t.key, *v)).collect();
     secs_problems(&keyed)
 }
 
 /// Problems with optional timings in whole seconds: zero, or longer than the runtime's timers.
-pub(crate) fn secs_problems(values: &[(&str, Option<u64>)]) -> Vec<(String, String)> {
+pub(crate) fn secs_problems(values: &[(&str, Option<u64>)]) -> Vec<SettingsError> {
     let mut out = Vec::new();
     for (key, v) in values {
         if *v == Some(0) {
-            out.push(((*key).into(), "must be at least 1".into()));
+            out.push(problem((*key).into(), "must be at least 1".into()));
         } else if v.is_some_and(|s| s as f64 > opsbot::options::MAX_SECS) {
-            out.push((
+            out.push(problem(
                 (*key).into(),
                 "is longer than the runtime's timers allow (at most a year, 31536000)".into(),
             ));
@@ -96,12 +103,13 @@ pub(crate) fn is_loopback(host: &str) -> bool {
 }
 
 /// The problem with a `ca_file` setting, if it names no readable file.
-pub(crate) fn ca_file_problem(ca: Option<&Path>) -> Option<(String, String)> {
+pub(crate) fn ca_file_problem(ca: Option<&Path>) -> Option<SettingsError> {
     ca.filter(|ca| !ca.is_file()).map(|ca| {
-        (
-            "ca_file".into(),
+        SettingsError::at(
+            "ca_file",
             format!("{} is not a readable file", ca.display()),
         )
+        .hint("a PEM file of the CA certificates to trust, readable by the bot")
     })
 }
 
@@ -167,7 +175,7 @@ mod tests {
             ("c", None),
             ("d", Some(u64::MAX)),
         ]);
-        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = p.iter().map(SettingsError::key).collect();
         assert_eq!(keys, ["a", "d"]);
     }
 }

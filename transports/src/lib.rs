@@ -29,6 +29,8 @@ use std::path::Path;
 
 use opsbot::BotBuilder;
 use opsbot::config::{BotConfig, Config, ConfigError, TransportConfig};
+#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
+use opsbot::settings::SettingsError;
 use opsbot::transport::Identity;
 
 /// The transport kinds this build knows.
@@ -78,13 +80,19 @@ fn settings<T: serde::de::DeserializeOwned>(
 fn checked<T: serde::de::DeserializeOwned>(
     file: &Path,
     t: &TransportConfig,
-    problems: fn(&T) -> Vec<(String, String)>,
+    problems: fn(&T) -> Vec<SettingsError>,
 ) -> Vec<ConfigError> {
     match settings::<T>(file, t) {
         Err(e) => vec![e],
         Ok(cfg) => problems(&cfg)
             .into_iter()
-            .map(|(k, m)| error(file, format!("{}.{k}", t.key), m, None))
+            .map(|p| {
+                let key = match p.key() {
+                    "" => t.key.clone(),
+                    k => format!("{}.{k}", t.key),
+                };
+                error(file, key, p.message, p.hint)
+            })
             .collect(),
     }
 }
@@ -235,8 +243,27 @@ mod tests {
             assert_eq!(a, b);
         }
         let zero = "rejoin_delay_secs = 0\njoin_timeout_secs = 0\n";
-        let keys = |p: Vec<(String, String)>| p.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let keys = |p: Vec<opsbot::settings::SettingsError>| {
+            p.iter().map(|p| p.key().to_owned()).collect::<Vec<_>>()
+        };
         assert_eq!(keys(irc(zero).problems()), keys(xmpp(zero).problems()));
         assert_eq!(keys(irc(zero).problems()).len(), 2);
+    }
+
+    /// A transport's problem reaches the user like the framework's own: the file, the line,
+    /// the whole key path and the hint.
+    #[test]
+    fn a_transport_problem_has_its_line_key_and_hint() {
+        let text = "[[bot]]\nname = \"ops\"\n[bot.transport]\nkind = \"irc\"\n\
+                    server = \"irc.example.org\"\nnick = \"ops\"\nca_file = \"/no/such/ca.pem\"\n";
+        let config =
+            opsbot::config::Config::from_str(std::path::Path::new("bots.toml"), text).unwrap();
+        let errors = super::check(&config, &config.bots[0].transport);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(e.key, "bot[0].transport.ca_file");
+        assert_eq!(e.line, Some(7));
+        assert!(e.message.contains("/no/such/ca.pem is not a readable file"));
+        assert!(e.hint.as_deref().is_some_and(|h| h.contains("PEM")), "{e}");
     }
 }

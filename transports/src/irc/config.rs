@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use opsbot::config::Secret;
+use opsbot::settings::SettingsError;
 use serde::Deserialize;
 
 use super::profile::Profile;
 use crate::common::{
-    CONNECT_TIMEOUT, JOIN_RETRY, JOIN_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, REJOIN_DELAY,
+    CONNECT_TIMEOUT, JOIN_RETRY, JOIN_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, REJOIN_DELAY, problem,
     timing_problems,
 };
 
@@ -176,12 +177,12 @@ impl IrcConfig {
     }
 
     /// Problems a parse cannot see, as (key, message).
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self) -> Vec<SettingsError> {
         let mut out = Vec::new();
         let bad_word =
             |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control());
         if self.server.trim().is_empty() {
-            out.push(("server".into(), "is empty".into()));
+            out.push(problem("server".into(), "is empty".into()));
         }
         for (i, n) in std::iter::once(&self.nick)
             .chain(&self.alt_nicks)
@@ -196,24 +197,30 @@ impl IrcConfig {
                 || n.starts_with(['#', '&', ':', '!', '@'])
                 || n.contains([',', '*', '?'])
             {
-                out.push((key, format!("`{n}` is not a valid nick")));
+                out.push(problem(key, format!("`{n}` is not a valid nick")));
             }
         }
         if let Some(u) = &self.username
             && (bad_word(u) || u.contains('@'))
         {
-            out.push(("username".into(), format!("`{u}` is not a valid user name")));
+            out.push(problem(
+                "username".into(),
+                format!("`{u}` is not a valid user name"),
+            ));
         }
         if self
             .realname
             .as_deref()
             .is_some_and(|r| r.chars().any(char::is_control))
         {
-            out.push(("realname".into(), "contains control characters".into()));
+            out.push(problem(
+                "realname".into(),
+                "contains control characters".into(),
+            ));
         }
         for (i, c) in self.channels.iter().enumerate() {
             if bad_word(c) || !c.starts_with(['#', '&', '+', '!']) || c.contains(',') {
-                out.push((
+                out.push(problem(
                     format!("channels[{i}]"),
                     format!("`{c}` is not a channel name (they start with #, &, + or !)"),
                 ));
@@ -221,7 +228,7 @@ impl IrcConfig {
         }
         for name in self.channel_keys.keys() {
             if !self.channels.contains(name) {
-                out.push((
+                out.push(problem(
                     format!("channel_keys.{name}"),
                     "is not in `channels`".into(),
                 ));
@@ -242,7 +249,7 @@ impl IrcConfig {
         if let Some(cmd) = &self.nickserv_command
             && (!cmd.contains("{password}") || cmd.chars().any(char::is_control))
         {
-            out.push((
+            out.push(problem(
                 "nickserv_command".into(),
                 "must contain {password} and no control characters".into(),
             ));
@@ -252,7 +259,7 @@ impl IrcConfig {
         if let Some(sasl) = &self.sasl
             && sasl.user.len() * 2 + sasl.password.expose().len() + 2 > 297
         {
-            out.push((
+            out.push(problem(
                 "sasl".into(),
                 "account and password are too long for one SASL message".into(),
             ));
@@ -266,7 +273,7 @@ impl IrcConfig {
             && !self.allow_plaintext
             && !crate::common::is_loopback(&self.server)
         {
-            out.push((
+            out.push(problem(
                 "tls".into(),
                 format!(
                     "is off, and the passwords would cross the network to {} in clear text: set \
@@ -308,7 +315,7 @@ mod tests {
         assert!(
             bad.problems()
                 .iter()
-                .any(|(k, why)| k == "nickserv_command" && why.contains("{password}"))
+                .any(|p| p.key() == "nickserv_command" && p.message.contains("{password}"))
         );
     }
 
@@ -317,6 +324,6 @@ mod tests {
         let fits = format!("[sasl]\nuser = \"u\"\npassword = \"{}\"\n", "p".repeat(293));
         assert!(config(&fits).problems().is_empty());
         let exact = format!("[sasl]\nuser = \"u\"\npassword = \"{}\"\n", "p".repeat(296));
-        assert!(config(&exact).problems().iter().any(|(k, _)| k == "sasl"));
+        assert!(config(&exact).problems().iter().any(|p| p.key() == "sasl"));
     }
 }

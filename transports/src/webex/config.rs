@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use opsbot::config::Secret;
 use opsbot::fetch::Url;
+use opsbot::settings::SettingsError;
 use serde::Deserialize;
 
-use crate::common::{CONNECT_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, Timing, timing_problems};
+use crate::common::{
+    CONNECT_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, Timing, problem, timing_problems,
+};
 
 /// Webex's own defaults: the Mercury socket is pinged every 20 s, and setting up (people/me,
 /// the catalog, the device, then the socket) may take a minute.
@@ -82,13 +85,13 @@ fn device_name() -> String {
 
 impl WebexConfig {
     /// Problems with the values, by key.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self) -> Vec<SettingsError> {
         let mut out = Vec::new();
         let token = self.token.expose();
         if token.trim().is_empty() {
-            out.push(("token".into(), "is empty".into()));
+            out.push(problem("token".into(), "is empty".into()));
         } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            out.push((
+            out.push(problem(
                 "token".into(),
                 "contains spaces or control characters (write the token alone, without `Bearer`)"
                     .into(),
@@ -102,19 +105,19 @@ impl WebexConfig {
             if optional && url.is_empty() {
                 continue;
             }
-            if let Err(problem) = token_url(url, "https", "http") {
-                out.push((key.into(), problem));
+            if let Err(why) = token_url(url, "https", "http") {
+                out.push(problem(key.into(), why));
             }
         }
         if self.device_name.trim().is_empty() || self.device_name.chars().any(char::is_control) {
-            out.push((
+            out.push(problem(
                 "device_name".into(),
                 "must be a name without control characters".into(),
             ));
         }
         for (i, u) in self.approved_users.iter().enumerate() {
             if !u.contains('@') || u.chars().any(|c| c.is_whitespace()) {
-                out.push((
+                out.push(problem(
                     format!("approved_users[{i}]"),
                     format!("`{u}` is not an email address"),
                 ));
@@ -122,14 +125,14 @@ impl WebexConfig {
         }
         for (i, d) in self.approved_domains.iter().enumerate() {
             if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_whitespace()) {
-                out.push((
+                out.push(problem(
                     format!("approved_domains[{i}]"),
                     format!("`{d}` is not a domain (write example.com, without `@`)"),
                 ));
             }
         }
         match self.max_message_bytes {
-            Some(n) if !(64..=MAX_MESSAGE_BYTES).contains(&n) => out.push((
+            Some(n) if !(64..=MAX_MESSAGE_BYTES).contains(&n) => out.push(problem(
                 "max_message_bytes".into(),
                 format!("must be 64 to {MAX_MESSAGE_BYTES} (Webex's limit)"),
             )),
@@ -262,7 +265,11 @@ mod tests {
              approved_users = [\"bob\"]\napproved_domains = [\"@x.com\"]\n\
              max_message_bytes = 9000\nping_interval_secs = 0",
         );
-        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = c
+            .problems()
+            .into_iter()
+            .map(|p| p.key().to_owned())
+            .collect();
         assert_eq!(
             keys,
             [
@@ -275,7 +282,7 @@ mod tests {
             ]
         );
         let c: WebexConfig = toml::from_str("token = \"Bearer abc\"").unwrap();
-        assert_eq!(c.problems()[0].0, "token");
+        assert_eq!(c.problems()[0].key(), "token");
     }
 
     /// `http://evil.example\@127.0.0.1/v1` passed the loopback rule (the old check read the
@@ -305,7 +312,7 @@ mod tests {
             assert!(token_url(good, "https", "http").is_ok(), "{good}");
         }
         let c = cfg("rest_url = \"http://evil.example\\\\@127.0.0.1/v1\"");
-        assert_eq!(c.problems()[0].0, "rest_url", "{:?}", c.problems());
+        assert_eq!(c.problems()[0].key(), "rest_url", "{:?}", c.problems());
     }
 
     #[test]

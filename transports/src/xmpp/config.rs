@@ -8,8 +8,9 @@ use opsbot::config::Secret;
 
 use crate::common::{
     CONNECT_TIMEOUT, JOIN_RETRY, JOIN_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, REJOIN_DELAY,
-    is_loopback, timing_problems,
+    is_loopback, problem, timing_problems,
 };
+use opsbot::settings::SettingsError;
 use serde::Deserialize;
 use tokio_xmpp::jid::{BareJid, ResourcePart};
 
@@ -130,26 +131,32 @@ impl XmppConfig {
     }
 
     /// Everything wrong with the settings, as (key, message) pairs.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self) -> Vec<SettingsError> {
         let mut out = Vec::new();
         match BareJid::new(&self.jid) {
-            Err(e) => out.push(("jid".into(), format!("`{}` is not a JID: {e}", self.jid))),
-            Ok(j) if j.node().is_none() => out.push((
+            Err(e) => out.push(problem(
+                "jid".into(),
+                format!("`{}` is not a JID: {e}", self.jid),
+            )),
+            Ok(j) if j.node().is_none() => out.push(problem(
                 "jid".into(),
                 format!("`{}` has no account name (write name@domain)", self.jid),
             )),
             Ok(_) => {}
         }
         if self.password.expose().is_empty() {
-            out.push(("password".into(), "is empty".into()));
+            out.push(problem("password".into(), "is empty".into()));
         }
         if let Some(s) = &self.server
             && (s.trim().is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
-            out.push(("server".into(), format!("`{s}` is not a host name")));
+            out.push(problem(
+                "server".into(),
+                format!("`{s}` is not a host name"),
+            ));
         }
         if self.port == Some(0) {
-            out.push(("port".into(), "must be 1 to 65535".into()));
+            out.push(problem("port".into(), "must be 1 to 65535".into()));
         }
         if !self.tls {
             let host = self
@@ -157,7 +164,7 @@ impl XmppConfig {
                 .clone()
                 .or_else(|| BareJid::new(&self.jid).ok().map(|j| j.domain().to_string()));
             if !host.as_deref().is_some_and(is_loopback) {
-                out.push((
+                out.push(problem(
                     "tls".into(),
                     "may be off only for a server on a loopback address (127.0.0.1, ::1, \
                      localhost): the password would cross the network in the clear"
@@ -165,25 +172,31 @@ impl XmppConfig {
                 ));
             }
             if self.direct_tls {
-                out.push(("direct_tls".into(), "needs `tls = true`".into()));
+                out.push(problem("direct_tls".into(), "needs `tls = true`".into()));
             }
         }
         if let Some(r) = &self.resource
             && (r.chars().any(char::is_control) || ResourcePart::new(r).is_err())
         {
-            out.push(("resource".into(), format!("`{r}` is not a valid resource")));
+            out.push(problem(
+                "resource".into(),
+                format!("`{r}` is not a valid resource"),
+            ));
         }
         if let Some(n) = &self.nick
             && (n.trim().is_empty()
                 || n.chars().any(char::is_control)
                 || ResourcePart::new(n).is_err())
         {
-            out.push(("nick".into(), format!("`{n}` is not a valid room nick")));
+            out.push(problem(
+                "nick".into(),
+                format!("`{n}` is not a valid room nick"),
+            ));
         }
         for (i, r) in self.rooms.iter().enumerate() {
             match BareJid::new(r) {
                 Ok(j) if j.node().is_some() && j.to_string() == *r => {}
-                _ => out.push((
+                _ => out.push(problem(
                     format!("rooms[{i}]"),
                     format!("`{r}` is not a room JID (write room@conference.example.org)"),
                 )),
@@ -191,13 +204,16 @@ impl XmppConfig {
         }
         for name in self.room_passwords.keys() {
             if !self.rooms.contains(name) {
-                out.push((format!("room_passwords.{name}"), "is not in `rooms`".into()));
+                out.push(problem(
+                    format!("room_passwords.{name}"),
+                    "is not in `rooms`".into(),
+                ));
             }
         }
         if let Some(m) = self.max_message_bytes
             && !(64..=MAX_MESSAGE_BYTES).contains(&m)
         {
-            out.push((
+            out.push(problem(
                 "max_message_bytes".into(),
                 format!("must be 64 to {MAX_MESSAGE_BYTES}"),
             ));
@@ -225,7 +241,7 @@ mod tests {
     }
 
     fn keys(cfg: &XmppConfig) -> Vec<String> {
-        cfg.problems().into_iter().map(|(k, _)| k).collect()
+        cfg.problems().iter().map(|p| p.key().to_owned()).collect()
     }
 
     #[test]
