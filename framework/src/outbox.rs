@@ -230,7 +230,9 @@ impl Outbox {
                 }
                 self.held.remove(&dest);
             }
-            if self.flights.get(&dest).copied().unwrap_or(0) >= self.opts.window_per_destination {
+            if self.flights.get(&dest).copied().unwrap_or(0)
+                >= self.opts.limits.window_per_destination
+            {
                 // Its turn comes when one of its lines is answered.
                 self.rotation.push_back(dest);
                 continue;
@@ -331,7 +333,7 @@ impl Outbox {
             // Every line that came back has taken its place again: lines chosen now are fresh.
             self.stamp = self.recall.current();
         }
-        while self.in_flight < self.opts.window && !(self.returning && self.in_flight > 0) {
+        while self.in_flight < self.opts.limits.window && !(self.returning && self.in_flight > 0) {
             match self.take_next() {
                 Ok(Some((flight, dest, line))) => {
                     let stamp = self.stamp;

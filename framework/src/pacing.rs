@@ -97,19 +97,9 @@ impl Rate {
 /// ([`Limits`]); the config can override each field.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxOptions {
-    /// Longest line, in bytes of text, that the transport accepts.
-    pub max_line_bytes: usize,
-    /// Global pace over all destinations; `None`: unlimited.
-    pub global: Option<Rate>,
-    /// Global pace in bytes per second (the burst is in bytes too); `None`: unlimited.
-    pub global_bytes: Option<Rate>,
-    /// Bytes the protocol adds to each line besides the text and the destination's name
-    /// (`PRIVMSG  :` and CRLF on IRC), for the byte budget.
-    pub line_overhead: usize,
-    /// Pace per destination; `None`: unlimited.
-    pub per_destination: Option<Rate>,
-    /// Pack several lines into one message (see [`Limits::multiline`]).
-    pub multiline: bool,
+    /// What the transport tolerates, with the config's overrides applied (and a window of at
+    /// least one line, at most the whole window for one destination).
+    pub limits: Limits,
     /// Lines that may wait, over all destinations.
     pub queue: usize,
     /// The anti-loop guard: at most this many identical texts to one destination per window
@@ -117,27 +107,15 @@ pub struct OutboxOptions {
     pub loop_repeats: u32,
     /// The anti-loop window.
     pub loop_window: Duration,
-    /// Lines in the transport's hands, not yet acknowledged, at most (see
-    /// [`Limits::window`]).
-    pub window: usize,
-    /// Of those, for one destination at most.
-    pub window_per_destination: usize,
 }
 
 impl Default for OutboxOptions {
     fn default() -> Self {
         Self {
-            max_line_bytes: 4096,
-            global: None,
-            global_bytes: None,
-            line_overhead: 0,
-            per_destination: None,
-            multiline: false,
+            limits: Limits::unlimited(4096),
             queue: 2000,
             loop_repeats: 5,
             loop_window: Duration::from_secs(120),
-            window: 1,
-            window_per_destination: 1,
         }
     }
 }
@@ -162,24 +140,31 @@ pub(crate) struct Limiters {
 impl Limiters {
     fn new(opts: &OutboxOptions) -> Self {
         Self {
-            rates: (opts.global, opts.global_bytes, opts.per_destination),
+            rates: (
+                opts.limits.global,
+                opts.limits.global_bytes,
+                opts.limits.per_destination,
+            ),
             global: opts
+                .limits
                 .global
                 .and_then(Rate::quota)
                 .map(|q| Arc::new(governor::RateLimiter::direct(q))),
             bytes: opts
+                .limits
                 .global_bytes
                 .and_then(Rate::quota)
                 .map(|q| Arc::new(governor::RateLimiter::direct(q))),
-            byte_burst: opts.global_bytes.map_or(0, |r| r.burst.max(1)),
-            global_burst: opts.global.map_or(0, |r| r.burst.max(1)),
+            byte_burst: opts.limits.global_bytes.map_or(0, |r| r.burst.max(1)),
+            global_burst: opts.limits.global.map_or(0, |r| r.burst.max(1)),
             keyed: opts
+                .limits
                 .per_destination
                 .and_then(Rate::quota)
                 .map(|q| Arc::new(governor::RateLimiter::hashmap(q))),
-            max_line_bytes: opts.max_line_bytes,
-            line_overhead: opts.line_overhead,
-            multiline: opts.multiline,
+            max_line_bytes: opts.limits.max_line_bytes,
+            line_overhead: opts.limits.line_overhead,
+            multiline: opts.limits.multiline,
             clock: DefaultClock::default(),
         }
     }
@@ -187,18 +172,24 @@ impl Limiters {
     /// The same buckets (with what they have spent) under a new line length, when the rates
     /// are unchanged; `None` when they changed and new buckets are needed.
     fn resized(&self, opts: &OutboxOptions) -> Option<Self> {
-        (self.rates == (opts.global, opts.global_bytes, opts.per_destination)).then(|| Self {
-            rates: self.rates,
-            global: self.global.clone(),
-            bytes: self.bytes.clone(),
-            byte_burst: self.byte_burst,
-            global_burst: self.global_burst,
-            keyed: self.keyed.clone(),
-            max_line_bytes: opts.max_line_bytes,
-            line_overhead: opts.line_overhead,
-            multiline: opts.multiline,
-            clock: self.clock.clone(),
-        })
+        (self.rates
+            == (
+                opts.limits.global,
+                opts.limits.global_bytes,
+                opts.limits.per_destination,
+            ))
+            .then(|| Self {
+                rates: self.rates,
+                global: self.global.clone(),
+                bytes: self.bytes.clone(),
+                byte_burst: self.byte_burst,
+                global_burst: self.global_burst,
+                keyed: self.keyed.clone(),
+                max_line_bytes: opts.limits.max_line_bytes,
+                line_overhead: opts.limits.line_overhead,
+                multiline: opts.limits.multiline,
+                clock: self.clock.clone(),
+            })
     }
 
     /// What `bytes` cost in the byte budget, clamped to what the bucket can ever hold.
@@ -279,9 +270,9 @@ impl Pacing {
             )
         };
         tracing::info!(
-            lines = %show(opts.global, "lines"),
-            bytes = %show(opts.global_bytes, "bytes"),
-            max_line_bytes = opts.max_line_bytes,
+            lines = %show(opts.limits.global, "lines"),
+            bytes = %show(opts.limits.global_bytes, "bytes"),
+            max_line_bytes = opts.limits.max_line_bytes,
             "pacing profile set"
         );
         inner.1 = Arc::new(Limiters::new(&opts));
@@ -425,18 +416,20 @@ impl Default for OutboxSettings {
 impl OutboxSettings {
     /// The effective options over a transport's limits.
     pub fn resolve(&self, limits: &Limits) -> OutboxOptions {
+        let window = limits.window.max(1);
         OutboxOptions {
-            max_line_bytes: self.max_line_bytes.unwrap_or(limits.max_line_bytes),
-            global: self.global.or(limits.global),
-            global_bytes: self.global_bytes.or(limits.global_bytes),
-            line_overhead: limits.line_overhead,
-            per_destination: self.per_destination.or(limits.per_destination),
-            multiline: limits.multiline,
+            limits: Limits {
+                max_line_bytes: self.max_line_bytes.unwrap_or(limits.max_line_bytes),
+                global: self.global.or(limits.global),
+                global_bytes: self.global_bytes.or(limits.global_bytes),
+                per_destination: self.per_destination.or(limits.per_destination),
+                window,
+                window_per_destination: limits.window_per_destination.clamp(1, window),
+                ..*limits
+            },
             queue: self.queue,
             loop_repeats: self.loop_repeats,
             loop_window: self.loop_window,
-            window: limits.window.max(1),
-            window_per_destination: limits.window_per_destination.clamp(1, limits.window.max(1)),
         }
     }
 }
