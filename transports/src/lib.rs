@@ -54,55 +54,23 @@ fn error(file: &Path, key: String, message: String, hint: Option<String>) -> Con
     }
 }
 
-/// Reads a transport's own settings with key paths in errors.
-#[cfg_attr(
-    not(any(feature = "irc", feature = "xmpp", feature = "webex")),
-    allow(dead_code)
-)]
-fn settings<T: serde::de::DeserializeOwned>(
-    file: &Path,
-    t: &TransportConfig,
-) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(toml::Value::Table(t.settings.clone())).map_err(|e| {
-        let path = e.path().to_string();
-        let key = if path == "." {
-            t.key.clone()
-        } else {
-            format!("{}.{path}", t.key)
-        };
-        let (message, hint) = opsbot::config::explain(&path, e.inner().message());
-        error(file, key, message, hint)
-    })
+/// A transport section, read and checked: which transport, with its settings.
+enum Section {
+    Console,
+    #[cfg(feature = "irc")]
+    Irc(irc::IrcConfig),
+    #[cfg(feature = "xmpp")]
+    Xmpp(xmpp::XmppConfig),
+    #[cfg(feature = "webex")]
+    Webex(webex::WebexConfig),
 }
 
-/// Reads a transport's settings and lists their problems, keys prefixed with the section's.
-#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
-fn checked<T: serde::de::DeserializeOwned>(
-    file: &Path,
-    t: &TransportConfig,
-    problems: fn(&T) -> Vec<SettingsError>,
-) -> Vec<ConfigError> {
-    match settings::<T>(file, t) {
-        Err(e) => vec![e],
-        Ok(cfg) => problems(&cfg)
-            .into_iter()
-            .map(|p| {
-                let key = match p.key() {
-                    "" => t.key.clone(),
-                    k => format!("{}.{k}", t.key),
-                };
-                error(file, key, p.message, p.hint)
-            })
-            .collect(),
-    }
-}
-
-/// Checks a transport section of `config` without connecting; returns every problem, each
-/// with the file, its line, the key path and a hint where one helps, as the framework's own.
-pub fn check(config: &Config, t: &TransportConfig) -> Vec<ConfigError> {
-    let file = config.path.as_path();
-    let found = match t.kind.as_str() {
-        "console" => t
+/// Reads a transport section once: its kind, its settings (serde, with key paths) and their
+/// problems, all of them, or the section.
+fn read(file: &Path, t: &TransportConfig) -> Result<Section, Vec<ConfigError>> {
+    match t.kind.as_str() {
+        "console" if t.settings.is_empty() => Ok(Section::Console),
+        "console" => Err(t
             .settings
             .keys()
             .map(|k| {
@@ -113,21 +81,65 @@ pub fn check(config: &Config, t: &TransportConfig) -> Vec<ConfigError> {
                     None,
                 )
             })
-            .collect(),
+            .collect()),
         #[cfg(feature = "irc")]
-        "irc" => checked(file, t, irc::IrcConfig::problems),
+        "irc" => checked(file, t, irc::IrcConfig::problems).map(Section::Irc),
         #[cfg(feature = "xmpp")]
-        "xmpp" => checked(file, t, xmpp::XmppConfig::problems),
+        "xmpp" => checked(file, t, xmpp::XmppConfig::problems).map(Section::Xmpp),
         #[cfg(feature = "webex")]
-        "webex" => checked(file, t, webex::WebexConfig::problems),
-        other => vec![error(
+        "webex" => checked(file, t, webex::WebexConfig::problems).map(Section::Webex),
+        other => Err(vec![error(
             file,
             format!("{}.kind", t.key),
             format!("unknown transport kind `{other}`"),
             Some(format!("this build knows: {}", KINDS.join(", "))),
-        )],
-    };
-    found.into_iter().map(|e| located(config, e)).collect()
+        )]),
+    }
+}
+
+/// Reads a transport's settings as `T` and lists their problems, keys prefixed with the
+/// section's.
+#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
+fn checked<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    t: &TransportConfig,
+    problems: fn(&T) -> Vec<SettingsError>,
+) -> Result<T, Vec<ConfigError>> {
+    let cfg: T =
+        serde_path_to_error::deserialize(toml::Value::Table(t.settings.clone())).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                t.key.clone()
+            } else {
+                format!("{}.{path}", t.key)
+            };
+            let (message, hint) = opsbot::config::explain(&path, e.inner().message());
+            vec![error(file, key, message, hint)]
+        })?;
+    let found: Vec<ConfigError> = problems(&cfg)
+        .into_iter()
+        .map(|p| {
+            let key = match p.key() {
+                "" => t.key.clone(),
+                k => format!("{}.{k}", t.key),
+            };
+            error(file, key, p.message, p.hint)
+        })
+        .collect();
+    if found.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(found)
+    }
+}
+
+/// Checks a transport section of `config` without connecting; returns every problem, each
+/// with the file, its line, the key path and a hint where one helps, as the framework's own.
+pub fn check(config: &Config, t: &TransportConfig) -> Vec<ConfigError> {
+    match read(&config.path, t) {
+        Ok(_) => Vec::new(),
+        Err(found) => found.into_iter().map(|e| located(config, e)).collect(),
+    }
 }
 
 /// `e` with its line in `config`'s file, when the key can be found there.
@@ -179,36 +191,23 @@ pub fn check_admins(config: &Config, bot: &BotConfig) -> (Vec<ConfigError>, Vec<
     (all(errors), all(warnings))
 }
 
-/// Gives `builder` the transport described by `t`, which [`check`] must have passed.
+/// Gives `builder` the transport described by `t` (read as [`check`] reads it: a section
+/// with problems gives the first of them).
 pub fn from_config(
     builder: BotBuilder,
     name: &str,
     t: &TransportConfig,
 ) -> Result<BotBuilder, ConfigError> {
-    match t.kind.as_str() {
-        "console" => Ok(builder.transport(console::Console::stdio(name))),
+    let section = read(Path::new("<config>"), t).map_err(|mut found| found.remove(0))?;
+    Ok(match section {
+        Section::Console => builder.transport(console::Console::stdio(name)),
         #[cfg(feature = "irc")]
-        "irc" => {
-            let cfg: irc::IrcConfig = settings(Path::new("<config>"), t)?;
-            Ok(builder.transport(irc::Irc::new(cfg)))
-        }
+        Section::Irc(cfg) => builder.transport(irc::Irc::new(cfg)),
         #[cfg(feature = "xmpp")]
-        "xmpp" => {
-            let cfg: xmpp::XmppConfig = settings(Path::new("<config>"), t)?;
-            Ok(builder.transport(xmpp::Xmpp::new(cfg)))
-        }
+        Section::Xmpp(cfg) => builder.transport(xmpp::Xmpp::new(cfg)),
         #[cfg(feature = "webex")]
-        "webex" => {
-            let cfg: webex::WebexConfig = settings(Path::new("<config>"), t)?;
-            Ok(builder.transport(webex::Webex::new(cfg)))
-        }
-        other => Err(error(
-            Path::new("<config>"),
-            format!("{}.kind", t.key),
-            format!("unknown transport kind `{other}`"),
-            None,
-        )),
-    }
+        Section::Webex(cfg) => builder.transport(webex::Webex::new(cfg)),
+    })
 }
 
 #[cfg(all(test, feature = "irc", feature = "xmpp"))]
