@@ -233,7 +233,7 @@ impl Drop for CoreGuard {
 }
 
 /// Test-only fault injection: makes a framework actor panic in its own code, to test
-/// [`Fatal`]. Compiled only with the `fault-injection` feature, which nothing a user builds
+/// `Fatal`. Compiled only with the `fault-injection` feature, which nothing a user builds
 /// turns on.
 #[cfg(feature = "fault-injection")]
 pub mod fault {
