@@ -119,6 +119,20 @@ impl Session<'_> {
         );
     }
 
+    /// The bot was removed from channel `key` (kicked, or parted by force): it rejoins after
+    /// the removal delay, which is answered; the state is published before any event.
+    pub(super) fn removed(&mut self, key: String, why: String) -> Duration {
+        let delay = self
+            .irc
+            .removals
+            .delay(key.clone(), self.irc.cfg.rejoin_delay());
+        if let Some(state) = self.irc.channels.get_mut(&key) {
+            state.remove(why, delay);
+        }
+        self.publish();
+        delay
+    }
+
     /// Our own JOIN, echoed: the answer to a JOIN we sent, or a server forward.
     pub(super) async fn on_own_join(
         &mut self,

@@ -97,19 +97,12 @@ impl Session<'_> {
                 let by = from_nick.unwrap_or("the server").to_owned();
                 match self.irc.chan_key(chan) {
                     Some(key) if self.irc.channels.get(&key).is_some_and(Chan::is_joined) => {
-                        let delay = self
-                            .irc
-                            .removals
-                            .delay(key.clone(), self.irc.cfg.rejoin_delay());
+                        let delay = self.removed(key, format!("kicked by {by}"));
                         let event = format!(
                             "from {chan} by {by} ({}); rejoining in {}s",
                             truncate(reason.as_deref().unwrap_or("no reason"), 200),
                             delay.as_secs()
                         );
-                        if let Some(state) = self.irc.channels.get_mut(&key) {
-                            state.remove(format!("kicked by {by}"), delay);
-                        }
-                        self.publish();
                         self.link.heal_event("kicked", event);
                     }
                     _ => self.strays.note("KICK from a channel we are not in", line),
@@ -120,14 +113,7 @@ impl Session<'_> {
                 // (REMOVE, SAPART). Come back as after a kick.
                 match self.irc.chan_key(chan) {
                     Some(key) if self.irc.channels.get(&key).is_some_and(Chan::is_joined) => {
-                        let delay = self
-                            .irc
-                            .removals
-                            .delay(key.clone(), self.irc.cfg.rejoin_delay());
-                        if let Some(state) = self.irc.channels.get_mut(&key) {
-                            state.remove("parted by force".into(), delay);
-                        }
-                        self.publish();
+                        let delay = self.removed(key, "parted by force".into());
                         self.link.heal_event(
                             "parted",
                             format!(

@@ -56,6 +56,11 @@ impl Session<'_> {
         let Some(sm) = self.x.sm.as_mut() else { return };
         sm.acked = h;
         sm.requested = None;
+        self.finish_covered(h);
+    }
+
+    /// Finishes the replies the server's count `h` covers: it has them.
+    fn finish_covered(&mut self, h: u32) {
         while self
             .x
             .unacked
@@ -117,16 +122,7 @@ impl Session<'_> {
                 XmppStreamElement::SM(sm::Nonza::Failed(f)) => {
                     tracing::info!(?f.error, "stream resumption failed; starting afresh");
                     if let Some(h) = f.h {
-                        while self
-                            .x
-                            .unacked
-                            .front()
-                            .is_some_and(|u| seq_covered(u.seq, h))
-                        {
-                            if let Some(u) = self.x.unacked.pop_front() {
-                                u.delivery.done();
-                            }
-                        }
+                        self.finish_covered(h);
                     }
                 }
                 other => {
