@@ -19,6 +19,10 @@ pub(super) struct Sm {
     pub(super) requested: Option<Instant>,
 }
 
+/// How long a reply may wait for the server's count to be asked for, when fewer than half of
+/// the window are unacknowledged.
+const ACK_DELAY: Duration = Duration::from_millis(100);
+
 /// A reply written but not yet acknowledged by the server.
 #[derive(Debug)]
 pub(super) struct Unacked {
@@ -42,12 +46,50 @@ impl Session<'_> {
     /// Asks the server how many of our stanzas it has; the answer must come within the ping
     /// timeout.
     pub(super) async fn request_ack(&mut self) -> Result<(), TransportError> {
+        self.ack_due = None;
         self.link.pacing().charge_n(0, 30);
         self.send(XmppStreamElement::SM(sm::Nonza::Req(sm::R)))
             .await?;
         if let Some(sm) = self.x.sm.as_mut() {
             sm.requested.get_or_insert_with(Instant::now);
         }
+        Ok(())
+    }
+
+    /// After a reply went out: asks for the server's count at once when half the window is
+    /// unacknowledged, else within [`ACK_DELAY`]. Asking after every reply cost each one an
+    /// `<r/>` and an `<a/>` through the server's single thread, and a round trip behind it;
+    /// now a burst, or a quick exchange of commands and answers, shares one.
+    pub(super) async fn ack_later(&mut self) -> Result<(), TransportError> {
+        if self.x.sm.as_ref().is_none_or(|s| s.requested.is_some()) {
+            // Off, or asked already: the answer asks again for what it does not cover.
+            return Ok(());
+        }
+        if self.x.unacked.len() >= WINDOW / 2 {
+            return self.request_ack().await;
+        }
+        self.ack_due
+            .get_or_insert_with(|| Instant::now() + ACK_DELAY);
+        Ok(())
+    }
+
+    /// The server asked how many of its stanzas we have: answers within [`ACK_DELAY`], with
+    /// the count as it is then. A server asks again only once answered (Prosody asks after
+    /// every stanza it sends while no question is open), so while a conversation is quick
+    /// one answer covers many stanzas instead of one `<a/>` each.
+    pub(super) fn answer_later(&mut self) {
+        self.answer_due
+            .get_or_insert_with(|| Instant::now() + ACK_DELAY);
+    }
+
+    /// Tells the server how many of its stanzas we have.
+    pub(super) async fn answer(&mut self) -> Result<(), TransportError> {
+        self.answer_due = None;
+        let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
+        self.link.pacing().charge_n(0, 40);
+        self.stream
+            .send(&XmppStreamElement::SM(sm::Nonza::Ack(sm::A { h })))
+            .await?;
         Ok(())
     }
 

@@ -178,13 +178,7 @@ impl Session<'_> {
                     Stanza::Iq(iq) => self.on_iq(iq).await?,
                 }
             }
-            XmppStreamElement::SM(sm::Nonza::Req(_)) => {
-                let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
-                self.link.pacing().charge_n(0, 40);
-                self.stream
-                    .send(&XmppStreamElement::SM(sm::Nonza::Ack(sm::A { h })))
-                    .await?;
-            }
+            XmppStreamElement::SM(sm::Nonza::Req(_)) => self.answer_later(),
             XmppStreamElement::SM(sm::Nonza::Ack(a)) => {
                 self.on_ack(a.h);
                 if !self.x.unacked.is_empty() {
@@ -194,11 +188,7 @@ impl Session<'_> {
                     // server's <a/> otherwise waits for a delayed TCP acknowledgement, and a
                     // server that does not disable Nagle's algorithm (Prosody) then holds its
                     // next stanza to us until that comes, up to 40 ms on Linux.
-                    let h = self.x.sm.as_ref().map_or(0, |s| s.inbound);
-                    self.link.pacing().charge_n(0, 40);
-                    self.stream
-                        .send(&XmppStreamElement::SM(sm::Nonza::Ack(sm::A { h })))
-                        .await?;
+                    self.answer().await?;
                 }
             }
             XmppStreamElement::StreamError(e) => return Err(conn::stream_error(&e.0)),

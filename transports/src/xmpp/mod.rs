@@ -170,6 +170,10 @@ struct Session<'a> {
     peer: String,
     security: &'static str,
     occupants: HashMap<FullJid, BareJid>,
+    /// When to ask the server for its count of our stanzas (see [`Session::ack_later`]).
+    ack_due: Option<Instant>,
+    /// When to answer the server's question for our count of its stanzas.
+    answer_due: Option<Instant>,
 }
 
 impl Session<'_> {
@@ -286,7 +290,7 @@ impl Session<'_> {
                 stanza: msg,
                 seq,
             });
-            self.request_ack().await?;
+            self.ack_later().await?;
         } else {
             d.done();
         }
@@ -423,6 +427,8 @@ impl Transport for Xmpp {
             peer: logged_in.peer,
             security: logged_in.security,
             occupants: HashMap::new(),
+            ack_due: None,
+            answer_due: None,
         };
         let resumed = tokio::time::timeout(connect_timeout, s.establish(&features))
             .await
@@ -443,6 +449,8 @@ impl Transport for Xmpp {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let ack_due = s.ack_due;
+            let answer_due = s.answer_due;
             tokio::select! {
                 el = s.stream.next() => match el {
                     None | Some(Err(ReadError::StreamFooterReceived)) => {
@@ -473,6 +481,9 @@ impl Transport for Xmpp {
                     None => {
                         // Shutting down: give the server a moment to acknowledge the last
                         // reply, then close the stream.
+                        if !s.x.unacked.is_empty() {
+                            s.request_ack().await?;
+                        }
                         let _ = tokio::time::timeout(Duration::from_secs(2), async {
                             while !s.x.unacked.is_empty() {
                                 match s.stream.next().await {
@@ -482,11 +493,19 @@ impl Transport for Xmpp {
                                 }
                             }
                         }).await;
+                        if s.answer_due.is_some() {
+                            // What the server sent is had: it must not offer it elsewhere.
+                            let _ = s.answer().await;
+                        }
                         let _ = s.send_own(Presence::unavailable().into(), 60).await;
                         let _ = s.stream.shutdown().await;
                         return Ok(SessionEnd::Finished);
                     }
                 },
+                _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now).into()),
+                    if ack_due.is_some() => s.request_ack().await?,
+                _ = tokio::time::sleep_until(answer_due.unwrap_or_else(Instant::now).into()),
+                    if answer_due.is_some() => s.answer().await?,
                 _ = tick.tick() => {
                     s.tick().await?;
                     s.publish();
