@@ -22,6 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+mod records;
+pub use records::{Journal, Records};
+
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 const PRIMED: TableDefinition<&str, u64> = TableDefinition::new("primed");
 /// The healing log: sequence number → (unix milliseconds, bot, subsystem, action, detail,
