@@ -10,6 +10,7 @@ pub mod action;
 pub mod alert;
 pub mod audit;
 pub mod config;
+pub mod core;
 pub mod record;
 pub mod rules;
 pub mod signature;

@@ -2,8 +2,8 @@
 //! parameters are filled from the alert.
 //!
 //! A matcher is written as in Alertmanager: `name="value"`, `name!="value"`, `name=~"regex"`,
-//! `name!~"regex"` (regular expressions are anchored at both ends). It looks at the alert's
-//! labels, then its annotations.
+//! `name!~"regex"` (regular expressions are anchored at both ends, and `.` matches a newline
+//! too, as in Prometheus). It looks at the alert's labels, then its annotations.
 //!
 //! A template is text with `{name}` places, each filled with the alert's label `name`; `{{`
 //! and `}}` are literal braces. A template may only name labels the rule's matchers make sure
@@ -67,7 +67,7 @@ impl Matcher {
             None => value.to_owned(),
         };
         let regex = |v: &str| {
-            RegexBuilder::new(&format!("^(?:{v})$"))
+            RegexBuilder::new(&format!("^(?s:{v})$"))
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| format!("`{t}`: {e}"))
