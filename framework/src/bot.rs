@@ -9,9 +9,11 @@
 //! then does the transport close.
 
 mod process;
+mod voice;
 
 use process::HEARTBEAT;
 pub use process::{RunOptions, Shutdown, run, run_process, run_until, run_with};
+pub use voice::Voice;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -234,6 +236,7 @@ impl BotBuilder {
             table,
             store,
             health,
+            voice: Voice::default(),
         })
     }
 }
@@ -263,6 +266,7 @@ pub struct Bot {
     table: RouteTable,
     store: Option<Store>,
     health: Health,
+    voice: Voice,
 }
 
 impl std::fmt::Debug for Bot {
@@ -296,6 +300,11 @@ impl Bot {
         self.health.clone()
     }
 
+    /// The bot's voice: what it says reaches the bot's outbox while the bot runs.
+    pub fn voice(&self) -> Voice {
+        self.voice.clone()
+    }
+
     /// Runs the bot on the current arbiter until `shutdown` is cancelled, its transport ends, or
     /// its own machinery fails (then the answer is why).
     pub(crate) async fn run(
@@ -312,6 +321,7 @@ impl Bot {
             table,
             store,
             health,
+            voice,
         } = self;
         fault_point!(&name, BotTask);
         let fatal = Fatal::default();
@@ -327,6 +337,7 @@ impl Bot {
             fatal.guard("outbox"),
         )
         .start();
+        voice.set(Some(outbox.clone()));
         let catalog = handlers
             .iter()
             .flat_map(|h| {
@@ -422,6 +433,7 @@ impl Bot {
         {
             tracing::warn!(bot = %name, "in-flight commands did not finish before the deadline");
         }
+        voice.set(None);
         let lost = outbox.send(Drain(deadline)).await.unwrap_or(0);
         if lost > 0 {
             tracing::warn!(bot = %name, lost, "lines still queued at the shutdown deadline were dropped");

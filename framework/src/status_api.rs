@@ -25,7 +25,7 @@ mod metrics;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{self, HeaderValue};
@@ -162,11 +162,32 @@ async fn check_host(
     Ok(req.into_response(response).map_into_right_body())
 }
 
+/// More of the API, from a crate built on the framework: its routes are served by the same
+/// server, behind the same `Host` check and headers (an engine's webhook, say). Routes are
+/// added before the framework's "not found" answer; a route that shadows one of the
+/// framework's is never reached.
+#[derive(Clone)]
+pub struct ApiMount(Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>);
+
+impl ApiMount {
+    /// A mount that adds routes with `f` (called once per server worker).
+    pub fn new(f: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ApiMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiMount")
+    }
+}
+
 /// Starts the server on the current actix system; answers its handle (stop it at shutdown).
 pub(crate) fn start(
     api: &HttpConfig,
     bots: Vec<(Health, Heartbeat)>,
     log: Option<HealingLog>,
+    mounts: Vec<ApiMount>,
 ) -> std::io::Result<actix_web::dev::ServerHandle> {
     let bots: Vec<Bot> = bots
         .into_iter()
@@ -214,6 +235,11 @@ pub(crate) fn start(
                     .route(web::post().to(heal))
                     .default_service(web::to(|| async { not_allowed("POST") })),
             )
+            .configure(|c| {
+                for m in &mounts {
+                    (m.0)(c);
+                }
+            })
             .default_service(web::to(|| async {
                 error(
                     StatusCode::NOT_FOUND,

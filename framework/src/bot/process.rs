@@ -38,6 +38,9 @@ pub struct RunOptions {
     /// The HTTP status API (`[http]`), one server for every bot of the process.
     #[cfg(feature = "status-api")]
     pub http: Option<crate::config::HttpConfig>,
+    /// More routes for that server (see [`crate::status_api::ApiMount`]).
+    #[cfg(feature = "status-api")]
+    pub api: Vec<crate::status_api::ApiMount>,
 }
 
 impl RunOptions {
@@ -105,6 +108,8 @@ pub fn run_process(bots: Vec<Bot>, options: RunOptions) -> std::io::Result<()> {
         healing_log,
         #[cfg(feature = "status-api")]
         http,
+        #[cfg(feature = "status-api")]
+            api: mounts,
     } = options;
     if let Some(log) = &healing_log {
         for b in &bots {
@@ -126,7 +131,10 @@ pub fn run_process(bots: Vec<Bot>, options: RunOptions) -> std::io::Result<()> {
                 .map(|(b, (_, beat))| (b.health(), beat.clone()))
                 .collect();
             let log = healing_log.clone();
-            Some(system.block_on(async move { crate::status_api::start(&api, bots, log) })?)
+            Some(
+                system
+                    .block_on(async move { crate::status_api::start(&api, bots, log, mounts) })?,
+            )
         }
         None => None,
     };

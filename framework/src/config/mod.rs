@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::options::BotOptions;
 
 mod error;
+mod extensions;
 mod raw;
 mod secret;
 mod validate;
@@ -158,11 +159,20 @@ pub struct Config {
     /// What is allowed but probably not what was meant (`opsbot check` prints them, `run`
     /// logs them).
     pub warnings: Vec<ConfigError>,
+    /// Top-level tables of crates built on the framework, by name, as the file has them
+    /// (see [`Config::load_with`]); their owners check them.
+    pub extensions: std::collections::BTreeMap<String, toml::Table>,
 }
 
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::load_with(path, &[])
+    }
+
+    /// Reads and validates a file in which the top-level tables named in `extensions` are
+    /// allowed: they are set aside in [`Config::extensions`] for the crates that own them.
+    pub fn load_with(path: &Path, extensions: &[&str]) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
@@ -172,18 +182,29 @@ impl Config {
                 hint: None,
             }])
         })?;
-        Self::from_str(path, &text)
+        Self::from_str_with(path, &text, extensions)
     }
 
     /// Validates `text` as if read from `path`.
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
-        let raw = parse(path, text)?;
+        Self::from_str_with(path, text, &[])
+    }
+
+    /// Validates `text` as if read from `path`, with the extension tables of
+    /// [`Config::load_with`].
+    pub fn from_str_with(
+        path: &Path,
+        text: &str,
+        extensions: &[&str],
+    ) -> Result<Self, ConfigErrors> {
+        let (raw, tables) = parse(path, text, extensions)?;
         let mut v = Validator {
             file: path.to_owned(),
             text,
             errors: Vec::new(),
         };
-        let config = v.config(raw);
+        let mut config = v.config(raw);
+        config.extensions = tables;
         if v.errors.is_empty() {
             Ok(config)
         } else {
@@ -220,6 +241,7 @@ impl Config {
             healing_log_entries: crate::healing_log::DEFAULT_CAP,
             source: "".into(),
             warnings: Vec::new(),
+            extensions: Default::default(),
             bots: vec![BotConfig {
                 name: "opsbot".into(),
                 options,

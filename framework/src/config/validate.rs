@@ -56,7 +56,13 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-pub(super) fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
+/// Reads the file's tables; top-level tables named in `extensions` are set aside, whole, for
+/// the crates that own them.
+pub(super) fn parse(
+    path: &Path,
+    text: &str,
+    extensions: &[&str],
+) -> Result<(RawFile, BTreeMap<String, toml::Table>), ConfigErrors> {
     let fail = |key: String, line: Option<usize>, message: String| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
@@ -73,16 +79,53 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
             e.message().to_owned(),
         )
     })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let taken = super::extensions::Taken::default();
+    let aside = super::extensions::SetAside {
+        inner: de,
+        names: extensions,
+        taken: &taken,
+    };
+    let raw: RawFile = serde_path_to_error::deserialize(aside).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.inner();
-        let line = inner.span().map(|s| line_of(text, s.start));
         let key = if key == "." { String::new() } else { key };
+        let span = inner.span().map(|s| line_of(text, s.start));
+        // A top-level key's name passes through the set-aside filter, which cannot keep its
+        // place: the error carries the whole file's span, so find the key by its name.
+        let line = match unknown_key(inner.message()) {
+            Some(k) if !key.contains(['.', '[']) => locate(text, k).or(span),
+            _ => span,
+        };
         let (message, hint) = explain(&key, inner.message());
         let mut err = fail(key, line, message);
         err.0[0].hint = hint;
         err
-    })
+    })?;
+    let mut tables = BTreeMap::new();
+    for (name, value) in taken.into_inner() {
+        match value {
+            toml::Value::Table(t) => {
+                tables.insert(name, t);
+            }
+            other => {
+                return Err(fail(
+                    name.clone(),
+                    locate(text, &name),
+                    format!(
+                        "`{name}` must be a table ([{name}]), not a {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((raw, tables))
+}
+
+/// The key an "unknown field" message names.
+fn unknown_key(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
 }
 
 pub(super) struct Validator<'a> {
@@ -307,6 +350,7 @@ impl Validator<'_> {
             healing_log_entries,
             source: self.text.into(),
             warnings: Vec::new(),
+            extensions: Default::default(),
             bots,
         }
     }
