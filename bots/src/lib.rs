@@ -53,6 +53,8 @@ use clap::{Parser, Subcommand};
 use opsbot::config::{BotConfig, Config, ConfigError, ConfigErrors};
 use opsbot::settings::{FromSettings, SettingsError};
 use opsbot::{Bot, BotBuilder, Destination, Handler, Poller, PollerOptions};
+use opsbot_engine::config::EngineConfig;
+use opsbot_engine::{Engine, EngineCommands};
 
 /// Problems found in a settings table, with their key paths under the table.
 type Problems = Vec<SettingsError>;
@@ -75,6 +77,7 @@ struct PollerEntry {
 pub struct App {
     handlers: Vec<HandlerEntry>,
     pollers: Vec<PollerEntry>,
+    engine: Engine,
 }
 
 impl std::fmt::Debug for App {
@@ -120,6 +123,21 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The engine's audit trail.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Check the audit trail's hash chain in the state store; names the first bad entry.
+    Verify {
+        /// The config file (TOML), for the state store's path.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// The framework's keys of a `[bot.poller.NAME]` table.
@@ -139,22 +157,37 @@ impl App {
     /// `http_json`).
     pub fn new() -> Self {
         use opsbot_handlers::{demo, echo, heal, help, status, whereareyou, whoami};
-        Self {
+        let engine = Engine::new();
+        let commands = EngineCommands::new(engine.clone());
+        let mut app = Self {
             handlers: Vec::new(),
             pollers: Vec::new(),
-        }
-        .builtin::<help::Help>("help")
-        .builtin::<status::Status>("status")
-        .builtin::<whereareyou::WhereAreYou>("whereareyou")
-        .builtin::<whoami::WhoAmI>("whoami")
-        .builtin::<echo::Echo>("echo")
-        .builtin::<heal::Heal>("heal")
-        .handler::<demo::Boom>("boom")
-        .handler::<demo::Lines>("lines")
-        .handler::<opsbot_handlers::dns::Dns>("dns")
-        .handler::<opsbot_handlers::links::Links>("links")
-        .poller::<opsbot_handlers::pollers::Feed>("feed")
-        .poller::<opsbot_handlers::pollers::HttpJson>("http_json")
+            engine,
+        };
+        app.handlers.push(HandlerEntry {
+            name: "engine",
+            builtin: false,
+            add: Box::new(move |builder, table| {
+                if table.is_some_and(|t| !t.is_empty()) {
+                    return Err(vec![SettingsError::new(
+                        "the engine's commands take no settings here; configure the engine in [engine]",
+                    )]);
+                }
+                Ok(builder.handler(commands.clone()))
+            }),
+        });
+        app.builtin::<help::Help>("help")
+            .builtin::<status::Status>("status")
+            .builtin::<whereareyou::WhereAreYou>("whereareyou")
+            .builtin::<whoami::WhoAmI>("whoami")
+            .builtin::<echo::Echo>("echo")
+            .builtin::<heal::Heal>("heal")
+            .handler::<demo::Boom>("boom")
+            .handler::<demo::Lines>("lines")
+            .handler::<opsbot_handlers::dns::Dns>("dns")
+            .handler::<opsbot_handlers::links::Links>("links")
+            .poller::<opsbot_handlers::pollers::Feed>("feed")
+            .poller::<opsbot_handlers::pollers::HttpJson>("http_json")
     }
 
     fn add_handler<H>(mut self, name: &'static str, builtin: bool) -> Self
@@ -235,7 +268,7 @@ impl App {
     /// Everything wrong with a config: the file's own checks, then transports, handler and
     /// poller names and their settings.
     pub fn check(&self, path: &Path) -> Result<Config, ConfigErrors> {
-        let config = Config::load(path)?;
+        let config = Config::load_with(path, EXTENSIONS)?;
         // Pollers and handlers take the shared client as they are built: configure it first.
         if let Err(e) = opsbot::http::init(&config.http_client) {
             return Err(ConfigErrors(vec![config.error_at(
@@ -266,6 +299,7 @@ impl App {
                 errors.extend(e);
             }
         }
+        errors.extend(engine_problems(&config));
         if errors.is_empty() {
             config.warnings.extend(warnings);
             Ok(config)
@@ -445,6 +479,33 @@ impl App {
         options.notify = opsbot::systemd::Notify::from_env();
         options.http = config.http.clone();
         options.healing_log = healing_log(config, &bots);
+        if let Some(rules) = engine_config(config)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            let store = opsbot::store::Store::open(&state_path(config))
+                .with_context(|| "the engine's state store")?;
+            let voices = bots
+                .iter()
+                .map(|b| (b.name().to_owned(), b.voice()))
+                .collect();
+            let path = config.path.clone();
+            let reload: opsbot_engine::driver::Reloader = Box::new(move || {
+                let c = Config::load_with(&path, EXTENSIONS).map_err(|e| e.to_string())?;
+                engine_config(&c)
+                    .unwrap_or_else(|| Err("the file has no [engine] table any more".into()))
+            });
+            let admin = config.http.as_ref().and_then(|h| h.admin_token.clone());
+            self.engine
+                .start(rules, store, voices, reload, admin)
+                .context("starting the engine")?;
+            match &config.http {
+                Some(_) => options.api.push(self.engine.mount()),
+                None => tracing::warn!(
+                    "[engine] without [http]: alerts and events cannot reach it (add an [http] table)"
+                ),
+            }
+        }
         if console {
             if !std::io::stdin().is_terminal() {
                 tracing::info!(
@@ -502,6 +563,34 @@ impl App {
                     return ExitCode::from(2);
                 }
             },
+            Some(Cmd::Audit {
+                what: AuditCmd::Verify { config },
+            }) => match Config::load_with(&config, EXTENSIONS) {
+                Ok(c) => {
+                    let path = state_path(&c);
+                    let store = match opsbot::store::Store::open(&path) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    return match opsbot_engine::audit::Audit::new(&store).verify() {
+                        Ok(n) => {
+                            println!("{}: {n} audit entries, the chain holds", path.display());
+                            ExitCode::SUCCESS
+                        }
+                        Err(b) => {
+                            eprintln!("{}: {b}", path.display());
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            },
             Some(Cmd::Run { config }) => match self.check(&config) {
                 Ok(c) => self.run(&c),
                 Err(errors) => {
@@ -518,6 +607,60 @@ impl App {
             }
         }
     }
+}
+
+/// Top-level tables of the config that belong to crates built on the framework.
+const EXTENSIONS: &[&str] = &["engine"];
+
+/// The state store's path: `[state] path`, else the default.
+fn state_path(config: &Config) -> PathBuf {
+    config
+        .state_path
+        .clone()
+        .unwrap_or_else(opsbot::bot::default_state_path)
+}
+
+/// The checked `[engine]` table, if the file has one.
+fn engine_config(config: &Config) -> Option<Result<EngineConfig, String>> {
+    let table = config.extensions.get("engine")?.clone();
+    let bots: Vec<&str> = config.bots.iter().map(|b| b.name.as_str()).collect();
+    Some(EngineConfig::from_table(table, &bots).map_err(|problems| {
+        settings_errors(config, "engine", problems)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }))
+}
+
+/// What is wrong with the `[engine]` table, and with bots that list the `engine` handler
+/// without one.
+fn engine_problems(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    match config.extensions.get("engine") {
+        Some(table) => {
+            let bots: Vec<&str> = config.bots.iter().map(|b| b.name.as_str()).collect();
+            if let Err(problems) = EngineConfig::from_table(table.clone(), &bots) {
+                errors.extend(settings_errors(config, "engine", problems));
+            }
+        }
+        None => {
+            for b in &config.bots {
+                if b.handlers.iter().any(|h| h == "engine") {
+                    errors.push(
+                        config.error_at(
+                            format!("{}.handlers", b.key),
+                            "the `engine` handler needs an [engine] table".into(),
+                            Some(
+                                "add [engine] with its routes and rules (see examples/alerts.toml)"
+                                    .into(),
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    errors
 }
 
 /// The process's persisted healing log, in the state store (`[state] path`, else the default

@@ -543,6 +543,9 @@ fn every_example_config_checks_clean() {
                     ("IRC_SASL_PASSWORD", secret),
                     ("XMPP_PASSWORD", secret),
                     ("WEBEX_TOKEN", secret),
+                    ("OPSBOT_ADMIN_TOKEN", "an-admin-token-from-the-environment-0123"),
+                    ("OPSBOT_ALERTMANAGER_TOKEN", "an-alertmanager-token-0123456789"),
+                    ("OPSBOT_CI_SECRET", "a-ci-secret-0123456789abcdef"),
                 ],
             );
             n += 1;

@@ -42,7 +42,7 @@ const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 #[serde(deny_unknown_fields)]
 struct RawEngine {
     bot: Option<String>,
-    alertmanager_token: Option<Secret>,
+    alertmanager_token: Option<String>,
     #[serde(default)]
     approvers: BTreeMap<String, Vec<String>>,
     #[serde(default)]
@@ -112,7 +112,7 @@ fn post() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    secret: Secret,
+    secret: String,
     room: Option<String>,
 }
 
@@ -206,6 +206,48 @@ pub struct EngineConfig {
     pub sources: BTreeMap<String, Source>,
 }
 
+/// A secret from the environment: the value must be exactly `${VAR}` (a secret written in
+/// the file would be in every copy and backup of it), the variable set, and long enough.
+fn secret(raw: &str, key: &str, var: &str, errors: &mut Vec<SettingsError>) -> Option<Secret> {
+    let name = raw
+        .strip_prefix("${")
+        .and_then(|r| r.strip_suffix('}'))
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let Some(name) = name else {
+        errors.push(
+            SettingsError::at(
+                key,
+                "the secret must be one environment variable, not written in the file",
+            )
+            .hint(format!(
+                "{} = \"${{{var}}}\", set in the environment",
+                key.rsplit('.').next().unwrap_or(key)
+            )),
+        );
+        return None;
+    };
+    match std::env::var(name) {
+        Ok(v) if v.len() >= 16 => Some(Secret::new(v)),
+        Ok(_) => {
+            errors.push(
+                SettingsError::at(
+                    key,
+                    format!("${name} is shorter than 16 characters: too easy to guess"),
+                )
+                .hint("make one with: openssl rand -hex 32"),
+            );
+            None
+        }
+        Err(_) => {
+            errors.push(SettingsError::at(
+                key,
+                format!("${name} is not set in the environment"),
+            ));
+            None
+        }
+    }
+}
+
 fn duration(text: &str, key: &str, errors: &mut Vec<SettingsError>) -> Option<Duration> {
     match humantime::parse_duration(text) {
         Ok(d) if d > MAX_DURATION => {
@@ -227,6 +269,20 @@ fn duration(text: &str, key: &str, errors: &mut Vec<SettingsError>) -> Option<Du
 }
 
 impl EngineConfig {
+    /// No routes, no rules: an engine that is not configured.
+    pub fn empty() -> Self {
+        Self {
+            bot: None,
+            alertmanager_token: None,
+            approvers: BTreeMap::new(),
+            allowed: Allowed::default(),
+            approval_timeout: Duration::from_secs(15 * 60),
+            routes: Vec::new(),
+            rules: Vec::new(),
+            sources: BTreeMap::new(),
+        }
+    }
+
     /// Reads and checks the `[engine]` table; `bots` are the names of the config's bots.
     pub fn from_table(table: toml::Table, bots: &[&str]) -> Result<Self, Vec<SettingsError>> {
         let raw: RawEngine =
@@ -398,31 +454,41 @@ impl EngineConfig {
                 room: r.room,
             });
         }
-        let sources = raw
-            .source
-            .into_iter()
-            .map(|(name, s)| {
-                if s.secret.expose().len() < 16 {
-                    errors.push(SettingsError::at(
-                        format!("source.{name}.secret"),
-                        "shorter than 16 characters: too easy to guess",
-                    ));
-                }
-                (
+        let mut sources = BTreeMap::new();
+        for (name, s) in raw.source {
+            let var = format!(
+                "OPSBOT_{}_SECRET",
+                name.to_ascii_uppercase().replace('-', "_")
+            );
+            if let Some(secret) = secret(
+                &s.secret,
+                &format!("source.{name}.secret"),
+                &var,
+                &mut errors,
+            ) {
+                sources.insert(
                     name,
                     Source {
-                        secret: s.secret,
+                        secret,
                         room: s.room,
                     },
-                )
-            })
-            .collect();
+                );
+            }
+        }
+        let alertmanager_token = raw.alertmanager_token.as_deref().and_then(|t| {
+            secret(
+                t,
+                "alertmanager_token",
+                "OPSBOT_ALERTMANAGER_TOKEN",
+                &mut errors,
+            )
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Self {
             bot: default_bot,
-            alertmanager_token: raw.alertmanager_token,
+            alertmanager_token,
             approvers: raw.approvers,
             allowed,
             approval_timeout,
@@ -619,6 +685,32 @@ mod tests {
         match = ['alertname="Disk"', 'instance=~".+"']
         action = { kind = "http", url = "https://hooks.example.com/clean/{instance}" }
     "##;
+
+    #[test]
+    fn secrets_come_from_the_environment_only() {
+        let p = problems(&format!(
+            "alertmanager_token = \"s3cr3t-written-in-the-file\"\n{GOOD}"
+        ));
+        assert!(
+            p.iter().any(|p| p
+                .starts_with("alertmanager_token: the secret must be one environment variable")),
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "alertmanager_token = \"${{OPSBOT_TEST_UNSET_VARIABLE}}\"\n{GOOD}"
+        ));
+        assert!(p.iter().any(|p| p.contains("is not set")), "{p:?}");
+        let p = problems(&format!("{GOOD}\n[source.ci]\nsecret = \"x${{PATH}}\"\n"));
+        assert!(
+            p.iter().any(|p| p.starts_with("source.ci.secret:")),
+            "{p:?}"
+        );
+        let c = check(&format!("alertmanager_token = \"${{PATH}}\"\n{GOOD}")).unwrap();
+        assert_eq!(
+            c.alertmanager_token.unwrap().expose(),
+            std::env::var("PATH").unwrap()
+        );
+    }
 
     #[test]
     fn a_good_table_checks() {

@@ -199,6 +199,11 @@ impl Core {
         Ok(line)
     }
 
+    /// Records a reload that was refused (the rules in force stay).
+    pub fn reload_refused(&self, who: &str, why: &str) -> Result<(), String> {
+        self.audit("reload-refused", who, "rules", why)
+    }
+
     fn audit(&self, step: &str, who: &str, subject: &str, detail: &str) -> Result<(), String> {
         self.audit
             .record(step, who, subject, detail)

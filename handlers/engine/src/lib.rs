@@ -9,8 +9,14 @@
 pub mod action;
 pub mod alert;
 pub mod audit;
+pub mod commands;
 pub mod config;
 pub mod core;
+pub mod driver;
+pub mod http;
 pub mod record;
 pub mod rules;
 pub mod signature;
+
+pub use commands::EngineCommands;
+pub use driver::Engine;

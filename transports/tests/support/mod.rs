@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod alertmanager;
 pub mod chaos;
 pub mod cut;
 #[cfg(feature = "webex")]

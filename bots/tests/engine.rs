@@ -1,0 +1,403 @@
+//! The self-healing engine end to end: a real Alertmanager (two, as an HA pair) sends its
+//! webhook to the real `opsbot` binary, which posts in chat (the console), asks for approval,
+//! runs the action once, and keeps an audit trail that `opsbot audit verify` checks.
+
+mod common;
+#[path = "../../transports/tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::alertmanager::{Alertmanager, http};
+use support::free_port;
+
+const TOKEN: &str = "am-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+const SECRET: &str = "ci-secret-0123456789abcdef";
+
+/// The bot: a console bot with the engine, its API on `port`.
+struct Opsbot {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Opsbot {
+    fn start(config: &Path) -> Self {
+        let (child, stdin, lines) = common::spawn_piped(
+            Command::new(env!("CARGO_BIN_EXE_opsbot"))
+                .args(["run", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "warn")
+                .env("OPSBOT_ADMIN_TOKEN", ADMIN)
+                .env("OPSBOT_ALERTMANAGER_TOKEN", TOKEN)
+                .env("OPSBOT_CI_SECRET", SECRET),
+        );
+        Self {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("running");
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The first line from now on that satisfies `want`, within `within`.
+    fn expect(&mut self, within: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if want(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such line within {within:?}; the bot said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line that comes within `within`.
+    fn drain(&mut self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(l.clone());
+            out.push(l);
+        }
+        out
+    }
+
+    fn stop(mut self) {
+        // The end of the console's input stops the bot gracefully.
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the bot did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Opsbot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, port: u16, rule: &str) -> std::path::PathBuf {
+    let path = dir.join("alerts.toml");
+    let text = format!(
+        r##"
+[state]
+path = "{state}"
+
+[http]
+listen = "127.0.0.1:{port}"
+admin_token = "${{OPSBOT_ADMIN_TOKEN}}"
+
+[[bot]]
+name = "ops"
+admins = ["console"]
+handlers = ["engine"]
+[bot.transport]
+kind = "console"
+
+[engine]
+alertmanager_token = "${{OPSBOT_ALERTMANAGER_TOKEN}}"
+programs = ["/usr/bin/touch"]
+approvers.oncall = ["console"]
+
+[engine.source.ci]
+secret = "${{OPSBOT_CI_SECRET}}"
+
+[[engine.route]]
+match = ['severity=~"page|warn"']
+room = "ops"
+
+[[engine.rule]]
+name = "restart"
+match = ['alertname="WebDown"', 'service=~".+"']
+action = {{ kind = "command", program = "/usr/bin/touch", args = ["{marks}/{{service}}"] }}
+target = "{{service}}"
+{rule}
+"##,
+        state = dir.join("state.redb").display(),
+        marks = dir.display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An alert as Prometheus sends it to every replica: with the time it became active, so that
+/// replicas agree on it; `ends_at` (after that) resolves it.
+fn web_down(service: &str, ends_at: Option<&str>) -> String {
+    let ends = ends_at.map_or(String::new(), |e| format!(",\"endsAt\":\"{e}\""));
+    format!(
+        r#"[{{"labels":{{"alertname":"WebDown","service":"{service}","severity":"page","instance":"web-1"}},
+        "annotations":{{"summary":"web is down"}},"startsAt":"2026-01-01T00:00:00Z"{ends}}}]"#
+    )
+}
+
+fn opsbot_audit_verify(config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_opsbot"))
+        .args(["audit", "verify", "--config"])
+        .arg(config)
+        .env("OPSBOT_ADMIN_TOKEN", ADMIN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Alertmanager fires, the bot asks, the approver approves, the action runs once; the
+/// resolution refers to the first message; the audit holds, and an edit in it is found.
+#[test]
+fn alertmanager_fires_the_bot_asks_an_approval_runs_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(
+        dir.path(),
+        port,
+        "approval = \"one\"\napprovers = \"oncall\"",
+    );
+    let mut bot = Opsbot::start(&config);
+    let webhook = format!("http://127.0.0.1:{port}/api/v1/alerts/alertmanager");
+    let am = Alertmanager::start(&webhook, TOKEN, &[]);
+    am.post_alerts(&web_down("web", None));
+    let fired = bot.expect(Duration::from_secs(30), |l| l.contains("FIRING"));
+    assert_eq!(fired, "[G1] FIRING WebDown: web-1: web is down");
+    let ask = bot.expect(Duration::from_secs(10), |l| l.contains("wants to"));
+    assert!(
+        ask.starts_with("[A1] rule restart wants to run /usr/bin/touch ")
+            && ask.contains("!approve A1"),
+        "{ask}"
+    );
+    assert!(
+        !dir.path().join("web").exists(),
+        "nothing runs before the approval"
+    );
+    bot.say("!approve A1");
+    bot.expect(Duration::from_secs(10), |l| l.starts_with("[A1] approved"));
+    let done = bot.expect(Duration::from_secs(10), |l| l.starts_with("[A1] done"));
+    assert!(done.contains("exit status 0"), "{done}");
+    assert!(dir.path().join("web").exists(), "the action ran");
+
+    // Resolved in Alertmanager: the same group's reference, and nothing is run.
+    am.post_alerts(&web_down("web", Some("2026-01-02T00:00:00Z")));
+    let resolved = bot.expect(Duration::from_secs(30), |l| l.contains("RESOLVED"));
+    assert_eq!(resolved, "[G1] RESOLVED WebDown: web-1: web is down");
+    bot.say("!actions");
+    let listed = bot.expect(Duration::from_secs(10), |l| l.starts_with("[A"));
+    assert!(listed.starts_with("[A1] succeeded: restart"), "{listed}");
+
+    // The audit over the API, with the admin token only.
+    let (status, _) = http(port, "GET", "/api/v1/audit", &[], b"");
+    assert_eq!(status, 401);
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) = http(
+        port,
+        "GET",
+        "/api/v1/audit?limit=50",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"intact\":true"), "{body}");
+    for step in [
+        "received",
+        "planned",
+        "approval-asked",
+        "approved",
+        "started",
+        "finished",
+    ] {
+        assert!(
+            body.contains(&format!("\"step\":\"{step}\"")),
+            "{step} not in {body}"
+        );
+    }
+    bot.stop();
+
+    let (ok, said) = opsbot_audit_verify(&config);
+    assert!(ok, "{said}");
+    // Someone edits an entry in the store: verify names it.
+    {
+        let store = opsbot::store::Store::open(&dir.path().join("state.redb")).unwrap();
+        let j = store.journal("engine.audit");
+        let (seq, bytes) = j.read(3, 1).unwrap().remove(0);
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace("\"who\":\"", "\"who\":\"mallory+");
+        j.overwrite(seq, text.as_bytes()).unwrap();
+    }
+    let (ok, said) = opsbot_audit_verify(&config);
+    assert!(!ok, "{said}");
+    assert!(said.contains("audit entry 3"), "{said}");
+}
+
+/// Two Alertmanagers of an HA pair both deliver the same group: one notification, one action.
+#[test]
+fn an_ha_pair_delivering_twice_gives_one_notification_and_one_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, "");
+    let mut bot = Opsbot::start(&config);
+    let webhook = format!("http://127.0.0.1:{port}/api/v1/alerts/alertmanager");
+    let a = Alertmanager::start(&webhook, TOKEN, &[]);
+    let b = Alertmanager::start(&webhook, TOKEN, &[a.cluster_port]);
+    // Prometheus sends every alert to every replica.
+    a.post_alerts(&web_down("web", None));
+    b.post_alerts(&web_down("web", None));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.notifications_sent() < 1 || b.notifications_sent() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "both replicas must deliver: {} and {}\n{}\n{}",
+            a.notifications_sent(),
+            b.notifications_sent(),
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bot.say("!actions");
+    bot.expect(Duration::from_secs(10), |l| l.starts_with("[A1]"));
+    let later = bot.drain(Duration::from_secs(2));
+    let all = bot.seen.join("\n");
+    assert_eq!(all.matches("FIRING").count(), 1, "{all}");
+    assert_eq!(all.matches("[A1] done").count(), 1, "{all}");
+    assert!(!all.contains("[A2]"), "{all}\n{later:?}");
+}
+
+/// Requests that must be refused are, with a 4xx that says why, and change nothing.
+#[test]
+fn wrong_tokens_bad_signatures_replays_and_bad_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, "dry_run = true");
+    let mut bot = Opsbot::start(&config);
+    let alerts = "/api/v1/alerts/alertmanager";
+    let body = br#"{"version":"4","groupKey":"g","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"WebDown","service":"web","severity":"page"},"startsAt":"2026-12-06T10:00:00Z","fingerprint":"f1"}]}"#;
+    let good = format!("Bearer {TOKEN}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the API never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (s, b) = http(port, "POST", alerts, &[], body);
+    assert_eq!(s, 401, "{b}");
+    let (s, b) = http(
+        port,
+        "POST",
+        alerts,
+        &[("Authorization", "Bearer wrong")],
+        body,
+    );
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("wrong bearer token"), "{b}");
+    let (s, b) = http(
+        port,
+        "POST",
+        alerts,
+        &[("Authorization", &good)],
+        b"{\"version\":\"4\"",
+    );
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("not an Alertmanager webhook payload"), "{b}");
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    let (s, _) = http(port, "POST", alerts, &[("Authorization", &good)], &huge);
+    assert_eq!(s, 413);
+    let (s, b) = http(port, "GET", alerts, &[("Authorization", &good)], b"");
+    assert_eq!(s, 405, "{b}");
+
+    // Signed events.
+    let event =
+        br#"{"id":"build-1","labels":{"alertname":"WebDown","service":"web","severity":"page"}}"#;
+    let ts = now_secs();
+    let sig = opsbot_engine::signature::sign(SECRET.as_bytes(), ts, event);
+    let ts_s = ts.to_string();
+    let signed = [
+        ("X-Opsbot-Timestamp", ts_s.as_str()),
+        ("X-Opsbot-Signature", sig.as_str()),
+    ];
+    let (s, b) = http(port, "POST", "/api/v1/events/nope", &signed, event);
+    assert_eq!(s, 404, "{b}");
+    let bad_sig = opsbot_engine::signature::sign(b"another secret entirely", ts, event);
+    let (s, b) = http(
+        port,
+        "POST",
+        "/api/v1/events/ci",
+        &[
+            ("X-Opsbot-Timestamp", &ts_s),
+            ("X-Opsbot-Signature", &bad_sig),
+        ],
+        event,
+    );
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("signature does not match"), "{b}");
+    let old = (ts - 3600).to_string();
+    let old_sig = opsbot_engine::signature::sign(SECRET.as_bytes(), ts - 3600, event);
+    let (s, b) = http(
+        port,
+        "POST",
+        "/api/v1/events/ci",
+        &[
+            ("X-Opsbot-Timestamp", &old),
+            ("X-Opsbot-Signature", &old_sig),
+        ],
+        event,
+    );
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("outside the accepted window"), "{b}");
+    assert!(
+        bot.drain(Duration::from_millis(500)).is_empty(),
+        "nothing refused reached chat"
+    );
+
+    // The good one goes through once (a dry run says what it would do); its replay does not.
+    let (s, b) = http(port, "POST", "/api/v1/events/ci", &signed, event);
+    assert_eq!(s, 200, "{b}");
+    bot.expect(Duration::from_secs(10), |l| l.contains("FIRING WebDown"));
+    let dry = bot.expect(Duration::from_secs(10), |l| l.contains("dry run"));
+    assert!(dry.contains("would run /usr/bin/touch"), "{dry}");
+    let (s, b) = http(port, "POST", "/api/v1/events/ci", &signed, event);
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("already received"), "{b}");
+    let (s, _) = http(port, "POST", alerts, &[("Authorization", &good)], body);
+    assert_eq!(s, 200);
+    assert!(!dir.path().join("web").exists(), "a dry run does nothing");
+}

@@ -1,0 +1,391 @@
+//! The engine at work: one thread of its own owns the [`Core`] and carries out what it
+//! decides (says through the bots' voices, runs actions), so the HTTP server and the bots only
+//! ever send it requests and wait for the answer. A webhook is answered 2xx only once what it
+//! brought is in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opsbot::bot::Voice;
+use opsbot::message::Destination;
+use opsbot::store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::action::{self, Outcome};
+use crate::alert::{Bounds, Notification};
+use crate::audit::Audit;
+use crate::config::EngineConfig;
+use crate::core::{Core, Effect, Person};
+use crate::signature::Verifier;
+
+/// How many requests may wait for the engine's thread.
+const QUEUE: usize = 1024;
+/// How long a caller waits for the engine's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+/// What the engine's thread is asked.
+enum Request {
+    Alerts(Box<Notification>, Reply<usize>),
+    Approve(u64, Person, Reply<String>),
+    Deny(u64, Person, String, Reply<String>),
+    Run {
+        rule: String,
+        values: BTreeMap<String, String>,
+        who: Person,
+        bot: String,
+        room: String,
+        reply: Reply<String>,
+    },
+    Pause(bool, String, Reply<String>),
+    Silence(String, Duration, String, Reply<String>),
+    Actions(Reply<Vec<String>>),
+    Reload(String, Reply<String>),
+    Finished(u64, Outcome),
+}
+
+/// Re-reads and checks the engine's rules (the whole config file, as `opsbot check` would).
+pub type Reloader = Box<dyn Fn() -> Result<EngineConfig, String> + Send>;
+
+/// What the HTTP side reads without asking the engine's thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Mutex<Arc<EngineConfig>>,
+    pub(crate) bounds: Bounds,
+    pub(crate) verifier: Verifier,
+    pub(crate) audit: Mutex<Option<Audit>>,
+    pub(crate) admin_token: Mutex<Option<opsbot::config::Secret>>,
+}
+
+/// A handle on the engine. Cheap to clone; made before the bots are built (their `engine`
+/// handlers hold one) and started once they are.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    tx: mpsc::Sender<Request>,
+    rx: Arc<Mutex<Option<mpsc::Receiver<Request>>>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    /// A handle on an engine not started yet: requests wait until it is.
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Self {
+            tx,
+            rx: Arc::new(Mutex::new(Some(rx))),
+            shared: Arc::new(Shared {
+                config: Mutex::new(Arc::new(EngineConfig::empty())),
+                bounds: Bounds::default(),
+                verifier: Verifier::new(300, 100_000),
+                audit: Mutex::new(None),
+                admin_token: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Starts the engine's thread with `config`, keeping its state in `store` and speaking
+    /// through `voices` (by bot name); `reload` re-reads the rules at SIGHUP and `!rules
+    /// reload`. Answers the thread, which ends when every handle is gone.
+    ///
+    /// # Panics
+    /// When started twice.
+    pub fn start(
+        &self,
+        config: EngineConfig,
+        store: Store,
+        voices: HashMap<String, Voice>,
+        reload: Reloader,
+        admin_token: Option<opsbot::config::Secret>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rx = self
+            .rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("the engine is started once");
+        let config = Arc::new(config);
+        *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        *self.shared.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Audit::new(&store));
+        *self
+            .shared
+            .admin_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = admin_token;
+        let (core, effects) =
+            Core::open(config, &store, now_ms()).map_err(std::io::Error::other)?;
+        let tx = self.tx.clone();
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the engine");
+                rt.block_on(run(core, effects, rx, tx, voices, reload, shared));
+            })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the engine is busy; try again".to_owned(),
+            mpsc::error::TrySendError::Closed(_) => "the engine is not running".to_owned(),
+        })?;
+        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the engine stopped before answering".into()),
+            Err(_) => Err("the engine did not answer in time".into()),
+        }
+    }
+
+    /// Hands over an Alertmanager notification; answers how many of its alerts were new.
+    pub async fn alerts(&self, n: Notification) -> Result<usize, String> {
+        self.ask(|r| Request::Alerts(Box::new(n), r)).await
+    }
+
+    /// `who` approves action `id`.
+    pub async fn approve(&self, id: u64, who: Person) -> Result<String, String> {
+        self.ask(|r| Request::Approve(id, who, r)).await
+    }
+
+    /// `who` denies action `id`.
+    pub async fn deny(&self, id: u64, who: Person, reason: String) -> Result<String, String> {
+        self.ask(|r| Request::Deny(id, who, reason, r)).await
+    }
+
+    /// `who` asks, in `room` of `bot`, for `rule` to run for `values`.
+    pub async fn run_rule(
+        &self,
+        rule: String,
+        values: BTreeMap<String, String>,
+        who: Person,
+        bot: String,
+        room: String,
+    ) -> Result<String, String> {
+        self.ask(|reply| Request::Run {
+            rule,
+            values,
+            who,
+            bot,
+            room,
+            reply,
+        })
+        .await
+    }
+
+    /// Pauses or resumes automation.
+    pub async fn pause(&self, paused: bool, who: String) -> Result<String, String> {
+        self.ask(|r| Request::Pause(paused, who, r)).await
+    }
+
+    /// Silences a rule.
+    pub async fn silence(&self, rule: String, d: Duration, who: String) -> Result<String, String> {
+        self.ask(|r| Request::Silence(rule, d, who, r)).await
+    }
+
+    /// Pending, running and recent actions.
+    pub async fn actions(&self) -> Result<Vec<String>, String> {
+        self.ask(Request::Actions).await
+    }
+
+    /// Re-reads the rules.
+    pub async fn reload(&self, who: String) -> Result<String, String> {
+        self.ask(|r| Request::Reload(who, r)).await
+    }
+
+    /// The rules in force.
+    pub fn config(&self) -> Arc<EngineConfig> {
+        self.shared
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn carry_out(
+    effects: Vec<Effect>,
+    voices: &HashMap<String, Voice>,
+    tx: &mpsc::Sender<Request>,
+    allowed: &action::Allowed,
+) {
+    for e in effects {
+        match e {
+            Effect::Say { bot, room, text } => {
+                let said = voices
+                    .get(&bot)
+                    .is_some_and(|v| v.say(Destination::room(room.as_str()), text.as_str()));
+                if !said {
+                    tracing::warn!(%bot, %room, %text, "the engine could not speak: that bot is not running");
+                }
+            }
+            Effect::Run(a) => {
+                let tx = tx.clone();
+                let allowed = allowed.clone();
+                tokio::spawn(async move {
+                    tracing::info!(action = %a.label(), plan = %a.plan_line, "action started");
+                    let outcome = action::run(&a.plan, &allowed).await;
+                    let _ = tx.send(Request::Finished(a.id, outcome)).await;
+                });
+            }
+        }
+    }
+}
+
+async fn run(
+    mut core: Core,
+    effects: Vec<Effect>,
+    mut rx: mpsc::Receiver<Request>,
+    tx: mpsc::Sender<Request>,
+    voices: HashMap<String, Voice>,
+    reload: Reloader,
+    shared: Arc<Shared>,
+) {
+    let allowed = || core_allowed(&shared);
+    carry_out(effects, &voices, &tx, &allowed());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let request = tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            _ = tick.tick() => {
+                match core.tick(now_ms()) {
+                    Ok(fx) => carry_out(fx, &voices, &tx, &allowed()),
+                    Err(e) => tracing::error!(error = %e, "the engine's store failed"),
+                }
+                continue;
+            }
+            _ = hup => {
+                let line = do_reload(&mut core, &reload, &shared, "SIGHUP");
+                tracing::info!("{line}");
+                continue;
+            }
+        };
+        let now = now_ms();
+        match request {
+            Request::Alerts(n, reply) => {
+                let count = n.alerts.len();
+                let r = core.receive(&n, now).map(|fx| {
+                    carry_out(fx, &voices, &tx, &allowed());
+                    count
+                });
+                let _ = reply.send(r);
+            }
+            Request::Approve(id, who, reply) => {
+                let r = core.approve(id, &who, now).map(|(line, fx)| {
+                    carry_out(fx, &voices, &tx, &allowed());
+                    line
+                });
+                let _ = reply.send(r);
+            }
+            Request::Deny(id, who, reason, reply) => {
+                let _ = reply.send(core.deny(id, &who, &reason, now));
+            }
+            Request::Run {
+                rule,
+                values,
+                who,
+                bot,
+                room,
+                reply,
+            } => {
+                let request = format!("{now}-{}", fastrand_id());
+                let r = core
+                    .run_manual(&rule, values, &who, &bot, &room, &request, now)
+                    .map(|(err, fx)| {
+                        let asked = !fx.is_empty();
+                        carry_out(fx, &voices, &tx, &allowed());
+                        err.unwrap_or_else(|| {
+                            if asked {
+                                String::new()
+                            } else {
+                                "nothing to do".into()
+                            }
+                        })
+                    });
+                let _ = reply.send(r);
+            }
+            Request::Pause(paused, who, reply) => {
+                let _ = reply.send(core.set_paused(paused, &who));
+            }
+            Request::Silence(rule, d, who, reply) => {
+                let _ = reply.send(core.silence(&rule, d, &who, now));
+            }
+            Request::Actions(reply) => {
+                let _ = reply.send(core.summary_lines(10));
+            }
+            Request::Reload(who, reply) => {
+                let _ = reply.send(Ok(do_reload(&mut core, &reload, &shared, &who)));
+            }
+            Request::Finished(id, outcome) => match core.finished(id, outcome, now) {
+                Ok(fx) => carry_out(fx, &voices, &tx, &allowed()),
+                Err(e) => tracing::error!(error = %e, "the engine's store failed"),
+            },
+        }
+    }
+}
+
+fn core_allowed(shared: &Shared) -> action::Allowed {
+    shared
+        .config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allowed
+        .clone()
+}
+
+fn do_reload(core: &mut Core, reload: &Reloader, shared: &Shared, who: &str) -> String {
+    match reload() {
+        Ok(cfg) => {
+            let cfg = Arc::new(cfg);
+            *shared.config.lock().unwrap_or_else(|p| p.into_inner()) = cfg.clone();
+            core.reload(cfg, who)
+                .unwrap_or_else(|e| format!("rules reloaded, but the audit failed: {e}"))
+        }
+        Err(e) => {
+            if let Err(a) = core.reload_refused(who, &e) {
+                tracing::error!(error = %a, "the engine's store failed");
+            }
+            format!("reload refused, the rules in force stay: {e}")
+        }
+    }
+}
+
+/// A short random id for a manual request.
+fn fastrand_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    format!("{:016x}", h.finish())
+}
