@@ -153,7 +153,8 @@ impl App {
     /// An app with the built-in handlers (`help`, `status`, `whereareyou`, `whoami`, `echo`,
     /// `heal`,
     /// always on)
-    /// and the library's optional ones (`boom`, `lines`, `dns`, `links`) and pollers (`feed`,
+    /// and the library's optional ones (`boom`, `lines`, `dns`, `links`, and `engine`, the
+    /// self-healing engine's commands) and pollers (`feed`,
     /// `http_json`).
     pub fn new() -> Self {
         use opsbot_handlers::{demo, echo, heal, help, status, whereareyou, whoami};
@@ -163,7 +164,19 @@ impl App {
             handlers: Vec::new(),
             pollers: Vec::new(),
             engine,
-        };
+        }
+        .builtin::<help::Help>("help")
+        .builtin::<status::Status>("status")
+        .builtin::<whereareyou::WhereAreYou>("whereareyou")
+        .builtin::<whoami::WhoAmI>("whoami")
+        .builtin::<echo::Echo>("echo")
+        .builtin::<heal::Heal>("heal")
+        .handler::<demo::Boom>("boom")
+        .handler::<demo::Lines>("lines")
+        .handler::<opsbot_handlers::dns::Dns>("dns")
+        .handler::<opsbot_handlers::links::Links>("links")
+        .poller::<opsbot_handlers::pollers::Feed>("feed")
+        .poller::<opsbot_handlers::pollers::HttpJson>("http_json");
         app.handlers.push(HandlerEntry {
             name: "engine",
             builtin: false,
@@ -176,18 +189,7 @@ impl App {
                 Ok(builder.handler(commands.clone()))
             }),
         });
-        app.builtin::<help::Help>("help")
-            .builtin::<status::Status>("status")
-            .builtin::<whereareyou::WhereAreYou>("whereareyou")
-            .builtin::<whoami::WhoAmI>("whoami")
-            .builtin::<echo::Echo>("echo")
-            .builtin::<heal::Heal>("heal")
-            .handler::<demo::Boom>("boom")
-            .handler::<demo::Lines>("lines")
-            .handler::<opsbot_handlers::dns::Dns>("dns")
-            .handler::<opsbot_handlers::links::Links>("links")
-            .poller::<opsbot_handlers::pollers::Feed>("feed")
-            .poller::<opsbot_handlers::pollers::HttpJson>("http_json")
+        app
     }
 
     fn add_handler<H>(mut self, name: &'static str, builtin: bool) -> Self

@@ -405,7 +405,7 @@ fn check_names_the_file_the_key_and_the_problem() {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     // In the file's order.
-    assert!(lines[0].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns, links)"), "{err}");
+    assert!(lines[0].starts_with("bots.toml:3: `bot[0].handlers`: unknown handler `bom` (hint: handlers that can be enabled: boom, lines, dns, links, engine)"), "{err}");
     assert!(lines[1].contains("`echo` is built in"), "{err}");
     assert!(
         lines[2]
@@ -543,8 +543,14 @@ fn every_example_config_checks_clean() {
                     ("IRC_SASL_PASSWORD", secret),
                     ("XMPP_PASSWORD", secret),
                     ("WEBEX_TOKEN", secret),
-                    ("OPSBOT_ADMIN_TOKEN", "an-admin-token-from-the-environment-0123"),
-                    ("OPSBOT_ALERTMANAGER_TOKEN", "an-alertmanager-token-0123456789"),
+                    (
+                        "OPSBOT_ADMIN_TOKEN",
+                        "an-admin-token-from-the-environment-0123",
+                    ),
+                    (
+                        "OPSBOT_ALERTMANAGER_TOKEN",
+                        "an-alertmanager-token-0123456789",
+                    ),
                     ("OPSBOT_CI_SECRET", "a-ci-secret-0123456789abcdef"),
                 ],
             );

@@ -401,3 +401,216 @@ fn wrong_tokens_bad_signatures_replays_and_bad_bodies_are_refused() {
     assert_eq!(s, 200);
     assert!(!dir.path().join("web").exists(), "a dry run does nothing");
 }
+
+/// Sends one signed event to the bot's API.
+fn send_event(port: u16, body: &str) -> (u16, String) {
+    let ts = now_secs();
+    let sig = opsbot_engine::signature::sign(SECRET.as_bytes(), ts, body.as_bytes());
+    let ts = ts.to_string();
+    http(
+        port,
+        "POST",
+        "/api/v1/events/ci",
+        &[("X-Opsbot-Timestamp", &ts), ("X-Opsbot-Signature", &sig)],
+        body.as_bytes(),
+    )
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the API never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The process is killed while an action runs: after a restart the action is "outcome
+/// unknown" and not run again. An approval asked before a restart is still open after it.
+#[test]
+fn a_crash_mid_action_is_outcome_unknown_and_an_open_approval_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rules = format!(
+        "[[engine.rule]]\nname = \"slow\"\nmatch = ['alertname=\"Slow\"']\n\
+         action = {{ kind = \"command\", program = \"/bin/sleep\", args = [\"30\"] }}\n\
+         [[engine.rule]]\nname = \"asked\"\nmatch = ['alertname=\"Asked\"', 'service=~\".+\"']\n\
+         action = {{ kind = \"command\", program = \"/usr/bin/touch\", args = [\"{}/{{service}}\"] }}\n\
+         approval = \"one\"\napprovers = \"oncall\"\n",
+        dir.path().display()
+    );
+    let config = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        "programs = [\"/usr/bin/touch\", \"/bin/sleep\"]",
+    );
+    text.push_str(&rules);
+    std::fs::write(&config, text).unwrap();
+
+    let mut bot = Opsbot::start(&config);
+    wait_listening(port);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"s1","labels":{"alertname":"Slow","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    bot.expect(Duration::from_secs(10), |l| {
+        l.starts_with("[A1] running rule slow")
+    });
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"a1","labels":{"alertname":"Asked","service":"web","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    bot.expect(Duration::from_secs(10), |l| {
+        l.starts_with("[A2] rule asked wants to")
+    });
+    // SIGKILL: no chance to record anything more.
+    let _ = bot.child.kill();
+    let _ = bot.child.wait();
+    drop(bot);
+
+    let mut bot = Opsbot::start(&config);
+    let unknown = bot.expect(Duration::from_secs(20), |l| l.contains("outcome unknown"));
+    assert!(unknown.starts_with("[A1] outcome unknown"), "{unknown}");
+    bot.say("!approve A2");
+    bot.expect(Duration::from_secs(10), |l| l.starts_with("[A2] done"));
+    assert!(dir.path().join("web").exists());
+    bot.say("!actions");
+    bot.expect(Duration::from_secs(10), |l| {
+        l.starts_with("[A1] outcome unknown: slow")
+    });
+    let later = bot.drain(Duration::from_secs(1));
+    let all = bot.seen.join("\n");
+    assert!(
+        !all.contains("[A1] running"),
+        "run again after the restart: {all}\n{later:?}"
+    );
+}
+
+/// A label with shell syntax and a newline reaches the program as one argument: the file it
+/// names is made as it is, and nothing else happens.
+#[test]
+fn a_hostile_label_reaches_the_command_as_one_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, "");
+    let mut bot = Opsbot::start(&config);
+    wait_listening(port);
+    let hostile = "web; touch pwned $(touch pwned2) `touch pwned3`\nx";
+    let body = format!(
+        r#"{{"id":"h1","labels":{{"alertname":"WebDown","service":{},"severity":"page"}}}}"#,
+        serde_json_string(hostile)
+    );
+    let (s, b) = send_event(port, &body);
+    assert_eq!(s, 200, "{b}");
+    let done = bot.expect(Duration::from_secs(10), |l| l.starts_with("[A1] done"));
+    assert!(!done.contains('\n'));
+    assert!(
+        dir.path().join(hostile).exists(),
+        "the file is named by the whole label"
+    );
+    for f in ["pwned", "pwned2", "pwned3"] {
+        assert!(
+            !dir.path().join(f).exists() && !Path::new(f).exists(),
+            "{f}"
+        );
+    }
+}
+
+fn serde_json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// SIGHUP re-reads the rules without reconnecting anything; a file that does not check is
+/// refused and the rules in force stay.
+#[test]
+fn rules_reload_at_sighup_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, "");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut bot = Opsbot::start(&config);
+    wait_listening(port);
+    bot.say("!rules");
+    bot.expect(Duration::from_secs(10), |l| l.starts_with("restart: run"));
+    let added = format!(
+        "{original}\n[[engine.rule]]\nname = \"second\"\nmatch = ['alertname=\"Other\"']\n\
+         action = {{ kind = \"command\", program = \"/usr/bin/touch\", args = [\"x\"] }}\n"
+    );
+    std::fs::write(&config, &added).unwrap();
+    let pid = bot.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        bot.say("!rules");
+        let lines = bot.drain(Duration::from_millis(500));
+        if lines.iter().any(|l| l.starts_with("second: run")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new rule never showed: {lines:?}"
+        );
+    }
+    // A broken file: refused, the two rules stay, and the bot still answers.
+    std::fs::write(
+        &config,
+        added.replace("name = \"second\"", "name = \"bad name!\""),
+    )
+    .unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let auth = format!("Bearer {ADMIN}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(
+            port,
+            "GET",
+            "/api/v1/audit?limit=5",
+            &[("Authorization", &auth)],
+            b"",
+        );
+        if body.contains("reload-refused") {
+            assert!(body.contains("bad name!"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused reload in the audit: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bot.say("!rules");
+    let lines = bot.drain(Duration::from_secs(1));
+    assert!(
+        lines.iter().any(|l| l.starts_with("second: run")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("restart: run")),
+        "{lines:?}"
+    );
+    assert!(bot.child.try_wait().unwrap().is_none(), "still running");
+}

@@ -568,7 +568,18 @@ impl Core {
         self.put(&a)?;
         self.count_run(&a.rule.clone(), &a.target.clone(), now_ms, now_ms);
         self.audit("started", "engine", &a.label(), &a.plan_line)?;
-        Ok(vec![Effect::Run(Box::new(a))])
+        let say = Effect::Say {
+            bot: a.bot.clone(),
+            room: a.room.clone(),
+            text: format!(
+                "[{}] running rule {}: {} (for {})",
+                a.label(),
+                a.rule,
+                a.plan_line,
+                a.trigger
+            ),
+        };
+        Ok(vec![say, Effect::Run(Box::new(a))])
     }
 
     /// Records what running action `id` came to; answers what to say.

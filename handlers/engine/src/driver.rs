@@ -219,22 +219,49 @@ impl Engine {
     }
 }
 
+/// Lines the engine could not say yet (their bot was not running: the process is starting),
+/// said again each second, oldest first; the oldest go when there are too many.
+#[derive(Debug, Default)]
+struct Unsaid(std::collections::VecDeque<(String, String, String)>);
+
+/// The most lines kept waiting for their bot.
+const UNSAID: usize = 1000;
+
+impl Unsaid {
+    fn say(&mut self, voices: &HashMap<String, Voice>, bot: String, room: String, text: String) {
+        match voices.get(&bot) {
+            None => {
+                tracing::warn!(%bot, %room, %text, "the engine names a bot this process does not run")
+            }
+            Some(v) if v.say(Destination::room(room.as_str()), text.as_str()) => {}
+            Some(_) => {
+                if self.0.len() >= UNSAID
+                    && let Some((b, r, t)) = self.0.pop_front()
+                {
+                    tracing::warn!(bot = %b, room = %r, text = %t, "a line the engine could not say was dropped");
+                }
+                self.0.push_back((bot, room, text));
+            }
+        }
+    }
+
+    fn retry(&mut self, voices: &HashMap<String, Voice>) {
+        for (bot, room, text) in std::mem::take(&mut self.0) {
+            self.say(voices, bot, room, text);
+        }
+    }
+}
+
 fn carry_out(
     effects: Vec<Effect>,
     voices: &HashMap<String, Voice>,
+    unsaid: &mut Unsaid,
     tx: &mpsc::Sender<Request>,
     allowed: &action::Allowed,
 ) {
     for e in effects {
         match e {
-            Effect::Say { bot, room, text } => {
-                let said = voices
-                    .get(&bot)
-                    .is_some_and(|v| v.say(Destination::room(room.as_str()), text.as_str()));
-                if !said {
-                    tracing::warn!(%bot, %room, %text, "the engine could not speak: that bot is not running");
-                }
-            }
+            Effect::Say { bot, room, text } => unsaid.say(voices, bot, room, text),
             Effect::Run(a) => {
                 let tx = tx.clone();
                 let allowed = allowed.clone();
@@ -258,7 +285,8 @@ async fn run(
     shared: Arc<Shared>,
 ) {
     let allowed = || core_allowed(&shared);
-    carry_out(effects, &voices, &tx, &allowed());
+    let mut unsaid = Unsaid::default();
+    carry_out(effects, &voices, &mut unsaid, &tx, &allowed());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
@@ -279,8 +307,9 @@ async fn run(
                 None => return,
             },
             _ = tick.tick() => {
+                unsaid.retry(&voices);
                 match core.tick(now_ms()) {
-                    Ok(fx) => carry_out(fx, &voices, &tx, &allowed()),
+                    Ok(fx) => carry_out(fx, &voices, &mut unsaid, &tx, &allowed()),
                     Err(e) => tracing::error!(error = %e, "the engine's store failed"),
                 }
                 continue;
@@ -296,14 +325,14 @@ async fn run(
             Request::Alerts(n, reply) => {
                 let count = n.alerts.len();
                 let r = core.receive(&n, now).map(|fx| {
-                    carry_out(fx, &voices, &tx, &allowed());
+                    carry_out(fx, &voices, &mut unsaid, &tx, &allowed());
                     count
                 });
                 let _ = reply.send(r);
             }
             Request::Approve(id, who, reply) => {
                 let r = core.approve(id, &who, now).map(|(line, fx)| {
-                    carry_out(fx, &voices, &tx, &allowed());
+                    carry_out(fx, &voices, &mut unsaid, &tx, &allowed());
                     line
                 });
                 let _ = reply.send(r);
@@ -324,7 +353,7 @@ async fn run(
                     .run_manual(&rule, values, &who, &bot, &room, &request, now)
                     .map(|(err, fx)| {
                         let asked = !fx.is_empty();
-                        carry_out(fx, &voices, &tx, &allowed());
+                        carry_out(fx, &voices, &mut unsaid, &tx, &allowed());
                         err.unwrap_or_else(|| {
                             if asked {
                                 String::new()
@@ -348,7 +377,7 @@ async fn run(
                 let _ = reply.send(Ok(do_reload(&mut core, &reload, &shared, &who)));
             }
             Request::Finished(id, outcome) => match core.finished(id, outcome, now) {
-                Ok(fx) => carry_out(fx, &voices, &tx, &allowed()),
+                Ok(fx) => carry_out(fx, &voices, &mut unsaid, &tx, &allowed()),
                 Err(e) => tracing::error!(error = %e, "the engine's store failed"),
             },
         }

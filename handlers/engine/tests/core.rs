@@ -89,10 +89,14 @@ fn a_firing_group_is_posted_once_acted_on_once_and_resolved_in_reference() {
     let (mut core, _) = Core::open(config(""), &store, T0).unwrap();
     let fx = core.receive(&payload("firing", "web", "f1"), T0).unwrap();
     let lines = said(&fx);
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines[0].starts_with("[G1] FIRING WebDown: web-1: web is down"),
         "{lines:?}"
+    );
+    assert_eq!(
+        lines[1],
+        "[A1] running rule restart: run /usr/bin/systemctl restart web (for WebDown on web-1: web is down)"
     );
     let ran = runs(&fx);
     assert_eq!(ran, [1], "approval none runs at once");
