@@ -44,8 +44,10 @@
 //! `to`, `timeout_secs`, `retain_days` and `max_posts` are the framework's and the rest the
 //! poller's.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -497,9 +499,26 @@ impl App {
                 engine_config(&c)
                     .unwrap_or_else(|| Err("the file has no [engine] table any more".into()))
             });
-            let admin = config.http.as_ref().and_then(|h| h.admin_token.clone());
+            let healths: HashMap<String, opsbot::health::Health> = bots
+                .iter()
+                .map(|b| (b.name().to_owned(), b.health()))
+                .collect();
+            let heal: Arc<opsbot_engine::action::Healer> = Arc::new(move |bot: &str, sub: &str| {
+                healths
+                    .get(bot)
+                    .ok_or_else(|| format!("no bot named {bot}"))?
+                    .heal(sub, "the engine")
+                    .map_err(|e| e.to_string())
+            });
+            let wiring = opsbot_engine::driver::Wiring {
+                store,
+                voices,
+                heal,
+                reload,
+                admin_token: config.http.as_ref().and_then(|h| h.admin_token.clone()),
+            };
             self.engine
-                .start(rules, store, voices, reload, admin)
+                .start(rules, wiring)
                 .context("starting the engine")?;
             match &config.http {
                 Some(_) => options.api.push(self.engine.mount()),

@@ -614,3 +614,41 @@ fn rules_reload_at_sighup_and_a_bad_file_changes_nothing() {
     );
     assert!(bot.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// A `heal` action heals one of the bot's own subsystems, as `!heal` would, and says so.
+#[test]
+fn a_heal_action_heals_a_subsystem_of_the_bot() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[[engine.rule]]\nname = \"heal-it\"\nmatch = ['alertname=\"Stuck\"', 'handler=~\".+\"']\n\
+         action = { kind = \"heal\", bot = \"ops\", subsystem = \"handler:{handler}\" }\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut bot = Opsbot::start(&config);
+    wait_listening(port);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"st1","labels":{"alertname":"Stuck","handler":"echo","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let done = bot.expect(Duration::from_secs(10), |l| l.starts_with("[A1] done"));
+    assert_eq!(
+        done,
+        "[A1] done: heal handler:echo of bot ops (healing handler:echo)"
+    );
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"st2","labels":{"alertname":"Stuck","handler":"nosuch","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let failed = bot.expect(Duration::from_secs(10), |l| l.starts_with("[A2] FAILED"));
+    assert!(
+        failed.contains("heal handler:nosuch of bot ops"),
+        "{failed}"
+    );
+    bot.say("!echo still here");
+    bot.expect(Duration::from_secs(10), |l| l == "still here");
+}

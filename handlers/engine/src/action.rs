@@ -40,6 +40,13 @@ pub enum ActionSpec {
         /// The body template (sent as is with the values filled in).
         body: Option<Template>,
     },
+    /// Heals one of opsbot's own subsystems (what `!heal` does).
+    Heal {
+        /// The bot.
+        bot: String,
+        /// The subsystem, as `!status` names it (`transport`, `handler:dns`).
+        subsystem: Template,
+    },
 }
 
 /// An action with every place filled: what is shown, approved and run, and what travels
@@ -67,6 +74,13 @@ pub enum Plan {
         /// Its body.
         body: Option<String>,
     },
+    /// Heals a subsystem of a bot of this process.
+    Heal {
+        /// The bot.
+        bot: String,
+        /// The subsystem.
+        subsystem: String,
+    },
 }
 
 impl ActionSpec {
@@ -81,6 +95,7 @@ impl ActionSpec {
                 .chain(headers.values().flat_map(Template::labels))
                 .chain(body.iter().flat_map(Template::labels))
                 .collect(),
+            ActionSpec::Heal { subsystem, .. } => subsystem.labels().collect(),
         }
     }
 
@@ -125,6 +140,10 @@ impl ActionSpec {
                     .collect::<Result<_, _>>()?,
                 body: body.as_ref().map(|b| b.render_with(value)).transpose()?,
             },
+            ActionSpec::Heal { bot, subsystem } => Plan::Heal {
+                bot: bot.clone(),
+                subsystem: subsystem.render_encoded(value, no_controls)?,
+            },
         })
     }
 }
@@ -154,6 +173,9 @@ impl Plan {
                 format!("run {}", oneline(&shell_words::join(words)))
             }
             Plan::Http { method, url, .. } => format!("{method} {}", oneline(url)),
+            Plan::Heal { bot, subsystem } => {
+                format!("heal {} of bot {bot}", oneline(subsystem))
+            }
         }
     }
 }
@@ -209,12 +231,17 @@ impl Allowed {
                         .then(|| format!("{host} is not on the engine's list of hosts"))
                 }
             },
+            // The bot is checked with the config; the subsystem by the heal itself.
+            Plan::Heal { .. } => None,
         }
     }
 }
 
-/// Runs `plan`, which `allowed` must permit.
-pub async fn run(plan: &Plan, allowed: &Allowed) -> Outcome {
+/// Heals a bot's subsystem (`bot`, `subsystem`): answers what was healed, or why not.
+pub type Healer = dyn Fn(&str, &str) -> Result<String, String> + Send + Sync;
+
+/// Runs `plan`, which `allowed` must permit; `heal` carries out heals.
+pub async fn run(plan: &Plan, allowed: &Allowed, heal: &Healer) -> Outcome {
     if let Some(why) = allowed.refuses(plan) {
         return Outcome {
             ok: false,
@@ -234,6 +261,18 @@ pub async fn run(plan: &Plan, allowed: &Allowed) -> Outcome {
             headers,
             body,
         } => run_http(method, url, headers, body.as_deref()).await,
+        Plan::Heal { bot, subsystem } => match heal(bot, subsystem) {
+            Ok(what) => Outcome {
+                ok: true,
+                summary: format!("healing {what}"),
+                output: String::new(),
+            },
+            Err(why) => Outcome {
+                ok: false,
+                summary: why,
+                output: String::new(),
+            },
+        },
     }
 }
 
@@ -372,6 +411,26 @@ async fn run_http(
 mod tests {
     use super::*;
 
+    fn no_heal(_: &str, _: &str) -> Result<String, String> {
+        Err("no heals here".into())
+    }
+
+    #[tokio::test]
+    async fn a_heal_is_one_line_and_its_answer_is_the_outcome() {
+        let spec = ActionSpec::Heal {
+            bot: "ops".into(),
+            subsystem: Template::parse("handler:{handler}").unwrap(),
+        };
+        let plan = spec.plan_with(|_| Some("dns\nx")).unwrap();
+        assert_eq!(plan.describe(), "heal handler:dnsx of bot ops");
+        let ok = |bot: &str, sub: &str| -> Result<String, String> { Ok(format!("{sub} of {bot}")) };
+        let out = run(&plan, &allowed(), &ok).await;
+        assert!(out.ok);
+        assert_eq!(out.summary, "healing handler:dnsx of ops");
+        let out = run(&plan, &allowed(), &no_heal).await;
+        assert_eq!((out.ok, out.summary.as_str()), (false, "no heals here"));
+    }
+
     fn allowed() -> Allowed {
         Allowed {
             programs: vec![
@@ -406,7 +465,7 @@ mod tests {
         let plan = spec
             .plan_with(|l| (l == "service").then_some(hostile))
             .unwrap();
-        let out = run(&plan, &allowed()).await;
+        let out = run(&plan, &allowed(), &no_heal).await;
         assert!(out.ok, "{out:?}");
         assert_eq!(out.output, format!("[{hostile}]"));
         assert!(!plan.describe().contains('\n'), "{}", plan.describe());
@@ -414,7 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_environment_is_clean() {
-        let out = run(&command("/usr/bin/env", &[], 5), &allowed()).await;
+        let out = run(&command("/usr/bin/env", &[], 5), &allowed(), &no_heal).await;
         let mut names: Vec<&str> = out
             .output
             .lines()
@@ -426,12 +485,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_program_is_stopped_and_long_output_cut() {
-        let out = run(&command("/bin/sleep", &["30"], 1), &allowed()).await;
+        let out = run(&command("/bin/sleep", &["30"], 1), &allowed(), &no_heal).await;
         assert!(!out.ok);
         assert!(out.summary.contains("timed out after 1s"), "{out:?}");
         let out = run(
             &command("/usr/bin/head", &["-c", "100000", "/dev/zero"], 5),
             &allowed(),
+            &no_heal,
         )
         .await;
         assert!(out.ok, "{out:?}");
@@ -445,7 +505,12 @@ mod tests {
 
     #[tokio::test]
     async fn programs_and_hosts_off_the_lists_are_refused() {
-        let out = run(&command("/bin/rm", &["-rf", "/tmp/x"], 5), &allowed()).await;
+        let out = run(
+            &command("/bin/rm", &["-rf", "/tmp/x"], 5),
+            &allowed(),
+            &no_heal,
+        )
+        .await;
         assert!(out.summary.starts_with("refused"), "{out:?}");
         let a = allowed();
         let http = |url: &str| Plan::Http {

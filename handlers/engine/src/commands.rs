@@ -193,5 +193,8 @@ fn describe_action(a: &crate::action::ActionSpec) -> String {
             format!("run {program} {}", args.join(" "))
         }
         crate::action::ActionSpec::Http { method, url, .. } => format!("{method} {url}"),
+        crate::action::ActionSpec::Heal { bot, subsystem } => {
+            format!("heal {subsystem} of bot {bot}")
+        }
     }
 }

@@ -84,6 +84,7 @@ struct RawRule {
     #[serde(default)]
     safe_to_repeat: bool,
     room: Option<String>,
+    verify: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +103,10 @@ enum RawAction {
         #[serde(default)]
         headers: BTreeMap<String, String>,
         body: Option<String>,
+    },
+    Heal {
+        bot: Option<String>,
+        subsystem: String,
     },
 }
 
@@ -174,6 +179,9 @@ pub struct Rule {
     pub safe_to_repeat: bool,
     /// Where its approval requests and results go, if not the route's room.
     pub room: Option<String>,
+    /// After a successful run, how long to wait for the alert to resolve before saying that
+    /// the action did not fix it.
+    pub verify: Option<Duration>,
 }
 
 /// A source of signed events.
@@ -390,7 +398,18 @@ impl EngineConfig {
             let m = matchers(&r.matchers, &key, &mut errors);
             let ensured: Vec<String> = m.ensured().into_iter().map(str::to_owned).collect();
             let ensured: Vec<&str> = ensured.iter().map(String::as_str).collect();
-            let action = action(r.action, &key, &ensured, &allowed, &mut errors);
+            let action = action(
+                r.action,
+                &key,
+                &ensured,
+                &allowed,
+                (bots, default_bot.as_deref()),
+                &mut errors,
+            );
+            let verify = r
+                .verify
+                .as_deref()
+                .and_then(|v| duration(v, &format!("{key}.verify"), &mut errors));
             let target = r
                 .target
                 .as_deref()
@@ -452,6 +471,7 @@ impl EngineConfig {
                 dry_run: r.dry_run,
                 safe_to_repeat: r.safe_to_repeat,
                 room: r.room,
+                verify,
             });
         }
         let mut sources = BTreeMap::new();
@@ -544,6 +564,7 @@ fn action(
     key: &str,
     ensured: &[&str],
     allowed: &Allowed,
+    (bots, default_bot): (&[&str], Option<&str>),
     errors: &mut Vec<SettingsError>,
 ) -> Option<ActionSpec> {
     let before = errors.len();
@@ -633,6 +654,38 @@ fn action(
                 url: url_t?,
                 headers,
                 body,
+            }
+        }
+        RawAction::Heal { bot, subsystem } => {
+            let bot = match bot.as_deref().or(default_bot) {
+                Some(b) if bots.contains(&b) => b.to_owned(),
+                Some(b) => {
+                    errors.push(
+                        SettingsError::at(
+                            format!("{key}.action.bot"),
+                            format!("no bot is named `{b}`"),
+                        )
+                        .hint(format!("one of: {}", bots.join(", "))),
+                    );
+                    String::new()
+                }
+                None => {
+                    errors.push(SettingsError::at(
+                        format!("{key}.action.bot"),
+                        "which bot to heal",
+                    ));
+                    String::new()
+                }
+            };
+            let subsystem = template(
+                &subsystem,
+                &format!("{key}.action.subsystem"),
+                ensured,
+                errors,
+            );
+            ActionSpec::Heal {
+                bot,
+                subsystem: subsystem?,
             }
         }
     };

@@ -48,6 +48,13 @@ pub enum Effect {
     Run(Box<ActionRecord>),
 }
 
+/// What an action is for: a line for people, and the alert's fingerprint.
+#[derive(Clone, Debug)]
+struct Trigger {
+    text: String,
+    fingerprint: String,
+}
+
 /// Who is speaking in chat, as the transport proved it.
 #[derive(Clone, Debug)]
 pub struct Person {
@@ -325,6 +332,9 @@ impl Core {
                 });
             }
         }
+        if !resolved.is_empty() {
+            effects.extend(self.verify_resolved(&resolved, now_ms)?);
+        }
         for a in firing {
             let rules: Vec<Rule> = self
                 .cfg
@@ -336,7 +346,10 @@ impl Core {
             for rule in rules {
                 let key = format!("{}\u{1f}{}\u{1f}{}", rule.name, a.fingerprint, a.starts_at);
                 let values: BTreeMap<String, String> = a.labels.clone();
-                let trigger = format!("{} on {}", a.name(), describe(a));
+                let trigger = Trigger {
+                    text: format!("{} on {}", a.name(), describe(a)),
+                    fingerprint: a.fingerprint.clone(),
+                };
                 effects.extend(self.propose(&rule, &key, &values, trigger, None, now_ms)?);
             }
         }
@@ -349,10 +362,14 @@ impl Core {
         rule: &Rule,
         key: &str,
         values: &BTreeMap<String, String>,
-        trigger: String,
+        trigger: Trigger,
         requested_by: Option<(&Person, &str, &str)>,
         now_ms: u64,
     ) -> Result<Vec<Effect>, String> {
+        let Trigger {
+            text: trigger,
+            fingerprint,
+        } = trigger;
         let here = requested_by.map(|(_, bot, room)| (bot.to_owned(), room.to_owned()));
         let requested_by = requested_by.map(|(p, _, _)| p);
         let (bot, room) = match (&rule.room, here.or_else(|| self.route_for(values))) {
@@ -501,6 +518,10 @@ impl Core {
             finished_ms: None,
             outcome: None,
             note: None,
+            fingerprint,
+            verify_secs: rule.verify.map_or(0, |d| d.as_secs().max(1)),
+            verify_by_ms: None,
+            verified: None,
         };
         self.audit(
             "planned",
@@ -613,6 +634,13 @@ impl Core {
             text.push_str(&format!(
                 ": {}",
                 first.chars().take(300).collect::<String>()
+            ));
+        }
+        if a.state == State::Succeeded && a.verify_secs > 0 && !a.fingerprint.is_empty() {
+            a.verify_by_ms = Some(now_ms + a.verify_secs * 1000);
+            text.push_str(&format!(
+                "; waiting up to {} for the alert to resolve",
+                humantime::format_duration(Duration::from_secs(a.verify_secs))
             ));
         }
         a.outcome = Some(outcome);
@@ -790,6 +818,27 @@ impl Core {
             let Ok(mut a) = serde_json::from_slice::<ActionRecord>(&bytes) else {
                 continue;
             };
+            if a.verified.is_none() && a.verify_by_ms.is_some_and(|by| now_ms >= by) {
+                a.verified = Some(false);
+                self.put(&a)?;
+                self.audit(
+                    "not-verified",
+                    "engine",
+                    &a.label(),
+                    "the alert still fired",
+                )?;
+                effects.push(Effect::Say {
+                    bot: a.bot.clone(),
+                    room: a.room.clone(),
+                    text: format!(
+                        "[{}] not verified: {} still fires {} after the action",
+                        a.label(),
+                        a.trigger,
+                        humantime::format_duration(Duration::from_secs(a.verify_secs))
+                    ),
+                });
+                continue;
+            }
             if a.state == State::Awaiting && now_ms >= a.expires_ms {
                 let text = self.expire(&mut a, now_ms)?;
                 effects.push(Effect::Say {
@@ -831,7 +880,10 @@ impl Core {
             ));
         };
         let key = format!("{}\u{1f}manual\u{1f}{request}", rule.name);
-        let trigger = format!("a request by {}", who.id);
+        let trigger = Trigger {
+            text: format!("a request by {}", who.id),
+            fingerprint: String::new(),
+        };
         let effects = self.propose(
             &rule,
             &key,
@@ -841,6 +893,37 @@ impl Core {
             now_ms,
         )?;
         Ok((None, effects))
+    }
+
+    /// Actions waiting for one of `resolved` to resolve: verified.
+    fn verify_resolved(&mut self, resolved: &[&Alert], now_ms: u64) -> Result<Vec<Effect>, String> {
+        let mut effects = Vec::new();
+        for (_, bytes) in self.actions.list().map_err(store_err)? {
+            let Ok(mut a) = serde_json::from_slice::<ActionRecord>(&bytes) else {
+                continue;
+            };
+            if a.verified.is_some()
+                || a.verify_by_ms.is_none()
+                || !resolved.iter().any(|r| r.fingerprint == a.fingerprint)
+            {
+                continue;
+            }
+            a.verified = Some(true);
+            self.put(&a)?;
+            let after =
+                Duration::from_secs(now_ms.saturating_sub(a.finished_ms.unwrap_or(now_ms)) / 1000);
+            self.audit("verified", "engine", &a.label(), "the alert resolved")?;
+            effects.push(Effect::Say {
+                bot: a.bot.clone(),
+                room: a.room.clone(),
+                text: format!(
+                    "[{}] verified: the alert resolved {} after the action",
+                    a.label(),
+                    humantime::format_duration(after)
+                ),
+            });
+        }
+        Ok(effects)
     }
 
     /// Pauses or resumes every rule's actions.

@@ -56,6 +56,34 @@ enum Request {
 /// Re-reads and checks the engine's rules (the whole config file, as `opsbot check` would).
 pub type Reloader = Box<dyn Fn() -> Result<EngineConfig, String> + Send>;
 
+/// What the engine works with, from the process that runs it.
+pub struct Wiring {
+    /// Where it keeps its state (the process's state store).
+    pub store: Store,
+    /// The bots' voices, by bot name.
+    pub voices: HashMap<String, Voice>,
+    /// Heals a bot's subsystem (the `heal` action).
+    pub heal: Arc<action::Healer>,
+    /// Re-reads the rules at SIGHUP and `!rules reload`.
+    pub reload: Reloader,
+    /// The status API's admin token, for `GET /api/v1/audit`.
+    pub admin_token: Option<opsbot::config::Secret>,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring")
+            .field("voices", &self.voices.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bots the engine speaks through and heals.
+struct World {
+    voices: HashMap<String, Voice>,
+    heal: Arc<action::Healer>,
+}
+
 /// What the HTTP side reads without asking the engine's thread.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -98,20 +126,23 @@ impl Engine {
         }
     }
 
-    /// Starts the engine's thread with `config`, keeping its state in `store` and speaking
-    /// through `voices` (by bot name); `reload` re-reads the rules at SIGHUP and `!rules
-    /// reload`. Answers the thread, which ends when every handle is gone.
+    /// Starts the engine's thread with `config` and what it works with (see [`Wiring`]).
+    /// Answers the thread, which ends when every handle is gone.
     ///
     /// # Panics
     /// When started twice.
     pub fn start(
         &self,
         config: EngineConfig,
-        store: Store,
-        voices: HashMap<String, Voice>,
-        reload: Reloader,
-        admin_token: Option<opsbot::config::Secret>,
+        wiring: Wiring,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let Wiring {
+            store,
+            voices,
+            heal,
+            reload,
+            admin_token,
+        } = wiring;
         let rx = self
             .rx
             .lock()
@@ -130,6 +161,7 @@ impl Engine {
             Core::open(config, &store, now_ms()).map_err(std::io::Error::other)?;
         let tx = self.tx.clone();
         let shared = self.shared.clone();
+        let world = World { voices, heal };
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
@@ -137,7 +169,7 @@ impl Engine {
                     .enable_all()
                     .build()
                     .expect("a runtime for the engine");
-                rt.block_on(run(core, effects, rx, tx, voices, reload, shared));
+                rt.block_on(run(core, effects, rx, tx, world, reload, shared));
             })
     }
 
@@ -254,20 +286,21 @@ impl Unsaid {
 
 fn carry_out(
     effects: Vec<Effect>,
-    voices: &HashMap<String, Voice>,
+    world: &World,
     unsaid: &mut Unsaid,
     tx: &mpsc::Sender<Request>,
     allowed: &action::Allowed,
 ) {
     for e in effects {
         match e {
-            Effect::Say { bot, room, text } => unsaid.say(voices, bot, room, text),
+            Effect::Say { bot, room, text } => unsaid.say(&world.voices, bot, room, text),
             Effect::Run(a) => {
                 let tx = tx.clone();
                 let allowed = allowed.clone();
+                let heal = world.heal.clone();
                 tokio::spawn(async move {
                     tracing::info!(action = %a.label(), plan = %a.plan_line, "action started");
-                    let outcome = action::run(&a.plan, &allowed).await;
+                    let outcome = action::run(&a.plan, &allowed, &*heal).await;
                     let _ = tx.send(Request::Finished(a.id, outcome)).await;
                 });
             }
@@ -280,13 +313,13 @@ async fn run(
     effects: Vec<Effect>,
     mut rx: mpsc::Receiver<Request>,
     tx: mpsc::Sender<Request>,
-    voices: HashMap<String, Voice>,
+    world: World,
     reload: Reloader,
     shared: Arc<Shared>,
 ) {
     let allowed = || core_allowed(&shared);
     let mut unsaid = Unsaid::default();
-    carry_out(effects, &voices, &mut unsaid, &tx, &allowed());
+    carry_out(effects, &world, &mut unsaid, &tx, &allowed());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
@@ -307,9 +340,9 @@ async fn run(
                 None => return,
             },
             _ = tick.tick() => {
-                unsaid.retry(&voices);
+                unsaid.retry(&world.voices);
                 match core.tick(now_ms()) {
-                    Ok(fx) => carry_out(fx, &voices, &mut unsaid, &tx, &allowed()),
+                    Ok(fx) => carry_out(fx, &world, &mut unsaid, &tx, &allowed()),
                     Err(e) => tracing::error!(error = %e, "the engine's store failed"),
                 }
                 continue;
@@ -325,14 +358,14 @@ async fn run(
             Request::Alerts(n, reply) => {
                 let count = n.alerts.len();
                 let r = core.receive(&n, now).map(|fx| {
-                    carry_out(fx, &voices, &mut unsaid, &tx, &allowed());
+                    carry_out(fx, &world, &mut unsaid, &tx, &allowed());
                     count
                 });
                 let _ = reply.send(r);
             }
             Request::Approve(id, who, reply) => {
                 let r = core.approve(id, &who, now).map(|(line, fx)| {
-                    carry_out(fx, &voices, &mut unsaid, &tx, &allowed());
+                    carry_out(fx, &world, &mut unsaid, &tx, &allowed());
                     line
                 });
                 let _ = reply.send(r);
@@ -353,7 +386,7 @@ async fn run(
                     .run_manual(&rule, values, &who, &bot, &room, &request, now)
                     .map(|(err, fx)| {
                         let asked = !fx.is_empty();
-                        carry_out(fx, &voices, &mut unsaid, &tx, &allowed());
+                        carry_out(fx, &world, &mut unsaid, &tx, &allowed());
                         err.unwrap_or_else(|| {
                             if asked {
                                 String::new()
@@ -377,7 +410,7 @@ async fn run(
                 let _ = reply.send(Ok(do_reload(&mut core, &reload, &shared, &who)));
             }
             Request::Finished(id, outcome) => match core.finished(id, outcome, now) {
-                Ok(fx) => carry_out(fx, &voices, &mut unsaid, &tx, &allowed()),
+                Ok(fx) => carry_out(fx, &world, &mut unsaid, &tx, &allowed()),
                 Err(e) => tracing::error!(error = %e, "the engine's store failed"),
             },
         }

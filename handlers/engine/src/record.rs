@@ -97,6 +97,18 @@ pub struct ActionRecord {
     pub outcome: Option<Outcome>,
     /// Why it was denied, who denied it.
     pub note: Option<String>,
+    /// The fingerprint of the alert that triggered it (empty for a request by hand).
+    #[serde(default)]
+    pub fingerprint: String,
+    /// How long to wait, after a successful run, for that alert to resolve (0: not checked).
+    #[serde(default)]
+    pub verify_secs: u64,
+    /// Until when the engine waits for the resolution.
+    #[serde(default)]
+    pub verify_by_ms: Option<u64>,
+    /// Whether the alert resolved in time, once known.
+    #[serde(default)]
+    pub verified: Option<bool>,
 }
 
 impl ActionRecord {

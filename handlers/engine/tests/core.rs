@@ -425,3 +425,59 @@ fn a_hostile_label_is_one_argument_in_the_plan() {
     assert_eq!(args, &["restart", "web; rm -rf / $(id)\nx"]);
     assert!(!a.plan_line.contains('\n'), "{}", a.plan_line);
 }
+
+#[test]
+fn a_verified_action_says_whether_its_alert_resolved_in_time() {
+    let store = Store::in_memory("test");
+    let (mut core, _) = Core::open(config("verify = \"5m\""), &store, T0).unwrap();
+    assert_eq!(
+        runs(&core.receive(&payload("firing", "web", "f1"), T0).unwrap()),
+        [1]
+    );
+    let done = core.finished(1, ok(), T0 + 1000).unwrap();
+    assert!(
+        said(&done)[0].ends_with("; waiting up to 5m for the alert to resolve"),
+        "{done:?}"
+    );
+    let fx = core
+        .receive(&payload("resolved", "web", "f1"), T0 + 61_000)
+        .unwrap();
+    assert!(
+        said(&fx).contains(&"[A1] verified: the alert resolved 1m after the action".to_owned()),
+        "{fx:?}"
+    );
+    assert!(core.tick(T0 + 10 * 60_000).unwrap().is_empty(), "said once");
+
+    // Another that does not resolve in time.
+    assert_eq!(
+        runs(
+            &core
+                .receive(&payload("firing", "db", "f2"), T0 + 70_000)
+                .unwrap()
+        ),
+        [2]
+    );
+    core.finished(2, ok(), T0 + 71_000).unwrap();
+    assert!(core.tick(T0 + 71_000 + 299_000).unwrap().is_empty());
+    let fx = core.tick(T0 + 71_000 + 300_000).unwrap();
+    assert_eq!(
+        said(&fx),
+        ["[A2] not verified: WebDown on web-1: web is down still fires 5m after the action"]
+    );
+    // A failed action is not waited for.
+    assert_eq!(
+        runs(
+            &core
+                .receive(&payload("firing", "api", "f3"), T0 + 400_000)
+                .unwrap()
+        ),
+        [3]
+    );
+    let failed = Outcome {
+        ok: false,
+        summary: "exit status 1".into(),
+        output: String::new(),
+    };
+    let fx = core.finished(3, failed, T0 + 401_000).unwrap();
+    assert!(!said(&fx)[0].contains("waiting"), "{fx:?}");
+}
