@@ -64,6 +64,9 @@ listen = "127.0.0.1:{port}"
 [[bot]]
 name = "ops"
 handlers = ["engine"]
+# The storm's !echo every half second is more than a person's default command budget.
+[bot.budget]
+commands_per_minute = 0
 [bot.transport]
 kind = "console"
 [engine]
