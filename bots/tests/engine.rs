@@ -652,3 +652,100 @@ fn a_heal_action_heals_a_subsystem_of_the_bot() {
     bot.say("!echo still here");
     bot.expect(Duration::from_secs(10), |l| l == "still here");
 }
+
+/// On IRC (a real ngircd), approvals come from the people the approver list's masks name,
+/// as the server reports them: someone else's `!approve` is refused in the channel.
+#[cfg(feature = "irc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_irc_only_a_listed_mask_approves() {
+    use support::{Kind, Server, User};
+    let server = Server::start(Kind::Ngircd);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("irc.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r##"
+[state]
+path = "{state}"
+[http]
+listen = "127.0.0.1:{port}"
+[[bot]]
+name = "ops"
+handlers = ["engine"]
+[bot.transport]
+kind = "irc"
+server = "127.0.0.1"
+port = {irc}
+tls = false
+nick = "opsbot"
+channels = ["#ops"]
+[engine]
+alertmanager_token = "${{OPSBOT_ALERTMANAGER_TOKEN}}"
+programs = ["/usr/bin/touch"]
+approvers.oncall = ["alice!*@*"]
+[engine.source.ci]
+secret = "${{OPSBOT_CI_SECRET}}"
+[[engine.route]]
+match = ['severity="page"']
+room = "#ops"
+[[engine.rule]]
+name = "restart"
+match = ['alertname="WebDown"', 'service=~".+"']
+action = {{ kind = "command", program = "/usr/bin/touch", args = ["{marks}/{{service}}"] }}
+approval = "one"
+approvers = "oncall"
+"##,
+            state = dir.path().join("state.redb").display(),
+            irc = server.port,
+            marks = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let _bot = Opsbot::start(&path);
+    let mut alice = User::connect(server.port, "alice").await;
+    alice.join("#ops").await;
+    let mut mallory = User::connect(server.port, "mallory").await;
+    mallory.join("#ops").await;
+    // The bot is in the channel once it says something there; wait for its JOIN.
+    alice
+        .expect(Duration::from_secs(30), |l| {
+            let (n, cmd, _) = l.parts();
+            n == "opsbot" && cmd == "JOIN"
+        })
+        .await;
+    wait_listening(port);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"i1","labels":{"alertname":"WebDown","service":"web","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let fired = said_by_bot(&mut alice, "FIRING").await;
+    assert!(fired.starts_with("[G1] FIRING WebDown"), "{fired}");
+    let ask = said_by_bot(&mut alice, "wants to").await;
+    assert!(ask.contains("!approve A1"), "{ask}");
+    mallory.say("#ops", "!approve A1").await;
+    let refused = said_by_bot(&mut mallory, "approver list").await;
+    assert!(
+        refused.contains("you are not on the approver list"),
+        "{refused}"
+    );
+    assert!(!dir.path().join("web").exists());
+    alice.say("#ops", "!approve A1").await;
+    said_by_bot(&mut alice, "[A1] done").await;
+    assert!(dir.path().join("web").exists());
+}
+
+/// The next line the bot says (in the channel or privately) that contains `text`.
+#[cfg(feature = "irc")]
+async fn said_by_bot(user: &mut support::User, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, line) = user.privmsg_from("opsbot", left).await;
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
