@@ -242,7 +242,7 @@ pub(crate) async fn login(
     let domain = jid.domain().to_string();
     let (tcp, peer) = tcp(cfg, &domain).await?;
     tcp.set_nodelay(true)?;
-    let mut raw: BoxStream = Box::pin(tcp);
+    let mut raw: BoxStream = Box::pin(QuickAck(tcp));
     let security;
     if cfg.tls && cfg.direct_tls {
         raw = tls(raw, &domain, cfg.ca_file.as_deref()).await?;
@@ -329,4 +329,53 @@ pub(crate) async fn login(
         peer,
         security,
     })
+}
+
+/// A TCP stream that acknowledges what it reads at once (`TCP_QUICKACK`, set again after each
+/// read: Linux leaves quick-ack mode by itself). Stream management answers the server's
+/// questions lazily, so no data of ours may go out soon after one; a delayed acknowledgement
+/// then keeps the server's next stanza back for up to 40 ms where the server leaves Nagle's
+/// algorithm on (Prosody does).
+struct QuickAck(TcpStream);
+
+impl QuickAck {
+    fn ack_now(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.ack_now();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
