@@ -4,7 +4,8 @@
 //!    Alertmanager webhook POST is sent (Alertmanager's own `group_wait` excluded) to the
 //!    `[G…] FIRING` line and to the `[A…] running` line, one new alert group at a time.
 //! 2. A storm through a real Alertmanager: 1,000 alerts in 10 s over 50 groups. Every alert is
-//!    posted once in its group's lines, each acted on once (no action twice), and `!echo`
+//!    posted once, in its group's lines or (past ten lines a minute in the room) in a storm
+//!    summary every 15 s, each acted on once (no action twice), and `!echo`
 //!    typed every half second during the storm is answered; its p50/p99 are reported.
 //!
 //! Run: `cargo bench -p opsbot-bots --bench engine` (`cargo test --benches` runs a short one).
@@ -48,7 +49,8 @@ impl Drop for Bot {
     }
 }
 
-fn start(port: u16) -> Bot {
+/// The bot; `storm` is its `storm_lines_per_minute`.
+fn start(port: u16, storm: usize) -> Bot {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
     std::fs::write(
@@ -71,6 +73,7 @@ commands_per_minute = 0
 kind = "console"
 [engine]
 alertmanager_token = "${{BENCH_AM_TOKEN}}"
+storm_lines_per_minute = {storm}
 programs = ["/usr/bin/true"]
 [[engine.route]]
 match = ['severity="page"']
@@ -137,7 +140,8 @@ fn webhook(group: usize, alerts: &[(usize, usize)]) -> String {
 
 fn latency(n: usize) {
     let port = free_port();
-    let bot = start(port);
+    // Every alert its own line: the latency of one, not a storm's summary.
+    let bot = start(port, 1_000_000);
     let auth = format!("Bearer {TOKEN}");
     let (mut to_line, mut to_action) = (Vec::new(), Vec::new());
     for g in 0..n {
@@ -179,7 +183,7 @@ fn latency(n: usize) {
 
 fn storm(alerts: usize, groups: usize, over: Duration) {
     let port = free_port();
-    let mut bot = start(port);
+    let mut bot = start(port, 10);
     let am = Alertmanager::start(
         &format!("http://127.0.0.1:{port}/api/v1/alerts/alertmanager"),
         TOKEN,
@@ -215,12 +219,14 @@ fn storm(alerts: usize, groups: usize, over: Duration) {
     }
     // Collect until every alert was posted and acted on, or a minute passed.
     let mut covered = 0usize;
+    let mut summaries = 0usize;
     let mut actions: HashMap<String, usize> = HashMap::new();
     let mut lines = 0usize;
     let mut echo_at: HashMap<String, Instant> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = Instant::now();
-    while (actions.len() < alerts || echo_at.len() < echoes_sent.len()) && Instant::now() < deadline
+    while (actions.len() < alerts || echo_at.len() < echoes_sent.len() || covered < alerts)
+        && Instant::now() < deadline
     {
         let Ok((at, l)) = bot.lines.recv_timeout(Duration::from_secs(5)) else {
             continue;
@@ -229,6 +235,14 @@ fn storm(alerts: usize, groups: usize, over: Duration) {
         if let Some(w) = echoes_sent.iter().find(|(w, _)| l == *w) {
             echo_at.insert(w.0.clone(), at);
             continue;
+        }
+        if let Some(rest) = l.strip_prefix("[storm] ") {
+            // "[storm] 12 more notifications (240 alerts) in the last 15s: …"
+            summaries += 1;
+            covered += rest
+                .split_once('(')
+                .and_then(|(_, r)| r.split_whitespace().next()?.parse::<usize>().ok())
+                .unwrap_or(0);
         }
         if let Some(rest) = l.split(" FIRING ").nth(1) {
             lines += 1;
@@ -254,8 +268,8 @@ fn storm(alerts: usize, groups: usize, over: Duration) {
     echo.sort();
     let distinct: HashSet<&String> = actions.keys().collect();
     println!(
-        "engine storm: {alerts} alerts over {groups} groups in {:.0?}: {lines} FIRING lines covering {covered} \
-         alerts, {} actions ({} distinct, {twice} run twice), last line after {:.1?}; \
+        "engine storm: {alerts} alerts over {groups} groups in {:.0?}: {lines} FIRING lines and {summaries} storm \
+         summaries covering {covered} alerts, {} actions ({} distinct, {twice} run twice), last line after {:.1?}; \
          !echo during the storm: {}/{} answered, p50 {} p99 {}",
         over,
         actions.values().sum::<usize>(),

@@ -50,6 +50,7 @@ struct RawEngine {
     #[serde(default)]
     hosts: Vec<String>,
     approval_timeout: Option<String>,
+    storm_lines_per_minute: Option<usize>,
     #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
@@ -206,6 +207,9 @@ pub struct EngineConfig {
     pub allowed: Allowed,
     /// How long an approval request stays open.
     pub approval_timeout: Duration,
+    /// How many notification lines a room gets in a minute; past that, a storm: the rest are
+    /// summed up in one line every 15 s (`storm_lines_per_minute`, 10 by default).
+    pub storm_lines: usize,
     /// Where notifications go, first match wins.
     pub routes: Vec<Route>,
     /// The rules, in order.
@@ -285,6 +289,7 @@ impl EngineConfig {
             approvers: BTreeMap::new(),
             allowed: Allowed::default(),
             approval_timeout: Duration::from_secs(15 * 60),
+            storm_lines: 10,
             routes: Vec::new(),
             rules: Vec::new(),
             sources: BTreeMap::new(),
@@ -338,6 +343,15 @@ impl EngineConfig {
             .as_deref()
             .and_then(|t| duration(t, "approval_timeout", &mut errors))
             .unwrap_or(Duration::from_secs(15 * 60));
+        if raw.storm_lines_per_minute == Some(0) {
+            errors.push(
+                SettingsError::at(
+                    "storm_lines_per_minute",
+                    "0 would sum up every notification",
+                )
+                .hint("at least 1; 10 by default"),
+            );
+        }
         let allowed = Allowed {
             programs: raw.programs.clone(),
             hosts: raw.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
@@ -512,6 +526,7 @@ impl EngineConfig {
             approvers: raw.approvers,
             allowed,
             approval_timeout,
+            storm_lines: raw.storm_lines_per_minute.unwrap_or(10),
             routes,
             rules,
             sources,

@@ -74,6 +74,30 @@ struct GroupNote {
     room: String,
 }
 
+/// The window of `storm_lines_per_minute`.
+const STORM_WINDOW_MS: u64 = 60_000;
+/// How often a storm's held notifications are summed up in one line.
+const STORM_SUMMARY_MS: u64 = 15_000;
+/// The most groups a storm summary names.
+const STORM_NAMED: usize = 8;
+
+/// A notification held back during a storm.
+#[derive(Clone, Debug)]
+struct Held {
+    note: u64,
+    what: &'static str,
+    name: String,
+    alerts: usize,
+}
+
+/// A room's notification lines in the last minute, and what a storm held back.
+#[derive(Debug, Default)]
+struct Storm {
+    recent: VecDeque<u64>,
+    held: Vec<Held>,
+    since: u64,
+}
+
 /// Overrides people set in chat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Overrides {
@@ -99,6 +123,8 @@ pub struct Core {
     last_run: HashMap<(String, String), u64>,
     /// Rule to the starts within the last hour.
     hour: HashMap<String, VecDeque<u64>>,
+    /// Per (bot, room): notification lines lately, and what a storm held back.
+    storms: HashMap<(String, String), Storm>,
 }
 
 fn store_err(e: StoreError) -> String {
@@ -126,6 +152,7 @@ impl Core {
             overrides: Overrides::default(),
             last_run: HashMap::new(),
             hour: HashMap::new(),
+            storms: HashMap::new(),
         };
         if let Some(o) = core.meta.get("overrides").map_err(store_err)? {
             core.overrides = serde_json::from_slice(&o).unwrap_or_default();
@@ -317,19 +344,48 @@ impl Core {
                     g.note
                 }
             };
-            if !firing.is_empty() {
-                effects.push(Effect::Say {
-                    bot: bot.clone(),
-                    room: room.clone(),
-                    text: summary(note, "FIRING", &firing, n.truncated_alerts),
-                });
-            }
-            if !resolved.is_empty() {
-                effects.push(Effect::Say {
-                    bot,
-                    room,
-                    text: summary(note, "RESOLVED", &resolved, 0),
-                });
+            let truncated = n.truncated_alerts as usize;
+            for (what, alerts, extra) in
+                [("FIRING", &firing, truncated), ("RESOLVED", &resolved, 0)]
+            {
+                if alerts.is_empty() {
+                    continue;
+                }
+                let text = summary(note, what, alerts, extra as u64);
+                let storm = self.storms.entry((bot.clone(), room.clone())).or_default();
+                storm
+                    .recent
+                    .retain(|t| now_ms.saturating_sub(*t) < STORM_WINDOW_MS);
+                if storm.recent.len() < self.cfg.storm_lines {
+                    storm.recent.push_back(now_ms);
+                    effects.push(Effect::Say {
+                        bot: bot.clone(),
+                        room: room.clone(),
+                        text,
+                    });
+                } else {
+                    // A storm: this room has had its share of notification lines for the
+                    // minute; the rest are summed up in one line every STORM_SUMMARY_MS.
+                    let first = storm.held.is_empty();
+                    storm.held.push(Held {
+                        note,
+                        what,
+                        name: alerts[0].name().to_owned(),
+                        alerts: alerts.len() + extra,
+                    });
+                    if first {
+                        storm.since = now_ms;
+                        self.audit(
+                            "storm",
+                            "engine",
+                            &room,
+                            &format!(
+                                "more than {} notifications a minute: summing up",
+                                self.cfg.storm_lines
+                            ),
+                        )?;
+                    }
+                }
             }
         }
         if !resolved.is_empty() {
@@ -847,6 +903,38 @@ impl Core {
                     text,
                 });
             }
+        }
+        for ((bot, room), storm) in &mut self.storms {
+            if storm.held.is_empty() || now_ms.saturating_sub(storm.since) < STORM_SUMMARY_MS {
+                continue;
+            }
+            let held = std::mem::take(&mut storm.held);
+            let alerts: usize = held.iter().map(|h| h.alerts).sum();
+            let mut groups: Vec<String> = Vec::new();
+            for h in &held {
+                let g = format!("G{} {} {}", h.note, h.name, h.what.to_lowercase());
+                if !groups.contains(&g) {
+                    groups.push(g);
+                }
+            }
+            let named = groups.len().min(STORM_NAMED);
+            let mut text = format!(
+                "[storm] {} more notifications ({alerts} alerts) in the last {}: {}",
+                held.len(),
+                humantime::format_duration(Duration::from_secs(
+                    now_ms.saturating_sub(storm.since).div_ceil(1000)
+                )),
+                groups[..named].join(", ")
+            );
+            if groups.len() > named {
+                text.push_str(&format!(" and {} more groups", groups.len() - named));
+            }
+            storm.recent.push_back(now_ms);
+            effects.push(Effect::Say {
+                bot: bot.clone(),
+                room: room.clone(),
+                text,
+            });
         }
         let horizon = now_ms.saturating_sub(SEEN_FOR_MS);
         for (k, v) in self.seen.list().map_err(store_err)? {

@@ -481,3 +481,38 @@ fn a_verified_action_says_whether_its_alert_resolved_in_time() {
     let fx = core.finished(3, failed, T0 + 401_000).unwrap();
     assert!(!said(&fx)[0].contains("waiting"), "{fx:?}");
 }
+
+#[test]
+fn a_storm_is_summed_up_not_flooded_and_nothing_is_lost() {
+    let store = Store::in_memory("test");
+    let (mut core, _) = Core::open(config("dry_run = true"), &store, T0).unwrap();
+    let mut lines = Vec::new();
+    for g in 0..30 {
+        let mut n = payload("firing", &format!("s{g}"), &format!("f{g}"));
+        n.group_key = format!("group-{g}");
+        n.alerts[0]
+            .labels
+            .insert("alertname".into(), format!("Storm{g}"));
+        lines.extend(
+            said(&core.receive(&n, T0 + g * 100).unwrap())
+                .into_iter()
+                .filter(|l| l.contains("FIRING")),
+        );
+    }
+    assert_eq!(lines.len(), 10, "a room's share for the minute: {lines:?}");
+    assert!(core.tick(T0 + 10_000).unwrap().is_empty(), "not yet");
+    let summary = said(&core.tick(T0 + 16_000).unwrap());
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert!(
+        summary[0].starts_with("[storm] 20 more notifications (20 alerts) in the last")
+            && summary[0].contains("G11 Storm10 firing")
+            && summary[0].ends_with("and 12 more groups"),
+        "{summary:?}"
+    );
+    assert!(core.tick(T0 + 40_000).unwrap().is_empty(), "said once");
+    // A minute later the room is quiet again: lines are posted as they come.
+    let mut n = payload("firing", "late", "f-late");
+    n.group_key = "group-late".into();
+    let fx = core.receive(&n, T0 + 120_000).unwrap();
+    assert!(said(&fx).iter().any(|l| l.contains("FIRING")), "{fx:?}");
+}
