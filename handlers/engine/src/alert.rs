@@ -193,6 +193,20 @@ impl Notification {
 }
 
 impl Alert {
+    /// A firing alert with these labels and nothing else: what a request by hand is matched
+    /// and routed as.
+    pub fn from_labels(labels: Pairs) -> Self {
+        Self {
+            status: Status::Firing,
+            labels,
+            annotations: Pairs::new(),
+            starts_at: String::new(),
+            ends_at: String::new(),
+            generator_url: String::new(),
+            fingerprint: String::new(),
+        }
+    }
+
     /// A label, or else an annotation, by name.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.labels

@@ -626,15 +626,7 @@ impl Core {
     }
 
     fn route_for(&self, values: &BTreeMap<String, String>) -> Option<(String, String)> {
-        let probe = Alert {
-            status: Status::Firing,
-            labels: values.clone(),
-            annotations: BTreeMap::new(),
-            starts_at: String::new(),
-            ends_at: String::new(),
-            generator_url: String::new(),
-            fingerprint: String::new(),
-        };
+        let probe = Alert::from_labels(values.clone());
         self.route(&probe)
     }
 
@@ -967,6 +959,39 @@ impl Core {
                 Vec::new(),
             ));
         };
+        // A request by hand is held to the rule's matchers like an alert: what an equality
+        // pins is filled in when not given, and everything else must match, so `!run` cannot
+        // reach a target the rule was written to leave alone.
+        let mut values = values;
+        for (name, value) in rule.matchers.0.iter().filter_map(|m| m.pinned()) {
+            values
+                .entry(name.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+        let probe = Alert::from_labels(values.clone());
+        let failing: Vec<String> = rule
+            .matchers
+            .0
+            .iter()
+            .filter(|m| !m.matches(&probe))
+            .map(ToString::to_string)
+            .collect();
+        if !failing.is_empty() {
+            self.audit(
+                "refused",
+                &who.id,
+                &rule.name,
+                &format!("a request by hand outside the rule: {}", failing.join(", ")),
+            )?;
+            return Ok((
+                Some(format!(
+                    "rule {} does not take these values: {}",
+                    rule.name,
+                    failing.join(", ")
+                )),
+                Vec::new(),
+            ));
+        }
         let key = format!("{}\u{1f}manual\u{1f}{request}", rule.name);
         let trigger = Trigger {
             text: format!("a request by {}", who.id),

@@ -97,6 +97,14 @@ impl Matcher {
         }
     }
 
+    /// The label and value an equality matcher pins (`name="value"`, value not empty).
+    pub fn pinned(&self) -> Option<(&str, &str)> {
+        match &self.op {
+            Op::Equal(v) if !v.is_empty() => Some((&self.name, v)),
+            _ => None,
+        }
+    }
+
     /// Whether every alert this matcher takes has the label, not empty.
     fn ensures(&self) -> Option<&str> {
         let sure = match &self.op {

@@ -516,3 +516,46 @@ fn a_storm_is_summed_up_not_flooded_and_nothing_is_lost() {
     let fx = core.receive(&n, T0 + 120_000).unwrap();
     assert!(said(&fx).iter().any(|l| l.contains("FIRING")), "{fx:?}");
 }
+
+#[test]
+fn a_request_by_hand_is_held_to_the_rules_matchers() {
+    let store = Store::in_memory("test");
+    // The rule takes WebDown alerts for web-* services only.
+    let text = "bot = \"ops\"\nprograms = [\"/usr/bin/systemctl\"]\n[[rule]]\nname = \"restart\"\n\
+                match = ['alertname=\"WebDown\"', 'service=~\"web-.+\"']\n\
+                action = { kind = \"command\", program = \"/usr/bin/systemctl\", args = [\"restart\", \"{service}\"] }\n";
+    let table: toml::Table = toml::from_str(text).unwrap();
+    let cfg = Arc::new(EngineConfig::from_table(table, &["ops"]).unwrap());
+    let (mut core, _) = Core::open(cfg, &store, T0).unwrap();
+    let who = person("carol@example.com");
+    let (err, fx) = core
+        .run_manual(
+            "restart",
+            [("service".to_owned(), "database".to_owned())].into(),
+            &who,
+            "ops",
+            "#ops",
+            "r1",
+            T0,
+        )
+        .unwrap();
+    assert_eq!(
+        err.as_deref(),
+        Some("rule restart does not take these values: service=~\"web-.+\"")
+    );
+    assert!(fx.is_empty());
+    // alertname is pinned by the rule and filled in; a web service runs.
+    let (err, fx) = core
+        .run_manual(
+            "restart",
+            [("service".to_owned(), "web-1".to_owned())].into(),
+            &who,
+            "ops",
+            "#ops",
+            "r2",
+            T0,
+        )
+        .unwrap();
+    assert_eq!(err, None);
+    assert_eq!(runs(&fx), [1]);
+}
