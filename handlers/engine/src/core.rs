@@ -598,7 +598,7 @@ impl Core {
             ))]);
         }
         if rule.approval == Approval::None {
-            return self.start(a, now_ms);
+            return self.start(a, now_ms, None);
         }
         self.put(&a)?;
         let list = a.approvers.clone().unwrap_or_default();
@@ -610,7 +610,7 @@ impl Core {
             &format!("{} of list {list}", a.needed),
         )?;
         Ok(vec![say(format!(
-            "[{}] rule {} wants to {} (for {trigger}). {} from {list} ({people} people): !approve {} or !deny {} [reason]; expires in {}.",
+            "[{}] rule {} wants to {} (for {trigger}). {} from {list} ({people} {}): !approve {} or !deny {} [reason]; expires in {}.",
             a.label(),
             rule.name,
             a.plan_line,
@@ -619,6 +619,7 @@ impl Core {
             } else {
                 "Approval needed"
             },
+            if people == 1 { "person" } else { "people" },
             a.label(),
             a.label(),
             humantime::format_duration(self.cfg.approval_timeout)
@@ -631,7 +632,13 @@ impl Core {
     }
 
     /// Marks `a` running (in the store, before anything is done) and asks the driver to run it.
-    fn start(&mut self, mut a: ActionRecord, now_ms: u64) -> Result<Vec<Effect>, String> {
+    /// `approved_by` is the person whose approval let it start.
+    fn start(
+        &mut self,
+        mut a: ActionRecord,
+        now_ms: u64,
+        approved_by: Option<&str>,
+    ) -> Result<Vec<Effect>, String> {
         a.state = State::Running;
         a.started_ms = Some(now_ms);
         self.put(&a)?;
@@ -641,8 +648,9 @@ impl Core {
             bot: a.bot.clone(),
             room: a.room.clone(),
             text: format!(
-                "[{}] running rule {}: {} (for {})",
+                "[{}] {}running rule {}: {} (for {})",
                 a.label(),
+                approved_by.map_or(String::new(), |by| format!("approved by {by}; ")),
                 a.rule,
                 a.plan_line,
                 a.trigger
@@ -792,8 +800,8 @@ impl Core {
                 Vec::new(),
             ));
         }
-        let reply = format!("[{}] approved: {}", a.label(), a.plan_line);
-        Ok((reply, self.start(a, now_ms)?))
+        // The line that says it runs says who approved it: one line, in the order it happened.
+        Ok((String::new(), self.start(a, now_ms, Some(&who.id))?))
     }
 
     /// `who` denies action `id`.

@@ -162,7 +162,13 @@ fn one_approval_from_the_list_runs_it_and_others_are_refused() {
     let (reply, fx) = core
         .approve(1, &person("Alice@Example.com"), T0 + 2)
         .unwrap();
-    assert!(reply.contains("approved"), "{reply}");
+    assert_eq!(reply, "", "the line that says it runs says who approved it");
+    assert!(
+        said(&fx)[0].starts_with(
+            "[A1] approved by Alice@Example.com; running rule restart: run /usr/bin/systemctl restart web"
+        ),
+        "{fx:?}"
+    );
     assert_eq!(runs(&fx), [1]);
     let (reply, fx) = core.approve(1, &person("bob@example.com"), T0 + 3).unwrap();
     assert!(reply.contains("is running: nothing to approve"), "{reply}");
