@@ -613,6 +613,75 @@ fn rules_reload_at_sighup_and_a_bad_file_changes_nothing() {
         "{lines:?}"
     );
     assert!(bot.child.try_wait().unwrap().is_none(), "still running");
+    // The same from chat, by an admin, once the file is right again.
+    std::fs::write(&config, &added).unwrap();
+    bot.say("!rules reload");
+    let line = bot.expect(Duration::from_secs(10), |l| l.starts_with("rules reloaded"));
+    assert_eq!(line, "rules reloaded: 2 rules, 1 routes (were 2 and 1)");
+}
+
+/// Overrides from chat: a paused engine notifies but does not act, and says so; a silenced
+/// rule does nothing; an [engine]-less config that lists the engine's commands is an error.
+#[test]
+fn pause_resume_and_silence_from_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(dir.path(), port, "");
+    let mut bot = Opsbot::start(&config);
+    wait_listening(port);
+    bot.say("!automation pause");
+    bot.expect(Duration::from_secs(10), |l| {
+        l.starts_with("automation paused")
+    });
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"p1","labels":{"alertname":"WebDown","service":"web","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let held = bot.expect(Duration::from_secs(10), |l| {
+        l.contains("automation is paused")
+    });
+    assert!(held.contains("(by console"), "{held}");
+    bot.say("!automation resume");
+    bot.expect(Duration::from_secs(10), |l| l == "automation resumed");
+    bot.say("!silence restart 1h");
+    bot.expect(Duration::from_secs(10), |l| {
+        l == "rule restart silenced for 1h"
+    });
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"p2","labels":{"alertname":"WebDown","service":"api","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    bot.expect(Duration::from_secs(10), |l| l.contains("FIRING"));
+    bot.say("!silence nosuch soon");
+    bot.expect(Duration::from_secs(10), |l| {
+        l.starts_with("usage") || l.contains("!silence")
+    });
+    let later = bot.drain(Duration::from_secs(1));
+    assert!(
+        !bot.seen.iter().any(|l| l.contains("running rule")),
+        "{later:?}"
+    );
+    assert!(!dir.path().join("web").exists() && !dir.path().join("api").exists());
+
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        "[[bot]]\nname = \"ops\"\nhandlers = [\"engine\"]\n[bot.transport]\nkind = \"console\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_opsbot"))
+        .args(["check", "--config"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`bot[0].handlers`: the `engine` handler needs an [engine] table"),
+        "{err}"
+    );
 }
 
 /// A `heal` action heals one of the bot's own subsystems, as `!heal` would, and says so.
