@@ -19,8 +19,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::alertmanager::{Alertmanager, http};
+use support::alertmanager::Alertmanager;
 use support::free_port;
+use support::http::http;
 
 const TOKEN: &str = "bench-alertmanager-token-0123456789";
 

@@ -12,8 +12,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::alertmanager::{Alertmanager, http};
+use support::alertmanager::Alertmanager;
 use support::free_port;
+use support::http::http;
 
 const TOKEN: &str = "am-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789";

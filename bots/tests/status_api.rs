@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::http::{http, raw_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsbot");
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -164,88 +165,6 @@ impl Drop for Bot {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One HTTP/1.1 request on a fresh connection; answers the status and the body.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        head.push_str("Host: 127.0.0.1\r\n");
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body);
-    raw_request(port, &raw)
-}
-
-/// Sends `raw` as it is and reads the answer to the end.
-fn raw_request(port: u16, raw: &[u8]) -> (u16, String) {
-    // Not listening (yet, or any more): status 0.
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    // The server may answer (413) and close before a huge body is all written.
-    let _ = s.write_all(raw);
-    // The head, then as many bytes as Content-Length says (or to the end).
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            break Some(i + 4);
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break None,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    };
-    let Some(head_end) = head_end else {
-        let text = String::from_utf8_lossy(&out).into_owned();
-        return (status_of(&text), String::new());
-    };
-    let head = String::from_utf8_lossy(&out[..head_end]).into_owned();
-    let length = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    let mut body = out[head_end..].to_vec();
-    match length {
-        Some(n) => {
-            while body.len() < n {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => body.extend_from_slice(&buf[..k]),
-                }
-            }
-        }
-        None => {
-            let _ = s.read_to_end(&mut body);
-        }
-    }
-    (
-        status_of(&head),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 fn subsystem<'a>(health: &'a Value, name: &str) -> &'a Value {

@@ -1,11 +1,9 @@
 //! A real Alertmanager (Debian's `prometheus-alertmanager`) on loopback ports of its own, with a
-//! webhook receiver that is the bot, and a small blocking HTTP client to talk to both.
+//! webhook receiver that is the bot.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
+use super::http::http;
 use super::{Daemon, free_port, which};
 
 /// A running Alertmanager.
@@ -72,7 +70,13 @@ impl Alertmanager {
 
     /// Posts alerts to its v2 API, as Prometheus does (`alerts` is a JSON array).
     pub fn post_alerts(&self, alerts: &str) {
-        let (status, body) = http(self.port, "POST", "/api/v2/alerts", &[], alerts.as_bytes());
+        let (status, body) = http(
+            self.port,
+            "POST",
+            "/api/v2/alerts",
+            &[("Content-Type", "application/json")],
+            alerts.as_bytes(),
+        );
         assert_eq!(status, 200, "Alertmanager refused the alerts: {body}");
     }
 
@@ -96,63 +100,4 @@ impl Alertmanager {
     pub fn kill(&mut self) {
         self.process.kill();
     }
-}
-
-/// One HTTP/1.1 request on a fresh connection to `127.0.0.1:port`; answers the status and the
-/// body (as text).
-pub fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    // A large body may be refused before it is all written.
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Undo chunked encoding well enough for JSON and text answers.
-    let body = if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }

@@ -10,6 +10,7 @@
 pub mod alertmanager;
 pub mod chaos;
 pub mod cut;
+pub mod http;
 #[cfg(feature = "webex")]
 pub mod webex;
 #[cfg(feature = "xmpp")]
