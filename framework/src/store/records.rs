@@ -39,6 +39,19 @@ impl Store {
     }
 }
 
+/// `def` of `store` for reading, or `None` while nothing was ever written to it.
+fn readable<K: redb::Key + 'static, V: redb::Value + 'static>(
+    store: &Store,
+    def: TableDefinition<'_, K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    let r = store.db.begin_read().map_err(|e| store.err(e))?;
+    match r.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(store.err(e)),
+    }
+}
+
 impl Records {
     fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
         TableDefinition::new(&self.table)
@@ -74,11 +87,8 @@ impl Records {
     /// The record under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let s = &self.store;
-        let r = s.db.begin_read().map_err(|e| s.err(e))?;
-        let t = match r.open_table(self.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(s.err(e)),
+        let Some(t) = readable(s, self.def())? else {
+            return Ok(None);
         };
         Ok(t.get(key)
             .map_err(|e| s.err(e))?
@@ -88,11 +98,8 @@ impl Records {
     /// Every record, in key order.
     pub fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let s = &self.store;
-        let r = s.db.begin_read().map_err(|e| s.err(e))?;
-        let t = match r.open_table(self.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(s.err(e)),
+        let Some(t) = readable(s, self.def())? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| s.err(e))? {
@@ -147,11 +154,8 @@ impl Journal {
     /// At most `limit` entries from number `from` on, oldest first.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let s = &self.store;
-        let r = s.db.begin_read().map_err(|e| s.err(e))?;
-        let t = match r.open_table(self.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(s.err(e)),
+        let Some(t) = readable(s, self.def())? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in t.range(from..).map_err(|e| s.err(e))?.take(limit) {
@@ -164,11 +168,8 @@ impl Journal {
     /// At most `limit` of the newest entries, newest first.
     pub fn newest(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let s = &self.store;
-        let r = s.db.begin_read().map_err(|e| s.err(e))?;
-        let t = match r.open_table(self.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(s.err(e)),
+        let Some(t) = readable(s, self.def())? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| s.err(e))?.rev().take(limit) {
