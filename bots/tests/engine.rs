@@ -732,47 +732,33 @@ async fn on_irc_only_a_listed_mask_approves() {
     let server = Server::start(Kind::Ngircd);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let path = dir.path().join("irc.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r##"
-[state]
-path = "{state}"
-[http]
-listen = "127.0.0.1:{port}"
-[[bot]]
-name = "ops"
-handlers = ["engine"]
-[bot.transport]
-kind = "irc"
-server = "127.0.0.1"
-port = {irc}
-tls = false
-nick = "opsbot"
-channels = ["#ops"]
-[engine]
-alertmanager_token = "${{OPSBOT_ALERTMANAGER_TOKEN}}"
-programs = ["/usr/bin/touch"]
-approvers.oncall = ["alice!*@*"]
-[engine.source.ci]
-secret = "${{OPSBOT_CI_SECRET}}"
-[[engine.route]]
-match = ['severity="page"']
-room = "#ops"
-[[engine.rule]]
-name = "restart"
-match = ['alertname="WebDown"', 'service=~".+"']
-action = {{ kind = "command", program = "/usr/bin/touch", args = ["{marks}/{{service}}"] }}
-approval = "one"
-approvers = "oncall"
-"##,
-            state = dir.path().join("state.redb").display(),
-            irc = server.port,
-            marks = dir.path().display(),
-        ),
-    )
-    .unwrap();
+    // The console test's config, moved to IRC: the transport, the room and the approvers
+    // as IRC proves people (a mask).
+    let path = config(
+        dir.path(),
+        port,
+        "approval = \"one\"\napprovers = \"oncall\"",
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "[bot.transport]\nkind = \"console\"",
+            &format!(
+                "[bot.transport]\nkind = \"irc\"\nserver = \"127.0.0.1\"\nport = {}\ntls = false\n\
+                 nick = \"opsbot\"\nchannels = [\"#ops\"]",
+                server.port
+            ),
+        )
+        .replace("admins = [\"console\"]\n", "")
+        .replace(
+            "approvers.oncall = [\"console\"]",
+            "approvers.oncall = [\"alice!*@*\"]",
+        )
+        .replace("room = \"ops\"", "room = \"#ops\"");
+    assert!(
+        text.contains("kind = \"irc\"") && text.contains("alice!*@*") && text.contains("\"#ops\"")
+    );
+    std::fs::write(&path, text).unwrap();
     let _bot = Opsbot::start(&path);
     let mut alice = User::connect(server.port, "alice").await;
     alice.join("#ops").await;
