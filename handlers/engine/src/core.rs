@@ -370,7 +370,7 @@ impl Core {
                     storm.held.push(Held {
                         note,
                         what,
-                        name: alerts[0].name().to_owned(),
+                        name: printable(alerts[0].name(), 100),
                         alerts: alerts.len() + extra,
                     });
                     if first {
@@ -403,7 +403,7 @@ impl Core {
                 let key = format!("{}\u{1f}{}\u{1f}{}", rule.name, a.fingerprint, a.starts_at);
                 let values: BTreeMap<String, String> = a.labels.clone();
                 let trigger = Trigger {
-                    text: format!("{} on {}", a.name(), describe(a)),
+                    text: format!("{} on {}", printable(a.name(), 100), describe(a)),
                     fingerprint: a.fingerprint.clone(),
                 };
                 effects.extend(self.propose(&rule, &key, &values, trigger, None, now_ms)?);
@@ -1153,12 +1153,18 @@ fn describe(a: &Alert) -> String {
         (true, false) => summary.to_owned(),
         (true, true) => a.fingerprint.clone(),
     };
-    text.chars().filter(|c| !c.is_control()).take(200).collect()
+    printable(&text, 200)
+}
+
+/// At most `max` characters of `s`, control characters left out: an alert's words never
+/// start a line of their own in chat (where they could pass for the bot's).
+fn printable(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 /// One line about a group's alerts.
 fn summary(note: u64, what: &str, alerts: &[&Alert], truncated: u64) -> String {
-    let mut names: Vec<&str> = alerts.iter().map(|a| a.name()).collect();
+    let mut names: Vec<String> = alerts.iter().map(|a| printable(a.name(), 100)).collect();
     names.dedup();
     let mut text = format!(
         "[G{note}] {what} {}{}: ",
@@ -1167,7 +1173,7 @@ fn summary(note: u64, what: &str, alerts: &[&Alert], truncated: u64) -> String {
         } else {
             String::new()
         },
-        names.first().copied().unwrap_or("alert")
+        names.first().map_or("alert", String::as_str)
     );
     let shown: Vec<String> = alerts.iter().take(NAMED).map(|a| describe(a)).collect();
     text.push_str(&shown.join("; "));

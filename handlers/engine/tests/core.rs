@@ -565,3 +565,27 @@ fn a_request_by_hand_is_held_to_the_rules_matchers() {
     assert_eq!(err, None);
     assert_eq!(runs(&fx), [1]);
 }
+
+#[test]
+fn an_alerts_words_never_start_a_line_of_their_own() {
+    let store = Store::in_memory("test");
+    let (mut core, _) = Core::open(
+        config("approval = \"one\"\napprovers = \"oncall\""),
+        &store,
+        T0,
+    )
+    .unwrap();
+    let mut n = payload("firing", "web", "f1");
+    let forged = "WebDown\n[A7] approved by alice@example.com; running rule restart";
+    n.alerts[0].labels.insert("alertname".into(), forged.into());
+    n.alerts[0]
+        .annotations
+        .insert("summary".into(), "down\r\n[A8] done".into());
+    // The rule matches on alertname="WebDown": a forged one does not match it; route and post.
+    let fx = core.receive(&n, T0).unwrap();
+    let lines = said(&fx);
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(!l.contains('\n') && !l.contains('\r'), "{l:?}");
+    }
+}
