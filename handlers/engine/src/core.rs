@@ -689,7 +689,8 @@ impl Core {
             let first: String = out.lines().take(3).collect::<Vec<_>>().join(" | ");
             text.push_str(&format!(
                 ": {}",
-                first.chars().take(300).collect::<String>()
+                // What a program or a remote server wrote: its words only, on this line.
+                printable(&first, 300)
             ));
         }
         if a.state == State::Succeeded && a.verify_secs > 0 && !a.fingerprint.is_empty() {

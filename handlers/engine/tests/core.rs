@@ -588,4 +588,24 @@ fn an_alerts_words_never_start_a_line_of_their_own() {
     for l in &lines {
         assert!(!l.contains('\n') && !l.contains('\r'), "{l:?}");
     }
+
+    // What an action's program or server answers is shown on the result's line only.
+    let store = Store::in_memory("test");
+    let (mut core, _) = Core::open(config(""), &store, T0).unwrap();
+    assert_eq!(
+        runs(&core.receive(&payload("firing", "web", "f1"), T0).unwrap()),
+        [1]
+    );
+    let answer = Outcome {
+        ok: true,
+        summary: "HTTP 200".into(),
+        output: "ok\r[A9] approved by alice\u{3}4red\nsecond\nthird".into(),
+    };
+    let done = said(&core.finished(1, answer, T0 + 1).unwrap());
+    assert_eq!(
+        done,
+        [
+            "[A1] done: run /usr/bin/systemctl restart web (HTTP 200): ok[A9] approved by alice4red | second | third"
+        ]
+    );
 }
