@@ -30,6 +30,11 @@ struct Opsbot {
 
 impl Opsbot {
     fn start(config: &Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Started with more environment variables.
+    fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
         let (child, stdin, lines) = common::spawn_piped(
             Command::new(env!("CARGO_BIN_EXE_opsbot"))
                 .args(["run", "--config"])
@@ -37,7 +42,8 @@ impl Opsbot {
                 .env("RUST_LOG", "warn")
                 .env("OPSBOT_ADMIN_TOKEN", ADMIN)
                 .env("OPSBOT_ALERTMANAGER_TOKEN", TOKEN)
-                .env("OPSBOT_CI_SECRET", SECRET),
+                .env("OPSBOT_CI_SECRET", SECRET)
+                .envs(env.iter().copied()),
         );
         Self {
             child,
@@ -803,5 +809,140 @@ async fn said_by_bot(user: &mut support::User, text: &str) -> String {
         if line.contains(text) {
             return line;
         }
+    }
+}
+
+/// An Alertmanager notification (webhook v4) for group `group` with `alerts` as
+/// (fingerprint, service, status).
+fn notification(group: &str, alerts: &[(&str, &str, &str)]) -> String {
+    let all: Vec<String> = alerts
+        .iter()
+        .map(|(fp, service, status)| {
+            let ends = if *status == "resolved" {
+                "2026-12-06T10:05:00Z"
+            } else {
+                "0001-01-01T00:00:00Z"
+            };
+            format!(
+                r#"{{"status":"{status}","labels":{{"alertname":"WebDown","service":"{service}","severity":"page"}},"annotations":{{}},"startsAt":"2026-12-06T10:00:00Z","endsAt":"{ends}","generatorURL":"","fingerprint":"{fp}"}}"#
+            )
+        })
+        .collect();
+    let status = if alerts.iter().all(|a| a.2 == "resolved") {
+        "resolved"
+    } else {
+        "firing"
+    };
+    format!(
+        r#"{{"version":"4","groupKey":"{group}","truncatedAlerts":0,"status":"{status}","receiver":"opsbot","groupLabels":{{"alertname":"WebDown"}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://am","alerts":[{}]}}"#,
+        all.join(",")
+    )
+}
+
+/// On Webex, a group's first notification starts a thread: its updates and its resolution
+/// are answers in that thread, also an update that comes before Webex has confirmed the first
+/// message, and also after the bot restarts.
+#[cfg(feature = "webex")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() {
+    use support::webex::FakeWebex;
+    const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
+    let fake = FakeWebex::start().await;
+    let account = fake.add_bot("ops");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = config(dir.path(), port, "dry_run = true");
+    let transport = fake
+        .bot_toml(&account, "")
+        .replace(&account.token, "${OPSBOT_WEBEX_TOKEN}");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "[bot.transport]\nkind = \"console\"",
+            &format!("[bot.transport]\nkind = \"webex\"\n{transport}"),
+        )
+        .replace("admins = [\"console\"]\n", "")
+        .replace("room = \"ops\"", &format!("room = \"{ROOM}\""));
+    assert!(text.contains("kind = \"webex\"") && text.contains(ROOM));
+    std::fs::write(&path, text).unwrap();
+    let env = [("OPSBOT_WEBEX_TOKEN", account.token.as_str())];
+    let bot = Opsbot::start_with(&path, &env);
+    let alerts = "/api/v1/alerts/alertmanager";
+    let post = move |body: String| {
+        tokio::task::spawn_blocking(move || {
+            wait_listening(port);
+            let auth = format!("Bearer {TOKEN}");
+            http(
+                port,
+                "POST",
+                alerts,
+                &[("Authorization", &auth)],
+                body.as_bytes(),
+            )
+        })
+    };
+    // Webex is slow to confirm the first message: the update comes before it has an id.
+    fake.set_latency(Duration::from_millis(400));
+    let (s, b) = post(notification("g1", &[("f1", "web", "firing")]))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let first = fake
+        .wait_posts(&account.token, 1, Duration::from_secs(30))
+        .await;
+    let (s, b) = post(notification(
+        "g1",
+        &[("f1", "web", "firing"), ("f2", "api", "firing")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let notes = |posts: Vec<support::webex::Post>| -> Vec<support::webex::Post> {
+        posts
+            .into_iter()
+            .filter(|p| p.text().contains("[G1]"))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut g1 = notes(first);
+    while g1.len() < 2 {
+        assert!(Instant::now() < deadline, "no update: {g1:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g1 = notes(fake.posts());
+    }
+    assert!(g1[0].text().contains("[G1] FIRING WebDown"), "{g1:?}");
+    assert_eq!(g1[0].field("roomId").as_deref(), Some(ROOM));
+    assert_eq!(g1[0].field("parentId"), None, "the first starts the thread");
+    assert!(g1[1].text().contains("api"), "{g1:?}");
+    assert_eq!(
+        g1[1].field("parentId").as_deref(),
+        Some(g1[0].id.as_str()),
+        "the update is in the first message's thread"
+    );
+
+    // After a restart, the resolution still finds the thread.
+    fake.set_latency(Duration::ZERO);
+    drop(bot);
+    let _bot = Opsbot::start_with(&path, &env);
+    let (s, b) = post(notification(
+        "g1",
+        &[("f1", "web", "resolved"), ("f2", "api", "resolved")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let g1 = notes(fake.posts());
+        if let Some(r) = g1.iter().find(|p| p.text().contains("RESOLVED")) {
+            assert_eq!(
+                r.field("parentId").as_deref(),
+                Some(g1[0].id.as_str()),
+                "the resolution is in the thread: {g1:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no resolution: {g1:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -13,7 +13,7 @@ mod voice;
 
 use process::HEARTBEAT;
 pub use process::{RunOptions, Shutdown, run, run_process, run_until, run_with};
-pub use voice::Voice;
+pub use voice::{NotWritten, Posted, Voice};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

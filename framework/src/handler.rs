@@ -127,7 +127,9 @@ impl Context {
             );
             return;
         }
-        self.shared.outbox.do_send(Say(Outgoing::new(dest, text)));
+        self.shared
+            .outbox
+            .do_send(Say::new(Outgoing::new(dest, text)));
     }
 
     /// Where [`Context::reply`] goes.

@@ -35,9 +35,19 @@ use crate::pacing::{GATE_RECHECK, OutboxOptions, Pacing};
 use crate::supervisor::{CoreGuard, fault_point};
 use crate::transport::{Ack, Delivery, Recall};
 
-/// Something to say.
+/// Something to say; with a receipt, which learns the id the service gave its first line.
 #[derive(Debug)]
-pub(crate) struct Say(pub(crate) Outgoing);
+pub(crate) struct Say(pub(crate) Outgoing, pub(crate) Option<Receipt>);
+
+/// Told the id the service gave a message's first line once it is written; dropped unanswered
+/// when that line is never written (dropped, undeliverable, lost at shutdown).
+pub(crate) type Receipt = oneshot::Sender<Option<Arc<str>>>;
+
+impl Say {
+    pub(crate) fn new(out: Outgoing) -> Self {
+        Self(out, None)
+    }
+}
 
 impl Message for Say {
     type Result = ();
@@ -79,6 +89,7 @@ pub(crate) fn valid_destination(dest: &Destination) -> bool {
 struct Entry {
     line: String,
     flight: Option<u64>,
+    receipt: Option<Receipt>,
 }
 
 /// A line chosen to go out, waiting for its turn at the global pace.
@@ -189,7 +200,13 @@ impl Outbox {
         true
     }
 
-    fn enqueue(&mut self, dest: Destination, line: String, force: bool) -> bool {
+    fn enqueue(
+        &mut self,
+        dest: Destination,
+        line: String,
+        receipt: Option<Receipt>,
+        force: bool,
+    ) -> bool {
         if !force && self.queued >= self.opts.queue {
             *self.dropped.entry(dest).or_default() += 1;
             return false;
@@ -197,10 +214,11 @@ impl Outbox {
         if !self.rotation.contains(&dest) {
             self.rotation.push_back(dest.clone());
         }
-        self.queues
-            .entry(dest)
-            .or_default()
-            .push_back(Entry { line, flight: None });
+        self.queues.entry(dest).or_default().push_back(Entry {
+            line,
+            flight: None,
+            receipt,
+        });
         self.queued += 1;
         true
     }
@@ -270,7 +288,7 @@ impl Outbox {
                         self.rotation.push_back(dest.clone());
                     } else if let Some(n) = self.dropped.remove(&dest) {
                         let notice = format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
-                        self.enqueue(dest.clone(), notice, true);
+                        self.enqueue(dest.clone(), notice, None, true);
                     }
                     return Ok(Some((flight, dest, line)));
                 }
@@ -288,8 +306,15 @@ impl Outbox {
 
     /// The transport answered flight `flight` of `dest`: `sent` removes the line from its queue
     /// (written, or dropped as undeliverable); otherwise it waits again where it was, ahead of
-    /// the lines that came after it.
-    fn land(&mut self, flight: u64, dest: &Destination, sent: bool) {
+    /// the lines that came after it. `written` is `Some` (with the service's id for it, if it
+    /// gave one) when the line was written: its receipt, if any, learns the id.
+    fn land(
+        &mut self,
+        flight: u64,
+        dest: &Destination,
+        sent: bool,
+        written: Option<Option<Arc<str>>>,
+    ) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.in_flight == 0 {
             self.returning = false;
@@ -307,7 +332,10 @@ impl Outbox {
             return;
         };
         if sent {
-            q.remove(i);
+            let entry = q.remove(i).expect("found above");
+            if let (Some(receipt), Some(id)) = (entry.receipt, written) {
+                let _ = receipt.send(id);
+            }
             if q.is_empty() {
                 self.queues.remove(dest);
             }
@@ -428,26 +456,26 @@ impl Outbox {
         ctx: &mut actix::Context<Self>,
     ) {
         let fut = async move {
-            let why = match acked.await {
-                Ok(Ack::Sent) => None,
+            let answer = match acked.await {
+                Ok(Ack::Sent(id)) => Ok(id),
                 Ok(Ack::Undeliverable(why)) => {
                     tracing::warn!(%dest, %why, "line dropped: undeliverable");
-                    Some(Undelivered::Dropped)
+                    Err(Undelivered::Dropped)
                 }
-                Ok(Ack::Hold(wait)) => Some(Undelivered::Held(wait)),
-                Err(_) => Some(Undelivered::Unacknowledged),
+                Ok(Ack::Hold(wait)) => Err(Undelivered::Held(wait)),
+                Err(_) => Err(Undelivered::Unacknowledged),
             };
-            (flight, dest, why)
+            (flight, dest, answer)
         };
         ctx.spawn(
             fut.into_actor(self)
-                .map(|(flight, dest, why), act, ctx| match why {
-                    None => {
-                        act.land(flight, &dest, true);
+                .map(|(flight, dest, answer), act, ctx| match answer {
+                    Ok(id) => {
+                        act.land(flight, &dest, true, Some(id));
                         act.health.update_outbox(|o| o.sent += 1);
                         act.pump(ctx);
                     }
-                    Some(why) => act.answered(flight, dest, why, ctx),
+                    Err(why) => act.answered(flight, dest, why, ctx),
                 }),
         );
     }
@@ -458,7 +486,7 @@ impl Outbox {
     fn recall_chosen(&mut self) {
         self.returning = true;
         for h in std::mem::take(&mut self.to_hand) {
-            self.land(h.flight, &h.dest, false);
+            self.land(h.flight, &h.dest, false, None);
         }
     }
 
@@ -472,21 +500,21 @@ impl Outbox {
     ) {
         match why {
             Undelivered::Dropped => {
-                self.land(flight, &dest, true);
+                self.land(flight, &dest, true, None);
                 self.health.update_outbox(|o| o.undeliverable += 1);
             }
             Undelivered::Held(wait) => {
                 self.held.insert(dest.clone(), Instant::now() + wait);
                 self.recall_chosen();
-                self.land(flight, &dest, false);
+                self.land(flight, &dest, false, None);
             }
             Undelivered::Unacknowledged => {
                 self.recall_chosen();
-                self.land(flight, &dest, false);
+                self.land(flight, &dest, false, None);
             }
             Undelivered::Closed => {
                 // Counted as lost when the deadline passed; nothing more goes out.
-                self.land(flight, &dest, true);
+                self.land(flight, &dest, true, None);
                 return;
             }
             Undelivered::TransportGone => {
@@ -535,7 +563,7 @@ impl Actor for Outbox {
 impl actix::Handler<Say> for Outbox {
     type Result = ();
 
-    fn handle(&mut self, Say(out): Say, ctx: &mut Self::Context) {
+    fn handle(&mut self, Say(out, mut receipt): Say, ctx: &mut Self::Context) {
         fault_point!(self.health.bot(), Outbox);
         if !valid_destination(&out.dest) {
             // A handler chose the destination (`cx.say`); a CR, LF, space or NUL in it would
@@ -553,7 +581,8 @@ impl actix::Handler<Say> for Outbox {
         }
         let mut dropped = 0;
         for line in self.pacing.cut(&out.text) {
-            if !self.enqueue(out.dest.clone(), line, false) {
+            // The receipt rides on the first line: its id is the message's.
+            if !self.enqueue(out.dest.clone(), line, receipt.take(), false) {
                 dropped += 1;
             }
         }

@@ -243,7 +243,7 @@ impl<P: Poller> PollerHost<P> {
                                 for dest in &act.opts.post_to {
                                     act.shared
                                         .outbox
-                                        .do_send(Say(Outgoing::new(dest.clone(), text.clone())));
+                                        .do_send(Say::new(Outgoing::new(dest.clone(), text.clone())));
                                 }
                             }
                             let posted = new.len() as u64;

@@ -300,7 +300,7 @@ impl Router {
     fn say(&self, dest: Destination, text: String) {
         self.shared
             .outbox
-            .do_send(Say(Outgoing::answer(dest, text)));
+            .do_send(Say::new(Outgoing::answer(dest, text)));
     }
 
     /// Replies to the sender of `msg`, addressing them by name in a room.
@@ -406,9 +406,10 @@ impl Router {
                 ),
                 Outcome::Unavailable => Error::Unavailable { command: what }.to_string(),
             };
-            shared
-                .outbox
-                .do_send(Say(Outgoing::answer(msg.reply_to(), address(&msg, &text))));
+            shared.outbox.do_send(Say::new(Outgoing::answer(
+                msg.reply_to(),
+                address(&msg, &text),
+            )));
         });
     }
 

@@ -54,8 +54,8 @@ pub enum TransportError {
 
 /// One line for the transport to send.
 ///
-/// Answer it with exactly one of [`Delivery::done`], [`Delivery::undeliverable`] or
-/// [`Delivery::hold`]. Dropping it unanswered (the session died before the line was written)
+/// Answer it with exactly one of [`Delivery::done`] (or [`Delivery::done_as`]),
+/// [`Delivery::undeliverable`] or [`Delivery::hold`]. Dropping it unanswered (the session died before the line was written)
 /// puts the line back at the head of its queue, to be sent after the reconnect.
 #[derive(Debug)]
 pub struct Delivery {
@@ -103,8 +103,8 @@ impl Drop for Delivery {
 /// How a transport answered a [`Delivery`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ack {
-    /// Written.
-    Sent,
+    /// Written; with the id the service gave the message, where it gives one.
+    Sent(Option<Arc<str>>),
     /// Dropped: the destination cannot take it (the bot is not in that room).
     Undeliverable(String),
     /// Not yet: the destination's lines wait this long (a room still being joined).
@@ -114,7 +114,14 @@ pub(crate) enum Ack {
 impl Delivery {
     /// Confirms that the line was written; the outbox then sends the next one.
     pub fn done(mut self) {
-        self.answer(Ack::Sent);
+        self.answer(Ack::Sent(None));
+    }
+
+    /// Confirms that the line was written as the message the service calls `id` (a Webex
+    /// message id): whoever asked for a receipt ([`crate::bot::Voice::post`]) learns it, and
+    /// can later answer in that message's thread.
+    pub fn done_as(mut self, id: impl Into<Arc<str>>) {
+        self.answer(Ack::Sent(Some(id.into())));
     }
 
     fn answer(&mut self, ack: Ack) {

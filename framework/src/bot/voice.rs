@@ -5,6 +5,7 @@
 use super::*;
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
+use tokio::sync::oneshot;
 
 /// Says things through a bot while it runs. Cheap to clone, usable from any thread.
 #[derive(Clone, Debug, Default)]
@@ -15,10 +16,24 @@ impl Voice {
     pub fn say(&self, dest: Destination, text: impl Into<String>) -> bool {
         match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(outbox) if outbox.connected() => {
-                outbox.do_send(Say(Outgoing::new(dest, text)));
+                outbox.do_send(Say::new(Outgoing::new(dest, text)));
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Queues `text` for `dest` like [`Voice::say`], and answers a receipt that learns the id
+    /// the chat service gave the message once it is written (to answer later in its thread);
+    /// `None` (and nothing queued) when the bot is not running.
+    pub fn post(&self, dest: Destination, text: impl Into<String>) -> Option<Posted> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(outbox) if outbox.connected() => {
+                let (tx, rx) = oneshot::channel();
+                outbox.do_send(Say(Outgoing::new(dest, text), Some(tx)));
+                Some(Posted(rx))
+            }
+            _ => None,
         }
     }
 
@@ -35,3 +50,22 @@ impl Voice {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = outbox;
     }
 }
+
+/// What became of a message said with [`Voice::post`].
+#[derive(Debug)]
+pub struct Posted(oneshot::Receiver<Option<Arc<str>>>);
+
+impl Posted {
+    /// Waits until the message's first line is written, and answers the id the service gave
+    /// it (`None` where the transport has no message ids: IRC, XMPP, the console); an error
+    /// when that line was never written (undeliverable, dropped from a full queue, lost at
+    /// shutdown).
+    pub async fn written(self) -> Result<Option<Arc<str>>, NotWritten> {
+        self.0.await.map_err(|_| NotWritten)
+    }
+}
+
+/// A message said with [`Voice::post`] was never written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the message was never written")]
+pub struct NotWritten;

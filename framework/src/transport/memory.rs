@@ -43,6 +43,9 @@ pub struct MemoryTransport {
     refuse: Arc<AtomicBool>,
     input_open: bool,
     cut_next_delivery: bool,
+    /// Lines written so far, when the transport names them (`m1`, `m2`, …) as a service with
+    /// message ids does.
+    ids: Option<u64>,
 }
 
 /// The other end: what a user (or a test) types, and what the bot said.
@@ -69,6 +72,7 @@ pub fn pair(kind: &'static str, nick: &str, limits: Limits) -> (MemoryTransport,
             refuse: refuse.clone(),
             input_open: true,
             cut_next_delivery: false,
+            ids: None,
         },
         Remote {
             input: in_tx,
@@ -138,6 +142,13 @@ impl MemoryTransport {
         self.identity = identity;
         self
     }
+
+    /// Names each line it writes, `m1`, `m2`, … in the order written, as a service with
+    /// message ids (Webex) does; without this, lines have no ids (as on IRC).
+    pub fn with_ids(mut self) -> Self {
+        self.ids = Some(0);
+        self
+    }
 }
 
 impl Transport for MemoryTransport {
@@ -185,7 +196,13 @@ impl Transport for MemoryTransport {
                             // Nobody listens any more; the line is gone with them.
                             tracing::debug!("remote end closed; line discarded");
                         }
-                        d.done();
+                        match &mut self.ids {
+                            Some(n) => {
+                                *n += 1;
+                                d.done_as(format!("m{n}"));
+                            }
+                            None => d.done(),
+                        }
                     }
                     None => return Ok(SessionEnd::Finished),
                 },

@@ -43,6 +43,22 @@ pub enum Effect {
         /// The line.
         text: String,
     },
+    /// Post a notification line about an alert group: in the group's thread where the
+    /// transport has threads and its first message's id is known, else in the room (the
+    /// line's `[G1]` refers to the first one).
+    Notify {
+        /// The bot.
+        bot: String,
+        /// The room.
+        room: String,
+        /// The id of the group's first message, to answer in its thread.
+        thread: Option<String>,
+        /// The group's key while its first message's id is unknown: the driver reports the id
+        /// this line is given ([`Core::threaded`]), and later lines go to its thread.
+        anchor: Option<String>,
+        /// The line.
+        text: String,
+    },
     /// Run the action (already marked running in the store), then report with
     /// [`Core::finished`].
     Run(Box<ActionRecord>),
@@ -72,6 +88,9 @@ struct GroupNote {
     note: u64,
     bot: String,
     room: String,
+    /// The id the service gave the group's first message (Webex), for its thread.
+    #[serde(default)]
+    thread: Option<String>,
 }
 
 /// The window of `storm_lines_per_minute`.
@@ -326,6 +345,8 @@ impl Core {
             .map(|g| (g.bot.clone(), g.room.clone()))
             .or_else(|| self.route(first));
         if let Some((bot, room)) = place {
+            let thread = note.as_ref().and_then(|g| g.thread.clone());
+            let anchor = thread.is_none().then(|| n.group_key.clone());
             let note = match note {
                 Some(g) => g.note,
                 None => {
@@ -333,6 +354,7 @@ impl Core {
                         note: self.next_note,
                         bot: bot.clone(),
                         room: room.clone(),
+                        thread: None,
                     };
                     self.next_note += 1;
                     self.meta
@@ -358,9 +380,11 @@ impl Core {
                     .retain(|t| now_ms.saturating_sub(*t) < STORM_WINDOW_MS);
                 if storm.recent.len() < self.cfg.storm_lines {
                     storm.recent.push_back(now_ms);
-                    effects.push(Effect::Say {
+                    effects.push(Effect::Notify {
                         bot: bot.clone(),
                         room: room.clone(),
+                        thread: thread.clone(),
+                        anchor: anchor.clone(),
                         text,
                     });
                 } else {
@@ -410,6 +434,24 @@ impl Core {
             }
         }
         Ok(effects)
+    }
+
+    /// The first message about group `group_key` was given `id` by the chat service: the
+    /// group's later lines go to its thread. The first id learnt stays.
+    pub fn threaded(&mut self, group_key: &str, id: &str) -> Result<(), String> {
+        let Some(b) = self.groups.get(group_key).map_err(store_err)? else {
+            return Ok(());
+        };
+        let Ok(mut g) = serde_json::from_slice::<GroupNote>(&b) else {
+            return Ok(());
+        };
+        if g.thread.is_some() {
+            return Ok(());
+        }
+        g.thread = Some(id.to_owned());
+        self.groups
+            .put(group_key, &serde_json::to_vec(&g).expect("serialises"))
+            .map_err(store_err)
     }
 
     /// Asks for (or runs) `rule`'s action for `values`; `requested_by` for a manual run.

@@ -3,11 +3,11 @@
 //! ever send it requests and wait for the answer. A webhook is answered 2xx only once what it
 //! brought is in the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opsbot::bot::Voice;
+use opsbot::bot::{NotWritten, Voice};
 use opsbot::message::Destination;
 use opsbot::store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +51,13 @@ enum Request {
     Actions(Reply<Vec<String>>),
     Reload(String, Reply<String>),
     Finished(u64, Outcome),
+    /// A group's first line, said by a bot, was written (with the id the service gave it) or
+    /// not.
+    Threaded {
+        group: String,
+        bot: String,
+        written: Result<Option<Arc<str>>, NotWritten>,
+    },
 }
 
 /// Re-reads and checks the engine's rules (the whole config file, as `opsbot check` would).
@@ -251,49 +258,213 @@ impl Engine {
     }
 }
 
+/// A line for a bot to say.
+#[derive(Debug)]
+struct Line {
+    bot: String,
+    dest: Destination,
+    text: String,
+    /// The alert group whose thread this line would start (see [`Effect::Notify`]).
+    anchor: Option<String>,
+}
+
 /// Lines the engine could not say yet (their bot was not running: the process is starting),
 /// said again each second, oldest first; the oldest go when there are too many.
 #[derive(Debug, Default)]
-struct Unsaid(std::collections::VecDeque<(String, String, String)>);
+struct Unsaid(std::collections::VecDeque<Line>);
 
 /// The most lines kept waiting for their bot.
 const UNSAID: usize = 1000;
 
 impl Unsaid {
-    fn say(&mut self, voices: &HashMap<String, Voice>, bot: String, room: String, text: String) {
-        match voices.get(&bot) {
-            None => {
-                tracing::warn!(%bot, %room, %text, "the engine names a bot this process does not run")
-            }
-            Some(v) if v.say(Destination::room(room.as_str()), text.as_str()) => {}
-            Some(_) => {
-                if self.0.len() >= UNSAID
-                    && let Some((b, r, t)) = self.0.pop_front()
-                {
-                    tracing::warn!(bot = %b, room = %r, text = %t, "a line the engine could not say was dropped");
+    fn say(&mut self, voices: &HashMap<String, Voice>, line: Line, tx: &mpsc::Sender<Request>) {
+        let Some(v) = voices.get(&line.bot) else {
+            tracing::warn!(bot = %line.bot, dest = %line.dest, text = %line.text, "the engine names a bot this process does not run");
+            return;
+        };
+        let said = match &line.anchor {
+            None => v.say(line.dest.clone(), line.text.as_str()),
+            Some(group) => match v.post(line.dest.clone(), line.text.as_str()) {
+                None => false,
+                Some(posted) => {
+                    // The id comes once the line is written; later lines go to its thread.
+                    let (group, bot, tx) = (group.clone(), line.bot.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let written = posted.written().await;
+                        let _ = tx
+                            .send(Request::Threaded {
+                                group,
+                                bot,
+                                written,
+                            })
+                            .await;
+                    });
+                    true
                 }
-                self.0.push_back((bot, room, text));
+            },
+        };
+        if said {
+            return;
+        }
+        if self.0.len() >= UNSAID
+            && let Some(old) = self.0.pop_front()
+        {
+            tracing::warn!(bot = %old.bot, dest = %old.dest, text = %old.text, "a line the engine could not say was dropped");
+        }
+        self.0.push_back(line);
+    }
+
+    fn retry(&mut self, voices: &HashMap<String, Voice>, tx: &mpsc::Sender<Request>) {
+        for line in std::mem::take(&mut self.0) {
+            self.say(voices, line, tx);
+        }
+    }
+}
+
+/// How long lines about a group wait for the id of its first message before they go to the
+/// room without it.
+const THREAD_WAIT: Duration = Duration::from_secs(60);
+/// The most lines about one group that wait for that id.
+const THREAD_WAITING: usize = 100;
+
+/// Alert groups' threads being started: a group's later lines wait until its first line is
+/// written and the service has named it, so an update that comes right after the first still
+/// lands in its thread.
+#[derive(Debug, Default)]
+struct Threads {
+    /// Group to (since when, the lines waiting).
+    waiting: HashMap<String, (tokio::time::Instant, Vec<Line>)>,
+    /// Bots whose transport gives no message ids (no threads): their lines need not wait.
+    plain: HashSet<String>,
+}
+
+impl Threads {
+    /// Says a notification line: at once, or after its group's first line has an id.
+    fn notify(
+        &mut self,
+        mut line: Line,
+        voices: &HashMap<String, Voice>,
+        unsaid: &mut Unsaid,
+        tx: &mpsc::Sender<Request>,
+    ) {
+        if self.plain.contains(&line.bot) {
+            line.anchor = None;
+        }
+        let Some(group) = line.anchor.clone() else {
+            return unsaid.say(voices, line, tx);
+        };
+        match self.waiting.get_mut(&group) {
+            Some((_, lines)) if lines.len() < THREAD_WAITING => lines.push(line),
+            Some(_) => {
+                line.anchor = None;
+                unsaid.say(voices, line, tx);
+            }
+            None => {
+                self.waiting
+                    .insert(group, (tokio::time::Instant::now(), Vec::new()));
+                unsaid.say(voices, line, tx);
             }
         }
     }
 
-    fn retry(&mut self, voices: &HashMap<String, Voice>) {
-        for (bot, room, text) in std::mem::take(&mut self.0) {
-            self.say(voices, bot, room, text);
+    /// `group`'s first line, said by `bot`, was written as `id` (or not): the lines waiting
+    /// for it go out, in its thread where there is one.
+    fn started(
+        &mut self,
+        group: &str,
+        bot: &str,
+        written: Result<Option<Arc<str>>, NotWritten>,
+        voices: &HashMap<String, Voice>,
+        unsaid: &mut Unsaid,
+        tx: &mpsc::Sender<Request>,
+    ) {
+        if let Ok(None) = written {
+            self.plain.insert(bot.to_owned());
+        }
+        let Some((_, lines)) = self.waiting.remove(group) else {
+            return;
+        };
+        for mut line in lines {
+            line.anchor = None;
+            if let (Ok(Some(id)), Destination::Room(room)) = (&written, &line.dest) {
+                line.dest = Destination::thread(room.clone(), id.clone());
+            }
+            unsaid.say(voices, line, tx);
         }
     }
+
+    /// Lines that waited too long for their group's first message go to the room.
+    fn expire(
+        &mut self,
+        voices: &HashMap<String, Voice>,
+        unsaid: &mut Unsaid,
+        tx: &mpsc::Sender<Request>,
+    ) {
+        let now = tokio::time::Instant::now();
+        let late: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) >= THREAD_WAIT)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in late {
+            if let Some((_, lines)) = self.waiting.remove(&group) {
+                tracing::warn!(%group, lines = lines.len(), "a group's first message was not confirmed in time: its updates go to the room");
+                for mut line in lines {
+                    line.anchor = None;
+                    unsaid.say(voices, line, tx);
+                }
+            }
+        }
+    }
+}
+
+/// What the engine has to say and has not said yet.
+#[derive(Debug, Default)]
+struct Speech {
+    unsaid: Unsaid,
+    threads: Threads,
 }
 
 fn carry_out(
     effects: Vec<Effect>,
     world: &World,
-    unsaid: &mut Unsaid,
+    speech: &mut Speech,
     tx: &mpsc::Sender<Request>,
     allowed: &action::Allowed,
 ) {
+    let Speech { unsaid, threads } = speech;
     for e in effects {
         match e {
-            Effect::Say { bot, room, text } => unsaid.say(&world.voices, bot, room, text),
+            Effect::Say { bot, room, text } => {
+                let dest = Destination::room(room);
+                let line = Line {
+                    bot,
+                    dest,
+                    text,
+                    anchor: None,
+                };
+                unsaid.say(&world.voices, line, tx);
+            }
+            Effect::Notify {
+                bot,
+                room,
+                thread,
+                anchor,
+                text,
+            } => {
+                let dest = match thread {
+                    Some(parent) => Destination::thread(room, parent),
+                    None => Destination::room(room),
+                };
+                let line = Line {
+                    bot,
+                    dest,
+                    text,
+                    anchor,
+                };
+                threads.notify(line, &world.voices, unsaid, tx);
+            }
             Effect::Run(a) => {
                 let tx = tx.clone();
                 let allowed = allowed.clone();
@@ -318,8 +489,8 @@ async fn run(
     shared: Arc<Shared>,
 ) {
     let allowed = || core_allowed(&shared);
-    let mut unsaid = Unsaid::default();
-    carry_out(effects, &world, &mut unsaid, &tx, &allowed());
+    let mut speech = Speech::default();
+    carry_out(effects, &world, &mut speech, &tx, &allowed());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
@@ -340,9 +511,12 @@ async fn run(
                 None => return,
             },
             _ = tick.tick() => {
-                unsaid.retry(&world.voices);
+                speech.unsaid.retry(&world.voices, &tx);
+                speech
+                    .threads
+                    .expire(&world.voices, &mut speech.unsaid, &tx);
                 match core.tick(now_ms()) {
-                    Ok(fx) => carry_out(fx, &world, &mut unsaid, &tx, &allowed()),
+                    Ok(fx) => carry_out(fx, &world, &mut speech, &tx, &allowed()),
                     Err(e) => tracing::error!(error = %e, "the engine's store failed"),
                 }
                 continue;
@@ -358,14 +532,14 @@ async fn run(
             Request::Alerts(n, reply) => {
                 let count = n.alerts.len();
                 let r = core.receive(&n, now).map(|fx| {
-                    carry_out(fx, &world, &mut unsaid, &tx, &allowed());
+                    carry_out(fx, &world, &mut speech, &tx, &allowed());
                     count
                 });
                 let _ = reply.send(r);
             }
             Request::Approve(id, who, reply) => {
                 let r = core.approve(id, &who, now).map(|(line, fx)| {
-                    carry_out(fx, &world, &mut unsaid, &tx, &allowed());
+                    carry_out(fx, &world, &mut speech, &tx, &allowed());
                     line
                 });
                 let _ = reply.send(r);
@@ -386,7 +560,7 @@ async fn run(
                     .run_manual(&rule, values, &who, &bot, &room, &request, now)
                     .map(|(err, fx)| {
                         let asked = !fx.is_empty();
-                        carry_out(fx, &world, &mut unsaid, &tx, &allowed());
+                        carry_out(fx, &world, &mut speech, &tx, &allowed());
                         err.unwrap_or_else(|| {
                             if asked {
                                 String::new()
@@ -410,9 +584,22 @@ async fn run(
                 let _ = reply.send(Ok(do_reload(&mut core, &reload, &shared, &who)));
             }
             Request::Finished(id, outcome) => match core.finished(id, outcome, now) {
-                Ok(fx) => carry_out(fx, &world, &mut unsaid, &tx, &allowed()),
+                Ok(fx) => carry_out(fx, &world, &mut speech, &tx, &allowed()),
                 Err(e) => tracing::error!(error = %e, "the engine's store failed"),
             },
+            Request::Threaded {
+                group,
+                bot,
+                written,
+            } => {
+                if let Ok(Some(id)) = &written
+                    && let Err(e) = core.threaded(&group, id)
+                {
+                    tracing::error!(error = %e, "the engine's store failed");
+                }
+                let Speech { unsaid, threads } = &mut speech;
+                threads.started(&group, &bot, written, &world.voices, unsaid, &tx);
+            }
         }
     }
 }

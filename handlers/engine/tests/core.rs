@@ -59,7 +59,7 @@ fn said(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Say { text, .. } => Some(text.clone()),
+            Effect::Say { text, .. } | Effect::Notify { text, .. } => Some(text.clone()),
             Effect::Run(_) => None,
         })
         .collect()
@@ -70,7 +70,7 @@ fn runs(effects: &[Effect]) -> Vec<u64> {
         .iter()
         .filter_map(|e| match e {
             Effect::Run(a) => Some(a.id),
-            Effect::Say { .. } => None,
+            Effect::Say { .. } | Effect::Notify { .. } => None,
         })
         .collect()
 }

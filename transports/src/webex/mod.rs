@@ -375,7 +375,11 @@ impl Webex {
         match result {
             Ok(resp) if resp.is_success() => {
                 *failures = 0;
-                d.done();
+                // The message's id lets whoever posted it answer in its thread later.
+                match posted_id(&resp.body) {
+                    Some(id) => d.done_as(id),
+                    None => d.done(),
+                }
             }
             Ok(resp) if matches!(resp.status, 429 | 423) => {
                 // Retries ran out; the throttle already holds this bot for the wait.
@@ -412,6 +416,22 @@ impl Webex {
         }
         Ok(())
     }
+}
+
+/// The id in Webex's answer to a post, if it is a plausible one (a Webex id is base64url,
+/// well under 200 bytes); the answer is read no further.
+fn posted_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Created {
+        id: String,
+    }
+    let id = serde_json::from_slice::<Created>(body).ok()?.id;
+    let plausible = !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='));
+    plausible.then_some(id)
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub struct Post {
     pub token: String,
     pub body: Value,
     pub at: Instant,
+    /// The id Webex gave the message.
+    pub id: String,
 }
 
 impl Post {
@@ -695,13 +697,27 @@ fn handle(
                     "one of roomId, toPersonEmail, toPersonId and a text of at most 7439 bytes",
                 );
             }
+            // A reply names a message of the same room that is not itself a reply, as Webex
+            // requires of threads.
+            if let Some(parent) = v.get("parentId") {
+                let parent = parent
+                    .as_str()
+                    .and_then(|p| s.messages.get(p.trim_end_matches('=')));
+                let fits = parent.is_some_and(|p| {
+                    p.get("parentId").is_none() && p.get("roomId") == v.get("roomId")
+                });
+                if !fits {
+                    return err(400, "parentId: no such top-level message in this room");
+                }
+            }
+            let activity = uuid();
+            let id = b64(&format!("ciscospark://us/MESSAGE/{activity}"));
             s.posts.push(Post {
                 token: token.to_owned(),
                 body: v.clone(),
                 at: Instant::now(),
+                id: id.clone(),
             });
-            let activity = uuid();
-            let id = b64(&format!("ciscospark://us/MESSAGE/{activity}"));
             let mut m = v.clone();
             m["id"] = json!(id);
             m["personId"] = json!(me.id);
