@@ -515,7 +515,6 @@ impl App {
                 voices,
                 heal,
                 reload,
-                admin_token: config.http.as_ref().and_then(|h| h.admin_token.clone()),
             };
             self.engine
                 .start(rules, wiring)

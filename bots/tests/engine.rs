@@ -234,6 +234,14 @@ fn alertmanager_fires_the_bot_asks_an_approval_runs_it_once() {
     // The audit over the API, with the admin token only.
     let (status, _) = http(port, "GET", "/api/v1/audit", &[], b"");
     assert_eq!(status, 401);
+    let (status, _) = http(
+        port,
+        "GET",
+        "/api/v1/audit",
+        &[("Authorization", "Bearer not-the-admin-token")],
+        b"",
+    );
+    assert_eq!(status, 403);
     let auth = format!("Bearer {ADMIN}");
     let (status, body) = http(
         port,

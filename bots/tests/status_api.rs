@@ -777,6 +777,72 @@ impl Driver {
         driver
     }
 
+    /// A session in headless Chromium with a phone's screen; answers its id.
+    fn phone(&self, profile: &Path) -> String {
+        let session = self.call(
+            "POST",
+            "/session",
+            &serde_json::json!({
+                "capabilities": { "alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": "/usr/bin/chromium",
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                 "--disable-dev-shm-usage", "--disable-background-networking",
+                                 format!("--user-data-dir={}", profile.display())],
+                        // A phone's screen.
+                        "mobileEmulation": {
+                            "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 }
+                        }
+                    }
+                }}
+            }),
+        );
+        session["sessionId"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs `script` in the page; answers what it returns.
+    fn run(&self, id: &str, script: &str) -> Value {
+        self.call(
+            "POST",
+            &format!("/session/{id}/execute/sync"),
+            &serde_json::json!({ "script": script, "args": [] }),
+        )
+    }
+
+    /// The element `css` selects; answers its WebDriver reference.
+    fn element(&self, id: &str, css: &str) -> String {
+        let e = self.call(
+            "POST",
+            &format!("/session/{id}/element"),
+            &serde_json::json!({ "using": "css selector", "value": css }),
+        );
+        e["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {e}"))
+            .to_owned()
+    }
+
+    /// Types `text` into the element `css` selects, as a person would.
+    fn type_into(&self, id: &str, css: &str, text: &str) {
+        let e = self.element(id, css);
+        self.call(
+            "POST",
+            &format!("/session/{id}/element/{e}/value"),
+            &serde_json::json!({ "text": text }),
+        );
+    }
+
+    /// Clicks the element `css` selects.
+    fn click(&self, id: &str, css: &str) {
+        let e = self.element(id, css);
+        self.call(
+            "POST",
+            &format!("/session/{id}/element/{e}/click"),
+            &serde_json::json!({}),
+        );
+    }
+
     /// A WebDriver command; answers its `value`.
     fn call(&self, method: &str, path: &str, body: &Value) -> Value {
         let body = if body.is_null() {
@@ -1082,27 +1148,7 @@ fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
     bot.spend_boom_budget();
 
     let driver = Driver::start(&dir.path().join("chromedriver.log"));
-    let profile = dir.path().join("chromium-profile");
-    let session = driver.call(
-        "POST",
-        "/session",
-        &serde_json::json!({
-            "capabilities": { "alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": {
-                    "binary": "/usr/bin/chromium",
-                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage",
-                             format!("--user-data-dir={}", profile.display())],
-                    // A phone's screen.
-                    "mobileEmulation": {
-                        "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 }
-                    }
-                }
-            }}
-        }),
-    );
-    let id = session["sessionId"].as_str().unwrap().to_owned();
+    let id = driver.phone(&dir.path().join("chromium-profile"));
     let url = format!("http://127.0.0.1:{}/", bot.port);
     driver.call(
         "POST",
@@ -1191,4 +1237,147 @@ fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
         .collect();
     assert_eq!(heals.len(), 1, "{heals:?}");
     bot.stop();
+}
+
+/// What the audit panel shows, read in the browser.
+const READ_AUDIT: &str = r##"
+const p = document.querySelector('section.panel[data-panel="Audit"]');
+return {
+  loaded: document.body.dataset.loaded === "yes",
+  panel: !!p,
+  note: p ? p.querySelector(".note").textContent : "",
+  rows: p ? [...p.querySelectorAll("tbody tr")].map(r => [...r.cells].map(c => c.textContent)) : [],
+  headings: p ? [...p.querySelectorAll("thead th")].map(h => h.textContent) : [],
+  form: !!document.getElementById("admin"),
+  stored: JSON.stringify({ ...sessionStorage }) + JSON.stringify({ ...localStorage }),
+  injected: document.querySelectorAll("#panels img, #panels script").length,
+  pwned: document.body.dataset.pwned || "",
+  fits: document.documentElement.scrollWidth <= window.innerWidth,
+};
+"##;
+
+/// The engine's audit on the status page: a panel that asks for the admin token, refuses a
+/// wrong one, and with the right one shows the trail and whether its chain holds; text from
+/// an alert is shown as text, and the token is kept nowhere but in the tab's memory.
+#[test]
+fn the_audit_is_on_the_status_page_behind_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let bot = Bot::start(
+        dir.path(),
+        port,
+        r#"
+[[bot]]
+name = "ops"
+admins = ["console"]
+handlers = ["engine"]
+[bot.transport]
+kind = "console"
+
+[engine]
+alertmanager_token = "${OPSBOT_TEST_TOKEN}"
+
+[[engine.route]]
+match = ['severity=~".+"']
+room = "ops"
+"#,
+    );
+    // A group key with markup in it reaches the audit as the entry's subject.
+    let hostile = r#"{}:{alertname=\"<img src=x onerror=document.body.dataset.pwned=1>\"}"#;
+    let body = format!(
+        r#"{{"version":"4","groupKey":"{hostile}","status":"firing","alerts":[{{"status":"firing","labels":{{"alertname":"DiskFull","severity":"page"}},"startsAt":"2026-12-06T10:00:00Z","fingerprint":"f1"}}]}}"#
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let (status, text) = http(
+        port,
+        "POST",
+        "/api/v1/alerts/alertmanager",
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    bot.line_where(|l| l.contains("FIRING DiskFull"));
+    // The panel is listed for the page, with no secret in it.
+    let panels = bot.json("/api/v1/panels");
+    assert_eq!(panels["panels"][0]["title"], "Audit", "{panels}");
+    assert_eq!(panels["panels"][0]["admin"], true, "{panels}");
+    assert!(!panels.to_string().contains(TOKEN));
+
+    let driver = Driver::start(&dir.path().join("chromedriver.log"));
+    let id = driver.phone(&dir.path().join("chromium-profile"));
+    driver.call(
+        "POST",
+        &format!("/session/{id}/url"),
+        &serde_json::json!({ "url": format!("http://127.0.0.1:{port}/") }),
+    );
+    let wait = |what: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let page = driver.run(&id, READ_AUDIT);
+            if ok(&page) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "{what}: {page}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let page = wait("the panel asks for the token", &|p| {
+        p["loaded"] == true && p["note"] == "needs the admin token"
+    });
+    assert_eq!(page["form"], true, "{page}");
+    assert_eq!(page["rows"].as_array().unwrap().len(), 0, "{page}");
+    // Markup that ever slipped into the page could run nothing: the policy allows the page's
+    // own script by its hash, and no inline handler.
+    driver.run(
+        &id,
+        "const i = document.createElement('img'); \
+         i.setAttribute('onerror', 'document.body.dataset.handler = 1'); \
+         i.src = 'x'; document.body.append(i); return 0;",
+    );
+
+    driver.type_into(&id, "#token", "not-the-admin-token-at-all");
+    driver.click(&id, "#admin button");
+    wait("a wrong token is refused", &|p| {
+        p["note"] == "the admin token was refused"
+    });
+
+    driver.type_into(&id, "#token", TOKEN);
+    driver.click(&id, "#admin button");
+    let page = wait("the trail is shown", &|p| {
+        p["note"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("the chain holds")
+    });
+    let rows = page["rows"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{page}");
+    assert_eq!(
+        page["headings"],
+        serde_json::json!(["#", "UTC", "step", "who", "subject", "detail"])
+    );
+    let received = rows
+        .iter()
+        .find(|r| r[2] == "received")
+        .unwrap_or_else(|| panic!("no received entry: {page}"));
+    assert_eq!(received[3], "alertmanager", "{page}");
+    assert!(
+        received[4].as_str().unwrap().contains("<img src=x"),
+        "the markup is shown as text: {page}"
+    );
+    let time = received[1].as_str().unwrap();
+    assert_eq!(time.len(), "12:34:56".len(), "{page}");
+    assert_eq!(page["injected"], 0, "{page}");
+    assert_eq!(page["pwned"], "", "{page}");
+    assert_eq!(page["fits"], true, "{page}");
+    assert!(
+        !page["stored"].as_str().unwrap().contains(TOKEN),
+        "the token is in no storage: {page}"
+    );
+    let handler = driver.run(&id, "return document.body.dataset.handler || '';");
+    assert_eq!(handler, "", "an inline handler ran");
+    // The field was emptied once read.
+    let left = driver.run(&id, "return document.getElementById('token').value;");
+    assert_eq!(left, "");
+    driver.call("DELETE", &format!("/session/{id}"), &Value::Null);
+    drop(bot);
 }

@@ -7,6 +7,7 @@
 //! | `GET /api/v1/circuit-breakers` | every breaker of every bot |
 //! | `GET /api/v1/healing-log?limit=N&bot=B` | the newest entries, newest first (default 200) |
 //! | `POST /api/v1/heal/{bot}/{subsystem}` | a forced heal; needs `Authorization: Bearer TOKEN` |
+//! | `GET /api/v1/panels` | the extra tables the page shows for crates built on the framework ([`Panel`]) |
 //! | `GET /livez` | 200 while every bot's thread answers and no bot's machinery failed |
 //! | `GET /readyz` | 200 while every bot's transport is connected |
 //! | `GET /metrics` | Prometheus (OpenMetrics text) |
@@ -72,6 +73,7 @@ struct Bot {
 struct Shared {
     bots: Vec<Bot>,
     log: Option<HealingLog>,
+    panels: Vec<Panel>,
     token: Option<Secret>,
     registry: Registry,
     hosts: Vec<String>,
@@ -167,12 +169,94 @@ async fn check_host(
 /// added before the framework's "not found" answer; a route that shadows one of the
 /// framework's is never reached.
 #[derive(Clone)]
-pub struct ApiMount(Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>);
+pub struct ApiMount {
+    routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
+    panels: Vec<Panel>,
+}
 
 impl ApiMount {
     /// A mount that adds routes with `f` (called once per server worker).
     pub fn new(f: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
+        Self {
+            routes: Arc::new(f),
+            panels: Vec::new(),
+        }
+    }
+
+    /// Shows one of the mount's answers on the status page, as a table.
+    pub fn panel(mut self, panel: Panel) -> Self {
+        self.panels.push(panel);
+        self
+    }
+}
+
+/// A table on the status page, read from a `GET` route of an [`ApiMount`] that answers a JSON
+/// object: `rows` names its array of objects, each column one of their fields; `summary`, if
+/// set, names a string field shown above the table. A panel marked `admin` is read with the
+/// admin token, which the page asks for and keeps in the tab's memory only. Everything shown
+/// is put in as text.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Panel {
+    title: String,
+    path: String,
+    rows: String,
+    summary: Option<String>,
+    columns: Vec<Column>,
+    admin: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct Column {
+    field: String,
+    heading: String,
+    /// `text`, or `time` (milliseconds since the Unix epoch, or RFC 3339), shown as UTC.
+    kind: &'static str,
+}
+
+impl Panel {
+    /// A panel titled `title`, read from `path` (under `/api/`), with its rows in the answer's
+    /// field `rows`.
+    pub fn new(title: impl Into<String>, path: impl Into<String>, rows: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            path: path.into(),
+            rows: rows.into(),
+            summary: None,
+            columns: Vec::new(),
+            admin: false,
+        }
+    }
+
+    /// A column showing each row's `field` as text.
+    pub fn column(mut self, field: impl Into<String>, heading: impl Into<String>) -> Self {
+        self.columns.push(Column {
+            field: field.into(),
+            heading: heading.into(),
+            kind: "text",
+        });
+        self
+    }
+
+    /// A column showing each row's `field`, a time, as UTC (the whole time on hover).
+    pub fn time_column(mut self, field: impl Into<String>, heading: impl Into<String>) -> Self {
+        self.columns.push(Column {
+            field: field.into(),
+            heading: heading.into(),
+            kind: "time",
+        });
+        self
+    }
+
+    /// Shows the answer's string field `field` above the table.
+    pub fn summary(mut self, field: impl Into<String>) -> Self {
+        self.summary = Some(field.into());
+        self
+    }
+
+    /// Read with the admin token (see [`require_admin`]).
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
     }
 }
 
@@ -196,9 +280,15 @@ pub(crate) fn start(
     let collector = Metrics(bots.iter().map(|b| b.health.clone()).collect());
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector));
+    let panels: Vec<Panel> = mounts
+        .iter()
+        .flat_map(|m| m.panels.iter().cloned())
+        .filter(|p| p.path.starts_with("/api/"))
+        .collect();
     let shared = web::Data::new(Shared {
         bots,
         log,
+        panels,
         token: api.admin_token.clone(),
         registry,
         hosts: api.hosts.clone(),
@@ -230,6 +320,7 @@ pub(crate) fn start(
             .service(get("/api/v1/health", health))
             .service(get("/api/v1/circuit-breakers", breakers))
             .service(get("/api/v1/healing-log", healing_log))
+            .service(get("/api/v1/panels", list_panels))
             .service(
                 web::resource("/api/v1/heal/{bot}/{subsystem}")
                     .route(web::post().to(heal))
@@ -237,7 +328,7 @@ pub(crate) fn start(
             )
             .configure(|c| {
                 for m in &mounts {
-                    (m.0)(c);
+                    (m.routes)(c);
                 }
             })
             .default_service(web::to(|| async {
@@ -364,15 +455,32 @@ fn bot_json(s: &Snapshot) -> Value {
     })
 }
 
+/// The page's Content-Security-Policy: its one script is allowed by its hash, so markup that
+/// ever slipped into the page (an alert's text, say) could run nothing, not even an inline
+/// event handler.
+static PAGE_POLICY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let script = PAGE
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script);
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+    format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+});
+
 async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ))
+        .insert_header((header::CONTENT_SECURITY_POLICY, PAGE_POLICY.as_str()))
         .body(PAGE)
+}
+
+async fn list_panels(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "panels": shared.panels }))
 }
 
 async fn health(shared: web::Data<Shared>) -> HttpResponse {
@@ -504,18 +612,15 @@ fn clean(s: &str, max: usize) -> String {
         .to_owned()
 }
 
-async fn heal(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    body: web::Bytes,
-) -> HttpResponse {
-    // Who is asking comes first: nothing about bots or subsystems is told before that.
+/// `None` when `req` carries the admin token; else the answer to give (401 without one, 403
+/// for a wrong one, 429 for an address that sent too many wrong ones). `off` says what is not
+/// served when no token is configured.
+fn admin_check(shared: &Shared, req: &HttpRequest, off: &str) -> Option<HttpResponse> {
     let Some(token) = &shared.token else {
-        return error(
+        return Some(error(
             StatusCode::FORBIDDEN,
-            "forced heals are off: the config's [http] table has no admin_token",
-        );
+            &format!("{off}: the config's [http] table has no admin_token"),
+        ));
     };
     let given = req
         .headers()
@@ -532,21 +637,51 @@ async fn heal(
             .json(json!({ "error": "too many wrong tokens from this address; wait and try again" }))
     };
     if let Some(wait) = ip.and_then(|ip| shared.guesses.refused_for(ip)) {
-        return too_many(wait);
+        return Some(too_many(wait));
     }
     let Some(given) = given else {
-        return HttpResponse::Unauthorized()
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"opsbot\""))
-            .json(json!({ "error": "an admin token is needed: Authorization: Bearer TOKEN" }));
+        return Some(
+            HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"opsbot\""))
+                .json(json!({ "error": "an admin token is needed: Authorization: Bearer TOKEN" })),
+        );
     };
     if !bool::from(given.ct_eq(token.expose().as_bytes())) {
         if let Some(ip) = ip
             && shared.guesses.wrong(ip)
         {
             tracing::warn!(%ip, "too many wrong admin tokens; refusing this address for a minute");
-            return too_many(GUESSER_WAIT);
+            return Some(too_many(GUESSER_WAIT));
         }
-        return error(StatusCode::FORBIDDEN, "wrong token");
+        return Some(error(StatusCode::FORBIDDEN, "wrong token"));
+    }
+    None
+}
+
+/// For routes of an [`ApiMount`]: `None` when `req` carries the `[http] admin_token`, checked
+/// as the framework's own routes check it (in constant time; an address that sends too many
+/// wrong tokens is refused for a minute, on every route); else the answer to give: 401 without
+/// a token, 403 for a wrong one or when none is configured (`off` says what is then not
+/// served), 429 while the address is refused.
+pub fn require_admin(req: &HttpRequest, off: &str) -> Option<HttpResponse> {
+    match req.app_data::<web::Data<Shared>>() {
+        Some(shared) => admin_check(shared, req, off),
+        None => Some(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "not a route of the status API",
+        )),
+    }
+}
+
+async fn heal(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    // Who is asking comes first: nothing about bots or subsystems is told before that.
+    if let Some(refused) = admin_check(&shared, &req, "forced heals are off") {
+        return refused;
     }
     let body: HealBody = if body.iter().all(u8::is_ascii_whitespace) {
         HealBody::default()

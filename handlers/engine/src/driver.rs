@@ -73,8 +73,6 @@ pub struct Wiring {
     pub heal: Arc<action::Healer>,
     /// Re-reads the rules at SIGHUP and `!rules reload`.
     pub reload: Reloader,
-    /// The status API's admin token, for `GET /api/v1/audit`.
-    pub admin_token: Option<opsbot::config::Secret>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -98,7 +96,6 @@ pub(crate) struct Shared {
     pub(crate) bounds: Bounds,
     pub(crate) verifier: Verifier,
     pub(crate) audit: Mutex<Option<Audit>>,
-    pub(crate) admin_token: Mutex<Option<opsbot::config::Secret>>,
 }
 
 /// A handle on the engine. Cheap to clone; made before the bots are built (their `engine`
@@ -128,7 +125,6 @@ impl Engine {
                 bounds: Bounds::default(),
                 verifier: Verifier::new(300, 100_000),
                 audit: Mutex::new(None),
-                admin_token: Mutex::new(None),
             }),
         }
     }
@@ -148,7 +144,6 @@ impl Engine {
             voices,
             heal,
             reload,
-            admin_token,
         } = wiring;
         let rx = self
             .rx
@@ -159,11 +154,6 @@ impl Engine {
         let config = Arc::new(config);
         *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
         *self.shared.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Audit::new(&store));
-        *self
-            .shared
-            .admin_token
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = admin_token;
         let (core, effects) =
             Core::open(config, &store, now_ms()).map_err(std::io::Error::other)?;
         let tx = self.tx.clone();

@@ -7,7 +7,8 @@
 //!   "labels": {…}, "annotations": {…}}`, and goes through the routes and rules as an alert
 //!   with the label `source` set to the source's name;
 //! - `GET /api/v1/audit`: the audit trail, newest first, with whether its chain holds
-//!   (`[http] admin_token`).
+//!   (`[http] admin_token`, checked as the framework checks it); also a panel of the status
+//!   page, which asks for the token.
 //!
 //! Every refusal is a 4xx with a JSON `{"error": "…"}` that says why; nothing of a refused
 //! request is kept.
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, web};
-use opsbot::status_api::ApiMount;
+use opsbot::status_api::{ApiMount, Panel, require_admin};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -74,6 +75,17 @@ impl Engine {
                         })),
                 );
         })
+        .panel(
+            Panel::new("Audit", "/api/v1/audit?limit=25", "entries")
+                .summary("summary")
+                .column("seq", "#")
+                .time_column("at_ms", "UTC")
+                .column("step", "step")
+                .column("who", "who")
+                .column("subject", "subject")
+                .column("detail", "detail")
+                .admin(),
+        )
     }
 }
 
@@ -209,20 +221,8 @@ async fn audit(
     req: HttpRequest,
     q: web::Query<AuditQuery>,
 ) -> HttpResponse {
-    let token = engine
-        .shared
-        .admin_token
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let Some(token) = token else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "no [http] admin_token is configured: the audit is not served",
-        );
-    };
-    if !bearer_ok(&req, token.expose()) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    if let Some(refused) = require_admin(&req, "the audit is not served") {
+        return refused;
     }
     let Some(trail) = engine
         .shared
@@ -237,6 +237,10 @@ async fn audit(
     let answer = web::block(move || (trail.newest(limit), trail.verify())).await;
     match answer {
         Ok((Ok(entries), verified)) => HttpResponse::Ok().json(json!({
+            "summary": match &verified {
+                Ok(n) => format!("the chain holds: {n} entries"),
+                Err(b) => format!("THE CHAIN IS BROKEN at entry {}: {}", b.seq, b.why),
+            },
             "chain": match verified {
                 Ok(n) => json!({ "intact": true, "entries": n }),
                 Err(b) => json!({ "intact": false, "first_bad": b.seq, "why": b.why }),
