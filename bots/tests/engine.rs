@@ -5,6 +5,9 @@
 mod common;
 #[path = "../../transports/tests/support/mod.rs"]
 mod support;
+#[cfg(feature = "kubernetes")]
+#[path = "../../transports/tests/support/kubernetes.rs"]
+mod fake_kubernetes;
 
 use std::io::Write;
 use std::path::Path;
@@ -953,4 +956,199 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
         assert!(Instant::now() < deadline, "no resolution: {g1:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The `kubernetes` action against a fake API server that authorises by the shipped
+/// `examples/kubernetes/rbac.yaml`: a rollout restart, a scale, a pod deleted and a node
+/// cordoned, each planned in one line; names outside the engine's lists, or not Kubernetes
+/// names, never reach the API; a namespace the engine lists but the Role does not grant fails
+/// with the API server's 403 in chat, and so does a cluster that is gone.
+#[cfg(feature = "kubernetes")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_actions_do_what_the_plan_says_and_only_that() {
+    use fake_kubernetes::FakeKubernetes;
+    let rbac = include_str!("../../examples/kubernetes/rbac.yaml");
+    let api_token = "sa-token-0123456789abcdef";
+    let fake = FakeKubernetes::start(api_token, ("opsbot", "opsbot"), rbac).await;
+    fake.add_deployment("prod", "web", 2);
+    fake.add_deployment("staging", "web", 2);
+    fake.add_deployment("kube-system", "coredns", 2);
+    fake.add_pod("prod", "web-7d4b9-x2x5q");
+    fake.add_node("worker-3");
+    fake.add_node("control-1");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let port = free_port();
+    let path = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "kube-restart"
+match = ['alertname="KubeWebDown"', 'namespace=~".+"', 'deployment=~".+"']
+action = {{ kind = "kubernetes", verb = "restart", deployment = "{{deployment}}", namespace = "{{namespace}}" }}
+target = "{{namespace}}/{{deployment}}"
+
+[[engine.rule]]
+name = "kube-scale"
+match = ['alertname="WebBusy"']
+action = {{ kind = "kubernetes", verb = "scale", deployment = "web", namespace = "prod", replicas = 4 }}
+
+[[engine.rule]]
+name = "kube-pod"
+match = ['alertname="PodStuck"', 'pod=~".+"']
+action = {{ kind = "kubernetes", verb = "delete", pod = "{{pod}}", namespace = "prod" }}
+target = "{{pod}}"
+
+[[engine.rule]]
+name = "kube-cordon"
+match = ['alertname="NodeBad"', 'node=~".+"']
+action = {{ kind = "kubernetes", verb = "cordon", node = "{{node}}" }}
+target = "{{node}}"
+
+[engine.kubernetes]
+kubeconfig = "{}"
+namespaces = ["prod", "staging"]
+nodes = ["worker-*"]
+timeout = "5s"
+"#,
+        kubeconfig.display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let mut bot = Opsbot::start(&path);
+    let event = |id: &str, labels: &str| {
+        format!(r#"{{"id":"{id}","labels":{{"severity":"page",{labels}}}}}"#)
+    };
+    let fire = |body: String| {
+        tokio::task::spawn_blocking(move || {
+            wait_listening(port);
+            let (s, b) = send_event(port, &body);
+            assert_eq!(s, 200, "{b}");
+        })
+    };
+    let long = Duration::from_secs(20);
+    let ended = |l: &str, n: u32| {
+        l.starts_with(&format!("[A{n}] done")) || l.starts_with(&format!("[A{n}] FAILED"))
+    };
+
+    // A rollout restart, as kubectl does it.
+    fire(event(
+        "e1",
+        r#""alertname":"KubeWebDown","namespace":"prod","deployment":"web""#,
+    ))
+    .await
+    .unwrap();
+    let done = bot.expect(long, |l| l.starts_with("[A1] done"));
+    assert!(
+        done.contains("restart deployment web in namespace prod"),
+        "{done}"
+    );
+    let web = fake.get("prod", "deployments", "web").unwrap();
+    let at =
+        &web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"];
+    assert!(at.as_str().is_some_and(|a| a.starts_with("20")), "{web}");
+    assert_eq!(web["metadata"]["generation"], 2, "{web}");
+
+    // Scale, delete a pod, cordon a node.
+    fire(event("e2", r#""alertname":"WebBusy""#)).await.unwrap();
+    let done = bot.expect(long, |l| ended(l, 2));
+    assert!(
+        done.starts_with("[A2] done: scale deployment web in namespace prod to 4 replicas"),
+        "{done}"
+    );
+    assert_eq!(
+        fake.get("prod", "deployments", "web").unwrap()["spec"]["replicas"],
+        4
+    );
+    fire(event(
+        "e3",
+        r#""alertname":"PodStuck","pod":"web-7d4b9-x2x5q""#,
+    ))
+    .await
+    .unwrap();
+    let done = bot.expect(long, |l| ended(l, 3));
+    assert!(
+        done.starts_with("[A3] done: delete pod web-7d4b9-x2x5q in namespace prod"),
+        "{done}"
+    );
+    assert!(fake.get("prod", "pods", "web-7d4b9-x2x5q").is_none());
+    fire(event("e4", r#""alertname":"NodeBad","node":"worker-3""#))
+        .await
+        .unwrap();
+    let done = bot.expect(long, |l| ended(l, 4));
+    assert!(
+        done.starts_with("[A4] done: cordon node worker-3"),
+        "{done}"
+    );
+    assert_eq!(
+        fake.get("", "nodes", "worker-3").unwrap()["spec"]["unschedulable"],
+        true
+    );
+    let calls = fake.seen().len();
+
+    // Outside the lists, or not a Kubernetes name: refused before any call.
+    for (id, labels) in [
+        (
+            "e5",
+            r#""alertname":"KubeWebDown","namespace":"kube-system","deployment":"coredns""#,
+        ),
+        (
+            "e6",
+            r#""alertname":"KubeWebDown","namespace":"prod","deployment":"web/../../nodes/x""#,
+        ),
+        ("e7", r#""alertname":"NodeBad","node":"control-1""#),
+    ] {
+        fire(event(id, labels)).await.unwrap();
+    }
+    let a5 = bot.expect(long, |l| ended(l, 5));
+    assert!(
+        a5.contains("FAILED") && a5.contains("namespace kube-system is not on the engine's list"),
+        "{a5}"
+    );
+    let a6 = bot.expect(long, |l| ended(l, 6));
+    assert!(
+        a6.contains("FAILED") && a6.contains("is not a Kubernetes name"),
+        "{a6}"
+    );
+    let a7 = bot.expect(long, |l| ended(l, 7));
+    assert!(
+        a7.contains("FAILED") && a7.contains("node control-1 is not on the engine's list of nodes"),
+        "{a7}"
+    );
+    assert_eq!(fake.seen().len(), calls, "a refused plan reached the API");
+    assert_eq!(
+        fake.get("", "nodes", "control-1").unwrap()["spec"]["unschedulable"],
+        serde_json::Value::Null
+    );
+
+    // Listed by the engine, not granted by the Role: the API server's 403 in chat.
+    fire(event(
+        "e8",
+        r#""alertname":"KubeWebDown","namespace":"staging","deployment":"web""#,
+    ))
+    .await
+    .unwrap();
+    let a8 = bot.expect(long, |l| ended(l, 8));
+    assert!(
+        a8.contains("FAILED")
+            && a8.contains("Kubernetes answered 403 Forbidden")
+            && a8.contains("cannot patch resource \"deployments\""),
+        "{a8}"
+    );
+    assert!(
+        fake.get("staging", "deployments", "web").unwrap()["spec"]["template"]["metadata"]
+            .get("annotations")
+            .is_none()
+    );
+
+    // The cluster is gone: a clear failure, and the bot goes on.
+    drop(fake);
+    fire(event("e9", r#""alertname":"NodeBad","node":"worker-4""#))
+        .await
+        .unwrap();
+    let a9 = bot.expect(Duration::from_secs(30), |l| ended(l, 9));
+    assert!(a9.contains("FAILED") && a9.contains("Kubernetes"), "{a9}");
+    bot.say("!echo still here");
+    bot.expect(long, |l| l == "still here");
 }

@@ -1,4 +1,5 @@
-//! What a rule does: run a program (`command`) or call a URL (`http`). Each kind first renders
+//! What a rule does: run a program (`command`), call a URL (`http`), heal a subsystem of the
+//! bot (`heal`) or act on a Kubernetes cluster (`kubernetes`). Each kind first renders
 //! its plan in one line, which the approval request and a dry run show; then it runs with
 //! bounds: only allow-listed programs and hosts, no shell, a clean environment, a timeout, and
 //! output cut to a few kilobytes.
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::alert::Alert;
+use crate::kubernetes::{KubeSettings, Verb};
 use crate::rules::{Missing, Template};
 
 /// The most output kept of a command or an HTTP answer, in bytes.
@@ -47,6 +49,17 @@ pub enum ActionSpec {
         /// The subsystem, as `!status` names it (`transport`, `handler:dns`).
         subsystem: Template,
     },
+    /// Acts on a Kubernetes cluster.
+    Kubernetes {
+        /// What it does.
+        verb: Verb,
+        /// The namespace (for a Deployment or a Pod).
+        namespace: Option<Template>,
+        /// The object's name.
+        name: Template,
+        /// The replicas of a `scale`.
+        replicas: Option<u32>,
+    },
 }
 
 /// An action with every place filled: what is shown, approved and run, and what travels
@@ -81,6 +94,17 @@ pub enum Plan {
         /// The subsystem.
         subsystem: String,
     },
+    /// Acts on a Kubernetes cluster.
+    Kubernetes {
+        /// What it does.
+        verb: Verb,
+        /// The namespace.
+        namespace: Option<String>,
+        /// The object's name.
+        name: String,
+        /// The replicas of a `scale`.
+        replicas: Option<u32>,
+    },
 }
 
 impl ActionSpec {
@@ -96,6 +120,13 @@ impl ActionSpec {
                 .chain(body.iter().flat_map(Template::labels))
                 .collect(),
             ActionSpec::Heal { subsystem, .. } => subsystem.labels().collect(),
+            ActionSpec::Kubernetes {
+                namespace, name, ..
+            } => namespace
+                .iter()
+                .flat_map(Template::labels)
+                .chain(name.labels())
+                .collect(),
         }
     }
 
@@ -144,6 +175,22 @@ impl ActionSpec {
                 bot: bot.clone(),
                 subsystem: subsystem.render_encoded(value, no_controls)?,
             },
+            ActionSpec::Kubernetes {
+                verb,
+                namespace,
+                name,
+                replicas,
+            } => Plan::Kubernetes {
+                verb: *verb,
+                // Filled as they are: a name that is not a Kubernetes name is refused whole
+                // before anything is sent.
+                namespace: namespace
+                    .as_ref()
+                    .map(|t| t.render_with(value))
+                    .transpose()?,
+                name: name.render_with(value)?,
+                replicas: *replicas,
+            },
         })
     }
 }
@@ -176,6 +223,17 @@ impl Plan {
             Plan::Heal { bot, subsystem } => {
                 format!("heal {} of bot {bot}", oneline(subsystem))
             }
+            Plan::Kubernetes {
+                verb,
+                namespace,
+                name,
+                replicas,
+            } => crate::kubernetes::describe(
+                *verb,
+                namespace.as_deref().map(oneline).as_deref(),
+                &oneline(name),
+                *replicas,
+            ),
         }
     }
 }
@@ -211,6 +269,8 @@ pub struct Allowed {
     pub programs: Vec<String>,
     /// Hosts `http` may call (`host` or `host:port`), lower-case.
     pub hosts: Vec<String>,
+    /// The cluster `kubernetes` may act on, and where in it.
+    pub kubernetes: Option<KubeSettings>,
 }
 
 impl Allowed {
@@ -233,6 +293,18 @@ impl Allowed {
             },
             // The bot is checked with the config; the subsystem by the heal itself.
             Plan::Heal { .. } => None,
+            Plan::Kubernetes {
+                verb,
+                namespace,
+                name,
+                ..
+            } => match &self.kubernetes {
+                None => Some("the engine has no [engine.kubernetes] table".into()),
+                Some(_) if !cfg!(feature = "kubernetes") => {
+                    Some("this opsbot was built without the `kubernetes` feature".into())
+                }
+                Some(k) => k.refuses(*verb, namespace.as_deref(), name),
+            },
         }
     }
 }
@@ -261,6 +333,28 @@ pub async fn run(plan: &Plan, allowed: &Allowed, heal: &Healer) -> Outcome {
             headers,
             body,
         } => run_http(method, url, headers, body.as_deref()).await,
+        #[cfg(feature = "kubernetes")]
+        Plan::Kubernetes {
+            verb,
+            namespace,
+            name,
+            replicas,
+        } => match &allowed.kubernetes {
+            Some(k) => {
+                crate::kubernetes::run(k, *verb, namespace.as_deref(), name, *replicas).await
+            }
+            None => Outcome {
+                ok: false,
+                summary: "refused: the engine has no [engine.kubernetes] table".into(),
+                output: String::new(),
+            },
+        },
+        #[cfg(not(feature = "kubernetes"))]
+        Plan::Kubernetes { .. } => Outcome {
+            ok: false,
+            summary: "refused: this opsbot was built without the `kubernetes` feature".into(),
+            output: String::new(),
+        },
         Plan::Heal { bot, subsystem } => match heal(bot, subsystem) {
             Ok(what) => Outcome {
                 ok: true,
@@ -440,6 +534,7 @@ mod tests {
                 "/usr/bin/env".into(),
             ],
             hosts: vec!["hooks.example.com".into(), "127.0.0.1:8080".into()],
+            kubernetes: None,
         }
     }
 

@@ -196,5 +196,16 @@ fn describe_action(a: &crate::action::ActionSpec) -> String {
         crate::action::ActionSpec::Heal { bot, subsystem } => {
             format!("heal {subsystem} of bot {bot}")
         }
+        crate::action::ActionSpec::Kubernetes {
+            verb,
+            namespace,
+            name,
+            replicas,
+        } => crate::kubernetes::describe(
+            *verb,
+            namespace.as_ref().map(ToString::to_string).as_deref(),
+            &name.to_string(),
+            *replicas,
+        ),
     }
 }

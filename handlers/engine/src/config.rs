@@ -23,6 +23,10 @@
 //! approvers = "oncall"
 //! cooldown = "10m"
 //! max_per_hour = 3
+//!
+//! [engine.kubernetes]                     # what `kubernetes` actions may touch
+//! namespaces = ["prod"]
+//! nodes = ["worker-*"]
 //! ```
 
 use std::collections::BTreeMap;
@@ -33,6 +37,7 @@ use opsbot::settings::SettingsError;
 use serde::Deserialize;
 
 use crate::action::{ActionSpec, Allowed};
+use crate::kubernetes::{KubeSettings, MAX_REPLICAS, Verb};
 use crate::rules::{Matchers, Template};
 
 /// The longest time limit of an action, an approval or a cool-down.
@@ -57,6 +62,19 @@ struct RawEngine {
     rule: Vec<RawRule>,
     #[serde(default)]
     source: BTreeMap<String, RawSource>,
+    kubernetes: Option<RawKube>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKube {
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    nodes: Vec<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +126,14 @@ enum RawAction {
     Heal {
         bot: Option<String>,
         subsystem: String,
+    },
+    Kubernetes {
+        verb: Verb,
+        deployment: Option<String>,
+        pod: Option<String>,
+        node: Option<String>,
+        namespace: Option<String>,
+        replicas: Option<u32>,
     },
 }
 
@@ -352,9 +378,11 @@ impl EngineConfig {
                 .hint("at least 1; 10 by default"),
             );
         }
+        let kubernetes = raw.kubernetes.map(|k| kube_settings(k, &mut errors));
         let allowed = Allowed {
             programs: raw.programs.clone(),
             hosts: raw.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            kubernetes,
         };
         let default_bot = raw
             .bot
@@ -574,6 +602,50 @@ fn template(
     }
 }
 
+/// Checks the `[engine.kubernetes]` table.
+fn kube_settings(k: RawKube, errors: &mut Vec<SettingsError>) -> KubeSettings {
+    if let Some(path) = &k.kubeconfig
+        && let Err(e) = std::fs::metadata(path)
+    {
+        errors.push(SettingsError::at(
+            "kubernetes.kubeconfig",
+            format!("{path}: {e}"),
+        ));
+    }
+    for (i, ns) in k.namespaces.iter().enumerate() {
+        if ns.len() > 63 || ns.contains('.') || crate::kubernetes::bad_name(ns).is_some() {
+            errors.push(SettingsError::at(
+                format!("kubernetes.namespaces[{i}]"),
+                format!("`{}` is not a namespace name", ns.escape_default()),
+            ));
+        }
+    }
+    for (i, n) in k.nodes.iter().enumerate() {
+        let name = n.strip_suffix('*').unwrap_or(n);
+        if n != "*" && crate::kubernetes::bad_name(name.trim_end_matches(['-', '.'])).is_some() {
+            errors.push(
+                SettingsError::at(
+                    format!("kubernetes.nodes[{i}]"),
+                    format!("`{}` is not a node name or prefix", n.escape_default()),
+                )
+                .hint("a name, or a prefix with * at the end: \"worker-*\""),
+            );
+        }
+    }
+    let timeout = k
+        .timeout
+        .as_deref()
+        .and_then(|t| duration(t, "kubernetes.timeout", errors))
+        .unwrap_or(Duration::from_secs(30));
+    KubeSettings {
+        kubeconfig: k.kubeconfig.map(Into::into),
+        context: k.context,
+        namespaces: k.namespaces,
+        nodes: k.nodes,
+        timeout,
+    }
+}
+
 fn action(
     raw: RawAction,
     key: &str,
@@ -703,6 +775,114 @@ fn action(
                 subsystem: subsystem?,
             }
         }
+        RawAction::Kubernetes {
+            verb,
+            deployment,
+            pod,
+            node,
+            namespace,
+            replicas,
+        } => {
+            let at = |k: &str| format!("{key}.action.{k}");
+            if !cfg!(feature = "kubernetes") {
+                errors.push(
+                    SettingsError::at(
+                        at("kind"),
+                        "this opsbot was built without the `kubernetes` feature",
+                    )
+                    .hint("build it with: cargo build --release --features kubernetes"),
+                );
+            }
+            let Some(k) = &allowed.kubernetes else {
+                errors.push(
+                    SettingsError::at(at("kind"), "the engine has no [engine.kubernetes] table")
+                        .hint(
+                            "add [engine.kubernetes] with the namespaces (and nodes) it may touch",
+                        ),
+                );
+                return None;
+            };
+            // The object named by its kind, which must be the verb's.
+            let object = verb.object();
+            let mut name = None;
+            for (kind, value) in [("deployment", deployment), ("pod", pod), ("node", node)] {
+                match value {
+                    Some(v) if kind == object => name = Some(v),
+                    Some(_) => errors.push(
+                        SettingsError::at(
+                            at(kind),
+                            format!("`{verb:?}` acts on a {object}").to_lowercase(),
+                        )
+                        .hint(format!("write {object} = \"…\"")),
+                    ),
+                    None => {}
+                }
+            }
+            let Some(name) = name else {
+                errors.push(SettingsError::at(
+                    at(object),
+                    format!("which {object} to {}", format!("{verb:?}").to_lowercase()),
+                ));
+                return None;
+            };
+            match (verb.namespaced(), &namespace) {
+                (true, None) => errors.push(SettingsError::at(
+                    at("namespace"),
+                    format!("a {object} lives in a namespace: which one"),
+                )),
+                (false, Some(_)) => errors.push(SettingsError::at(
+                    at("namespace"),
+                    "a node has no namespace",
+                )),
+                _ => {}
+            }
+            match (verb, replicas) {
+                (Verb::Scale, None) => errors.push(SettingsError::at(
+                    at("replicas"),
+                    "how many replicas to scale to",
+                )),
+                (Verb::Scale, Some(n)) if n > MAX_REPLICAS => errors.push(SettingsError::at(
+                    at("replicas"),
+                    format!("{n} is more than {MAX_REPLICAS}"),
+                )),
+                (Verb::Scale, Some(_)) | (_, None) => {}
+                (_, Some(_)) => errors.push(SettingsError::at(
+                    at("replicas"),
+                    "replicas go with verb \"scale\" only",
+                )),
+            }
+            let name_t = template(&name, &at(object), ensured, errors);
+            let ns_t = namespace
+                .as_deref()
+                .and_then(|n| template(n, &at("namespace"), ensured, errors));
+            // What is written out is checked now; what comes from an alert, when it comes.
+            if let Some(t) = &ns_t
+                && t.labels().next().is_none()
+                && let Some(ns) = namespace.as_deref()
+                && let Some(why) = k.refuses(verb, Some(ns), "x")
+            {
+                errors.push(
+                    SettingsError::at(at("namespace"), why)
+                        .hint("add it to engine.kubernetes.namespaces"),
+                );
+            }
+            if let Some(t) = &name_t
+                && t.labels().next().is_none()
+                && let Some(why) = crate::kubernetes::bad_name(&name).or_else(|| {
+                    (verb == Verb::Cordon)
+                        .then(|| k.refuses(verb, None, &name))
+                        .flatten()
+                })
+            {
+                errors.push(SettingsError::at(at(object), why));
+            }
+            ActionSpec::Kubernetes {
+                verb,
+                namespace: ns_t,
+                name: name_t?,
+                replicas,
+            }
+        }
     };
     (errors.len() == before).then_some(spec)
 }
@@ -777,6 +957,109 @@ mod tests {
         assert_eq!(
             c.alertmanager_token.unwrap().expose(),
             std::env::var("PATH").unwrap()
+        );
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn kubernetes_actions_are_checked_against_their_table() {
+        let kube = "[kubernetes]\nnamespaces = [\"prod\"]\nnodes = [\"worker-*\"]\n";
+        let rule = |action: &str| {
+            format!(
+                "[[rule]]\nname = \"k\"\nmatch = ['alertname=\"X\"', 'ns=~\".+\"', 'd=~\".+\"']\naction = {action}\n"
+            )
+        };
+        let good = rule(
+            r#"{ kind = "kubernetes", verb = "restart", deployment = "{d}", namespace = "{ns}" }"#,
+        );
+        let c = check(&format!("{good}{kube}")).unwrap();
+        assert!(matches!(
+            c.rules[0].action,
+            ActionSpec::Kubernetes {
+                verb: Verb::Restart,
+                ..
+            }
+        ));
+        let p = problems(&good);
+        assert!(
+            p.iter().any(|p| p
+                .starts_with("rule[0].action.kind: the engine has no [engine.kubernetes] table")),
+            "{p:?}"
+        );
+        for (action, want) in [
+            (
+                r#"{ kind = "kubernetes", verb = "restart", pod = "{d}", namespace = "prod" }"#,
+                "rule[0].action.pod: `restart` acts on a deployment",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "scale", deployment = "web", namespace = "prod" }"#,
+                "rule[0].action.replicas: how many replicas",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "scale", deployment = "web", namespace = "prod", replicas = 5000 }"#,
+                "rule[0].action.replicas: 5000 is more than 1000",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "delete", pod = "web-1", namespace = "prod", replicas = 2 }"#,
+                "rule[0].action.replicas: replicas go with verb \"scale\" only",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "delete", pod = "web-1" }"#,
+                "rule[0].action.namespace: a pod lives in a namespace",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "restart", deployment = "web", namespace = "kube-system" }"#,
+                "rule[0].action.namespace: namespace kube-system is not on the engine's list",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "cordon", node = "control-1" }"#,
+                "rule[0].action.node: node control-1 is not on the engine's list of nodes",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "cordon", node = "worker-1", namespace = "prod" }"#,
+                "rule[0].action.namespace: a node has no namespace",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "restart", deployment = "{service}", namespace = "prod" }"#,
+                "rule[0].action.deployment: `{service}`: the rule's matchers do not make sure",
+            ),
+            (
+                r#"{ kind = "kubernetes", verb = "reboot", node = "worker-1" }"#,
+                "rule[0].action",
+            ),
+        ] {
+            let p = problems(&format!("{}{kube}", rule(action)));
+            assert!(p.iter().any(|p| p.starts_with(want)), "{action}: {p:?}");
+        }
+        let p = problems(&format!(
+            "{good}[kubernetes]\nnamespaces = [\"Prod_1\"]\nkubeconfig = \"/nonexistent/kubeconfig\"\n"
+        ));
+        assert!(
+            p.iter().any(
+                |p| p.starts_with("kubernetes.namespaces[0]: `Prod_1` is not a namespace name")
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("kubernetes.kubeconfig: /nonexistent/kubeconfig:")),
+            "{p:?}"
+        );
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn without_the_feature_a_kubernetes_action_says_so() {
+        let p = problems(
+            "[[rule]]\nname = \"k\"\nmatch = ['alertname=\"X\"']\n\
+             action = { kind = \"kubernetes\", verb = \"cordon\", node = \"worker-1\" }\n\
+             [kubernetes]\nnodes = [\"worker-*\"]\n",
+        );
+        assert!(
+            p.iter().any(|p| p.starts_with(
+                "rule[0].action.kind: this opsbot was built without the `kubernetes` feature"
+            )),
+            "{p:?}"
         );
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod http;
+pub mod kubernetes;
 pub mod record;
 pub mod rules;
 pub mod signature;
