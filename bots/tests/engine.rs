@@ -3,11 +3,11 @@
 //! runs the action once, and keeps an audit trail that `opsbot audit verify` checks.
 
 mod common;
-#[path = "../../transports/tests/support/mod.rs"]
-mod support;
 #[cfg(feature = "kubernetes")]
 #[path = "../../transports/tests/support/kubernetes.rs"]
 mod fake_kubernetes;
+#[path = "../../transports/tests/support/mod.rs"]
+mod support;
 
 use std::io::Write;
 use std::path::Path;
