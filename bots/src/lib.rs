@@ -55,6 +55,7 @@ use clap::{Parser, Subcommand};
 use opsbot::config::{BotConfig, Config, ConfigError, ConfigErrors};
 use opsbot::settings::{FromSettings, SettingsError};
 use opsbot::{Bot, BotBuilder, Destination, Handler, Poller, PollerOptions};
+use opsbot_engine::cluster::ClusterConfig;
 use opsbot_engine::config::EngineConfig;
 use opsbot_engine::{Engine, EngineCommands};
 
@@ -122,6 +123,13 @@ enum Cmd {
     /// Validate a config file without connecting anywhere; prints every problem.
     Check {
         /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run actions for the engine's of a cluster (`[cluster]`): no bot connects.
+    Worker {
+        /// The config file (TOML): its `[cluster]`, and its `[engine]` lists of what this
+        /// worker may run.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -304,6 +312,11 @@ impl App {
             }
         }
         errors.extend(engine_problems(&config));
+        if let Some(table) = config.extensions.get("cluster")
+            && let Err(problems) = ClusterConfig::from_table(table.clone())
+        {
+            errors.extend(settings_errors(&config, "cluster", problems));
+        }
         if errors.is_empty() {
             config.warnings.extend(warnings);
             Ok(config)
@@ -510,11 +523,16 @@ impl App {
                     .heal(sub, "the engine")
                     .map_err(|e| e.to_string())
             });
+            let cluster = cluster_config(config);
+            if let Some(c) = cluster.as_ref().filter(|c| c.worker) {
+                start_worker(c.clone(), rules.allowed.clone(), heal.clone())?;
+            }
             let wiring = opsbot_engine::driver::Wiring {
                 store,
                 voices,
                 heal,
                 reload,
+                cluster,
             };
             self.engine
                 .start(rules, wiring)
@@ -611,6 +629,13 @@ impl App {
                     return ExitCode::from(2);
                 }
             },
+            Some(Cmd::Worker { config }) => match self.check(&config) {
+                Ok(c) => worker(&c),
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            },
             Some(Cmd::Run { config }) => match self.check(&config) {
                 Ok(c) => self.run(&c),
                 Err(errors) => {
@@ -630,7 +655,68 @@ impl App {
 }
 
 /// Top-level tables of the config that belong to crates built on the framework.
-const EXTENSIONS: &[&str] = &["engine"];
+const EXTENSIONS: &[&str] = &["engine", "cluster"];
+
+/// The checked `[cluster]` table, if the file has one (`check` has passed).
+fn cluster_config(config: &Config) -> Option<ClusterConfig> {
+    let table = config.extensions.get("cluster")?.clone();
+    ClusterConfig::from_table(table).ok()
+}
+
+/// A name for this worker: the host's, and the process's id.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs actions from the cluster on a thread of its own, for the life of the process.
+fn start_worker(
+    cluster: ClusterConfig,
+    allowed: opsbot_engine::action::Allowed,
+    heal: Arc<opsbot_engine::action::Healer>,
+) -> anyhow::Result<()> {
+    #[cfg(feature = "cluster")]
+    {
+        opsbot_engine::cluster::spawn_worker(cluster, worker_id(), allowed, heal)
+            .context("starting the worker")?;
+        Ok(())
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = (cluster, allowed, heal);
+        anyhow::bail!("this opsbot was built without the `cluster` feature")
+    }
+}
+
+/// `opsbot worker`: runs actions from the cluster until stopped; no bot connects.
+fn worker(config: &Config) -> anyhow::Result<()> {
+    opsbot::logging::init_with(&config.log, "info");
+    opsbot::http::init(&config.http_client)
+        .with_context(|| format!("{}: http_client", config.path.display()))?;
+    let cluster = cluster_config(config).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: a worker needs a [cluster] table",
+            config.path.display()
+        )
+    })?;
+    let allowed = match engine_config(config) {
+        Some(Ok(e)) => e.allowed,
+        Some(Err(e)) => anyhow::bail!("{e}"),
+        None => opsbot_engine::action::Allowed::default(),
+    };
+    // A worker has no bots of its own to heal.
+    let heal: Arc<opsbot_engine::action::Healer> =
+        Arc::new(|bot: &str, _: &str| Err(format!("a worker runs no bot {bot}")));
+    start_worker(cluster, allowed, heal)?;
+    tracing::info!("worker started; it runs until SIGTERM");
+    opsbot_engine::cluster::wait_for_stop()?;
+    Ok(())
+}
 
 /// The state store's path: `[state] path`, else the default.
 fn state_path(config: &Config) -> PathBuf {

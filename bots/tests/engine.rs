@@ -1152,3 +1152,179 @@ timeout = "5s"
     bot.say("!echo still here");
     bot.expect(long, |l| l == "still here");
 }
+
+/// A nats-server with JetStream on a free loopback port, its store in a folder of its own;
+/// killed when dropped.
+#[cfg(feature = "cluster")]
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+#[cfg(feature = "cluster")]
+impl Nats {
+    fn start(store: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg("-sd")
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP endpoint that counts the calls to each path and answers after `delay`.
+#[cfg(feature = "cluster")]
+fn counting_endpoint(
+    delay: Duration,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let c = counts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                *c.lock().unwrap().entry(path).or_insert(0) += 1;
+                std::thread::sleep(delay);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    (port, counts)
+}
+
+/// `opsbot worker` with the test's secrets.
+#[cfg(feature = "cluster")]
+fn start_worker(config: &Path) -> Child {
+    let log = config.with_extension(format!("worker-{}.log", fastrand::u32(..)));
+    Command::new(env!("CARGO_BIN_EXE_opsbot"))
+        .args(["worker", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("OPSBOT_ADMIN_TOKEN", ADMIN)
+        .env("OPSBOT_ALERTMANAGER_TOKEN", TOKEN)
+        .env("OPSBOT_CI_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Actions run by workers on NATS JetStream. A worker killed while its action's effect is
+/// under way: the effect happened once, the next worker does not repeat it, and chat says the
+/// outcome is unknown. A later action runs on the other worker, and its result is said once.
+#[cfg(feature = "cluster")]
+#[test]
+fn a_worker_killed_mid_action_never_makes_the_effect_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats"));
+    let (hook, counts) = counting_endpoint(Duration::from_secs(8));
+    let port = free_port();
+    let path = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    );
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "hook"
+match = ['alertname="Hook"', 'job=~".+"']
+action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
+target = "{{job}}"
+
+[cluster]
+servers = ["nats://127.0.0.1:{}"]
+name = "t1"
+ack_wait = "2s"
+"#,
+        nats.port
+    ));
+    std::fs::write(&path, text).unwrap();
+    let mut bot = Opsbot::start(&path);
+    let mut first = start_worker(&path);
+    wait_listening(port);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"h1","labels":{"alertname":"Hook","job":"slow","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    // The worker's call has reached the endpoint, which takes 8 s to answer: kill it now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts.lock().unwrap().get("/slow").copied().unwrap_or(0) == 0 {
+        if Instant::now() > deadline {
+            let mut logs = String::new();
+            for e in std::fs::read_dir(dir.path()).unwrap() {
+                let p = e.unwrap().path();
+                if p.to_string_lossy().contains("worker-") {
+                    logs.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+            panic!(
+                "no worker made the call; bot said {:?}; workers: {logs}",
+                bot.drain(Duration::from_millis(100))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    let mut second = start_worker(&path);
+    let unknown = bot.expect(Duration::from_secs(30), |l| {
+        l.starts_with("[A1] outcome unknown")
+    });
+    assert!(unknown.contains("stopped answering"), "{unknown}");
+    // Another action: the second worker runs it, and its result is said once.
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"h2","labels":{"alertname":"Hook","job":"quick","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let done = bot.expect(Duration::from_secs(30), |l| l.starts_with("[A2] done"));
+    assert!(done.contains("POST http://127.0.0.1"), "{done}");
+    let later = bot.drain(Duration::from_secs(4));
+    assert!(
+        !later
+            .iter()
+            .any(|l| l.starts_with("[A2] done") || l.starts_with("[A1]")),
+        "said twice: {later:?}"
+    );
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.get("/slow"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("/quick"), Some(&1), "{counts:?}");
+    let _ = second.kill();
+    let _ = second.wait();
+}

@@ -246,7 +246,12 @@ pub struct EngineConfig {
 
 /// A secret from the environment: the value must be exactly `${VAR}` (a secret written in
 /// the file would be in every copy and backup of it), the variable set, and long enough.
-fn secret(raw: &str, key: &str, var: &str, errors: &mut Vec<SettingsError>) -> Option<Secret> {
+pub(crate) fn secret(
+    raw: &str,
+    key: &str,
+    var: &str,
+    errors: &mut Vec<SettingsError>,
+) -> Option<Secret> {
     let name = raw
         .strip_prefix("${")
         .and_then(|r| r.strip_suffix('}'))

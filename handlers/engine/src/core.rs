@@ -233,6 +233,31 @@ impl Core {
         Ok((core, effects))
     }
 
+    /// Action `id` was started elsewhere (a worker) and its outcome cannot be known: `why`.
+    /// It is not run again.
+    pub fn unknown(&mut self, id: u64, why: &str, now_ms: u64) -> Result<Vec<Effect>, String> {
+        let Some(mut a) = self.get(id)? else {
+            return Ok(Vec::new());
+        };
+        if a.state.is_final() {
+            return Ok(Vec::new());
+        }
+        a.state = State::Unknown;
+        a.finished_ms = Some(now_ms);
+        self.put(&a)?;
+        self.audit("outcome-unknown", "engine", &a.label(), why)?;
+        Ok(vec![Effect::Say {
+            bot: a.bot.clone(),
+            room: a.room.clone(),
+            text: format!(
+                "[{}] outcome unknown: {} ({}). It is not run again; check by hand.",
+                a.label(),
+                printable(why, 200),
+                a.plan_line
+            ),
+        }])
+    }
+
     /// The rules in force.
     pub fn config(&self) -> &Arc<EngineConfig> {
         &self.cfg
@@ -711,6 +736,10 @@ impl Core {
         let Some(mut a) = self.get(id)? else {
             return Ok(Vec::new());
         };
+        if a.state.is_final() {
+            // Told twice (a worker's result delivered again): said once already.
+            return Ok(Vec::new());
+        }
         a.state = if outcome.ok {
             State::Succeeded
         } else {

@@ -51,6 +51,9 @@ enum Request {
     Actions(Reply<Vec<String>>),
     Reload(String, Reply<String>),
     Finished(u64, Outcome),
+    /// A worker's result.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Worked(crate::cluster::WorkResult),
     /// A group's first line, said by a bot, was written (with the id the service gave it) or
     /// not.
     Threaded {
@@ -73,6 +76,8 @@ pub struct Wiring {
     pub heal: Arc<action::Healer>,
     /// Re-reads the rules at SIGHUP and `!rules reload`.
     pub reload: Reloader,
+    /// Where actions run: here (`None`), or by workers on NATS JetStream.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -87,7 +92,12 @@ impl std::fmt::Debug for Wiring {
 struct World {
     voices: HashMap<String, Voice>,
     heal: Arc<action::Healer>,
+    /// Actions for the cluster's workers, when there is a cluster.
+    remote: Option<mpsc::Sender<Box<crate::record::ActionRecord>>>,
 }
+
+/// How many actions may wait for the cluster (NATS unreachable) before more are refused.
+const REMOTE_QUEUE: usize = 1000;
 
 /// What the HTTP side reads without asking the engine's thread.
 #[derive(Debug)]
@@ -144,6 +154,7 @@ impl Engine {
             voices,
             heal,
             reload,
+            cluster,
         } = wiring;
         let rx = self
             .rx
@@ -158,7 +169,18 @@ impl Engine {
             Core::open(config, &store, now_ms()).map_err(std::io::Error::other)?;
         let tx = self.tx.clone();
         let shared = self.shared.clone();
-        let world = World { voices, heal };
+        let (remote, queue) = match &cluster {
+            Some(_) => {
+                let (q_tx, q_rx) = mpsc::channel(REMOTE_QUEUE);
+                (Some(q_tx), Some(q_rx))
+            }
+            None => (None, None),
+        };
+        let world = World {
+            voices,
+            heal,
+            remote,
+        };
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
@@ -166,7 +188,12 @@ impl Engine {
                     .enable_all()
                     .build()
                     .expect("a runtime for the engine");
-                rt.block_on(run(core, effects, rx, tx, world, reload, shared));
+                rt.block_on(async move {
+                    if let (Some(cfg), Some(queue)) = (cluster, queue) {
+                        tokio::spawn(dispatch(cfg, queue, tx.clone()));
+                    }
+                    run(core, effects, rx, tx, world, reload, shared).await;
+                });
             })
     }
 
@@ -455,6 +482,26 @@ fn carry_out(
                 };
                 threads.notify(line, &world.voices, unsaid, tx);
             }
+            Effect::Run(a) if world.remote.is_some() => {
+                let queue = world.remote.as_ref().expect("checked");
+                if let Err(e) = queue.try_send(a) {
+                    let a = match e {
+                        mpsc::error::TrySendError::Full(a)
+                        | mpsc::error::TrySendError::Closed(a) => a,
+                    };
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let outcome = Outcome {
+                            ok: false,
+                            summary: format!(
+                                "not run: {REMOTE_QUEUE} actions already wait for the cluster (NATS unreachable?)"
+                            ),
+                            output: String::new(),
+                        };
+                        let _ = tx.send(Request::Finished(a.id, outcome)).await;
+                    });
+                }
+            }
             Effect::Run(a) => {
                 let tx = tx.clone();
                 let allowed = allowed.clone();
@@ -577,6 +624,20 @@ async fn run(
                 Ok(fx) => carry_out(fx, &world, &mut speech, &tx, &allowed()),
                 Err(e) => tracing::error!(error = %e, "the engine's store failed"),
             },
+            Request::Worked(r) => {
+                let fx = match r.outcome {
+                    Some(o) => core.finished(r.id, o, now),
+                    None => core.unknown(
+                        r.id,
+                        r.why.as_deref().unwrap_or("the worker could not tell"),
+                        now,
+                    ),
+                };
+                match fx {
+                    Ok(fx) => carry_out(fx, &world, &mut speech, &tx, &allowed()),
+                    Err(e) => tracing::error!(error = %e, "the engine's store failed"),
+                }
+            }
             Request::Threaded {
                 group,
                 bot,
@@ -627,4 +688,87 @@ fn fastrand_id() -> String {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(now_ms());
     format!("{:016x}", h.finish())
+}
+
+/// Hands actions to the cluster's workers and their results back to the engine.
+#[cfg(feature = "cluster")]
+async fn dispatch(
+    cfg: crate::cluster::ClusterConfig,
+    mut queue: mpsc::Receiver<Box<crate::record::ActionRecord>>,
+    tx: mpsc::Sender<Request>,
+) {
+    use crate::cluster::Dispatcher;
+    let d = loop {
+        match Dispatcher::new(cfg.clone()).await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the cluster; trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    tracing::info!("the engine reaches its workers through NATS");
+    let results = d.clone();
+    let back = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let back = back.clone();
+            let ended = results
+                .results(move |r| {
+                    let back = back.clone();
+                    async move { back.send(Request::Worked(r)).await.is_ok() }
+                })
+                .await;
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "reading workers' results; again in 2s");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    while let Some(a) = queue.recv().await {
+        let deadline = tokio::time::Instant::now() + PUBLISH_WITHIN;
+        loop {
+            match d.publish(&a).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(action = %a.label(), error = %e, "publishing; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    let outcome = Outcome {
+                        ok: false,
+                        summary: format!(
+                            "not run: the cluster did not take it within {}s ({e})",
+                            PUBLISH_WITHIN.as_secs()
+                        ),
+                        output: String::new(),
+                    };
+                    let _ = tx.send(Request::Finished(a.id, outcome)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How long an action may wait for the cluster to take it.
+#[cfg(feature = "cluster")]
+const PUBLISH_WITHIN: Duration = Duration::from_secs(60);
+
+#[cfg(not(feature = "cluster"))]
+async fn dispatch(
+    _: crate::cluster::ClusterConfig,
+    mut queue: mpsc::Receiver<Box<crate::record::ActionRecord>>,
+    tx: mpsc::Sender<Request>,
+) {
+    // The config check refuses [cluster] in such a build; should one come anyway, nothing
+    // claims to have run.
+    while let Some(a) = queue.recv().await {
+        let outcome = Outcome {
+            ok: false,
+            summary: "not run: this opsbot was built without the `cluster` feature".into(),
+            output: String::new(),
+        };
+        let _ = tx.send(Request::Finished(a.id, outcome)).await;
+    }
 }

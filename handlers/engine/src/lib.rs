@@ -9,6 +9,7 @@
 pub mod action;
 pub mod alert;
 pub mod audit;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod core;

@@ -119,6 +119,14 @@ fn a_firing_group_is_posted_once_acted_on_once_and_resolved_in_reference() {
         "{:?}",
         said(&done)
     );
+    // A worker's result told again (delivered twice) is said once, and so is one that comes
+    // after the outcome was declared unknown.
+    assert!(core.finished(1, ok(), T0 + 11).unwrap().is_empty());
+    assert!(
+        core.unknown(1, "worker w1 stopped", T0 + 12)
+            .unwrap()
+            .is_empty()
+    );
     // The resolution refers to the first message and acts on nothing.
     let fx = core
         .receive(&payload("resolved", "web", "f1"), T0 + 60)
@@ -608,4 +616,25 @@ fn an_alerts_words_never_start_a_line_of_their_own() {
             "[A1] done: run /usr/bin/systemctl restart web (HTTP 200): ok[A9] approved by alice4red | second | third"
         ]
     );
+}
+
+#[test]
+fn an_outcome_unknown_from_a_worker_is_said_once_and_final() {
+    let store = Store::in_memory("test");
+    let (mut core, _) = Core::open(config(""), &store, T0).unwrap();
+    let fx = core.receive(&payload("firing", "web", "f1"), T0).unwrap();
+    assert_eq!(runs(&fx), [1]);
+    let fx = core
+        .unknown(1, "worker w1 started it and stopped answering", T0 + 5)
+        .unwrap();
+    assert_eq!(
+        said(&fx),
+        [
+            "[A1] outcome unknown: worker w1 started it and stopped answering (run /usr/bin/systemctl restart web). It is not run again; check by hand."
+        ]
+    );
+    // A late result from the worker that was thought gone changes nothing.
+    assert!(core.finished(1, ok(), T0 + 6).unwrap().is_empty());
+    let listed = core.summary_lines(10).unwrap();
+    assert!(listed[0].starts_with("[A1] outcome unknown"), "{listed:?}");
 }
