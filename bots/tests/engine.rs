@@ -1159,15 +1159,22 @@ timeout = "5s"
 struct Nats {
     child: Child,
     port: u16,
+    monitor: u16,
 }
 
 #[cfg(feature = "cluster")]
 impl Nats {
     fn start(store: &Path) -> Self {
-        let port = free_port();
+        Self::start_on(store, free_port(), free_port())
+    }
+
+    /// On `port`, with its monitoring endpoint on `monitor`.
+    fn start_on(store: &Path, port: u16, monitor: u16) -> Self {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(port.to_string())
+            .arg("-m")
+            .arg(monitor.to_string())
             .arg("-sd")
             .arg(store)
             .stdout(Stdio::null())
@@ -1175,11 +1182,29 @@ impl Nats {
             .spawn()
             .expect("nats-server is installed (scripts/test installs it)");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while http(monitor, "GET", "/healthz?js-enabled-only=true", &[], b"").0 != 200 {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, port }
+        Self {
+            child,
+            port,
+            monitor,
+        }
+    }
+
+    /// Messages in JetStream, as the server's monitoring endpoint counts them.
+    fn messages(&self) -> u64 {
+        let (_, body) = http(self.monitor, "GET", "/jsz", &[], b"");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["messages"].as_u64().unwrap_or(0)
+    }
+
+    /// Killed (SIGKILL), as a crash would stop it.
+    fn kill(mut self) -> (u16, u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.port, self.monitor)
     }
 }
 
@@ -1327,4 +1352,87 @@ ack_wait = "2s"
     assert_eq!(counts.get("/quick"), Some(&1), "{counts:?}");
     let _ = second.kill();
     let _ = second.wait();
+}
+
+/// NATS down, killed and restarted: what was published survives the restart (file storage)
+/// and runs once; an action that NATS cannot take in time is reported "not run", never done;
+/// the bot answers in chat all along.
+#[cfg(feature = "cluster")]
+#[test]
+fn nats_killed_and_restarted_loses_nothing_and_runs_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("nats");
+    let nats = Nats::start(&store);
+    let (hook, counts) = counting_endpoint(Duration::ZERO);
+    let port = free_port();
+    let path = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    );
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "hook"
+match = ['alertname="Hook"', 'job=~".+"']
+action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
+target = "{{job}}"
+
+[cluster]
+servers = ["nats://127.0.0.1:{}"]
+name = "t2"
+ack_wait = "2s"
+publish_timeout = "3s"
+"#,
+        nats.port
+    ));
+    std::fs::write(&path, text).unwrap();
+    let mut bot = Opsbot::start(&path);
+    wait_listening(port);
+    // Published while no worker runs: it waits in the stream.
+    let before = nats.messages();
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"k1","labels":{"alertname":"Hook","job":"kept","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nats.messages() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the action never reached the stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // NATS crashes and comes back on the same store: the action is still there.
+    let (nats_port, monitor) = nats.kill();
+    let nats = Nats::start_on(&store, nats_port, monitor);
+    let mut worker = start_worker(&path);
+    let done = bot.expect(Duration::from_secs(30), |l| l.starts_with("[A1] done"));
+    assert!(done.contains("/kept"), "{done}");
+
+    // NATS down: the bot goes on answering, and the action is reported not run.
+    let _ = nats.kill();
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"k2","labels":{"alertname":"Hook","job":"lost","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    bot.say("!echo still here");
+    bot.expect(Duration::from_secs(10), |l| l == "still here");
+    let failed = bot.expect(Duration::from_secs(30), |l| {
+        l.starts_with("[A2] FAILED") || l.starts_with("[A2] done")
+    });
+    assert!(
+        failed.starts_with("[A2] FAILED") && failed.contains("not run: the cluster"),
+        "{failed}"
+    );
+    let later = bot.drain(Duration::from_secs(2));
+    assert!(!later.iter().any(|l| l.starts_with("[A1]")), "{later:?}");
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.get("/kept"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("/lost"), None, "{counts:?}");
+    let _ = worker.kill();
+    let _ = worker.wait();
 }

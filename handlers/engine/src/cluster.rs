@@ -49,6 +49,8 @@ pub struct ClusterConfig {
     pub ack_wait: Duration,
     /// How many times an action is delivered before it is given up on.
     pub max_deliver: i64,
+    /// How long an action may wait for NATS to take it before it is reported "not run".
+    pub publish_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -91,6 +93,7 @@ struct RawCluster {
     worker: bool,
     ack_wait: Option<String>,
     max_deliver: Option<i64>,
+    publish_timeout: Option<String>,
 }
 
 impl ClusterConfig {
@@ -171,6 +174,21 @@ impl ClusterConfig {
                 Duration::from_secs(30)
             }
         };
+        let publish_timeout = match raw
+            .publish_timeout
+            .as_deref()
+            .map(humantime::parse_duration)
+        {
+            None => Duration::from_secs(60),
+            Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
+            Some(_) => {
+                errors.push(
+                    SettingsError::at("publish_timeout", "not a duration from 1s to 1h")
+                        .hint("publish_timeout = \"60s\""),
+                );
+                Duration::from_secs(60)
+            }
+        };
         let max_deliver = raw.max_deliver.unwrap_or(5);
         if !(1..=100).contains(&max_deliver) {
             errors.push(SettingsError::at("max_deliver", "from 1 to 100"));
@@ -188,6 +206,7 @@ impl ClusterConfig {
             worker: raw.worker,
             ack_wait,
             max_deliver,
+            publish_timeout,
         })
     }
 }

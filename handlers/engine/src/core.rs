@@ -158,6 +158,20 @@ impl Core {
         store: &Store,
         now_ms: u64,
     ) -> Result<(Self, Vec<Effect>), String> {
+        Self::open_with(cfg, store, now_ms, false)
+    }
+
+    /// Like [`Core::open`]; with `remote` (actions run by the cluster's workers), an action
+    /// found running is handed to the workers again: a worker that finished it answers its
+    /// outcome, one that stopped mid-action makes it "outcome unknown", and one that never
+    /// got it (the engine stopped before it was published) runs it; the claims make sure it
+    /// is never run twice.
+    pub fn open_with(
+        cfg: Arc<EngineConfig>,
+        store: &Store,
+        now_ms: u64,
+        remote: bool,
+    ) -> Result<(Self, Vec<Effect>), String> {
         let mut core = Self {
             cfg,
             audit: Audit::new(store),
@@ -188,7 +202,15 @@ impl Core {
             if let Some(at) = a.started_ms {
                 core.count_run(&a.rule, &a.target, at, now_ms);
             }
-            if a.state == State::Running {
+            if a.state == State::Running && remote {
+                core.audit(
+                    "redispatched",
+                    "engine",
+                    &a.label(),
+                    "found running after a restart; asked of the workers again (their claims keep it from running twice)",
+                )?;
+                effects.push(Effect::Run(Box::new(a)));
+            } else if a.state == State::Running {
                 if a.safe_to_repeat {
                     core.audit(
                         "repeated",

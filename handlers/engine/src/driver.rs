@@ -93,7 +93,7 @@ struct World {
     voices: HashMap<String, Voice>,
     heal: Arc<action::Healer>,
     /// Actions for the cluster's workers, when there is a cluster.
-    remote: Option<mpsc::Sender<Box<crate::record::ActionRecord>>>,
+    remote: Option<mpsc::Sender<(Box<crate::record::ActionRecord>, tokio::time::Instant)>>,
 }
 
 /// How many actions may wait for the cluster (NATS unreachable) before more are refused.
@@ -165,8 +165,8 @@ impl Engine {
         let config = Arc::new(config);
         *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
         *self.shared.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Audit::new(&store));
-        let (core, effects) =
-            Core::open(config, &store, now_ms()).map_err(std::io::Error::other)?;
+        let (core, effects) = Core::open_with(config, &store, now_ms(), cluster.is_some())
+            .map_err(std::io::Error::other)?;
         let tx = self.tx.clone();
         let shared = self.shared.clone();
         let (remote, queue) = match &cluster {
@@ -484,8 +484,8 @@ fn carry_out(
             }
             Effect::Run(a) if world.remote.is_some() => {
                 let queue = world.remote.as_ref().expect("checked");
-                if let Err(e) = queue.try_send(a) {
-                    let a = match e {
+                if let Err(e) = queue.try_send((a, tokio::time::Instant::now())) {
+                    let (a, _) = match e {
                         mpsc::error::TrySendError::Full(a)
                         | mpsc::error::TrySendError::Closed(a) => a,
                     };
@@ -690,30 +690,91 @@ fn fastrand_id() -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Hands actions to the cluster's workers and their results back to the engine.
+/// Hands actions to the cluster's workers and their results back to the engine. An action
+/// that NATS has not taken within the cluster's `publish_timeout` of its arrival is reported
+/// "not run".
 #[cfg(feature = "cluster")]
 async fn dispatch(
     cfg: crate::cluster::ClusterConfig,
-    mut queue: mpsc::Receiver<Box<crate::record::ActionRecord>>,
+    mut queue: mpsc::Receiver<(Box<crate::record::ActionRecord>, tokio::time::Instant)>,
     tx: mpsc::Sender<Request>,
 ) {
     use crate::cluster::Dispatcher;
-    let d = loop {
-        match Dispatcher::new(cfg.clone()).await {
-            Ok(d) => break d,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the cluster; trying again");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
+    let within = cfg.publish_timeout;
+    let mut connected: Option<Dispatcher> = None;
+    let not_run = |id: u64, why: String| {
+        let tx = tx.clone();
+        async move {
+            let outcome = Outcome {
+                ok: false,
+                summary: format!("not run: {why}"),
+                output: String::new(),
+            };
+            let _ = tx.send(Request::Finished(id, outcome)).await;
         }
     };
-    tracing::info!("the engine reaches its workers through NATS");
-    let results = d.clone();
-    let back = tx.clone();
+    while let Some((a, since)) = queue.recv().await {
+        let deadline = since + within;
+        let secs = within.as_secs();
+        loop {
+            let d = match &connected {
+                Some(d) => d.clone(),
+                None => {
+                    match tokio::time::timeout_at(deadline, Dispatcher::new(cfg.clone())).await {
+                        Ok(Ok(d)) => {
+                            tracing::info!("the engine reaches its workers through NATS");
+                            read_results(d.clone(), tx.clone());
+                            connected = Some(d.clone());
+                            d
+                        }
+                        Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                            tracing::warn!(error = %e, "cannot reach the cluster; trying again");
+                            let next = tokio::time::Instant::now() + Duration::from_secs(1);
+                            tokio::time::sleep_until(deadline.min(next)).await;
+                            continue;
+                        }
+                        Ok(Err(e)) => {
+                            let why =
+                                format!("the cluster could not be reached within {secs}s ({e})");
+                            not_run(a.id, why).await;
+                            break;
+                        }
+                        Err(_) => {
+                            let why = format!("the cluster could not be reached within {secs}s");
+                            not_run(a.id, why).await;
+                            break;
+                        }
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, d.publish(&a)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(action = %a.label(), error = %e, "publishing; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok(Err(e)) => {
+                    let why = format!("the cluster did not take it within {secs}s ({e})");
+                    not_run(a.id, why).await;
+                    break;
+                }
+                Err(_) => {
+                    let why = format!("the cluster did not take it within {secs}s");
+                    not_run(a.id, why).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the workers' results for the engine, for the life of the process.
+#[cfg(feature = "cluster")]
+fn read_results(d: crate::cluster::Dispatcher, tx: mpsc::Sender<Request>) {
     tokio::spawn(async move {
         loop {
-            let back = back.clone();
-            let ended = results
+            let back = tx.clone();
+            let ended = d
                 .results(move |r| {
                     let back = back.clone();
                     async move { back.send(Request::Worked(r)).await.is_ok() }
@@ -725,45 +786,17 @@ async fn dispatch(
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
-    while let Some(a) = queue.recv().await {
-        let deadline = tokio::time::Instant::now() + PUBLISH_WITHIN;
-        loop {
-            match d.publish(&a).await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(action = %a.label(), error = %e, "publishing; trying again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    let outcome = Outcome {
-                        ok: false,
-                        summary: format!(
-                            "not run: the cluster did not take it within {}s ({e})",
-                            PUBLISH_WITHIN.as_secs()
-                        ),
-                        output: String::new(),
-                    };
-                    let _ = tx.send(Request::Finished(a.id, outcome)).await;
-                    break;
-                }
-            }
-        }
-    }
 }
-
-/// How long an action may wait for the cluster to take it.
-#[cfg(feature = "cluster")]
-const PUBLISH_WITHIN: Duration = Duration::from_secs(60);
 
 #[cfg(not(feature = "cluster"))]
 async fn dispatch(
     _: crate::cluster::ClusterConfig,
-    mut queue: mpsc::Receiver<Box<crate::record::ActionRecord>>,
+    mut queue: mpsc::Receiver<(Box<crate::record::ActionRecord>, tokio::time::Instant)>,
     tx: mpsc::Sender<Request>,
 ) {
     // The config check refuses [cluster] in such a build; should one come anyway, nothing
     // claims to have run.
-    while let Some(a) = queue.recv().await {
+    while let Some((a, _)) = queue.recv().await {
         let outcome = Outcome {
             ok: false,
             summary: "not run: this opsbot was built without the `cluster` feature".into(),
