@@ -251,9 +251,7 @@ fn throughput(n: usize, workers: usize) -> f64 {
     }
     std::thread::sleep(Duration::from_secs(1));
     let start = Instant::now();
-    let _workers: Vec<_> = (0..workers)
-        .map(|_| opsbot(&["worker"], &config))
-        .collect();
+    let _workers: Vec<_> = (0..workers).map(|_| opsbot(&["worker"], &config)).collect();
     let mut done = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done < n {

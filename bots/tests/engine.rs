@@ -1436,3 +1436,79 @@ publish_timeout = "3s"
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// A worker runs only what its own lists allow: an action it may not run is left to another
+/// worker that may, and when none takes it within `max_deliver` deliveries, chat says it was
+/// not run.
+#[cfg(feature = "cluster")]
+#[test]
+fn an_action_a_worker_may_not_run_is_left_to_one_that_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats"));
+    let (hook, counts) = counting_endpoint(Duration::ZERO);
+    let port = free_port();
+    let path = config(dir.path(), port, "");
+    let base = std::fs::read_to_string(&path).unwrap();
+    let cluster = format!(
+        "\n[cluster]\nservers = [\"nats://127.0.0.1:{}\"]\nname = \"t3\"\nack_wait = \"2s\"\nmax_deliver = 3\n",
+        nats.port
+    );
+    let mut text = base.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    );
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "hook"
+match = ['alertname="Hook"', 'job=~".+"']
+action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
+target = "{{job}}"
+"#
+    ));
+    text.push_str(&cluster);
+    std::fs::write(&path, &text).unwrap();
+    // A worker elsewhere: the same file without the endpoint's host on its list.
+    let elsewhere = dir.path().join("elsewhere.toml");
+    let mut other = base.replace(
+        &dir.path().join("state.redb").display().to_string(),
+        &dir.path().join("elsewhere.redb").display().to_string(),
+    );
+    other.push_str(&cluster);
+    std::fs::write(&elsewhere, other).unwrap();
+
+    let mut bot = Opsbot::start(&path);
+    let mut refuser = start_worker(&elsewhere);
+    wait_listening(port);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"r1","labels":{"alertname":"Hook","job":"nobody","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let failed = bot.expect(Duration::from_secs(30), |l| {
+        l.starts_with("[A1] FAILED") || l.starts_with("[A1] done")
+    });
+    assert!(
+        failed.contains("not run: no worker took it in 3 deliveries")
+            && failed.contains("is not on the engine's list of hosts"),
+        "{failed}"
+    );
+    // With a worker that may run it beside the one that may not, it runs, once.
+    let mut able = start_worker(&path);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"r2","labels":{"alertname":"Hook","job":"able","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let done = bot.expect(Duration::from_secs(30), |l| {
+        l.starts_with("[A2] FAILED") || l.starts_with("[A2] done")
+    });
+    assert!(done.starts_with("[A2] done"), "{done}");
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.get("/able"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("/nobody"), None, "{counts:?}");
+    for w in [&mut refuser, &mut able] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

@@ -612,6 +612,33 @@ mod nats {
                     continue;
                 }
             };
+            // Not this worker's to run: another may (a worker on a Kubernetes node, say). The
+            // last delivery says so for good, so the action does not wait for ever.
+            if let Some(why) = allowed.refuses(&a.plan) {
+                let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+                if delivered < cfg.max_deliver {
+                    tracing::info!(worker = %me, action = %a.label(), %why, "not this worker's to run; left to another");
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    continue;
+                }
+                let r = WorkResult {
+                    id: a.id,
+                    key: a.key.clone(),
+                    worker: me.clone(),
+                    outcome: Some(Outcome {
+                        ok: false,
+                        summary: format!(
+                            "not run: no worker took it in {delivered} deliveries (the last refused: {why})"
+                        ),
+                        output: String::new(),
+                    }),
+                    why: None,
+                };
+                if publish_result(&js, &cfg, &r).await.is_ok() {
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+                continue;
+            }
             let result = handle(&js, &cfg, &claims, &me, &allowed, &*heal, &a, &m).await;
             match result {
                 Ok(r) => {
