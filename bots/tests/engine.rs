@@ -1512,3 +1512,129 @@ target = "{{job}}"
         let _ = w.wait();
     }
 }
+
+/// Many actions over two workers while one or the other is SIGKILLed every second and started
+/// again: no action runs twice, none is lost (each ends done or "outcome unknown"), and each
+/// result is said once.
+#[cfg(feature = "cluster")]
+#[test]
+fn actions_survive_workers_killed_at_random() {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats"));
+    let (hook, counts) = counting_endpoint(Duration::from_millis(5));
+    let port = free_port();
+    let path = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    );
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "hook"
+match = ['alertname="Hook"', 'job=~".+"']
+action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
+target = "{{job}}"
+
+[cluster]
+servers = ["nats://127.0.0.1:{}"]
+name = "t4"
+ack_wait = "2s"
+"#,
+        nats.port
+    ));
+    std::fs::write(&path, text).unwrap();
+    let mut bot = Opsbot::start(&path);
+    let mut workers = [start_worker(&path), start_worker(&path)];
+    wait_listening(port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for i in 0..N {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let body = format!(
+                    r#"{{"id":"m{i}","labels":{{"alertname":"Hook","job":"j{i}","severity":"page"}}}}"#
+                );
+                let (s, b) = send_event(port, &body);
+                assert_eq!(s, 200, "{b}");
+            }
+        })
+    };
+    // Kill one worker or the other every second while the actions come, and start it again.
+    let mut ended: std::collections::HashMap<usize, Vec<String>> = std::collections::HashMap::new();
+    let mut next_kill = Instant::now() + Duration::from_secs(1);
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while ended.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} actions ended; {kills} kills",
+            ended.len()
+        );
+        if Instant::now() >= next_kill && kills < 40 {
+            let w = &mut workers[fastrand::usize(..2)];
+            let _ = w.kill();
+            let _ = w.wait();
+            *w = start_worker(&path);
+            kills += 1;
+            next_kill = Instant::now() + Duration::from_millis(fastrand::u64(500..1500));
+        }
+        for l in bot.drain(Duration::from_millis(100)) {
+            let Some(rest) = l.strip_prefix("[A") else {
+                continue;
+            };
+            let Some((n, tail)) = rest.split_once("] ") else {
+                continue;
+            };
+            if tail.starts_with("done")
+                || tail.starts_with("FAILED")
+                || tail.starts_with("outcome unknown")
+            {
+                ended.entry(n.parse().unwrap()).or_default().push(l.clone());
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    // A moment for any second result to show.
+    for l in bot.drain(Duration::from_secs(3)) {
+        if let Some((n, _)) = l.strip_prefix("[A").and_then(|r| r.split_once("] "))
+            && let Ok(n) = n.parse::<usize>()
+            && (l.contains("] done") || l.contains("] FAILED") || l.contains("] outcome unknown"))
+        {
+            ended.entry(n).or_default().push(l.clone());
+        }
+    }
+    let twice: Vec<_> = ended.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(twice.is_empty(), "results said twice: {twice:?}");
+    let counts = counts.lock().unwrap().clone();
+    let doubled: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(doubled.is_empty(), "effects twice: {doubled:?}");
+    let done = ended.values().filter(|v| v[0].contains("] done")).count();
+    let unknown = ended
+        .values()
+        .filter(|v| v[0].contains("] outcome unknown"))
+        .count();
+    assert_eq!(done + unknown, N, "{ended:?}");
+    // Each action that is done made its call exactly once.
+    for v in ended.values().filter(|v| v[0].contains("] done")) {
+        let job = v[0]
+            .split(&format!("127.0.0.1:{hook}"))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(counts.get(&job), Some(&1), "{job}: {}", v[0]);
+    }
+    assert!(kills >= 5, "the workers were killed {kills} times only");
+    eprintln!("{N} actions, {kills} kills: {done} done, {unknown} outcome unknown, none twice");
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
