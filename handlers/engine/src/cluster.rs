@@ -639,7 +639,7 @@ mod nats {
                 }
                 continue;
             }
-            let result = handle(&js, &cfg, &claims, &me, &allowed, &*heal, &a, &m).await;
+            let result = handle(&cfg, &claims, &me, &allowed, &*heal, &a, &m).await;
             match result {
                 Ok(r) => {
                     // Published before the ack: a worker that stops in between leaves the
@@ -660,9 +660,7 @@ mod nats {
     }
 
     /// Claims, runs and records one action; answers the result to publish.
-    #[allow(clippy::too_many_arguments)]
     async fn handle(
-        js: &jetstream::Context,
         cfg: &ClusterConfig,
         claims: &Claims,
         me: &str,
@@ -671,7 +669,6 @@ mod nats {
         a: &ActionRecord,
         m: &jetstream::Message,
     ) -> Result<WorkResult, String> {
-        let _ = js;
         let key = token(&a.key);
         let result = |outcome: Option<Outcome>, why: Option<String>| WorkResult {
             id: a.id,
