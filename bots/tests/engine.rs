@@ -1638,3 +1638,47 @@ ack_wait = "2s"
         let _ = w.wait();
     }
 }
+
+/// `worker = true`: the bot's own process also works the cluster's actions.
+#[cfg(feature = "cluster")]
+#[test]
+fn a_bot_with_worker_true_runs_the_actions_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats"));
+    let (hook, counts) = counting_endpoint(Duration::ZERO);
+    let port = free_port();
+    let path = config(dir.path(), port, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    );
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "hook"
+match = ['alertname="Hook"', 'job=~".+"']
+action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
+target = "{{job}}"
+
+[cluster]
+servers = ["nats://127.0.0.1:{}"]
+name = "t5"
+worker = true
+"#,
+        nats.port
+    ));
+    std::fs::write(&path, text).unwrap();
+    let mut bot = Opsbot::start(&path);
+    wait_listening(port);
+    let (s, b) = send_event(
+        port,
+        r#"{"id":"w1","labels":{"alertname":"Hook","job":"self","severity":"page"}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let done = bot.expect(Duration::from_secs(30), |l| {
+        l.starts_with("[A1] done") || l.starts_with("[A1] FAILED")
+    });
+    assert!(done.starts_with("[A1] done"), "{done}");
+    assert_eq!(counts.lock().unwrap().get("/self"), Some(&1));
+}
