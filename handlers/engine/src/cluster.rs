@@ -163,32 +163,13 @@ impl ClusterConfig {
                 None
             }
         };
-        let ack_wait = match raw.ack_wait.as_deref().map(humantime::parse_duration) {
-            None => Duration::from_secs(30),
-            Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
-            Some(_) => {
-                errors.push(
-                    SettingsError::at("ack_wait", "not a duration from 1s to 1h")
-                        .hint("ack_wait = \"30s\""),
-                );
-                Duration::from_secs(30)
-            }
-        };
-        let publish_timeout = match raw
-            .publish_timeout
-            .as_deref()
-            .map(humantime::parse_duration)
-        {
-            None => Duration::from_secs(60),
-            Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
-            Some(_) => {
-                errors.push(
-                    SettingsError::at("publish_timeout", "not a duration from 1s to 1h")
-                        .hint("publish_timeout = \"60s\""),
-                );
-                Duration::from_secs(60)
-            }
-        };
+        let ack_wait = within_an_hour(raw.ack_wait.as_deref(), "ack_wait", 30, &mut errors);
+        let publish_timeout = within_an_hour(
+            raw.publish_timeout.as_deref(),
+            "publish_timeout",
+            60,
+            &mut errors,
+        );
         let max_deliver = raw.max_deliver.unwrap_or(5);
         if !(1..=100).contains(&max_deliver) {
             errors.push(SettingsError::at("max_deliver", "from 1 to 100"));
@@ -208,6 +189,27 @@ impl ClusterConfig {
             max_deliver,
             publish_timeout,
         })
+    }
+}
+
+/// A duration from 1 s to 1 h written at `key`, or `default` seconds when unset (or wrong,
+/// which is reported).
+fn within_an_hour(
+    raw: Option<&str>,
+    key: &str,
+    default: u64,
+    errors: &mut Vec<SettingsError>,
+) -> Duration {
+    match raw.map(humantime::parse_duration) {
+        None => Duration::from_secs(default),
+        Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
+        Some(_) => {
+            errors.push(
+                SettingsError::at(key, "not a duration from 1s to 1h")
+                    .hint(format!("{key} = \"{default}s\"")),
+            );
+            Duration::from_secs(default)
+        }
     }
 }
 
@@ -778,13 +780,14 @@ mod tests {
         assert_eq!(c.ack_wait, Duration::from_secs(30));
         assert!(c.worker);
         let p = problems(
-            "servers = [\"http://x:4222\"]\nname = \"a.b\"\nuser = \"u\"\nack_wait = \"0s\"\nmax_deliver = 0",
+            "servers = [\"http://x:4222\"]\nname = \"a.b\"\nuser = \"u\"\nack_wait = \"0s\"\npublish_timeout = \"2h\"\nmax_deliver = 0",
         );
         for want in [
             "servers[0]: `http://x:4222` is not a NATS URL",
             "name: `a.b` cannot prefix streams and subjects",
             ": user and password go together",
             "ack_wait: not a duration from 1s to 1h",
+            "publish_timeout: not a duration from 1s to 1h",
             "max_deliver: from 1 to 100",
         ] {
             assert!(p.iter().any(|p| p.starts_with(want)), "{want}: {p:?}");
