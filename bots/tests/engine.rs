@@ -1249,6 +1249,39 @@ fn counting_endpoint(
     (port, counts)
 }
 
+/// The console config with an `http` rule `hook` calling `127.0.0.1:hook/{job}`, and a
+/// `[cluster]` on the NATS at `nats` with the keys in `cluster` (`name = …` and more).
+#[cfg(feature = "cluster")]
+fn cluster_config(
+    dir: &Path,
+    port: u16,
+    hook: u16,
+    nats: u16,
+    cluster: &str,
+) -> std::path::PathBuf {
+    let path = config(dir, port, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        "programs = [\"/usr/bin/touch\"]",
+        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    );
+    text.push_str(&format!(
+        r#"
+[[engine.rule]]
+name = "hook"
+match = ['alertname="Hook"', 'job=~".+"']
+action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
+target = "{{job}}"
+
+[cluster]
+servers = ["nats://127.0.0.1:{nats}"]
+{cluster}
+"#
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// `opsbot worker` with the test's secrets.
 #[cfg(feature = "cluster")]
 fn start_worker(config: &Path) -> Child {
@@ -1277,28 +1310,13 @@ fn a_worker_killed_mid_action_never_makes_the_effect_twice() {
     let nats = Nats::start(&dir.path().join("nats"));
     let (hook, counts) = counting_endpoint(Duration::from_secs(8));
     let port = free_port();
-    let path = config(dir.path(), port, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text = text.replace(
-        "programs = [\"/usr/bin/touch\"]",
-        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    let path = cluster_config(
+        dir.path(),
+        port,
+        hook,
+        nats.port,
+        "name = \"t1\"\nack_wait = \"2s\"",
     );
-    text.push_str(&format!(
-        r#"
-[[engine.rule]]
-name = "hook"
-match = ['alertname="Hook"', 'job=~".+"']
-action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
-target = "{{job}}"
-
-[cluster]
-servers = ["nats://127.0.0.1:{}"]
-name = "t1"
-ack_wait = "2s"
-"#,
-        nats.port
-    ));
-    std::fs::write(&path, text).unwrap();
     let mut bot = Opsbot::start(&path);
     let mut first = start_worker(&path);
     wait_listening(port);
@@ -1365,29 +1383,13 @@ fn nats_killed_and_restarted_loses_nothing_and_runs_nothing_twice() {
     let nats = Nats::start(&store);
     let (hook, counts) = counting_endpoint(Duration::ZERO);
     let port = free_port();
-    let path = config(dir.path(), port, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text = text.replace(
-        "programs = [\"/usr/bin/touch\"]",
-        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    let path = cluster_config(
+        dir.path(),
+        port,
+        hook,
+        nats.port,
+        "name = \"t2\"\nack_wait = \"2s\"\npublish_timeout = \"3s\"",
     );
-    text.push_str(&format!(
-        r#"
-[[engine.rule]]
-name = "hook"
-match = ['alertname="Hook"', 'job=~".+"']
-action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
-target = "{{job}}"
-
-[cluster]
-servers = ["nats://127.0.0.1:{}"]
-name = "t2"
-ack_wait = "2s"
-publish_timeout = "3s"
-"#,
-        nats.port
-    ));
-    std::fs::write(&path, text).unwrap();
     let mut bot = Opsbot::start(&path);
     wait_listening(port);
     // Published while no worker runs: it waits in the stream.
@@ -1447,35 +1449,23 @@ fn an_action_a_worker_may_not_run_is_left_to_one_that_may() {
     let nats = Nats::start(&dir.path().join("nats"));
     let (hook, counts) = counting_endpoint(Duration::ZERO);
     let port = free_port();
-    let path = config(dir.path(), port, "");
-    let base = std::fs::read_to_string(&path).unwrap();
-    let cluster = format!(
-        "\n[cluster]\nservers = [\"nats://127.0.0.1:{}\"]\nname = \"t3\"\nack_wait = \"2s\"\nmax_deliver = 3\n",
-        nats.port
-    );
-    let mut text = base.replace(
-        "programs = [\"/usr/bin/touch\"]",
-        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
-    );
-    text.push_str(&format!(
-        r#"
-[[engine.rule]]
-name = "hook"
-match = ['alertname="Hook"', 'job=~".+"']
-action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
-target = "{{job}}"
-"#
-    ));
-    text.push_str(&cluster);
-    std::fs::write(&path, &text).unwrap();
-    // A worker elsewhere: the same file without the endpoint's host on its list.
+    let keys = "name = \"t3\"\nack_wait = \"2s\"\nmax_deliver = 3";
+    // A worker elsewhere: the plain config, whose lists lack the endpoint's host.
+    let base = std::fs::read_to_string(config(dir.path(), port, "")).unwrap();
     let elsewhere = dir.path().join("elsewhere.toml");
-    let mut other = base.replace(
+    let other = base.replace(
         &dir.path().join("state.redb").display().to_string(),
         &dir.path().join("elsewhere.redb").display().to_string(),
     );
-    other.push_str(&cluster);
-    std::fs::write(&elsewhere, other).unwrap();
+    std::fs::write(
+        &elsewhere,
+        format!(
+            "{other}\n[cluster]\nservers = [\"nats://127.0.0.1:{}\"]\n{keys}\n",
+            nats.port
+        ),
+    )
+    .unwrap();
+    let path = cluster_config(dir.path(), port, hook, nats.port, keys);
 
     let mut bot = Opsbot::start(&path);
     let mut refuser = start_worker(&elsewhere);
@@ -1524,28 +1514,13 @@ fn actions_survive_workers_killed_at_random() {
     let nats = Nats::start(&dir.path().join("nats"));
     let (hook, counts) = counting_endpoint(Duration::from_millis(5));
     let port = free_port();
-    let path = config(dir.path(), port, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text = text.replace(
-        "programs = [\"/usr/bin/touch\"]",
-        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    let path = cluster_config(
+        dir.path(),
+        port,
+        hook,
+        nats.port,
+        "name = \"t4\"\nack_wait = \"2s\"",
     );
-    text.push_str(&format!(
-        r#"
-[[engine.rule]]
-name = "hook"
-match = ['alertname="Hook"', 'job=~".+"']
-action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
-target = "{{job}}"
-
-[cluster]
-servers = ["nats://127.0.0.1:{}"]
-name = "t4"
-ack_wait = "2s"
-"#,
-        nats.port
-    ));
-    std::fs::write(&path, text).unwrap();
     let mut bot = Opsbot::start(&path);
     let mut workers = [start_worker(&path), start_worker(&path)];
     wait_listening(port);
@@ -1647,28 +1622,13 @@ fn a_bot_with_worker_true_runs_the_actions_itself() {
     let nats = Nats::start(&dir.path().join("nats"));
     let (hook, counts) = counting_endpoint(Duration::ZERO);
     let port = free_port();
-    let path = config(dir.path(), port, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text = text.replace(
-        "programs = [\"/usr/bin/touch\"]",
-        &format!("programs = [\"/usr/bin/touch\"]\nhosts = [\"127.0.0.1:{hook}\"]"),
+    let path = cluster_config(
+        dir.path(),
+        port,
+        hook,
+        nats.port,
+        "name = \"t5\"\nworker = true",
     );
-    text.push_str(&format!(
-        r#"
-[[engine.rule]]
-name = "hook"
-match = ['alertname="Hook"', 'job=~".+"']
-action = {{ kind = "http", url = "http://127.0.0.1:{hook}/{{job}}" }}
-target = "{{job}}"
-
-[cluster]
-servers = ["nats://127.0.0.1:{}"]
-name = "t5"
-worker = true
-"#,
-        nats.port
-    ));
-    std::fs::write(&path, text).unwrap();
     let mut bot = Opsbot::start(&path);
     wait_listening(port);
     let (s, b) = send_event(
