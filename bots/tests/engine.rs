@@ -1238,6 +1238,10 @@ fn counting_endpoint(
                 let n = conn.read(&mut buf).unwrap_or(0);
                 let head = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                if path.is_empty() {
+                    // A caller killed between connecting and sending: no call was made.
+                    return;
+                }
                 *c.lock().unwrap().entry(path).or_insert(0) += 1;
                 std::thread::sleep(delay);
                 let _ = conn.write_all(
