@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use support::free_port;
 use support::http::http;
+use support::nats::Nats;
 
 const TOKEN: &str = "bench-alertmanager-token-0123456789";
 
@@ -41,28 +42,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn nats(store: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let monitor = free_port();
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .arg("-m")
-        .arg(monitor.to_string())
-        .arg("-sd")
-        .arg(store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server is installed (scripts/test installs it)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http(monitor, "GET", "/healthz?js-enabled-only=true", &[], b"").0 != 200 {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Proc(child), port)
 }
 
 /// A local endpoint: each call's path and arrival time, answered at once.
@@ -195,8 +174,8 @@ fn latency(n: usize, cluster: bool) -> (Duration, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let (hook, calls) = endpoint();
     let api = free_port();
-    let server = cluster.then(|| nats(&dir.path().join("nats")));
-    let config = config(dir.path(), api, hook, server.as_ref().map(|s| s.1));
+    let server = cluster.then(|| Nats::start(&dir.path().join("nats")));
+    let config = config(dir.path(), api, hook, server.as_ref().map(|s| s.port));
     let (_bot, _lines) = opsbot(&["run"], &config);
     let _worker = cluster.then(|| opsbot(&["worker"], &config));
     wait_api(api);
@@ -230,8 +209,8 @@ fn throughput(n: usize, workers: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let (hook, calls) = endpoint();
     let api = free_port();
-    let (_nats, nats_port) = nats(&dir.path().join("nats"));
-    let config = config(dir.path(), api, hook, Some(nats_port));
+    let nats = Nats::start(&dir.path().join("nats"));
+    let config = config(dir.path(), api, hook, Some(nats.port));
     let (_bot, lines) = opsbot(&["run"], &config);
     wait_api(api);
     for i in 0..n {

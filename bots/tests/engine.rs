@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::alertmanager::Alertmanager;
 use support::free_port;
 use support::http::http;
+#[cfg(feature = "cluster")]
+use support::nats::Nats;
 
 const TOKEN: &str = "am-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789";
@@ -1151,69 +1153,6 @@ timeout = "5s"
     assert!(a9.contains("FAILED") && a9.contains("Kubernetes"), "{a9}");
     bot.say("!echo still here");
     bot.expect(long, |l| l == "still here");
-}
-
-/// A nats-server with JetStream on a free loopback port, its store in a folder of its own;
-/// killed when dropped.
-#[cfg(feature = "cluster")]
-struct Nats {
-    child: Child,
-    port: u16,
-    monitor: u16,
-}
-
-#[cfg(feature = "cluster")]
-impl Nats {
-    fn start(store: &Path) -> Self {
-        Self::start_on(store, free_port(), free_port())
-    }
-
-    /// On `port`, with its monitoring endpoint on `monitor`.
-    fn start_on(store: &Path, port: u16, monitor: u16) -> Self {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .arg("-m")
-            .arg(monitor.to_string())
-            .arg("-sd")
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http(monitor, "GET", "/healthz?js-enabled-only=true", &[], b"").0 != 200 {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            monitor,
-        }
-    }
-
-    /// Messages in JetStream, as the server's monitoring endpoint counts them.
-    fn messages(&self) -> u64 {
-        let (_, body) = http(self.monitor, "GET", "/jsz", &[], b"");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["messages"].as_u64().unwrap_or(0)
-    }
-
-    /// Killed (SIGKILL), as a crash would stop it.
-    fn kill(mut self) -> (u16, u16) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (self.port, self.monitor)
-    }
-}
-
-#[cfg(feature = "cluster")]
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An HTTP endpoint that counts the calls to each path and answers after `delay`.

@@ -11,6 +11,7 @@ pub mod alertmanager;
 pub mod chaos;
 pub mod cut;
 pub mod http;
+pub mod nats;
 #[cfg(feature = "webex")]
 pub mod webex;
 #[cfg(feature = "xmpp")]
