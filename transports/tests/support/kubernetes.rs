@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A request as the fake saw it.
@@ -419,43 +419,15 @@ fn handle(
 async fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
     let mut buf = Vec::new();
     loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            if buf.len() > 64 * 1024 {
-                return;
-            }
+        let Some(crate::support::http::Request {
+            method,
+            target: path,
+            headers,
+            body: raw,
+        }) = crate::support::http::read_request(&mut conn, &mut buf).await
+        else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split(' ');
-        let method = first.next().unwrap_or("").to_owned();
-        let path = first.next().unwrap_or("").to_owned();
-        let mut headers = HashMap::new();
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
-        }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let raw = buf[head_end..head_end + len].to_vec();
-        buf.drain(..head_end + len);
         let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         let token = headers
             .get("authorization")

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -501,44 +501,15 @@ async fn serve_rest(mut conn: TcpStream, st: Arc<Mutex<State>>, rest_port: u16, 
     let _ = conn.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
-        // Read one request head.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            if buf.len() > 64 * 1024 {
-                return;
-            }
+        let Some(super::http::Request {
+            method,
+            target,
+            headers,
+            body,
+        }) = super::http::read_request(&mut conn, &mut buf).await
+        else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split(' ');
-        let method = first.next().unwrap_or("").to_owned();
-        let target = first.next().unwrap_or("").to_owned();
-        let mut headers = HashMap::new();
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
-        }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_end..head_end + len].to_vec();
-        buf.drain(..head_end + len);
         let token = headers
             .get("authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
