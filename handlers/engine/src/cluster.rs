@@ -163,6 +163,20 @@ impl ClusterConfig {
                 None
             }
         };
+        if password.is_some() && raw.ca_file.is_none() {
+            // Without TLS the password would cross the network as it is written.
+            for (i, url) in raw.servers.iter().enumerate() {
+                if url.starts_with("nats://") && !loopback(url) {
+                    errors.push(
+                        SettingsError::at(
+                            format!("servers[{i}]"),
+                            format!("`{url}`: the password would travel in clear"),
+                        )
+                        .hint("use tls:// with ca_file, or a server on this machine"),
+                    );
+                }
+            }
+        }
         let ack_wait = within_an_hour(raw.ack_wait.as_deref(), "ack_wait", 30, &mut errors);
         let publish_timeout = within_an_hour(
             raw.publish_timeout.as_deref(),
@@ -190,6 +204,21 @@ impl ClusterConfig {
             publish_timeout,
         })
     }
+}
+
+/// Whether a NATS URL's host is this machine.
+fn loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split([':', '/']).next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A duration from 1 s to 1 h written at `key`, or `default` seconds when unset (or wrong,
@@ -802,6 +831,19 @@ mod tests {
                 .any(|p| p.starts_with("password: the secret must be one environment variable")),
             "{p:?}"
         );
+        // $PATH stands in for a password (set, and long enough).
+        let p = problems(
+            "servers = [\"nats://nats.example.com:4222\", \"nats://127.0.0.1:4222\"]\nuser = \"u\"\npassword = \"${PATH}\"",
+        );
+        assert_eq!(
+            p,
+            ["servers[0]: `nats://nats.example.com:4222`: the password would travel in clear"]
+        );
+        let table: toml::Table = toml::from_str(
+            "servers = [\"nats://[::1]:4222\", \"tls://nats.example.com:4222\"]\nuser = \"u\"\npassword = \"${PATH}\"",
+        )
+        .unwrap();
+        assert!(ClusterConfig::from_table(table).is_ok());
         let p = problems("servers = [\"nats://h:1\"]\nqueue = \"x\"");
         assert!(
             p.iter().any(|p| p.contains("unknown field `queue`")),
