@@ -1,6 +1,7 @@
 //! `!echo` round trips through a real Prosody: the `opsbot` binary against the floor, a minimal
 //! client-to-client echo (a bare XML-stream client that answers every chat message) on the same
-//! server; then the 200-line answer with the default pace and Prosody's default limits.
+//! server, measured both without and with stream management (XEP-0198, which the bot uses so
+//! that a cut loses nothing); then the 200-line answer with the default pace and Prosody's default limits.
 //!
 //! Both subjects connect in plaintext over loopback, so the numbers compare the same path. For
 //! the round trips the server's c2s limit and the bot's pacing and budget are raised.
@@ -39,9 +40,14 @@ fn opsbot_via(port: u16, raised: bool) -> Process {
     Process::opsbot(env!("CARGO_BIN_EXE_opsbot"), &config)
 }
 
-/// The floor: answers `!echo X` with `X`, nothing else.
-async fn floor_echo(port: u16) {
-    let mut me = XmppUser::connect_as(port, "echo", "echopass", "floor").await;
+/// The floor: answers `!echo X` with `X`, nothing else. With `sm`, it first enables stream
+/// management (XEP-0198) and answers every count the server asks for at once, as a client that
+/// must not lose a message does; the bot does that work too.
+async fn floor_echo(port: u16, resource: &str, sm: bool) {
+    let mut me = XmppUser::connect_as(port, "echo", "echopass", resource).await;
+    if sm {
+        me.enable_sm().await;
+    }
     loop {
         let Some(Stanza::Message(m)) = me
             .next_stanza(Instant::now() + Duration::from_secs(3600))
@@ -98,34 +104,28 @@ async fn round_trip(user: &mut XmppUser, to: &str, i: usize) -> Duration {
     t.elapsed()
 }
 
-/// `n` sequential round trips to each of `a` and `b`, in alternating blocks of ten, so that
-/// whatever else the machine does in the meantime weighs on both alike.
-async fn interleaved(
-    user: &mut XmppUser,
-    a: &str,
-    b: &str,
-    n: usize,
-) -> ((Duration, Duration), (Duration, Duration)) {
-    ready(user, a).await;
-    ready(user, b).await;
-    let (mut la, mut lb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+/// `n` sequential round trips to each of `targets`, in turns of ten each, so that whatever
+/// else the machine does in the meantime weighs on all alike. Answers (p50, p99) per target.
+async fn interleaved(user: &mut XmppUser, targets: &[&str], n: usize) -> Vec<(Duration, Duration)> {
+    for to in targets {
+        ready(user, to).await;
+    }
+    let mut lat: Vec<Vec<Duration>> = targets.iter().map(|_| Vec::with_capacity(n)).collect();
     let mut i = 0;
-    while la.len() < n {
-        for _ in 0..10.min(n - la.len()) {
-            la.push(round_trip(user, a, i).await);
-            i += 1;
-        }
-        for _ in 0..10.min(n - lb.len()) {
-            lb.push(round_trip(user, b, i).await);
-            i += 1;
+    while lat[0].len() < n {
+        for (to, l) in targets.iter().zip(lat.iter_mut()) {
+            for _ in 0..10.min(n - l.len()) {
+                l.push(round_trip(user, to, i).await);
+                i += 1;
+            }
         }
     }
-    la.sort();
-    lb.sort();
-    (
-        (pct(&la, 0.5), pct(&la, 0.99)),
-        (pct(&lb, 0.5), pct(&lb, 0.99)),
-    )
+    lat.into_iter()
+        .map(|mut l| {
+            l.sort();
+            (pct(&l, 0.5), pct(&l, 0.99))
+        })
+        .collect()
 }
 
 fn main() {
@@ -143,12 +143,19 @@ fn main() {
             prosody.register(user, pw);
         }
         let bot = opsbot(&prosody, true);
-        let floor = tokio::spawn(floor_echo(prosody.port));
+        let floor = tokio::spawn(floor_echo(prosody.port, "floor", false));
+        let floor_sm = tokio::spawn(floor_echo(prosody.port, "floor-sm", true));
         let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
-        let ((f50, f99), (b50, b99)) =
-            interleaved(&mut alice, "echo@localhost/floor", "opsbot@localhost", n).await;
+        let got = interleaved(
+            &mut alice,
+            &["echo@localhost/floor", "opsbot@localhost", "echo@localhost/floor-sm"],
+            n,
+        )
+        .await;
+        let ((f50, f99), (b50, b99), (s50, s99)) = (got[0], got[1], got[2]);
         let (rss, cpu) = bot.usage();
         floor.abort();
+        floor_sm.abort();
         println!(
             "{n} sequential round trips to each, in alternating blocks of ten, Prosody 0.12, limits raised:"
         );
@@ -156,10 +163,16 @@ fn main() {
         println!(
             "  opsbot:                        p50 {b50:.2?} p99 {b99:.2?} | peak RSS {rss:.1} MiB, CPU {cpu:.2} s"
         );
+        println!("  floor with stream management:  p50 {s50:.2?} p99 {s99:.2?}");
         println!(
             "xmpp_echo: opsbot/floor latency ratio p50 {:.2}, p99 {:.2}",
             b50.as_secs_f64() / f50.as_secs_f64(),
             b99.as_secs_f64() / f99.as_secs_f64()
+        );
+        println!(
+            "xmpp_echo: opsbot/floor-with-stream-management latency ratio p50 {:.2}, p99 {:.2}",
+            b50.as_secs_f64() / s50.as_secs_f64(),
+            b99.as_secs_f64() / s99.as_secs_f64()
         );
         drop(bot);
         drop(prosody);

@@ -195,6 +195,8 @@ pub struct XmppUser {
     counter: u32,
     /// Presences received (for joins).
     pub presences: Vec<Presence>,
+    /// Stanzas received since stream management was enabled, when it is.
+    sm_inbound: Option<u32>,
 }
 
 impl XmppUser {
@@ -252,9 +254,33 @@ impl XmppUser {
             stream,
             counter: 0,
             presences: Vec::new(),
+            sm_inbound: None,
         };
         u.send(Presence::available().into()).await;
         u
+    }
+
+    /// Enables stream management (XEP-0198) on this connection, as a reliable client does:
+    /// from now on every stanza is counted and the server's `<r/>` answered at once.
+    pub async fn enable_sm(&mut self) {
+        use tokio_xmpp::parsers::sm;
+        self.stream
+            .send(&XmppStreamElement::SM(sm::Nonza::Enable(sm::Enable {
+                max: None,
+                resume: false,
+            })))
+            .await
+            .unwrap();
+        loop {
+            match self.stream.next().await.unwrap().unwrap() {
+                FallibleStreamElement::Ok(XmppStreamElement::SM(sm::Nonza::Enabled(_))) => break,
+                FallibleStreamElement::Ok(XmppStreamElement::SM(other)) => {
+                    panic!("stream management refused: {other:?}")
+                }
+                _ => {}
+            }
+        }
+        self.sm_inbound = Some(0);
     }
 
     pub async fn send(&mut self, s: Stanza) {
@@ -328,7 +354,21 @@ impl XmppUser {
             let left = deadline.saturating_duration_since(Instant::now());
             let el = tokio::time::timeout(left, self.stream.next()).await.ok()?;
             match el {
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::SM(
+                    tokio_xmpp::parsers::sm::Nonza::Req(_),
+                )))) if self.sm_inbound.is_some() => {
+                    let h = self.sm_inbound.unwrap_or(0);
+                    self.stream
+                        .send(&XmppStreamElement::SM(tokio_xmpp::parsers::sm::Nonza::Ack(
+                            tokio_xmpp::parsers::sm::A { h },
+                        )))
+                        .await
+                        .unwrap();
+                }
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(s)))) => {
+                    if let Some(n) = self.sm_inbound.as_mut() {
+                        *n = n.wrapping_add(1);
+                    }
                     if let Stanza::Iq(Iq::Get {
                         from, id, payload, ..
                     }) = &s
