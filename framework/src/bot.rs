@@ -28,6 +28,7 @@ use crate::command::CatalogEntry;
 use crate::command::Command;
 use crate::handler::{Factory, Handler, HandlerHost, Job};
 use crate::health::Health;
+use crate::lead::Lead;
 use crate::message::Identity;
 use crate::options::ReconnectPolicy;
 pub use crate::options::{BotOptions, OutboxSettings};
@@ -85,6 +86,7 @@ pub struct BotBuilder {
     handlers: Vec<HandlerReg>,
     pollers: Vec<StartPoller>,
     store: Option<Store>,
+    lead: Lead,
 }
 
 impl std::fmt::Debug for BotBuilder {
@@ -109,6 +111,13 @@ impl BotBuilder {
     /// Changes the options in place.
     pub fn configure(mut self, f: impl FnOnce(&mut BotOptions)) -> Self {
         f(&mut self.options);
+        self
+    }
+
+    /// Makes the bot speak only while this process holds `lead` (active/standby across
+    /// processes, see [`crate::lead`]); by default it always does.
+    pub fn lead(mut self, lead: Lead) -> Self {
+        self.lead = lead;
         self
     }
 
@@ -218,6 +227,7 @@ impl BotBuilder {
         };
         let health = Health::new(&name, transport.kind);
         health.set_critical_after(self.options.reconnect.critical_after);
+        health.set_lead(self.lead.clone());
         if let Some(store) = &store
             && let Some(trouble) = store.trouble()
         {
@@ -237,6 +247,7 @@ impl BotBuilder {
             store,
             health,
             voice: Voice::default(),
+            lead: self.lead,
         })
     }
 }
@@ -267,6 +278,7 @@ pub struct Bot {
     store: Option<Store>,
     health: Health,
     voice: Voice,
+    lead: Lead,
 }
 
 impl std::fmt::Debug for Bot {
@@ -287,6 +299,7 @@ impl Bot {
             handlers: Vec::new(),
             pollers: Vec::new(),
             store: None,
+            lead: Lead::always(),
         }
     }
 
@@ -322,6 +335,7 @@ impl Bot {
             store,
             health,
             voice,
+            lead,
         } = self;
         fault_point!(&name, BotTask);
         let fatal = Fatal::default();
@@ -335,6 +349,7 @@ impl Bot {
             recall,
             health.clone(),
             fatal.guard("outbox"),
+            lead.clone(),
         )
         .start();
         voice.set(Some(outbox.clone()));
@@ -387,6 +402,7 @@ impl Bot {
             closing.clone(),
             pacing,
             fatal.clone(),
+            lead,
         );
         (transport.start)(link, options.reconnect, fin_tx);
         // A transport down past its grace period turns the bot critical with no event of its

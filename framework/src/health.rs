@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStatus};
 use crate::healing_log::{HealingLog, HealingRecord};
+use crate::lead::{Lead, LeadStatus};
 
 /// How many healing-log entries a bot keeps.
 const HEALING_LOG_LEN: usize = 200;
@@ -97,6 +98,8 @@ struct Inner {
     healers: BTreeMap<String, Healer>,
     /// The process's persisted healing log, when there is one.
     journal: Option<HealingLog>,
+    /// Who speaks for the bot when several processes carry it.
+    lead: Lead,
 }
 
 impl std::fmt::Debug for Inner {
@@ -283,6 +286,8 @@ pub struct Snapshot {
     pub inbound: u64,
     /// Trouble with the state store, if there was any.
     pub store: Option<String>,
+    /// Who speaks for the bot, when several processes carry it ([`crate::lead`]).
+    pub lead: Option<LeadStatus>,
 }
 
 impl Snapshot {
@@ -334,6 +339,7 @@ impl Health {
                 inbound: 0,
                 healers: BTreeMap::new(),
                 journal: None,
+                lead: Lead::always(),
             })),
         }
     }
@@ -601,7 +607,13 @@ impl Health {
             subsystems,
             inbound: inner.inbound,
             store: inner.store.as_ref().map(|(_, _, t)| t.clone()),
+            lead: inner.lead.status(),
         }
+    }
+
+    /// Sets the bot's lead (shown in snapshots).
+    pub(crate) fn set_lead(&self, lead: Lead) {
+        self.lock().lead = lead;
     }
 }
 

@@ -54,6 +54,7 @@ pub mod healing_log;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod lead;
 pub mod logging;
 pub mod message;
 pub mod options;

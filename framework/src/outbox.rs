@@ -30,6 +30,7 @@ use governor::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::health::Health;
+use crate::lead::Lead;
 use crate::message::{Destination, Outgoing};
 use crate::pacing::{GATE_RECHECK, OutboxOptions, Pacing};
 use crate::supervisor::{CoreGuard, fault_point};
@@ -139,6 +140,7 @@ pub(crate) struct Outbox {
     drain_waiters: Vec<oneshot::Sender<()>>,
     health: Health,
     guard: CoreGuard,
+    lead: Lead,
 }
 
 impl Outbox {
@@ -149,6 +151,7 @@ impl Outbox {
         recall: Recall,
         health: Health,
         guard: CoreGuard,
+        lead: Lead,
     ) -> Self {
         Self {
             opts,
@@ -173,6 +176,7 @@ impl Outbox {
             drain_waiters: Vec::new(),
             health,
             guard,
+            lead,
         }
     }
 
@@ -565,6 +569,13 @@ impl actix::Handler<Say> for Outbox {
 
     fn handle(&mut self, Say(out, mut receipt): Say, ctx: &mut Self::Context) {
         fault_point!(self.health.bot(), Outbox);
+        if !self.lead.holds() {
+            // Another process speaks for the bot: what this one's pollers and voices would say
+            // is theirs to say, and queued here it would come out late, twice, at a take-over.
+            tracing::debug!(dest = %out.dest, "not the bot's lead: line not taken");
+            self.health.update_outbox(|o| o.standby += 1);
+            return;
+        }
         if !valid_destination(&out.dest) {
             // A handler chose the destination (`cx.say`); a CR, LF, space or NUL in it would
             // end the target early on the wire and start a protocol line of its own.

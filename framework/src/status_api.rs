@@ -439,6 +439,12 @@ fn bot_json(s: &Snapshot) -> Value {
             "detail": transport.and_then(|t| t.detail.clone()),
             "reconnects": transport.map_or(0, |t| t.reconnects),
         },
+        "lead": s.lead.as_ref().map(|l| json!({
+            "me": l.me,
+            "held": l.held,
+            "holder": l.holder.as_ref().map(|h| h.id.clone()),
+            "since_unix": l.holder.as_ref().and_then(|h| h.since.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        })),
         "subsystems": subsystems,
         "messages_in": s.inbound,
         "outbox": {
@@ -769,7 +775,9 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
                 .actor(ActorKind::Transport, &s.transport)
                 .and_then(|t| t.conn.clone());
             match conn {
-                Some(ConnState::Connected) => None,
+                // A standby is ready: it takes over the moment the lead is its own, and a
+                // rolling update must not wait on it.
+                Some(ConnState::Connected | ConnState::Standby) => None,
                 c => Some(format!(
                     "bot {}: transport {}",
                     s.bot,

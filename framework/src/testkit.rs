@@ -178,6 +178,12 @@ impl TestBot {
         self
     }
 
+    /// Speaks only while `lead` is held (active/standby, [`crate::lead`]).
+    pub fn lead(mut self, lead: crate::lead::Lead) -> Self {
+        self.builder = Some(self.builder().lead(lead));
+        self
+    }
+
     /// Uses this state store.
     pub fn store(mut self, store: Store) -> Self {
         self.builder = Some(self.builder().store(store));

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{ActorKind, ActorState, ConnState, Health};
+use crate::lead::Lead;
 pub use crate::message::Identity;
 use crate::message::{Destination, Inbound, Incoming};
 use crate::options::ReconnectPolicy;
@@ -185,6 +186,7 @@ pub struct Link {
     closing: CancellationToken,
     pacing: Pacing,
     fatal: Fatal,
+    lead: Lead,
 }
 
 impl Link {
@@ -199,6 +201,7 @@ impl Link {
         closing: CancellationToken,
         pacing: Pacing,
         fatal: Fatal,
+        lead: Lead,
     ) -> Self {
         Self {
             router,
@@ -212,18 +215,31 @@ impl Link {
             closing,
             pacing,
             fatal,
+            lead,
         }
     }
 
-    /// Hands a message to the router.
+    /// Hands a message to the router; dropped while this process does not hold the bot's
+    /// lead (a process that was frozen reads what reached its socket meanwhile: another
+    /// process has answered it).
     pub fn incoming(&self, msg: Incoming) {
+        if !self.lead.holds() {
+            tracing::debug!(bot = %self.health.bot(), "not the bot's lead: a message heard is not routed");
+            return;
+        }
         self.router.do_send(Inbound(msg));
     }
 
-    /// The next line to send; `None` when the bot is shutting down.
+    /// The next line to send; `None` when the bot is shutting down. The bot's lead is checked
+    /// before every line: once this process has lost it, no line is given (the host ends the
+    /// session, and the line goes back to its place).
     pub async fn next_delivery(&mut self) -> Option<Delivery> {
         loop {
             let d = self.outgoing.recv().await?;
+            if !self.lead.holds() {
+                drop(d);
+                return std::future::pending().await;
+            }
             if d.stamp >= d.recall.current() {
                 return Some(d);
             }
@@ -349,6 +365,24 @@ impl<T: Transport> Actor for TransportHost<T> {
             let mut attempt = 0u32;
             loop {
                 fault_point!(link.health.bot(), TransportHost);
+                if !link.lead.holds() {
+                    link.health.update(ActorKind::Transport, kind, |s| {
+                        s.conn = Some(ConnState::Standby);
+                    });
+                    tokio::select! {
+                        () = link.lead.held() => {}
+                        () = link.closing.cancelled() => break,
+                    }
+                    link.health.heal_event(
+                        "transport",
+                        "lead",
+                        "this process holds the bot's lead now: connecting",
+                    );
+                    link.health.update(ActorKind::Transport, kind, |s| {
+                        s.conn = Some(ConnState::Connecting);
+                    });
+                    attempt = 0;
+                }
                 link.health.update(ActorKind::Transport, kind, |s| {
                     if s.conn.is_none() {
                         s.conn = Some(ConnState::Connecting);
@@ -366,9 +400,21 @@ impl<T: Transport> Actor for TransportHost<T> {
                         std::future::pending::<()>().await;
                     }
                 };
+                let lead = link.lead.clone();
                 let session = tokio::select! {
                     r = crate::supervisor::catch(transport.session(&mut link)) => Some(r),
                     () = heal.notified() => None,
+                    () = lead.lost() => {
+                        // Another process may speak for the bot now: this one goes quiet at
+                        // once, closing the connection.
+                        link.return_pending();
+                        link.health.heal_event(
+                            "transport",
+                            "lead",
+                            "this process lost the bot's lead: connection closed, standing by",
+                        );
+                        continue;
+                    }
                     () = unneeded => break,
                 };
                 // Lines handed over that the session never took go back to their places.
@@ -435,5 +481,95 @@ impl<T: Transport> Actor for TransportHost<T> {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.guard.disarm();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Sender;
+    use futures::FutureExt as _;
+    use std::time::Instant;
+
+    /// Counts what the router would have been given.
+    #[derive(Default)]
+    struct Sink(usize);
+
+    impl Actor for Sink {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<Inbound> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: Inbound, _: &mut Self::Context) {
+            self.0 += 1;
+        }
+    }
+
+    struct Count;
+
+    impl actix::Message for Count {
+        type Result = usize;
+    }
+
+    impl actix::Handler<Count> for Sink {
+        type Result = usize;
+        fn handle(&mut self, _: Count, _: &mut Self::Context) -> usize {
+            self.0
+        }
+    }
+
+    /// A process that was frozen past its lead runs again before anyone tells it: the lead's
+    /// own instant keeps it from saying the line in its hands, or acting on what it heard.
+    #[test]
+    fn without_the_lead_a_link_gives_no_line_and_routes_nothing() {
+        actix::System::new().block_on(async {
+            let sink = Sink::default().start();
+            let (tx, rx) = mpsc::channel(4);
+            let lead = Lead::elected("here:1");
+            lead.grant(
+                Instant::now() + Duration::from_secs(600),
+                std::time::SystemTime::now(),
+            );
+            let mut link = Link::new(
+                sink.clone().recipient(),
+                rx,
+                Health::new("b", "memory"),
+                "memory",
+                Arc::default(),
+                CancellationToken::new(),
+                CancellationToken::new(),
+                Pacing::new(
+                    crate::pacing::OutboxSettings::default(),
+                    &crate::pacing::Limits::unlimited(400),
+                ),
+                Fatal::default(),
+                lead.clone(),
+            );
+            let line = |text: &str| {
+                let (ack, _acked) = oneshot::channel();
+                Delivery {
+                    dest: Destination::room("#r"),
+                    text: text.into(),
+                    ack: Some(ack),
+                    stamp: 0,
+                    recall: Recall::default(),
+                }
+            };
+            let heard = || Incoming::in_room("#r", Sender::new("u"), "!x");
+
+            tx.send(line("held")).await.unwrap();
+            let d = link.next_delivery().now_or_never().flatten();
+            assert_eq!(d.map(|d| d.text.clone()), Some("held".into()));
+            link.incoming(heard());
+            assert_eq!(sink.send(Count).await.unwrap(), 1);
+
+            // Run out: nobody has said so, yet nothing goes out and nothing is routed.
+            lead.grant(Instant::now(), std::time::SystemTime::now());
+            tx.send(line("late")).await.unwrap();
+            assert!(link.next_delivery().now_or_never().is_none());
+            link.incoming(heard());
+            assert_eq!(sink.send(Count).await.unwrap(), 1);
+        });
     }
 }

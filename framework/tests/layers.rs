@@ -11,6 +11,7 @@ const ORDER: &[&str] = &[
     "message",
     "pacing",
     "options",
+    "lead",
     "store",
     "tls",
     "systemd",

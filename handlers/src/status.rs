@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use opsbot::breaker::BreakerState;
 use opsbot::health::{ActorKind, ActorState, ActorStatus, Snapshot};
+use opsbot::lead::{Holder, LeadStatus};
 use opsbot::prelude::*;
 
 /// The status handler.
@@ -72,6 +73,23 @@ fn common(a: &ActorStatus, now: SystemTime, out: &mut String) {
     }
 }
 
+/// Who speaks for the bot when several processes carry it:
+/// `lead: this process (host-a:41), for 4m10s`, or `lead: host-b:77 for 12s; this process
+/// (host-a:41) stands by`.
+pub fn lead_line(lead: &LeadStatus, now: SystemTime) -> String {
+    let since = |h: &Holder| human(now.duration_since(h.since).unwrap_or_default());
+    match (&lead.holder, lead.held) {
+        (Some(h), true) => format!("lead: this process ({}), for {}", lead.me, since(h)),
+        (Some(h), false) if h.id != lead.me => format!(
+            "lead: {} for {}; this process ({}) stands by",
+            h.id,
+            since(h),
+            lead.me
+        ),
+        _ => format!("lead: nobody known; this process ({}) stands by", lead.me),
+    }
+}
+
 /// The whole status report.
 pub fn render(s: &Snapshot, now: SystemTime) -> String {
     let mut lines = vec![
@@ -83,6 +101,9 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
             human(s.uptime),
         ),
     ];
+    if let Some(lead) = &s.lead {
+        lines.push(lead_line(lead, now));
+    }
     for a in &s.actors {
         let mut l = match a.kind {
             ActorKind::Transport => {
@@ -170,6 +191,33 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lead_line_says_who_speaks_and_since_when() {
+        let now = SystemTime::now();
+        let lead = opsbot::lead::Lead::elected("host-a:41");
+        lead.grant(
+            std::time::Instant::now() + Duration::from_secs(60),
+            now - Duration::from_secs(250),
+        );
+        assert_eq!(
+            lead_line(&lead.status().unwrap(), now),
+            "lead: this process (host-a:41), for 4m10s"
+        );
+        lead.revoke(Some(Holder::new(
+            "host-b:77",
+            now - Duration::from_secs(12),
+        )));
+        assert_eq!(
+            lead_line(&lead.status().unwrap(), now),
+            "lead: host-b:77 for 12s; this process (host-a:41) stands by"
+        );
+        lead.revoke(None);
+        assert_eq!(
+            lead_line(&lead.status().unwrap(), now),
+            "lead: nobody known; this process (host-a:41) stands by"
+        );
+    }
 
     #[test]
     fn durations_read_well() {

@@ -67,6 +67,8 @@ pub enum ConnState {
     },
     /// Closed on purpose.
     Closed,
+    /// Not connected on purpose: another process holds the bot's lead ([`crate::lead`]).
+    Standby,
 }
 
 impl ConnState {
@@ -77,6 +79,7 @@ impl ConnState {
             Self::Connected => "connected",
             Self::Reconnecting { .. } => "reconnecting",
             Self::Closed => "closed",
+            Self::Standby => "standby",
         }
     }
 }
@@ -274,17 +277,21 @@ pub struct OutboxStatus {
     pub undeliverable: u64,
     /// Lines still queued when a shutdown's deadline ran out, and so never sent.
     pub lost_at_shutdown: u64,
+    /// Lines not taken because another process holds the bot's lead ([`crate::lead`]).
+    pub standby: u64,
 }
 
 impl OutboxStatus {
     /// Every line dropped, by reason, as `!status`, the JSON API and `/metrics` all name them:
-    /// `queue_full`, `repeat` (the anti-loop guard), `undeliverable`, `shutdown`.
-    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 4] {
+    /// `queue_full`, `repeat` (the anti-loop guard), `undeliverable`, `shutdown`, `standby`
+    /// (another process speaks for the bot).
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 5] {
         [
             ("queue_full", self.dropped),
             ("repeat", self.collapsed),
             ("undeliverable", self.undeliverable),
             ("shutdown", self.lost_at_shutdown),
+            ("standby", self.standby),
         ]
     }
 

@@ -152,6 +152,18 @@ impl Collector for Metrics {
         )?;
         family(
             &mut enc,
+            "opsbot_lead_held",
+            "1 while this process holds the bot's lead (always 1 for a bot carried by one process)",
+            MetricType::Gauge,
+            snaps.iter().map(|s| {
+                (
+                    bot(s),
+                    gauge(i64::from(s.lead.as_ref().is_none_or(|l| l.held))),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
             "opsbot_transport_connected",
             "1 while the transport is connected",
             MetricType::Gauge,
