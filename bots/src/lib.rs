@@ -466,6 +466,11 @@ impl App {
             .iter()
             .map(|b| {
                 let mut builder = Bot::builder(&b.name).options(b.options.clone());
+                if cluster_config(config).is_some() {
+                    // Several processes may carry this bot: it speaks while this one holds
+                    // its lease on the cluster's NATS.
+                    builder = builder.lead(opsbot::lead::Lead::elected(process_id()));
+                }
                 builder = opsbot_transports::from_config(builder, &b.name, &b.transport)?;
                 let builder = self
                     .assemble(config, b, builder)
@@ -496,6 +501,7 @@ impl App {
         options.notify = opsbot::systemd::Notify::from_env();
         options.http = config.http.clone();
         options.healing_log = healing_log(config, &bots);
+        let mut audit = None;
         if let Some(rules) = engine_config(config)
             .transpose()
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -523,6 +529,7 @@ impl App {
                     .heal(sub, "the engine")
                     .map_err(|e| e.to_string())
             });
+            audit = Some(opsbot_engine::audit::Audit::new(&store));
             let cluster = cluster_config(config);
             if let Some(c) = cluster.as_ref().filter(|c| c.worker) {
                 start_worker(c.clone(), rules.allowed.clone(), heal.clone())?;
@@ -559,7 +566,20 @@ impl App {
                 };
             eprintln!("opsbot console: type !help (end with Ctrl-D){logs}");
         }
-        opsbot::run_process(bots, options).context("running the bots")
+        #[cfg(feature = "cluster")]
+        let elector = match cluster_config(config) {
+            Some(c) => Some(start_elector(c, &bots, audit)?),
+            None => None,
+        };
+        #[cfg(not(feature = "cluster"))]
+        let _ = audit;
+        let ran = opsbot::run_process(bots, options).context("running the bots");
+        #[cfg(feature = "cluster")]
+        if let Some(elector) = elector {
+            // Every bot has said its last: a standby may take over at its next look.
+            elector.stop(std::time::Duration::from_secs(3));
+        }
+        ran
     }
 
     /// The program: `run --config FILE`, `check --config FILE`, or with no arguments a console
@@ -661,6 +681,39 @@ const EXTENSIONS: &[&str] = &["engine", "cluster"];
 fn cluster_config(config: &Config) -> Option<ClusterConfig> {
     let table = config.extensions.get("cluster")?.clone();
     ClusterConfig::from_table(table).ok()
+}
+
+/// This process, as the bots' leases name their holder: the host, the process id, and four hex
+/// digits that tell apart two processes that were given the same id (PID 1 in containers).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+fn process_id() -> String {
+    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "opsbot".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{host}:{}-{:04x}", std::process::id(), nanos & 0xffff)
+    });
+    ID.clone()
+}
+
+/// Starts electing this process for its bots' leads on the cluster's NATS.
+#[cfg(feature = "cluster")]
+fn start_elector(
+    cluster: ClusterConfig,
+    bots: &[Bot],
+    audit: Option<opsbot_engine::audit::Audit>,
+) -> anyhow::Result<opsbot_engine::cluster::Elector> {
+    let leads = bots
+        .iter()
+        .map(|b| (b.name().to_owned(), b.lead()))
+        .collect();
+    opsbot_engine::cluster::spawn_elector(cluster, process_id(), leads, audit)
+        .context("starting the bots' leases")
 }
 
 /// A name for this worker: the host's, and the process's id.

@@ -313,6 +313,11 @@ impl Bot {
         self.health.clone()
     }
 
+    /// The bot's lead: who speaks for it when several processes carry it ([`crate::lead`]).
+    pub fn lead(&self) -> Lead {
+        self.lead.clone()
+    }
+
     /// The bot's voice: what it says reaches the bot's outbox while the bot runs.
     pub fn voice(&self) -> Voice {
         self.voice.clone()

@@ -156,10 +156,19 @@ impl Lead {
     /// What `!status` shows; `None` for a bot that is alone.
     pub fn status(&self) -> Option<LeadStatus> {
         let s = self.0.as_ref()?;
+        let held = self.holds();
+        // A lead run out by itself is nobody's that this process knows of, until the elector
+        // learns who took it.
+        let holder = s
+            .state
+            .borrow()
+            .holder
+            .clone()
+            .filter(|h| held || h.id != s.me);
         Some(LeadStatus {
             me: s.me.clone(),
-            held: self.holds(),
-            holder: s.state.borrow().holder.clone(),
+            held,
+            holder,
         })
     }
 }
@@ -187,9 +196,11 @@ mod tests {
         let st = l.status().unwrap();
         assert!(st.held);
         assert_eq!(st.holder.unwrap().id, "a:1");
-        // Run out (a frozen process wakes up past it): not held, with nobody saying so.
+        // Run out (a frozen process wakes up past it): not held, with nobody saying so, and
+        // not shown as held by this process either.
         l.grant(Instant::now(), SystemTime::now());
         assert!(!l.holds());
+        assert_eq!(l.status().unwrap().holder, None);
         l.grant(Instant::now() + Duration::from_secs(60), SystemTime::now());
         l.revoke(Some(Holder::new("b:2", SystemTime::now())));
         assert!(!l.holds());
