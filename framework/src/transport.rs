@@ -285,6 +285,14 @@ impl Link {
         *self.nick.lock().unwrap_or_else(|p| p.into_inner()) = nick.to_owned();
     }
 
+    /// Whether other processes may carry this bot and take over from this one (its lead is
+    /// elected, [`crate::lead`]): a transport whose identity is exclusive (an IRC nick) may then
+    /// find it still held by the previous holder's connection, frozen or cut off, and should
+    /// wait for the server to drop that rather than appear twice.
+    pub fn has_standbys(&self) -> bool {
+        self.lead.is_elected()
+    }
+
     /// The connection's pacing budget: charge protocol lines sent outside the outbox to it, and
     /// switch it to a server's profile once the server is known.
     pub fn pacing(&self) -> &Pacing {

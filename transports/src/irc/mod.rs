@@ -68,6 +68,14 @@ const SEND_ERROR_WINDOW: Duration = Duration::from_secs(30);
 const ERROR_CLOSE_WINDOW: Duration = Duration::from_secs(10);
 /// A JOIN into a channel nobody configured this soon after a refusal is a forward.
 const FORWARD_WINDOW: Duration = Duration::from_secs(5);
+/// How long a bot that other processes carry keeps asking for its own nick, when the server
+/// says it is taken, before it takes an alternative: the nick may be held by the previous
+/// holder's connection, frozen or cut off, which the server drops within its ping timeout
+/// (about two minutes on ngircd and InspIRCd); the bot stays unregistered meanwhile, so only
+/// one nick of the bot is ever on the server.
+const TAKEOVER_NICK_WAIT: Duration = Duration::from_secs(180);
+/// How often the nick is asked for again meanwhile.
+const TAKEOVER_NICK_RETRY: Duration = Duration::from_secs(2);
 /// Lines the bot ignores as out of place are logged at most this often per kind.
 const STRAY_LOG_EVERY: Duration = Duration::from_secs(60);
 /// The IRC transport.
@@ -81,6 +89,9 @@ pub struct Irc {
     removals: Removals<String>,
     /// Channels being joined (folded names): the outbox holds their lines until we are in.
     waiting: Arc<Mutex<BTreeSet<String>>>,
+    /// Since when the configured nick has been found taken while other processes carry this
+    /// bot (see [`TAKEOVER_NICK_WAIT`]); cleared once registered.
+    nick_wait: Option<Instant>,
 }
 
 impl Irc {
@@ -101,6 +112,7 @@ impl Irc {
             profile,
             removals: Removals::default(),
             waiting: Arc::default(),
+            nick_wait: None,
         }
     }
 }

@@ -64,6 +64,7 @@ impl Session<'_> {
     pub(super) async fn on_welcome(&mut self, me: &str) -> Result<(), TransportError> {
         self.registered = true;
         self.registered_at = Some(Instant::now());
+        self.irc.nick_wait = None;
         me.clone_into(&mut self.nick);
         self.link.set_nick(&self.nick);
         tracing::info!(server = %self.server, nick = %self.nick, "registered");
@@ -100,6 +101,24 @@ impl Session<'_> {
                 );
             }
             return Ok(());
+        }
+        if self.nick_attempt == 0 && self.link.has_standbys() {
+            let since = *self.irc.nick_wait.get_or_insert_with(Instant::now);
+            if since.elapsed() < TAKEOVER_NICK_WAIT {
+                if since.elapsed() < TAKEOVER_NICK_RETRY {
+                    self.link.heal_event(
+                        "nick",
+                        format!(
+                            "{} unavailable ({why}): perhaps held by this bot's previous holder, \
+                             frozen or cut off; asking again until the server drops it",
+                            self.nick
+                        ),
+                    );
+                }
+                // Unregistered meanwhile: the bot is not on the server twice.
+                tokio::time::sleep(TAKEOVER_NICK_RETRY).await;
+                return self.send_nick(self.nick.clone()).await;
+            }
         }
         self.nick_attempt += 1;
         let next = self.irc.nick_for(self.nick_attempt);
