@@ -466,7 +466,7 @@ impl App {
             .iter()
             .map(|b| {
                 let mut builder = Bot::builder(&b.name).options(b.options.clone());
-                if cluster_config(config).is_some() {
+                if cluster_config(config).is_some_and(|c| c.active_standby) {
                     // Several processes may carry this bot: it speaks while this one holds
                     // its lease on the cluster's NATS.
                     builder = builder.lead(opsbot::lead::Lead::elected(process_id()));
@@ -567,7 +567,7 @@ impl App {
             eprintln!("opsbot console: type !help (end with Ctrl-D){logs}");
         }
         #[cfg(feature = "cluster")]
-        let elector = match cluster_config(config) {
+        let elector = match cluster_config(config).filter(|c| c.active_standby) {
             Some(c) => Some(start_elector(c, &bots, audit)?),
             None => None,
         };

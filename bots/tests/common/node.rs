@@ -57,6 +57,7 @@ commands_per_minute = 0
 [cluster]
 servers = ["nats://127.0.0.1:{nats}"]
 name = "standby"
+active_standby = true
 lease_ttl = "{ttl}"
 
 [engine]

@@ -51,6 +51,10 @@ pub struct ClusterConfig {
     pub max_deliver: i64,
     /// How long an action may wait for NATS to take it before it is reported "not run".
     pub publish_timeout: Duration,
+    /// Whether several processes carry this config's bots (and engine), one speaking for each
+    /// bot and the others standing by, with leases on NATS. Off: every process speaks for its
+    /// bots, and NATS is only for actions.
+    pub active_standby: bool,
     /// How long a bot's lead outlives its holder's last renewal (active/standby): a standby
     /// takes over within it (plus a poll and its connect time) when the holder dies, freezes or
     /// is cut off.
@@ -103,6 +107,8 @@ struct RawCluster {
     ack_wait: Option<String>,
     max_deliver: Option<i64>,
     publish_timeout: Option<String>,
+    #[serde(default)]
+    active_standby: bool,
     lease_ttl: Option<String>,
 }
 
@@ -213,6 +219,7 @@ impl ClusterConfig {
             ack_wait,
             max_deliver,
             publish_timeout,
+            active_standby: raw.active_standby,
             lease_ttl,
         })
     }
@@ -351,8 +358,11 @@ mod tests {
         assert_eq!(c.claims_bucket(), "opsbot_claims");
         assert_eq!(c.ack_wait, Duration::from_secs(30));
         assert!(c.worker);
+        assert!(!c.active_standby, "one process per bot unless asked");
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.leases_bucket(), "opsbot_leases");
         let p = problems(
-            "servers = [\"http://x:4222\"]\nname = \"a.b\"\nuser = \"u\"\nack_wait = \"0s\"\npublish_timeout = \"2h\"\nmax_deliver = 0",
+            "servers = [\"http://x:4222\"]\nname = \"a.b\"\nuser = \"u\"\nack_wait = \"0s\"\npublish_timeout = \"2h\"\nmax_deliver = 0\nlease_ttl = \"soon\"",
         );
         for want in [
             "servers[0]: `http://x:4222` is not a NATS URL",
@@ -361,6 +371,7 @@ mod tests {
             "ack_wait: not a duration from 1s to 1h",
             "publish_timeout: not a duration from 1s to 1h",
             "max_deliver: from 1 to 100",
+            "lease_ttl: not a duration from 1s to 1h",
         ] {
             assert!(p.iter().any(|p| p.starts_with(want)), "{want}: {p:?}");
         }
