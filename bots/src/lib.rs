@@ -502,6 +502,7 @@ impl App {
         options.http = config.http.clone();
         options.healing_log = healing_log(config, &bots);
         let mut audit = None;
+        let mut engine_lead = None;
         if let Some(rules) = engine_config(config)
             .transpose()
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -534,12 +535,17 @@ impl App {
             if let Some(c) = cluster.as_ref().filter(|c| c.worker) {
                 start_worker(c.clone(), rules.allowed.clone(), heal.clone())?;
             }
+            if cluster.as_ref().is_some_and(|c| c.active_standby) {
+                // Several processes run this engine: one decides, where its bots speak.
+                engine_lead = Some(opsbot::lead::Lead::elected(process_id()));
+            }
             let wiring = opsbot_engine::driver::Wiring {
                 store,
                 voices,
                 heal,
                 reload,
                 cluster,
+                lead: engine_lead.clone(),
             };
             self.engine
                 .start(rules, wiring)
@@ -568,11 +574,11 @@ impl App {
         }
         #[cfg(feature = "cluster")]
         let elector = match cluster_config(config).filter(|c| c.active_standby) {
-            Some(c) => Some(start_elector(c, &bots, audit)?),
+            Some(c) => Some(start_elector(c, &bots, engine_lead, audit)?),
             None => None,
         };
         #[cfg(not(feature = "cluster"))]
-        let _ = audit;
+        let _ = (audit, engine_lead);
         let ran = opsbot::run_process(bots, options).context("running the bots");
         #[cfg(feature = "cluster")]
         if let Some(elector) = elector {
@@ -706,13 +712,14 @@ fn process_id() -> String {
 fn start_elector(
     cluster: ClusterConfig,
     bots: &[Bot],
+    engine: Option<opsbot::lead::Lead>,
     audit: Option<opsbot_engine::audit::Audit>,
 ) -> anyhow::Result<opsbot_engine::cluster::Elector> {
     let leads = bots
         .iter()
         .map(|b| (b.name().to_owned(), b.lead()))
         .collect();
-    opsbot_engine::cluster::spawn_elector(cluster, process_id(), leads, audit)
+    opsbot_engine::cluster::spawn_elector(cluster, process_id(), leads, engine, audit)
         .context("starting the bots' leases")
 }
 

@@ -1585,3 +1585,135 @@ fn a_bot_with_worker_true_runs_the_actions_itself() {
     assert!(done.starts_with("[A1] done"), "{done}");
     assert_eq!(counts.lock().unwrap().get("/self"), Some(&1));
 }
+
+/// Whether the bot of the process whose API is on `port` holds its lead (`None`: not known
+/// yet).
+#[cfg(feature = "cluster")]
+fn lead_held(port: u16) -> Option<bool> {
+    let (code, body) = http(port, "GET", "/api/v1/health", &[], b"");
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["bots"][0]["lead"]["held"].as_bool()
+}
+
+#[cfg(feature = "cluster")]
+fn wait_lead(port: u16, held: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lead_held(port) != Some(held) {
+        assert!(
+            Instant::now() < deadline,
+            "lead held {held} not seen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two processes run the engine (`active_standby`), each fed by one Alertmanager of an HA pair:
+/// the alert is decided once, by the process that holds the engine's lead, and acted on once.
+/// When that process is killed, the other decides the next alert, once.
+#[cfg(feature = "cluster")]
+#[test]
+fn duplicated_deliveries_to_two_engine_processes_make_one_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats"));
+    let (hook, counts) = counting_endpoint(Duration::ZERO);
+    let extra = "name = \"ha\"\nworker = true\nactive_standby = true\nlease_ttl = \"2s\"";
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Opsbot::start(&cluster_config(&dir_a, port_a, hook, nats.port, extra));
+    wait_listening(port_a);
+    wait_lead(port_a, true);
+    let mut b = Opsbot::start(&cluster_config(&dir_b, port_b, hook, nats.port, extra));
+    wait_listening(port_b);
+    wait_lead(port_b, false);
+    let am_a = Alertmanager::start(
+        &format!("http://127.0.0.1:{port_a}/api/v1/alerts/alertmanager"),
+        TOKEN,
+        &[],
+    );
+    let am_b = Alertmanager::start(
+        &format!("http://127.0.0.1:{port_b}/api/v1/alerts/alertmanager"),
+        TOKEN,
+        &[am_a.cluster_port],
+    );
+    let hook_alert = |job: &str| {
+        format!(
+            r#"[{{"labels":{{"alertname":"Hook","job":"{job}","severity":"page"}},"startsAt":"2026-01-01T00:00:00Z"}}]"#
+        )
+    };
+    am_a.post_alerts(&hook_alert("once"));
+    am_b.post_alerts(&hook_alert("once"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while am_a.notifications_sent() < 1 || am_b.notifications_sent() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "both replicas must deliver: {} and {}",
+            am_a.notifications_sent(),
+            am_b.notifications_sent()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done = a.expect(Duration::from_secs(30), |l| l.starts_with("[A1] done"));
+    assert!(done.contains("/once"), "{done}");
+    let later = a.drain(Duration::from_secs(3));
+    let all = a.seen.join("\n");
+    assert_eq!(all.matches("FIRING").count(), 1, "{all}");
+    assert_eq!(all.matches("[A1] done").count(), 1, "{all}");
+    assert!(!all.contains("[A2]"), "{all}\n{later:?}");
+    assert!(
+        b.drain(Duration::from_millis(200)).is_empty(),
+        "the standby said nothing"
+    );
+    assert_eq!(counts.lock().unwrap().get("/once"), Some(&1));
+    // Decided once: the standby's trail has its leads' steps, and not one decision.
+    let auth = format!("Bearer {ADMIN}");
+    let (code, body) = http(
+        port_b,
+        "GET",
+        "/api/v1/audit",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let trail: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let steps: Vec<&str> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    assert!(
+        steps.iter().all(|s| s.starts_with("lead ")),
+        "the standby decided something: {steps:?}"
+    );
+
+    // The deciding process dies: the other takes over and decides the next alert, once.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    wait_lead(port_b, true);
+    am_b.post_alerts(&hook_alert("next"));
+    am_a.post_alerts(&hook_alert("next"));
+    let done = b.expect(Duration::from_secs(30), |l| {
+        l.contains("done") && l.contains("/next")
+    });
+    assert!(done.starts_with("[A"), "{done}");
+    b.drain(Duration::from_secs(3));
+    let all = b.seen.join("\n");
+    let done_next = all
+        .lines()
+        .filter(|l| l.contains("done") && l.contains("/next"))
+        .count();
+    assert_eq!(done_next, 1, "said once: {all}");
+    assert_eq!(counts.lock().unwrap().get("/next"), Some(&1));
+    // The group still fires `once`, which the new engine had not seen: it may propose it
+    // again, and the workers' claim on its key keeps the effect to the one already made.
+    assert_eq!(
+        counts.lock().unwrap().get("/once"),
+        Some(&1),
+        "not again: {all}"
+    );
+}

@@ -14,6 +14,7 @@ mod node;
 
 use std::time::{Duration, Instant};
 
+use node::ADMIN;
 use node::{Node, ROOM, Room};
 use support::cut::CutProxy;
 use support::http::http;
@@ -30,8 +31,11 @@ async fn one_voice_and_a_take_over_when_the_holder_is_killed() {
     let mut a = Node::start(dir.path(), "a", irc.port, nats.port, "2s");
     a.holds(PATIENCE);
     let mut b = Node::start(dir.path(), "b", irc.port, nats.port, "2s");
-    let standby = b.stands_by(PATIENCE);
-    assert_eq!(standby["lead"]["holder"], a.me(), "{standby}");
+    b.stands_by(PATIENCE);
+    let a_me = a.me();
+    b.wait("seeing who holds the bot", PATIENCE, |v| {
+        v["lead"]["holder"] == a_me.as_str()
+    });
     let mut room = Room::join(irc.port).await;
     for i in 0..5 {
         room.ask(&format!("one-{i}")).await;
@@ -179,4 +183,46 @@ async fn a_holder_that_stops_hands_over_before_its_lease_runs_out() {
         "{:?}",
         node_a.audit()
     );
+}
+
+/// NATS down: nobody can prove it is the only voice, so the bot goes quiet (its lead runs out)
+/// and alerts are refused with a 503 that says why (Alertmanager sends them again); NATS back
+/// (its store kept): the bot speaks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_the_bot_is_quiet_and_alerts_are_refused_until_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let irc = Server::start(Kind::Ngircd);
+    let store = dir.path().join("nats");
+    let nats = Nats::start(&store);
+    let mut a = Node::start(dir.path(), "a", irc.port, nats.port, "2s");
+    a.holds(PATIENCE);
+    let mut room = Room::join(irc.port).await;
+    room.until_answered("before", PATIENCE).await;
+
+    let (port, monitor) = nats.kill();
+    a.stands_by(PATIENCE);
+    let body = br#"{"version":"4","groupKey":"g","status":"firing","receiver":"r","groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"","alerts":[{"status":"firing","labels":{"alertname":"X"},"annotations":{},"startsAt":"2026-01-01T00:00:00Z","endsAt":"","generatorURL":"","fingerprint":"f"}]}"#;
+    let auth = format!("Bearer {ADMIN}");
+    let (code, answer) = http(
+        a.api,
+        "POST",
+        "/api/v1/alerts/alertmanager",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    );
+    assert_eq!(code, 503, "{answer}");
+    assert!(answer.contains("NATS"), "{answer}");
+    assert_eq!(
+        room.bots_present().await.len(),
+        0,
+        "quiet: not even connected"
+    );
+
+    let _nats = Nats::start_on(&store, port, monitor);
+    a.holds(PATIENCE);
+    room.until_answered("after", PATIENCE).await;
+    room.each_once();
 }

@@ -78,6 +78,9 @@ pub struct Wiring {
     pub reload: Reloader,
     /// Where actions run: here (`None`), or by workers on NATS JetStream.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The engine's lead, when several processes run it (`[cluster] active_standby`): alerts
+    /// are then forwarded through NATS to whichever holds it, and only that one decides.
+    pub lead: Option<opsbot::lead::Lead>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -106,7 +109,12 @@ pub(crate) struct Shared {
     pub(crate) bounds: Bounds,
     pub(crate) verifier: Verifier,
     pub(crate) audit: Mutex<Option<Audit>>,
+    /// Where alerts go instead of this process's core, when several processes run the engine.
+    intake: Mutex<Option<mpsc::Sender<Forward>>>,
 }
+
+/// A notification to forward to the engine that holds the lead, and where to answer.
+type Forward = (Box<Notification>, Reply<usize>);
 
 /// A handle on the engine. Cheap to clone; made before the bots are built (their `engine`
 /// handlers hold one) and started once they are.
@@ -135,6 +143,7 @@ impl Engine {
                 bounds: Bounds::default(),
                 verifier: Verifier::new(300, 100_000),
                 audit: Mutex::new(None),
+                intake: Mutex::new(None),
             }),
         }
     }
@@ -155,6 +164,7 @@ impl Engine {
             heal,
             reload,
             cluster,
+            lead,
         } = wiring;
         let rx = self
             .rx
@@ -181,6 +191,15 @@ impl Engine {
             heal,
             remote,
         };
+        let standby = match (&cluster, lead) {
+            (Some(c), Some(lead)) if c.active_standby => {
+                let (i_tx, i_rx) = mpsc::channel(QUEUE);
+                *self.shared.intake.lock().unwrap_or_else(|p| p.into_inner()) = Some(i_tx);
+                Some((c.clone(), lead, i_rx))
+            }
+            _ => None,
+        };
+        let bounds = self.shared.bounds;
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
@@ -189,8 +208,13 @@ impl Engine {
                     .build()
                     .expect("a runtime for the engine");
                 rt.block_on(async move {
+                    let results_here = standby.is_none();
+                    if let Some((cfg, lead, intake)) = standby {
+                        tokio::spawn(forward(cfg.clone(), intake));
+                        tokio::spawn(lead_work(cfg, lead, bounds, tx.clone()));
+                    }
                     if let (Some(cfg), Some(queue)) = (cluster, queue) {
-                        tokio::spawn(dispatch(cfg, queue, tx.clone()));
+                        tokio::spawn(dispatch(cfg, queue, tx.clone(), results_here));
                     }
                     run(core, effects, rx, tx, world, reload, shared).await;
                 });
@@ -210,8 +234,27 @@ impl Engine {
         }
     }
 
-    /// Hands over an Alertmanager notification; answers how many of its alerts were new.
+    /// Hands over an Alertmanager notification; answers how many of its alerts were new (or,
+    /// when several processes run the engine, how many were forwarded to the one that
+    /// decides, once NATS has them).
     pub async fn alerts(&self, n: Notification) -> Result<usize, String> {
+        let intake = self
+            .shared
+            .intake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(intake) = intake {
+            let (reply, answer) = oneshot::channel();
+            intake
+                .try_send((Box::new(n), reply))
+                .map_err(|_| "the engine is busy; try again".to_owned())?;
+            return match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the engine stopped before answering".into()),
+                Err(_) => Err("NATS did not take the alerts in time".into()),
+            };
+        }
         self.ask(|r| Request::Alerts(Box::new(n), r)).await
     }
 
@@ -698,6 +741,7 @@ async fn dispatch(
     cfg: crate::cluster::ClusterConfig,
     mut queue: mpsc::Receiver<(Box<crate::record::ActionRecord>, tokio::time::Instant)>,
     tx: mpsc::Sender<Request>,
+    results_here: bool,
 ) {
     use crate::cluster::Dispatcher;
     let within = cfg.publish_timeout;
@@ -723,7 +767,9 @@ async fn dispatch(
                     match tokio::time::timeout_at(deadline, Dispatcher::new(cfg.clone())).await {
                         Ok(Ok(d)) => {
                             tracing::info!("the engine reaches its workers through NATS");
-                            read_results(d.clone(), tx.clone());
+                            if results_here {
+                                read_results(d.clone(), tx.clone());
+                            }
                             connected = Some(d.clone());
                             d
                         }
@@ -768,6 +814,90 @@ async fn dispatch(
     }
 }
 
+/// Forwards the alerts this process is given to the engine that holds the lead, through NATS;
+/// each is answered once NATS has stored it, or with why not.
+#[cfg(feature = "cluster")]
+async fn forward(cfg: crate::cluster::ClusterConfig, mut intake: mpsc::Receiver<Forward>) {
+    use crate::cluster::Dispatcher;
+    let mut connected: Option<Dispatcher> = None;
+    while let Some((n, reply)) = intake.recv().await {
+        if connected.is_none() {
+            match tokio::time::timeout(Duration::from_secs(10), Dispatcher::new(cfg.clone())).await
+            {
+                Ok(Ok(d)) => connected = Some(d),
+                Ok(Err(e)) => {
+                    let _ = reply.send(Err(format!("NATS cannot be reached: {e}")));
+                    continue;
+                }
+                Err(_) => {
+                    let _ = reply.send(Err("NATS cannot be reached".into()));
+                    continue;
+                }
+            }
+        }
+        let Some(d) = &connected else { continue };
+        let r = match tokio::time::timeout(Duration::from_secs(10), d.forward(&n)).await {
+            Ok(Ok(())) => Ok(n.alerts.len()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("NATS did not take the alerts in time".into()),
+        };
+        let _ = reply.send(r);
+    }
+}
+
+/// While this process holds the engine's lead: takes the alerts forwarded through NATS and the
+/// workers' results, and nothing while it does not (another engine decides then).
+#[cfg(feature = "cluster")]
+async fn lead_work(
+    cfg: crate::cluster::ClusterConfig,
+    lead: opsbot::lead::Lead,
+    bounds: Bounds,
+    tx: mpsc::Sender<Request>,
+) {
+    use crate::cluster::Dispatcher;
+    loop {
+        lead.held().await;
+        let d = match Dispatcher::new(cfg.clone()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "the engine's lead: NATS cannot be reached; again in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        tracing::info!("this process's engine decides: it takes alerts and results");
+        let alerts_tx = tx.clone();
+        let results_tx = tx.clone();
+        let alerts = d.alerts(&bounds, move |n| {
+            let tx = alerts_tx.clone();
+            async move {
+                let (reply, answer) = oneshot::channel();
+                if tx.send(Request::Alerts(Box::new(n), reply)).await.is_err() {
+                    return false;
+                }
+                matches!(answer.await, Ok(Ok(_)))
+            }
+        });
+        let results = d.results(move |r| {
+            let back = results_tx.clone();
+            async move { back.send(Request::Worked(r)).await.is_ok() }
+        });
+        tokio::select! {
+            r = alerts => if let Err(e) = r {
+                tracing::warn!(error = %e, "reading forwarded alerts; again in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            },
+            r = results => if let Err(e) = r {
+                tracing::warn!(error = %e, "reading workers' results; again in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            },
+            () = lead.lost() => {
+                tracing::info!("this process's engine no longer decides: another holds its lead");
+            }
+        }
+    }
+}
+
 /// Reads the workers' results for the engine, for the life of the process.
 #[cfg(feature = "cluster")]
 fn read_results(d: crate::cluster::Dispatcher, tx: mpsc::Sender<Request>) {
@@ -788,11 +918,31 @@ fn read_results(d: crate::cluster::Dispatcher, tx: mpsc::Sender<Request>) {
     });
 }
 
+/// Without the feature the config check refuses `[cluster]`: no alert is forwarded anywhere.
+#[cfg(not(feature = "cluster"))]
+async fn forward(_: crate::cluster::ClusterConfig, mut intake: mpsc::Receiver<Forward>) {
+    while let Some((_, reply)) = intake.recv().await {
+        let _ = reply.send(Err(
+            "this opsbot was built without the `cluster` feature".into()
+        ));
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn lead_work(
+    _: crate::cluster::ClusterConfig,
+    _: opsbot::lead::Lead,
+    _: Bounds,
+    _: mpsc::Sender<Request>,
+) {
+}
+
 #[cfg(not(feature = "cluster"))]
 async fn dispatch(
     _: crate::cluster::ClusterConfig,
     mut queue: mpsc::Receiver<(Box<crate::record::ActionRecord>, tokio::time::Instant)>,
     tx: mpsc::Sender<Request>,
+    _: bool,
 ) {
     // The config check refuses [cluster] in such a build; should one come anyway, nothing
     // claims to have run.

@@ -1,4 +1,5 @@
-//! Bots in active/standby across processes: one lease per bot on NATS JetStream.
+//! Bots (and engines) in active/standby across processes: one lease per bot, and one for the
+//! engine, on NATS JetStream.
 //!
 //! Several `opsbot run` processes may carry the same bot; the one holding the bot's lease
 //! speaks for it (the framework obeys an [`opsbot::lead::Lead`], see there), the others stand
@@ -42,9 +43,14 @@ struct Value {
     since_ms: u64,
 }
 
-/// What this process knows of one bot's lease.
+/// What this process knows of one lease: a bot's, or the engine's.
 struct Lease {
+    /// What it is the lease of, as logs and the audit name it: `ops` (a bot), `engine`.
     bot: String,
+    /// Its key in the bucket: `bot:<name>`, or `engine`.
+    key: String,
+    /// The engine's lease, which the bots' follow (see [`spawn_elector`]).
+    primary: bool,
     lead: Lead,
     /// The sequence of the value this process last wrote while holding it.
     held: Option<(u64, SystemTime)>,
@@ -116,8 +122,8 @@ struct Session {
 }
 
 impl Session {
-    fn subject(&self, bot: &str) -> String {
-        format!("$KV.{}.{}", self.bucket, token(bot))
+    fn subject(&self, key: &str) -> String {
+        format!("$KV.{}.{}", self.bucket, token(key))
     }
 
     /// How long a holder may speak after sending a renewal: a tenth of the time to live short
@@ -126,12 +132,12 @@ impl Session {
         self.ttl / 10
     }
 
-    async fn write(&self, bot: &str, v: &Value, expected: u64) -> Result<Wrote, String> {
+    async fn write(&self, key: &str, v: &Value, expected: u64) -> Result<Wrote, String> {
         let payload = serde_json::to_vec(v).map_err(|e| e.to_string())?;
         let sent = self
             .js
             .send_publish(
-                self.subject(bot),
+                self.subject(key),
                 jetstream::message::PublishMessage::build()
                     .payload(payload.into())
                     .expected_last_subject_sequence(expected),
@@ -146,10 +152,10 @@ impl Session {
     }
 
     /// The lease's value and its sequence, if it has one.
-    async fn read(&self, bot: &str) -> Result<Option<(Value, u64)>, String> {
+    async fn read(&self, key: &str) -> Result<Option<(Value, u64)>, String> {
         match self
             .stream
-            .get_last_raw_message_by_subject(&self.subject(bot))
+            .get_last_raw_message_by_subject(&self.subject(key))
             .await
         {
             Ok(m) => {
@@ -184,22 +190,23 @@ impl Session {
         l.lead.revoke(holder);
     }
 
-    /// One look at one lease: renews it when held, takes it when free, else notes who has it.
-    async fn look(&self, l: &mut Lease) -> Result<(), String> {
+    /// One look at one lease: renews it when held, takes it when free (and `may_take`), else
+    /// notes who has it.
+    async fn look(&self, l: &mut Lease, may_take: bool) -> Result<(), String> {
         let sent = Instant::now();
         if let Some((seq, since)) = l.held {
             let v = Value {
                 holder: Some(self.me.clone()),
                 since_ms: ms(since),
             };
-            match self.write(&l.bot, &v, seq).await? {
+            match self.write(&l.key, &v, seq).await? {
                 Wrote::Yes(seq) => {
                     l.held = Some((seq, since));
                     l.lead.grant(sent + self.ttl - self.margin(), since);
                 }
                 Wrote::Lost => {
                     let holder = self
-                        .read(&l.bot)
+                        .read(&l.key)
                         .await
                         .ok()
                         .flatten()
@@ -209,7 +216,16 @@ impl Session {
             }
             return Ok(());
         }
-        let current = self.read(&l.bot).await?;
+        let current = self.read(&l.key).await?;
+        if !may_take {
+            let holder = current.and_then(|(v, _)| {
+                v.holder
+                    .filter(|h| *h != self.me)
+                    .map(|h| Holder::new(h, at_ms(v.since_ms)))
+            });
+            l.lead.revoke(holder);
+            return Ok(());
+        }
         let expected = match &current {
             None => 0,
             Some((v, seq)) => match &v.holder {
@@ -233,12 +249,12 @@ impl Session {
             since_ms: ms(since),
         };
         let sent = Instant::now();
-        match self.write(&l.bot, &v, expected).await? {
+        match self.write(&l.key, &v, expected).await? {
             Wrote::Yes(seq) => {
                 l.held = Some((seq, since));
                 l.lead.grant(sent + self.ttl - self.margin(), since);
                 tracing::info!(bot = %l.bot, me = %self.me, "this process holds the bot's lead");
-                self.audit("lead acquired", &l.bot, "this process speaks for the bot");
+                self.audit("lead acquired", &l.bot, "this process speaks for it");
             }
             // Another standby was quicker: who it is shows at the next look.
             Wrote::Lost => {}
@@ -249,23 +265,24 @@ impl Session {
     /// Releases the leases this process holds: a value with no holder, written over its own.
     async fn release(&self, leases: &mut [Lease]) {
         for l in leases.iter_mut() {
-            let Some((seq, _)) = l.held.take() else {
-                continue;
-            };
-            l.lead.revoke(None);
-            let v = Value {
-                holder: None,
-                since_ms: ms(SystemTime::now()),
-            };
-            match self.write(&l.bot, &v, seq).await {
-                Ok(Wrote::Yes(_)) => {
-                    self.audit("lead released", &l.bot, "this process stopped");
-                }
-                Ok(Wrote::Lost) => {}
-                Err(e) => {
-                    tracing::warn!(bot = %l.bot, error = %e, "the lease could not be released")
-                }
-            }
+            self.release_one(l, "this process stopped").await;
+        }
+    }
+
+    /// Releases one lease, if this process holds it.
+    async fn release_one(&self, l: &mut Lease, why: &str) {
+        let Some((seq, _)) = l.held.take() else {
+            return;
+        };
+        l.lead.revoke(None);
+        let v = Value {
+            holder: None,
+            since_ms: ms(SystemTime::now()),
+        };
+        match self.write(&l.key, &v, seq).await {
+            Ok(Wrote::Yes(_)) => self.audit("lead released", &l.bot, why),
+            Ok(Wrote::Lost) => {}
+            Err(e) => tracing::warn!(bot = %l.bot, error = %e, "the lease could not be released"),
         }
     }
 }
@@ -286,13 +303,19 @@ impl Elector {
     }
 }
 
-/// Elects this process (`me`) for each bot's lead, on the cluster's NATS, on a thread of its
-/// own, until stopped. Without NATS no lead is held: the bots stand by (their leads run out by
-/// themselves) and the elector tries again every few seconds.
+/// Elects this process (`me`) for each bot's lead, and the engine's when it runs one, on the
+/// cluster's NATS, on a thread of its own, until stopped. Without NATS no lead is held: the
+/// bots stand by (their leads run out by themselves) and the elector tries again every few
+/// seconds.
+///
+/// The engine decides where its bots speak: a process that runs the engine takes a bot's lease
+/// only while it holds the engine's, and lets its bots' go when it loses that, so that the
+/// engine's notifications and the approvals it hears are in the same process.
 pub fn spawn_elector(
     cfg: ClusterConfig,
     me: String,
-    leads: HashMap<String, Lead>,
+    bots: HashMap<String, Lead>,
+    engine: Option<Lead>,
     audit: Option<Audit>,
 ) -> std::io::Result<Elector> {
     let stop = CancellationToken::new();
@@ -305,7 +328,7 @@ pub fn spawn_elector(
                 .enable_all()
                 .build()
                 .expect("a runtime for the elector");
-            rt.block_on(elect(cfg, me, leads, audit, token));
+            rt.block_on(elect(cfg, me, bots, engine, audit, token));
             let _ = tx.send(());
         })?;
     Ok(Elector { stop, done })
@@ -314,18 +337,30 @@ pub fn spawn_elector(
 async fn elect(
     cfg: ClusterConfig,
     me: String,
-    leads: HashMap<String, Lead>,
+    bots: HashMap<String, Lead>,
+    engine: Option<Lead>,
     audit: Option<Audit>,
     stop: CancellationToken,
 ) {
-    let mut leases: Vec<Lease> = leads
-        .into_iter()
-        .map(|(bot, lead)| Lease {
-            bot,
+    // The engine's first: the bots' follow it.
+    let mut leases: Vec<Lease> = engine
+        .map(|lead| Lease {
+            bot: "engine".into(),
+            key: "engine".into(),
+            primary: true,
             lead,
             held: None,
             failing: false,
         })
+        .into_iter()
+        .chain(bots.into_iter().map(|(bot, lead)| Lease {
+            key: format!("bot:{bot}"),
+            bot,
+            primary: false,
+            lead,
+            held: None,
+            failing: false,
+        }))
         .collect();
     loop {
         let elector = tokio::select! {
@@ -371,9 +406,16 @@ const STANDBY_LOOK: Duration = Duration::from_secs(1);
 /// at the next turn; a held lead runs out by itself meanwhile.
 async fn run(e: &Session, leases: &mut [Lease], stop: &CancellationToken) {
     loop {
+        // Without a primary (no engine here), every bot's lease is taken on its own.
+        let mut may_take = true;
         for l in leases.iter_mut() {
+            if !l.primary && !may_take && l.held.is_some() {
+                // The engine's lease went elsewhere: its bots follow it there.
+                e.release_one(l, "the engine's lead went to another process")
+                    .await;
+            }
             // Each look is bounded: a hung server must not keep the others from their turn.
-            let looked = tokio::time::timeout(e.ttl / 4, e.look(l)).await;
+            let looked = tokio::time::timeout(e.ttl / 4, e.look(l, l.primary || may_take)).await;
             match looked {
                 Ok(Ok(())) => l.failing = false,
                 Ok(Err(err)) if !l.failing => {
@@ -389,6 +431,9 @@ async fn run(e: &Session, leases: &mut [Lease], stop: &CancellationToken) {
             if l.held.is_some() && !l.lead.holds() {
                 // Not renewed in time (NATS unreachable): the lead ran out.
                 e.lost(l, None, "the lease could not be renewed in time");
+            }
+            if l.primary {
+                may_take = l.held.is_some();
             }
         }
         let holding = leases.iter().any(|l| l.held.is_some());

@@ -82,6 +82,16 @@ impl ClusterConfig {
         format!("{}.results", self.name)
     }
 
+    /// The stream of alerts for the engine that holds the engine's lead (active/standby).
+    pub fn alerts_stream(&self) -> String {
+        format!("{}_alerts", self.name)
+    }
+
+    /// The subject alerts are forwarded on.
+    pub fn alerts_subject(&self) -> String {
+        format!("{}.alerts", self.name)
+    }
+
     /// The bucket of claims.
     pub fn claims_bucket(&self) -> String {
         format!("{}_claims", self.name)

@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 
 use super::{Claim, ClusterConfig, WorkResult, token};
 use crate::action::{self, Allowed, Healer, Outcome};
+use crate::alert::{Bounds, Notification};
 use crate::driver::now_ms;
 use crate::record::ActionRecord;
 
@@ -56,6 +57,19 @@ pub async fn connect(cfg: &ClusterConfig, who: &str) -> Result<jetstream::Contex
     })
     .await
     .map_err(|e| format!("the results stream: {e}"))?;
+    if cfg.active_standby {
+        js.get_or_create_stream(stream::Config {
+            name: cfg.alerts_stream(),
+            subjects: vec![cfg.alerts_subject()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_messages: 100_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("the alerts stream: {e}"))?;
+    }
     claims(&js, cfg).await?;
     Ok(js)
 }
@@ -183,6 +197,79 @@ impl Dispatcher {
         ack.await
             .map_err(|e| format!("publishing {}: {e}", a.label()))?;
         Ok(())
+    }
+
+    /// Hands a notification to whichever engine holds the engine's lead: stored in the alerts
+    /// stream once JetStream acknowledges it, the same body within two minutes once.
+    pub async fn forward(&self, n: &Notification) -> Result<(), String> {
+        let payload = serde_json::to_vec(n).map_err(|e| e.to_string())?;
+        let id = token(&String::from_utf8_lossy(&payload));
+        let ack = self
+            .js
+            .send_publish(
+                self.cfg.alerts_subject(),
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(id),
+            )
+            .await
+            .map_err(|e| format!("forwarding alerts: {e}"))?;
+        ack.await.map_err(|e| format!("forwarding alerts: {e}"))?;
+        Ok(())
+    }
+
+    /// Reads forwarded notifications for ever, each checked with `bounds` as a webhook's body
+    /// is, handing each to `take` (which answers once the engine has it in its store); one is
+    /// acknowledged only then, and offered again a second later otherwise.
+    pub async fn alerts<F, Fut>(&self, bounds: &Bounds, take: F) -> Result<(), String>
+    where
+        F: Fn(Notification) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let stream = self
+            .js
+            .get_stream(self.cfg.alerts_stream())
+            .await
+            .map_err(|e| format!("the alerts stream: {e}"))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                "engine",
+                consumer::pull::Config {
+                    durable_name: Some("engine".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("the alerts consumer: {e}"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("reading alerts: {e}"))?;
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading an alert");
+                    continue;
+                }
+            };
+            match Notification::parse(&m.payload, bounds) {
+                Ok(n) => {
+                    if take(n).await {
+                        let _ = m.ack().await;
+                    } else {
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.0, "an unreadable forwarded alert was dropped");
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        Err("the alerts consumer ended".into())
     }
 
     /// Reads results for ever, handing each to `take` (which answers once the engine has
