@@ -280,7 +280,17 @@ impl App {
     /// Everything wrong with a config: the file's own checks, then transports, handler and
     /// poller names and their settings.
     pub fn check(&self, path: &Path) -> Result<Config, ConfigErrors> {
-        let config = Config::load_with(path, EXTENSIONS)?;
+        self.check_loaded(Config::load_with(path, EXTENSIONS)?)
+    }
+
+    /// Checks a worker's config file (`opsbot worker`): as [`App::check`], except that it needs
+    /// no `[[bot]]`, so a worker's file holds only what it uses (`[cluster]`, the `[engine]`
+    /// lists, `[log]`), and none of the bots' secrets.
+    pub fn check_worker(&self, path: &Path) -> Result<Config, ConfigErrors> {
+        self.check_loaded(Config::load_without_bots(path, EXTENSIONS)?)
+    }
+
+    fn check_loaded(&self, config: Config) -> Result<Config, ConfigErrors> {
         // Pollers and handlers take the shared client as they are built: configure it first.
         if let Err(e) = opsbot::http::init(&config.http_client) {
             return Err(ConfigErrors(vec![config.error_at(
@@ -655,7 +665,7 @@ impl App {
                     return ExitCode::from(2);
                 }
             },
-            Some(Cmd::Worker { config }) => match self.check(&config) {
+            Some(Cmd::Worker { config }) => match self.check_worker(&config) {
                 Ok(c) => worker(&c),
                 Err(errors) => {
                     eprintln!("{errors}");

@@ -1393,17 +1393,13 @@ fn an_action_a_worker_may_not_run_is_left_to_one_that_may() {
     let (hook, counts) = counting_endpoint(Duration::ZERO);
     let port = free_port();
     let keys = "name = \"t3\"\nack_wait = \"2s\"\nmax_deliver = 3";
-    // A worker elsewhere: the plain config, whose lists lack the endpoint's host.
-    let base = std::fs::read_to_string(config(dir.path(), port, "")).unwrap();
+    // A worker elsewhere, with a file of its own that holds only what a worker uses (no bot,
+    // none of the bots' secrets), whose lists lack the endpoint's host.
     let elsewhere = dir.path().join("elsewhere.toml");
-    let other = base.replace(
-        &dir.path().join("state.redb").display().to_string(),
-        &dir.path().join("elsewhere.redb").display().to_string(),
-    );
     std::fs::write(
         &elsewhere,
         format!(
-            "{other}\n[cluster]\nservers = [\"nats://127.0.0.1:{}\"]\n{keys}\n",
+            "[cluster]\nservers = [\"nats://127.0.0.1:{}\"]\n{keys}\n\n[engine]\nprograms = [\"/usr/bin/touch\"]\n",
             nats.port
         ),
     )
@@ -1716,4 +1712,182 @@ fn duplicated_deliveries_to_two_engine_processes_make_one_action() {
         Some(&1),
         "not again: {all}"
     );
+}
+
+/// The NATS-backed Kubernetes layout (`examples/kubernetes/cluster`), as shipped but for its
+/// addresses and paths: `nats.conf`'s users and permissions on a real nats-server with TLS,
+/// `bots.toml`'s bot (on the console) and engine, `worker.toml`'s worker acting on a fake
+/// Kubernetes API that grants only `workers.yaml`'s Role. An alert, an approval in chat, and a
+/// rollout restart made once by the worker; the worker's NATS user may not publish an action
+/// or touch a lease.
+#[cfg(all(feature = "cluster", feature = "kubernetes"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_cluster_layout_runs_with_its_own_users_and_permissions() {
+    use fake_kubernetes::FakeKubernetes;
+    const BOTS_PW: &str = "bots-nats-password-0123456789";
+    const WORKER_PW: &str = "worker-nats-password-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes/cluster");
+    let read = |f: &str| std::fs::read_to_string(shipped.join(f)).unwrap();
+
+    // NATS, with TLS.
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(d.join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(d.join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(d.join("ca.crt"), cert.cert.pem()).unwrap();
+    let (port, monitor) = (free_port(), free_port());
+    let mut conf = read("nats.conf")
+        .replace("port: 4222", &format!("port: {port}"))
+        .replace("http: 8222", &format!("http: {monitor}"))
+        .replace("/etc/nats/tls/", &format!("{}/", d.display()))
+        .replace("/data/jetstream", &d.join("js").display().to_string());
+    // One server here: no cluster of three.
+    let from = conf.find("\ncluster {").unwrap();
+    let to = from + conf[from..].find("\n}\n").unwrap() + 3;
+    conf.replace_range(from..to, "\n");
+    std::fs::write(d.join("nats.conf"), conf).unwrap();
+    let _nats = Nats::start_with_config(
+        &d.join("nats.conf"),
+        port,
+        monitor,
+        &[
+            ("POD_NAME", "nats-0"),
+            ("OPSBOT_NATS_PASSWORD", BOTS_PW),
+            ("WORKER_NATS_PASSWORD", WORKER_PW),
+        ],
+    );
+    let nats_here = |text: String| {
+        text.replace(
+            "tls://nats.opsbot.svc:4222",
+            &format!("tls://127.0.0.1:{port}"),
+        )
+        .replace(
+            "/etc/opsbot/nats/ca.crt",
+            &d.join("ca.crt").display().to_string(),
+        )
+    };
+
+    // The bots' config: the bot on the console, here.
+    let api = free_port();
+    let bots = nats_here(read("bots.toml"));
+    let from = bots.find("[bot.transport]").unwrap();
+    let to = bots.find("\n[engine]").unwrap();
+    let bots = format!(
+        "{}[bot.transport]\nkind = \"console\"\n{}",
+        &bots[..from],
+        &bots[to..]
+    )
+    .replace("0.0.0.0:9120", &format!("127.0.0.1:{api}"))
+    .replace(
+        "/var/lib/opsbot/state.redb",
+        &d.join("state.redb").display().to_string(),
+    )
+    .replace(
+        "admins = [\"*!*@ops.example.com\"]",
+        "admins = [\"console\"]",
+    )
+    .replace(
+        "approvers.oncall = [\"*!*@ops.example.com\"]",
+        "approvers.oncall = [\"console\"]",
+    )
+    .replace("room = \"#ops\"", "room = \"ops\"");
+    std::fs::write(d.join("bots.toml"), bots).unwrap();
+
+    // The worker, on a Kubernetes API that grants it workers.yaml's Role only.
+    let fake = FakeKubernetes::start(
+        "worker-sa-token-0123456789",
+        ("opsbot", "opsbot-worker"),
+        &read("workers.yaml"),
+    )
+    .await;
+    fake.add_deployment("prod", "web", 2);
+    std::fs::write(d.join("kubeconfig"), fake.kubeconfig()).unwrap();
+    let worker = nats_here(read("worker.toml")).replace(
+        "namespaces = [\"prod\"]",
+        &format!(
+            "namespaces = [\"prod\"]\nkubeconfig = \"{}\"",
+            d.join("kubeconfig").display()
+        ),
+    );
+    std::fs::write(d.join("worker.toml"), worker).unwrap();
+
+    let mut bot = Opsbot::start_with(&d.join("bots.toml"), &[("NATS_PASSWORD", BOTS_PW)]);
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_opsbot"))
+        .args(["worker", "--config"])
+        .arg(d.join("worker.toml"))
+        .env("NATS_PASSWORD", WORKER_PW)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_listening(api);
+    wait_lead(api, true);
+    let alert = r#"{"version":"4","groupKey":"k8s","truncatedAlerts":0,"status":"firing","receiver":"opsbot","groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"","alerts":[{"status":"firing","labels":{"alertname":"WebDown","namespace":"prod","deployment":"web","severity":"page"},"annotations":{},"startsAt":"2026-12-06T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f1"}]}"#;
+    let auth = format!("Bearer {TOKEN}");
+    let (code, body) = http(
+        api,
+        "POST",
+        "/api/v1/alerts/alertmanager",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        alert.as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let ask = bot.expect(Duration::from_secs(30), |l| l.contains("wants to"));
+    assert!(
+        ask.contains("restart deployment web in namespace prod"),
+        "{ask}"
+    );
+    bot.say("!approve A1");
+    let done = bot.expect(Duration::from_secs(30), |l| {
+        l.starts_with("[A1] done") || l.starts_with("[A1] FAILED")
+    });
+    assert!(
+        done.starts_with("[A1] done"),
+        "{done}\nworker: {}",
+        std::fs::read_to_string(d.join("worker.log")).unwrap_or_default()
+    );
+    let patches: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| format!("{s:?}").contains("PATCH"))
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+
+    // The workers' NATS user may not make the others act or speak.
+    let (tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("worker".into(), WORKER_PW.into())
+            .add_root_certificates(d.join("ca.crt"))
+            .require_tls(true)
+            .event_callback(move |e| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = e {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(format!("tls://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+    for subject in ["opsbot.actions", "opsbot.alerts", "$KV.opsbot_leases.x"] {
+        client.publish(subject, "x".into()).await.unwrap();
+        client.flush().await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), refused.recv())
+            .await
+            .unwrap_or_else(|_| panic!("publishing to {subject} was not refused"))
+            .unwrap();
+        assert!(
+            e.to_lowercase().contains("permissions violation") && e.contains(subject),
+            "{subject}: {e}"
+        );
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
 }

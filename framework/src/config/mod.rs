@@ -185,6 +185,21 @@ impl Config {
         Self::from_str_with(path, &text, extensions)
     }
 
+    /// Like [`Config::load_with`], for a process that runs no bot (a worker of a crate built on
+    /// the framework): a file without `[[bot]]` tables is then whole.
+    pub fn load_without_bots(path: &Path, extensions: &[&str]) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                key: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::validate(path, &text, extensions, false)
+    }
+
     /// Validates `text` as if read from `path`.
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
         Self::from_str_with(path, text, &[])
@@ -197,11 +212,21 @@ impl Config {
         text: &str,
         extensions: &[&str],
     ) -> Result<Self, ConfigErrors> {
+        Self::validate(path, text, extensions, true)
+    }
+
+    fn validate(
+        path: &Path,
+        text: &str,
+        extensions: &[&str],
+        bots_required: bool,
+    ) -> Result<Self, ConfigErrors> {
         let (raw, tables) = parse(path, text, extensions)?;
         let mut v = Validator {
             file: path.to_owned(),
             text,
             errors: Vec::new(),
+            bots_required,
         };
         let mut config = v.config(raw);
         config.extensions = tables;

@@ -132,6 +132,8 @@ pub(super) struct Validator<'a> {
     pub(super) file: PathBuf,
     pub(super) text: &'a str,
     pub(super) errors: Vec<ConfigError>,
+    /// Whether a file without `[[bot]]` is refused (it is, but for a process that runs none).
+    pub(super) bots_required: bool,
 }
 
 /// The line of `key` in `text`, when the key's last segment appears once as a key there.
@@ -292,7 +294,7 @@ impl Validator<'_> {
                 Some("a level such as `info`, or directives such as `opsbot=debug,warn`"),
             );
         }
-        if raw.bot.is_empty() {
+        if raw.bot.is_empty() && self.bots_required {
             self.error(
                 "bot".into(),
                 "no bot is defined",

@@ -46,6 +46,33 @@ impl Nats {
         }
     }
 
+    /// With a config file of its own (which must listen on `port`, with monitoring on
+    /// `monitor`), and `env` for the `$VARIABLES` it names.
+    pub fn start_with_config(config: &Path, port: u16, monitor: u16, env: &[(&str, &str)]) -> Self {
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http(monitor, "GET", "/healthz?js-enabled-only=true", &[], b"").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start with {}",
+                config.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            monitor,
+        }
+    }
+
     /// Messages in JetStream, as the server's monitoring endpoint counts them.
     pub fn messages(&self) -> u64 {
         let (_, body) = http(self.monitor, "GET", "/jsz", &[], b"");
