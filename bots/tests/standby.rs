@@ -226,3 +226,38 @@ async fn with_nats_down_the_bot_is_quiet_and_alerts_are_refused_until_it_is_back
     room.until_answered("after", PATIENCE).await;
     room.each_once();
 }
+
+/// A renewal that reached NATS but whose answer the holder never heard moves the lease's
+/// sequence under it: the holder finds the lease still its own and goes on holding it, without
+/// a blip (its connection stays up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_never_heard_answered_does_not_cost_the_lead() {
+    let dir = tempfile::tempdir().unwrap();
+    let irc = Server::start(Kind::Ngircd);
+    let nats = Nats::start(&dir.path().join("nats"));
+    let mut a = Node::start(dir.path(), "a", irc.port, nats.port, "2s");
+    a.holds(PATIENCE);
+    let me = a.me();
+    let since = a.bot()["lead"]["since_unix"].as_u64().unwrap() * 1000;
+    // What the holder's own renewal would have written, as if its answer had been lost.
+    let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = format!(
+        "$KV.standby_leases.{}",
+        opsbot_engine::cluster::token("bot:ops")
+    );
+    let value = format!(r#"{{"holder":"{me}","since_ms":{since}}}"#);
+    js.publish(subject, value.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Several renewals later: held all along.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = a.holds(PATIENCE);
+    assert_eq!(st["transport"]["reconnects"], 0, "{st}");
+    let (_, healing) = http(a.api, "GET", "/api/v1/healing-log", &[], b"");
+    assert!(!healing.contains("lost the bot's lead"), "{healing}");
+}

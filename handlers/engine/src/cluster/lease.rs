@@ -63,6 +63,14 @@ fn ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The value of a lease held by `me` since `since`.
+fn v_mine(me: &str, since: SystemTime) -> Value {
+    Value {
+        holder: Some(me.to_owned()),
+        since_ms: ms(since),
+    }
+}
+
 fn at_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -205,11 +213,22 @@ impl Session {
                     l.lead.grant(sent + self.ttl - self.margin(), since);
                 }
                 Wrote::Lost => {
-                    let holder = self
-                        .read(&l.key)
-                        .await
-                        .ok()
-                        .flatten()
+                    let current = self.read(&l.key).await.ok().flatten();
+                    if let Some((v, seq)) = &current
+                        && v.holder.as_deref() == Some(&self.me)
+                    {
+                        // Still ours: a renewal whose answer this process never heard moved
+                        // the sequence. Renewed from there, the lead goes on without a blip.
+                        let again = Instant::now();
+                        if let Wrote::Yes(seq) =
+                            self.write(&l.key, &v_mine(&self.me, since), *seq).await?
+                        {
+                            l.held = Some((seq, since));
+                            l.lead.grant(again + self.ttl - self.margin(), since);
+                            return Ok(());
+                        }
+                    }
+                    let holder = current
                         .and_then(|(v, _)| v.holder.map(|h| Holder::new(h, at_ms(v.since_ms))));
                     self.lost(l, holder, "the lease expired before it was renewed");
                 }
