@@ -61,6 +61,7 @@ pub mod options;
 mod outbox;
 pub mod pacing;
 mod poller;
+pub mod rich;
 pub mod router;
 pub mod settings;
 mod shared;

@@ -8,6 +8,7 @@ use std::path::Path;
 const ORDER: &[&str] = &[
     // values
     "text",
+    "rich",
     "message",
     "pacing",
     "options",
