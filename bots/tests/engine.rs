@@ -1767,6 +1767,8 @@ async fn the_kubernetes_cluster_layout_runs_with_its_own_users_and_permissions()
             "/etc/opsbot/nats/ca.crt",
             &d.join("ca.crt").display().to_string(),
         )
+        // One server here, so one copy of each stream.
+        .replace("replicas = 3", "replicas = 1")
     };
 
     // The bots' config: the bot on the console, here.

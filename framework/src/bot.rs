@@ -246,7 +246,7 @@ impl BotBuilder {
             table,
             store,
             health,
-            voice: Voice::default(),
+            voice: Voice::with_lead(self.lead.clone()),
             lead: self.lead,
         })
     }

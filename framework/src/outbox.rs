@@ -75,6 +75,8 @@ enum Undelivered {
     Dropped,
     /// The destination is not ready; try again after the wait.
     Held(Duration),
+    /// This process lost the bot's lead before the line was handed over: dropped.
+    Standby,
 }
 
 /// Whether a destination's name could ever be an address: not empty, and no whitespace or
@@ -141,6 +143,9 @@ pub(crate) struct Outbox {
     health: Health,
     guard: CoreGuard,
     lead: Lead,
+    /// How many times the lead was lost: a line whose handing began before a loss is dropped
+    /// even when the lead is back by the time its turn comes.
+    lead_losses: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Outbox {
@@ -177,6 +182,7 @@ impl Outbox {
             health,
             guard,
             lead,
+            lead_losses: Arc::default(),
         }
     }
 
@@ -357,9 +363,47 @@ impl Outbox {
         self.queued == 0 && self.in_flight == 0
     }
 
+    /// Drops every line still waiting (not in the transport's hands): this process lost the
+    /// bot's lead, and said later they would come late, and perhaps after another process has
+    /// answered the same. Lines in flight come back and are dropped in their turn.
+    fn drop_for_standby(&mut self) {
+        let mut dropped = 0u64;
+        // Chosen, still waiting for the pace: never to be handed over.
+        for h in std::mem::take(&mut self.to_hand) {
+            self.land(h.flight, &h.dest, true, None);
+            dropped += 1;
+        }
+        self.queues.retain(|_, q| {
+            let before = q.len();
+            q.retain(|e| e.flight.is_some());
+            dropped += (before - q.len()) as u64;
+            !q.is_empty()
+        });
+        // Only destinations with a line waiting take turns (none is left waiting here).
+        let queues = &self.queues;
+        self.rotation.retain(|d| {
+            queues
+                .get(d)
+                .is_some_and(|q| q.iter().any(|e| e.flight.is_none()))
+        });
+        self.dropped.clear();
+        self.queued = 0;
+        if dropped > 0 {
+            tracing::warn!(
+                bot = %self.health.bot(),
+                dropped,
+                "not the bot's lead any more: lines that had not gone out are dropped"
+            );
+            self.health.update_outbox(|o| o.standby += dropped);
+        }
+    }
+
     fn pump(&mut self, ctx: &mut actix::Context<Self>) {
         if self.scheduled || self.closed.load(Ordering::Acquire) {
             return;
+        }
+        if self.queued > 0 && !self.lead.holds() {
+            self.drop_for_standby();
         }
         if self.in_flight == 0 {
             // Every line that came back has taken its place again: lines chosen now are fresh.
@@ -417,6 +461,9 @@ impl Outbox {
         let pacing = self.pacing.clone();
         let tx = self.transport.clone();
         let closed = self.closed.clone();
+        let lead = self.lead.clone();
+        let losses = self.lead_losses.clone();
+        let seen = losses.load(Ordering::Acquire);
         let fut = async move {
             while let Err(wait) = pacing.check_global(&dest, &line) {
                 actix::clock::sleep(wait).await;
@@ -424,6 +471,10 @@ impl Outbox {
             if closed.load(Ordering::Acquire) {
                 // The shutdown deadline passed while this line waited for its turn.
                 return (flight, dest, Err(Undelivered::Closed));
+            }
+            if !lead.holds() || losses.load(Ordering::Acquire) != seen {
+                // Another process speaks (or spoke, while this line waited) for the bot.
+                return (flight, dest, Err(Undelivered::Standby));
             }
             let (ack, acked) = oneshot::channel();
             let delivery = Delivery {
@@ -521,6 +572,10 @@ impl Outbox {
                 self.land(flight, &dest, true, None);
                 return;
             }
+            Undelivered::Standby => {
+                self.land(flight, &dest, true, None);
+                self.health.update_outbox(|o| o.standby += 1);
+            }
             Undelivered::TransportGone => {
                 // The transport is gone for good (shutdown): nothing can be sent.
                 let lost = self.queued + self.in_flight;
@@ -549,6 +604,19 @@ impl Actor for Outbox {
     }
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.lead.is_elected() {
+            // Whenever the lead is lost, what waits is dropped at once (nothing else may wake
+            // the outbox while its window is full of lines the transport will never take).
+            let lead = self.lead.clone();
+            ctx.add_stream(futures::StreamExt::map(
+                futures::stream::unfold(lead, |lead| async move {
+                    lead.held().await;
+                    lead.lost().await;
+                    Some(((), lead))
+                }),
+                |()| LeadLost,
+            ));
+        }
         // Forget old anti-loop entries and idle limiter keys now and then.
         ctx.run_interval(Duration::from_secs(60), |act, _| {
             let now = Instant::now();
@@ -562,6 +630,20 @@ impl Actor for Outbox {
             }
         });
     }
+}
+
+/// This process lost the bot's lead.
+struct LeadLost;
+
+impl actix::StreamHandler<LeadLost> for Outbox {
+    fn handle(&mut self, _: LeadLost, ctx: &mut Self::Context) {
+        self.lead_losses.fetch_add(1, Ordering::AcqRel);
+        self.drop_for_standby();
+        self.publish();
+        self.pump(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl actix::Handler<Say> for Outbox {

@@ -345,7 +345,15 @@ fn wrap(t: &str, style: Style, irc: &str, xmpp: &str, md: &str, ansi: (&str, &st
     match style {
         Style::Plain => body,
         Style::Irc => format!("{irc}{body}{irc}"),
-        Style::XmppStyling => format!("{xmpp}{}{xmpp}", body.trim()),
+        // Inside the span, its own directive would close it early.
+        Style::XmppStyling => {
+            let inner = match xmpp {
+                "*" => body.trim().replace('*', "\u{2217}"),
+                "_" => body.trim().replace('_', "\u{FF3F}"),
+                _ => body.trim().to_owned(),
+            };
+            format!("{xmpp}{inner}{xmpp}")
+        }
         Style::Markdown => format!("{md}{body}{md}"),
         Style::Ansi => format!("{}{body}{}", ansi.0, ansi.1),
     }
@@ -362,7 +370,10 @@ fn span(s: &Span, style: Style) -> String {
                 Style::Plain => t,
                 Style::Irc => format!("\x11{t}\x11"),
                 // Inside a code span nothing is styled, but a backquote would end it.
-                Style::XmppStyling => format!("`{}`", t.replace('`', "\u{02CB}")),
+                // A span cannot start or end with whitespace (it would not open, and its
+                // text would be styled).
+                Style::XmppStyling if t.trim().is_empty() => t,
+                Style::XmppStyling => format!("`{}`", t.trim().replace('`', "\u{02CB}")),
                 Style::Markdown => {
                     // A run of backquotes longer than any inside, and spaces if it touches one.
                     let longest = t.split(|c| c != '`').map(str::len).max().unwrap_or(0);
@@ -382,6 +393,7 @@ fn span(s: &Span, style: Style) -> String {
             let shown = text(t, style);
             if style == Style::Markdown && linkable(&url) {
                 let target = url
+                    .replace('\\', "%5C")
                     .replace('(', "%28")
                     .replace(')', "%29")
                     .replace('<', "%3C")
@@ -684,6 +696,28 @@ mod tests {
             r.render(Style::XmppStyling),
             "`a \u{02CB}b\u{02CB} c` and `\u{02CB}x`"
         );
+    }
+
+    #[test]
+    fn xmpp_spans_hold_their_own_directives_and_no_edge_spaces() {
+        let r = Rich::new().para(
+            Line::new()
+                .bold("a*b")
+                .text(" ")
+                .italic("x_y")
+                .text(" ")
+                .code(" *x* "),
+        );
+        assert_eq!(
+            r.render(Style::XmppStyling),
+            "*a\u{2217}b* _x\u{FF3F}y_ `*x*`"
+        );
+    }
+
+    #[test]
+    fn a_backslash_in_a_link_target_cannot_break_the_link() {
+        let r = Rich::new().para(Line::new().link("x", "https://a.example/b\\"));
+        assert_eq!(r.render(Style::Markdown), "[x](https://a.example/b%5C)");
     }
 
     #[test]

@@ -163,6 +163,11 @@ pub trait Transport: Send + 'static {
         Identity::Address
     }
 
+    /// This process lost the bot's lead ([`crate::lead`]) and its session was dropped: forget
+    /// what a later session would otherwise resume or send again (unacknowledged lines kept
+    /// for a stream's resumption), since another process speaks for the bot now.
+    fn lead_lost(&mut self) {}
+
     /// Runs one connection until it ends. Pass every message heard to [`Link::incoming`],
     /// send what [`Link::next_delivery`] gives, and return `Ok(SessionEnd::Finished)` when it
     /// answers `None` (the bot is shutting down).
@@ -410,12 +415,14 @@ impl<T: Transport> Actor for TransportHost<T> {
                 };
                 let lead = link.lead.clone();
                 let session = tokio::select! {
-                    r = crate::supervisor::catch(transport.session(&mut link)) => Some(r),
-                    () = heal.notified() => None,
+                    // The lead first: a process that wakes up past its lead (after SIGSTOP)
+                    // finds it lost and the session ready in the same turn, and must not write.
+                    biased;
                     () = lead.lost() => {
                         // Another process may speak for the bot now: this one goes quiet at
                         // once, closing the connection.
                         link.return_pending();
+                        transport.lead_lost();
                         link.health.heal_event(
                             "transport",
                             "lead",
@@ -423,6 +430,8 @@ impl<T: Transport> Actor for TransportHost<T> {
                         );
                         continue;
                     }
+                    r = crate::supervisor::catch(transport.session(&mut link)) => Some(r),
+                    () = heal.notified() => None,
                     () = unneeded => break,
                 };
                 // Lines handed over that the session never took go back to their places.

@@ -24,6 +24,22 @@ impl Handler for Slow {
     }
 }
 
+/// Twenty lines at once.
+#[derive(Clone)]
+struct Many;
+
+impl Handler for Many {
+    const NAME: &'static str = "many";
+    const COMMANDS: &'static [Command] = &[Command::new("many", "", "Say twenty lines.")];
+
+    async fn command(&mut self, cx: &mut Context, _call: Call) -> Result {
+        for i in 1..=20 {
+            cx.reply(format!("line {i}"));
+        }
+        Ok(())
+    }
+}
+
 fn conn(s: &Snapshot) -> Option<ConnState> {
     s.actor(ActorKind::Transport, "memory")
         .and_then(|t| t.conn.clone())
@@ -95,4 +111,36 @@ async fn a_lead_that_runs_out_unrenewed_closes_the_transport_by_itself() {
     bot.wait_status("standing by", |s| conn(s) == Some(ConnState::Standby))
         .await;
     assert!(!lead.holds());
+}
+
+#[tokio::test]
+async fn lines_waiting_when_the_lead_is_lost_never_come_out_later() {
+    let lead = Lead::elected("here:1");
+    let mut limits = opsbot::transport::Limits::unlimited(400);
+    // Two lines a second: most of twenty are still queued when the lead goes.
+    limits.global = Some(opsbot::pacing::Rate::new(2.0, 1));
+    let mut bot = TestBot::with_limits(limits)
+        .with(Echo)
+        .with(Many)
+        .lead(lead.clone());
+    lead.grant(far(), SystemTime::now());
+    bot.send("!many");
+    assert_eq!(bot.reply().await, "line 1");
+    lead.revoke(Some(Holder::new("there:2", SystemTime::now())));
+    let s = bot
+        .wait_status("the rest dropped", |s| {
+            conn(s) == Some(ConnState::Standby) && s.outbox.queued == 0 && s.outbox.standby > 0
+        })
+        .await;
+    assert!(s.outbox.standby >= 15, "{:?}", s.outbox);
+    lead.grant(far(), SystemTime::now());
+    bot.wait_status("connected again", |s| conn(s) == Some(ConnState::Connected))
+        .await;
+    let said: Vec<String> = bot.drain_said().into_iter().map(|s| s.text).collect();
+    bot.send("!echo fresh");
+    let next = bot.reply().await;
+    assert_eq!(
+        next, "fresh",
+        "nothing from before the loss (already said: {said:?})"
+    );
 }

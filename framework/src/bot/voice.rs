@@ -9,11 +9,20 @@ use tokio::sync::oneshot;
 
 /// Says things through a bot while it runs. Cheap to clone, usable from any thread.
 #[derive(Clone, Debug, Default)]
-pub struct Voice(Arc<Mutex<Option<Addr<Outbox>>>>);
+pub struct Voice(Arc<Mutex<Option<Addr<Outbox>>>>, Lead);
 
 impl Voice {
-    /// Queues `text` for `dest`; answers `false` (and drops it) when the bot is not running.
+    /// A voice that speaks only while `lead` is held.
+    pub(super) fn with_lead(lead: Lead) -> Self {
+        Self(Arc::default(), lead)
+    }
+
+    /// Queues `text` for `dest`; answers `false` (and drops it) when the bot is not running,
+    /// or another process speaks for it ([`crate::lead`]).
     pub fn say(&self, dest: Destination, text: impl Into<String>) -> bool {
+        if !self.1.holds() {
+            return false;
+        }
         match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(outbox) if outbox.connected() => {
                 outbox.do_send(Say::new(Outgoing::new(dest, text)));
@@ -25,8 +34,12 @@ impl Voice {
 
     /// Queues `text` for `dest` like [`Voice::say`], and answers a receipt that learns the id
     /// the chat service gave the message once it is written (to answer later in its thread);
-    /// `None` (and nothing queued) when the bot is not running.
+    /// `None` (and nothing queued) when the bot is not running, or another process speaks for
+    /// it.
     pub fn post(&self, dest: Destination, text: impl Into<String>) -> Option<Posted> {
+        if !self.1.holds() {
+            return None;
+        }
         match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(outbox) if outbox.connected() => {
                 let (tx, rx) = oneshot::channel();
@@ -37,13 +50,15 @@ impl Voice {
         }
     }
 
-    /// Whether the bot is running (what is said now is queued).
+    /// Whether the bot is running and speaks from this process (what is said now is queued).
     pub fn is_running(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(Addr::connected)
+        self.1.holds()
+            && self
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(Addr::connected)
     }
 
     pub(super) fn set(&self, outbox: Option<Addr<Outbox>>) {

@@ -668,6 +668,22 @@ async fn run(
                 Err(e) => tracing::error!(error = %e, "the engine's store failed"),
             },
             Request::Worked(r) => {
+                // Each engine numbers its own actions: a result for another engine's action
+                // (one that held the lead before) must not finish this one's of that number.
+                match core.action(r.id) {
+                    Ok(Some(a)) if a.key == r.key => {}
+                    Ok(_) => {
+                        tracing::info!(
+                            id = r.id,
+                            "a worker's result for an action this engine did not publish; left alone"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the engine's store failed");
+                        continue;
+                    }
+                }
                 let fx = match r.outcome {
                     Some(o) => core.finished(r.id, o, now),
                     None => core.unknown(

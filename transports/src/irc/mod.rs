@@ -402,6 +402,11 @@ impl Transport for Irc {
         "irc"
     }
 
+    fn lead_lost(&mut self) {
+        // A later take-over waits for the nick afresh.
+        self.nick_wait = None;
+    }
+
     fn limits(&self) -> Limits {
         self.limits(self.cfg.nick.len().max(9) + 1 + ASSUMED_USER + 1 + ASSUMED_HOST)
     }

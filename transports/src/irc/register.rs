@@ -102,7 +102,8 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        if self.nick_attempt == 0 && self.link.has_standbys() {
+        // 432: the server refuses the nick itself; no wait makes it take it.
+        if self.nick_attempt == 0 && code != 432 && self.link.has_standbys() {
             let since = *self.irc.nick_wait.get_or_insert_with(Instant::now);
             if since.elapsed() < TAKEOVER_NICK_WAIT {
                 if since.elapsed() < TAKEOVER_NICK_RETRY {

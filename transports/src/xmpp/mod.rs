@@ -373,6 +373,13 @@ impl Transport for Xmpp {
         "xmpp"
     }
 
+    fn lead_lost(&mut self) {
+        // Another process speaks for the bot now: no stream of ours to resume, and the
+        // replies the server had not acknowledged go back to the outbox, which drops them.
+        self.sm = None;
+        self.unacked.clear();
+    }
+
     fn limits(&self) -> Limits {
         self.limits_for()
     }

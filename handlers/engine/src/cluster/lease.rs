@@ -91,6 +91,7 @@ async fn bucket(
             max_age: cfg.lease_ttl,
             allow_rollup: true,
             deny_delete: true,
+            num_replicas: cfg.replicas,
             ..Default::default()
         })
         .await
@@ -101,6 +102,12 @@ async fn bucket(
         .map_err(|e| format!("the leases bucket: {e}"))?
         .config
         .max_age;
+    if ttl.is_zero() {
+        // Made elsewhere without a max age: no lease would ever expire.
+        return Err(format!(
+            "the leases bucket KV_{name} keeps values for ever (no max age): it cannot hold leases; delete it or give it a max age"
+        ));
+    }
     if ttl != cfg.lease_ttl {
         tracing::warn!(
             bucket = %name,

@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     /// bot and the others standing by, with leases on NATS. Off: every process speaks for its
     /// bots, and NATS is only for actions.
     pub active_standby: bool,
+    /// How many NATS servers keep a copy of each stream and bucket (3 on a cluster of three, so
+    /// that losing one loses nothing).
+    pub replicas: usize,
     /// How long a bot's lead outlives its holder's last renewal (active/standby): a standby
     /// takes over within it (plus a poll and its connect time) when the holder dies, freezes or
     /// is cut off.
@@ -120,6 +123,7 @@ struct RawCluster {
     #[serde(default)]
     active_standby: bool,
     lease_ttl: Option<String>,
+    replicas: Option<usize>,
 }
 
 impl ClusterConfig {
@@ -211,6 +215,13 @@ impl ClusterConfig {
             &mut errors,
         );
         let lease_ttl = within_an_hour(raw.lease_ttl.as_deref(), "lease_ttl", 10, &mut errors);
+        let replicas = raw.replicas.unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            errors.push(
+                SettingsError::at("replicas", "from 1 to 5")
+                    .hint("3 on a NATS cluster of three, 1 on a single server"),
+            );
+        }
         let max_deliver = raw.max_deliver.unwrap_or(5);
         if !(1..=100).contains(&max_deliver) {
             errors.push(SettingsError::at("max_deliver", "from 1 to 100"));
@@ -231,6 +242,7 @@ impl ClusterConfig {
             publish_timeout,
             active_standby: raw.active_standby,
             lease_ttl,
+            replicas,
         })
     }
 }
@@ -372,7 +384,7 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.leases_bucket(), "opsbot_leases");
         let p = problems(
-            "servers = [\"http://x:4222\"]\nname = \"a.b\"\nuser = \"u\"\nack_wait = \"0s\"\npublish_timeout = \"2h\"\nmax_deliver = 0\nlease_ttl = \"soon\"",
+            "servers = [\"http://x:4222\"]\nname = \"a.b\"\nuser = \"u\"\nack_wait = \"0s\"\npublish_timeout = \"2h\"\nmax_deliver = 0\nlease_ttl = \"soon\"\nreplicas = 7",
         );
         for want in [
             "servers[0]: `http://x:4222` is not a NATS URL",
@@ -382,6 +394,7 @@ mod tests {
             "publish_timeout: not a duration from 1s to 1h",
             "max_deliver: from 1 to 100",
             "lease_ttl: not a duration from 1s to 1h",
+            "replicas: from 1 to 5",
         ] {
             assert!(p.iter().any(|p| p.starts_with(want)), "{want}: {p:?}");
         }

@@ -42,6 +42,7 @@ pub async fn connect(cfg: &ClusterConfig, who: &str) -> Result<jetstream::Contex
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         max_messages: 100_000,
+        num_replicas: cfg.replicas,
         ..Default::default()
     })
     .await
@@ -53,6 +54,7 @@ pub async fn connect(cfg: &ClusterConfig, who: &str) -> Result<jetstream::Contex
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         max_messages: 100_000,
+        num_replicas: cfg.replicas,
         ..Default::default()
     })
     .await
@@ -65,6 +67,10 @@ pub async fn connect(cfg: &ClusterConfig, who: &str) -> Result<jetstream::Contex
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             max_messages: 100_000,
+            // Full: new alerts are refused (the sender gets a 503 and sends again), never
+            // stored ones dropped.
+            discard: stream::DiscardPolicy::New,
+            num_replicas: cfg.replicas,
             ..Default::default()
         })
         .await
@@ -156,6 +162,7 @@ async fn claims(js: &jetstream::Context, cfg: &ClusterConfig) -> Result<Claims, 
             allow_rollup: true,
             deny_delete: true,
             discard: stream::DiscardPolicy::New,
+            num_replicas: cfg.replicas,
             ..Default::default()
         })
         .await
