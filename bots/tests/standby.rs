@@ -21,17 +21,46 @@ use support::http::http;
 use support::nats::Nats;
 use support::{Kind, Server};
 
+/// An ngircd, a nats-server, and two processes carrying the bot: `a` holding it, `b` standing
+/// by. Dropped in that order: the processes first.
+struct Pair {
+    a: Node,
+    b: Node,
+    nats: Nats,
+    irc: Server,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn start(ttl: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let irc = Server::start(Kind::Ngircd);
+        let nats = Nats::start(&dir.path().join("nats"));
+        let mut a = Node::start(dir.path(), "a", irc.port, nats.port, ttl);
+        a.holds(PATIENCE);
+        let mut b = Node::start(dir.path(), "b", irc.port, nats.port, ttl);
+        b.stands_by(PATIENCE);
+        Self {
+            a,
+            b,
+            nats,
+            irc,
+            dir,
+        }
+    }
+}
+
 const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_voice_and_a_take_over_when_the_holder_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let irc = Server::start(Kind::Ngircd);
-    let nats = Nats::start(&dir.path().join("nats"));
-    let mut a = Node::start(dir.path(), "a", irc.port, nats.port, "2s");
-    a.holds(PATIENCE);
-    let mut b = Node::start(dir.path(), "b", irc.port, nats.port, "2s");
-    b.stands_by(PATIENCE);
+    let Pair {
+        dir: _dir,
+        irc,
+        nats: _nats,
+        mut a,
+        mut b,
+    } = Pair::start("2s");
     let a_me = a.me();
     b.wait("seeing who holds the bot", PATIENCE, |v| {
         v["lead"]["holder"] == a_me.as_str()
@@ -70,13 +99,13 @@ async fn one_voice_and_a_take_over_when_the_holder_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_holder_is_quiet_when_it_runs_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let irc = Server::start(Kind::Ngircd);
-    let nats = Nats::start(&dir.path().join("nats"));
-    let mut a = Node::start(dir.path(), "a", irc.port, nats.port, "2s");
-    a.holds(PATIENCE);
-    let mut b = Node::start(dir.path(), "b", irc.port, nats.port, "2s");
-    b.stands_by(PATIENCE);
+    let Pair {
+        dir: _dir,
+        irc,
+        nats: _nats,
+        mut a,
+        mut b,
+    } = Pair::start("2s");
     let mut room = Room::join(irc.port).await;
     room.until_answered("before", PATIENCE).await;
 

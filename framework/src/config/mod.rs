@@ -173,30 +173,14 @@ impl Config {
     /// Reads and validates a file in which the top-level tables named in `extensions` are
     /// allowed: they are set aside in [`Config::extensions`] for the crates that own them.
     pub fn load_with(path: &Path, extensions: &[&str]) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                key: String::new(),
-                line: None,
-                message: format!("cannot read: {e}"),
-                hint: None,
-            }])
-        })?;
+        let text = read(path)?;
         Self::from_str_with(path, &text, extensions)
     }
 
     /// Like [`Config::load_with`], for a process that runs no bot (a worker of a crate built on
     /// the framework): a file without `[[bot]]` tables is then whole.
     pub fn load_without_bots(path: &Path, extensions: &[&str]) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                key: String::new(),
-                line: None,
-                message: format!("cannot read: {e}"),
-                hint: None,
-            }])
-        })?;
+        let text = read(path)?;
         Self::validate(path, &text, extensions, false)
     }
 
@@ -283,6 +267,19 @@ impl Config {
             }],
         }
     }
+}
+
+/// The text of a config file, or why it cannot be read.
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            line: None,
+            message: format!("cannot read: {e}"),
+            hint: None,
+        }])
+    })
 }
 
 #[cfg(test)]

@@ -35,49 +35,121 @@ pub async fn connect(cfg: &ClusterConfig, who: &str) -> Result<jetstream::Contex
         .await
         .map_err(|e| format!("NATS at {}: {e}", cfg.servers.join(", ")))?;
     let js = jetstream::new(client);
-    js.get_or_create_stream(stream::Config {
-        name: cfg.actions_stream(),
-        subjects: vec![cfg.actions_subject()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        max_messages: 100_000,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("the actions stream: {e}"))?;
-    js.get_or_create_stream(stream::Config {
-        name: cfg.results_stream(),
-        subjects: vec![cfg.results_subject()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        max_messages: 100_000,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("the results stream: {e}"))?;
+    work_queue(
+        &js,
+        cfg,
+        cfg.actions_stream(),
+        cfg.actions_subject(),
+        "actions",
+    )
+    .await?;
+    work_queue(
+        &js,
+        cfg,
+        cfg.results_stream(),
+        cfg.results_subject(),
+        "results",
+    )
+    .await?;
     if cfg.active_standby {
-        js.get_or_create_stream(stream::Config {
-            name: cfg.alerts_stream(),
-            subjects: vec![cfg.alerts_subject()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            max_messages: 100_000,
-            // Full: new alerts are refused (the sender gets a 503 and sends again), never
-            // stored ones dropped.
-            discard: stream::DiscardPolicy::New,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("the alerts stream: {e}"))?;
+        work_queue(
+            &js,
+            cfg,
+            cfg.alerts_stream(),
+            cfg.alerts_subject(),
+            "alerts",
+        )
+        .await?;
     }
     claims(&js, cfg).await?;
     Ok(js)
+}
+
+/// Makes sure the work-queue stream `name` on `subject` exists: file storage, publishes
+/// deduplicated for two minutes, at most 100,000 messages, and when full new messages are
+/// refused (their publisher is told, and says so) rather than stored ones dropped.
+async fn work_queue(
+    js: &jetstream::Context,
+    cfg: &ClusterConfig,
+    name: String,
+    subject: String,
+    what: &str,
+) -> Result<(), String> {
+    js.get_or_create_stream(stream::Config {
+        name,
+        subjects: vec![subject],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_messages: 100_000,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("the {what} stream: {e}"))
+}
+
+/// Reads the work-queue stream `name` through the durable consumer `engine` for ever: each
+/// message read with `parse` is handed to `take` (which answers once the engine has it) and
+/// acknowledged only then, else offered again a second later; one that does not read is
+/// dropped with a warning.
+async fn read_each<T, P, F, Fut>(
+    js: &jetstream::Context,
+    name: String,
+    what: &str,
+    parse: P,
+    take: F,
+) -> Result<(), String>
+where
+    P: Fn(&[u8]) -> Result<T, String>,
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| format!("the {what} stream: {e}"))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            "engine",
+            consumer::pull::Config {
+                durable_name: Some("engine".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("the {what} consumer: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    while let Some(m) = messages.next().await {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading {what}");
+                continue;
+            }
+        };
+        match parse(&m.payload) {
+            Ok(item) => {
+                if take(item).await {
+                    let _ = m.ack().await;
+                } else {
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable {what} dropped");
+                let _ = m.ack_with(AckKind::Term).await;
+            }
+        }
+    }
+    Err(format!("the {what} consumer ended"))
 }
 
 /// The claims bucket, laid out as JetStream lays out a KV bucket (stream `KV_<bucket>`,
@@ -233,50 +305,8 @@ impl Dispatcher {
         F: Fn(Notification) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let stream = self
-            .js
-            .get_stream(self.cfg.alerts_stream())
-            .await
-            .map_err(|e| format!("the alerts stream: {e}"))?;
-        let consumer = stream
-            .get_or_create_consumer(
-                "engine",
-                consumer::pull::Config {
-                    durable_name: Some("engine".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("the alerts consumer: {e}"))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("reading alerts: {e}"))?;
-        while let Some(m) = messages.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading an alert");
-                    continue;
-                }
-            };
-            match Notification::parse(&m.payload, bounds) {
-                Ok(n) => {
-                    if take(n).await {
-                        let _ = m.ack().await;
-                    } else {
-                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.0, "an unreadable forwarded alert was dropped");
-                    let _ = m.ack_with(AckKind::Term).await;
-                }
-            }
-        }
-        Err("the alerts consumer ended".into())
+        let parse = |b: &[u8]| Notification::parse(b, bounds).map_err(|e| e.0);
+        read_each(&self.js, self.cfg.alerts_stream(), "alerts", parse, take).await
     }
 
     /// Reads results for ever, handing each to `take` (which answers once the engine has
@@ -286,48 +316,8 @@ impl Dispatcher {
         F: Fn(WorkResult) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let stream = self
-            .js
-            .get_stream(self.cfg.results_stream())
-            .await
-            .map_err(|e| format!("the results stream: {e}"))?;
-        let consumer = stream
-            .get_or_create_consumer(
-                "engine",
-                consumer::pull::Config {
-                    durable_name: Some("engine".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("the results consumer: {e}"))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("reading results: {e}"))?;
-        while let Some(m) = messages.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading a result");
-                    continue;
-                }
-            };
-            match serde_json::from_slice::<WorkResult>(&m.payload) {
-                Ok(r) => {
-                    if take(r).await {
-                        let _ = m.ack().await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "an unreadable result was dropped");
-                    let _ = m.ack_with(AckKind::Term).await;
-                }
-            }
-        }
-        Err("the results consumer ended".into())
+        let parse = |b: &[u8]| serde_json::from_slice::<WorkResult>(b).map_err(|e| e.to_string());
+        read_each(&self.js, self.cfg.results_stream(), "results", parse, take).await
     }
 }
 
