@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
 use crate::message::{Destination, Outgoing, Sender};
 use crate::outbox::Say;
+use crate::rich::Rich;
 use crate::shared::BotShared;
 use crate::supervisor::{Caught, CoreGuard, Panic, Restarts, after_crash, caught, fault_point};
 
@@ -119,17 +120,31 @@ impl Context {
     /// blocking handler that cannot be interrupted may still get here afterwards, and its late
     /// lines are dropped (and logged), so the user never reads an answer after "stopped".
     pub fn say(&self, dest: Destination, text: impl Into<String>) {
+        self.send(Outgoing::new(dest, text));
+    }
+
+    /// Says a formatted reply ([`crate::rich`]) where the message came from, rendered for the
+    /// transport: Markdown on Webex, XEP-0393 styling on XMPP, mIRC codes or plain text on
+    /// IRC, ANSI styles on a terminal.
+    pub fn reply_rich(&self, rich: impl Into<Rich>) {
+        self.send(Outgoing::rich(self.reply_to.clone(), rich));
+    }
+
+    /// Says a formatted reply to any destination; see [`Context::reply_rich`].
+    pub fn say_rich(&self, dest: Destination, rich: impl Into<Rich>) {
+        self.send(Outgoing::rich(dest, rich));
+    }
+
+    fn send(&self, out: Outgoing) {
         if self.expired.load(Ordering::Acquire) {
             tracing::warn!(
                 handler = self.handler,
-                %dest,
+                dest = %out.dest,
                 "reply after the handler's timeout dropped"
             );
             return;
         }
-        self.shared
-            .outbox
-            .do_send(Say::new(Outgoing::new(dest, text)));
+        self.shared.outbox.do_send(Say::new(out));
     }
 
     /// Where [`Context::reply`] goes.

@@ -93,4 +93,5 @@ pub mod prelude {
     pub use crate::handler::{Context, Handler};
     pub use crate::message::{Destination, Incoming, Sender};
     pub use crate::poller::{Item, Poller, PollerOptions};
+    pub use crate::rich::{Line, Rich};
 }

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::rich::Rich;
+
 /// Who sent a message: a stable identity and the name people see.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -180,7 +182,10 @@ pub struct Outgoing {
     /// Where it goes.
     pub dest: Destination,
     /// What to say; may hold several lines and any characters: the outbox makes it safe.
+    /// For a formatted reply, its plain rendering.
     pub text: String,
+    /// A formatted reply, rendered by the outbox for the transport's style.
+    pub(crate) rich: Option<Arc<Rich>>,
     /// The framework's own answer to a user's command (an apology, "unavailable", a usage
     /// line, a refusal): never taken for a loop, however often it repeats.
     pub(crate) answer: bool,
@@ -192,7 +197,18 @@ impl Outgoing {
         Self {
             dest,
             text: text.into(),
+            rich: None,
             answer: false,
+        }
+    }
+
+    /// A formatted reply ([`crate::rich`]), rendered for the transport it goes out on.
+    pub fn rich(dest: Destination, rich: impl Into<Rich>) -> Self {
+        let rich = rich.into();
+        Self {
+            text: rich.plain(),
+            rich: Some(Arc::new(rich)),
+            ..Self::new(dest, "")
         }
     }
 

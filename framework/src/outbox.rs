@@ -33,6 +33,7 @@ use crate::health::Health;
 use crate::lead::Lead;
 use crate::message::{Destination, Outgoing};
 use crate::pacing::{GATE_RECHECK, OutboxOptions, Pacing};
+use crate::rich::Style;
 use crate::supervisor::{CoreGuard, fault_point};
 use crate::transport::{Ack, Delivery, Recall};
 
@@ -86,11 +87,28 @@ pub(crate) fn valid_destination(dest: &Destination) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// A line as the transport gets it: its text, and whether it is formatted (rendered from a
+/// [`crate::rich::Rich`] for the transport's style, codes and all) or plain.
+#[derive(Clone, Debug)]
+struct Text {
+    body: String,
+    formatted: bool,
+}
+
+impl Text {
+    fn plain(body: String) -> Self {
+        Self {
+            body,
+            formatted: false,
+        }
+    }
+}
+
 /// One line in a destination's queue: waiting, or in the transport's hands (`flight` is the
 /// hand-over's number), in which case it keeps its place until the transport answers.
 #[derive(Debug)]
 struct Entry {
-    line: String,
+    line: Text,
     flight: Option<u64>,
     receipt: Option<Receipt>,
 }
@@ -100,7 +118,7 @@ struct Entry {
 struct Handing {
     flight: u64,
     dest: Destination,
-    line: String,
+    line: Text,
     stamp: u64,
 }
 
@@ -213,7 +231,7 @@ impl Outbox {
     fn enqueue(
         &mut self,
         dest: Destination,
-        line: String,
+        line: Text,
         receipt: Option<Receipt>,
         force: bool,
     ) -> bool {
@@ -241,7 +259,7 @@ impl Outbox {
     /// Takes the next waiting line whose destination may have one more in flight and whose
     /// limiter allows it, round-robin, and marks it in flight; else says how long until one
     /// can go (`Ok(None)`: nothing waits, or every destination with lines is at its window).
-    fn take_next(&mut self) -> Result<Option<(u64, Destination, String)>, Duration> {
+    fn take_next(&mut self) -> Result<Option<(u64, Destination, Text)>, Duration> {
         let mut wait = None::<Duration>;
         let limiters = self.pacing.limiters();
         let now = Instant::now();
@@ -298,7 +316,7 @@ impl Outbox {
                         self.rotation.push_back(dest.clone());
                     } else if let Some(n) = self.dropped.remove(&dest) {
                         let notice = format!("… {n} line{} dropped", if n == 1 { "" } else { "s" });
-                        self.enqueue(dest.clone(), notice, None, true);
+                        self.enqueue(dest.clone(), Text::plain(notice), None, true);
                     }
                     return Ok(Some((flight, dest, line)));
                 }
@@ -465,7 +483,7 @@ impl Outbox {
         let losses = self.lead_losses.clone();
         let seen = losses.load(Ordering::Acquire);
         let fut = async move {
-            while let Err(wait) = pacing.check_global(&dest, &line) {
+            while let Err(wait) = pacing.check_global(&dest, &line.body) {
                 actix::clock::sleep(wait).await;
             }
             if closed.load(Ordering::Acquire) {
@@ -479,7 +497,8 @@ impl Outbox {
             let (ack, acked) = oneshot::channel();
             let delivery = Delivery {
                 dest: dest.clone(),
-                text: line,
+                text: line.body,
+                formatted: line.formatted,
                 ack: Some(ack),
                 stamp,
                 recall,
@@ -673,7 +692,23 @@ impl actix::Handler<Say> for Outbox {
             return;
         }
         let mut dropped = 0;
-        for line in self.pacing.cut(&out.text) {
+        let lines: Vec<Text> = match &out.rich {
+            Some(rich) => {
+                let formatted = self.pacing.style() != Style::Plain;
+                self.pacing
+                    .cut_rich(rich)
+                    .into_iter()
+                    .map(|body| Text { body, formatted })
+                    .collect()
+            }
+            None => self
+                .pacing
+                .cut(&out.text)
+                .into_iter()
+                .map(Text::plain)
+                .collect(),
+        };
+        for line in lines {
             // The receipt rides on the first line: its id is the message's.
             if !self.enqueue(out.dest.clone(), line, receipt.take(), false) {
                 dropped += 1;

@@ -13,6 +13,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
 use crate::message::Destination;
+use crate::rich::{Rich, Style};
 use crate::text::{pack_lines, split_lines};
 
 /// What a transport's service tolerates; the outbox's defaults come from here.
@@ -41,6 +42,9 @@ pub struct Limits {
     /// room (two HTTP posts at once) keeps this at 1; one that writes in order on one
     /// connection can let the whole window go to one room.
     pub window_per_destination: usize,
+    /// How the transport shows a formatted reply ([`crate::rich`]); [`Style::Plain`] when it
+    /// shows none.
+    pub style: Style,
 }
 
 impl Limits {
@@ -55,6 +59,7 @@ impl Limits {
             multiline: false,
             window: 1,
             window_per_destination: 1,
+            style: Style::Plain,
         }
     }
 }
@@ -132,6 +137,7 @@ pub(crate) struct Limiters {
     max_line_bytes: usize,
     line_overhead: usize,
     multiline: bool,
+    style: Style,
     /// One clock for all waits: building a quanta clock calibrates it (CPUID), far too slow to
     /// do per line.
     pub(crate) clock: DefaultClock,
@@ -165,6 +171,7 @@ impl Limiters {
             max_line_bytes: opts.limits.max_line_bytes,
             line_overhead: opts.limits.line_overhead,
             multiline: opts.limits.multiline,
+            style: opts.limits.style,
             clock: DefaultClock::default(),
         }
     }
@@ -188,6 +195,7 @@ impl Limiters {
                 max_line_bytes: opts.limits.max_line_bytes,
                 line_overhead: opts.limits.line_overhead,
                 multiline: opts.limits.multiline,
+                style: opts.limits.style,
                 clock: self.clock.clone(),
             })
     }
@@ -376,6 +384,18 @@ impl Pacing {
         } else {
             split_lines(text, l.max_line_bytes)
         }
+    }
+
+    /// How the transport shows formatted replies.
+    pub fn style(&self) -> Style {
+        self.limiters().style
+    }
+
+    /// Renders `rich` for the transport's style and cuts it into the messages it takes, as
+    /// [`Pacing::cut`] does for plain text, closing and reopening what a cut splits.
+    pub fn cut_rich(&self, rich: &Rich) -> Vec<String> {
+        let l = self.limiters();
+        rich.messages(l.style, l.max_line_bytes, l.multiline)
     }
 }
 

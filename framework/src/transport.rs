@@ -62,8 +62,14 @@ pub enum TransportError {
 pub struct Delivery {
     /// Where.
     pub dest: Destination,
-    /// The text: one line, sanitized and within the transport's limit.
+    /// The text: one line (several on a multi-line transport), sanitized and within the
+    /// transport's limit.
     pub text: String,
+    /// Whether `text` is a formatted reply rendered for the transport's
+    /// [`crate::pacing::Limits::style`]: it then holds that style's own codes (IRC's
+    /// `\x02`, Markdown already escaped), which the transport sends as they are. Plain text is
+    /// shown as written.
+    pub formatted: bool,
     /// Taken once answered; still here when the delivery is dropped unanswered.
     pub(crate) ack: Option<oneshot::Sender<Ack>>,
     /// The recall count when the outbox chose it: a delivery chosen before a line came back
@@ -568,6 +574,7 @@ mod tests {
                 Delivery {
                     dest: Destination::room("#r"),
                     text: text.into(),
+                    formatted: false,
                     ack: Some(ack),
                     stamp: 0,
                     recall: Recall::default(),

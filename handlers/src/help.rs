@@ -25,11 +25,11 @@ impl Handler for Help {
         let status = cx.status();
         let prefix = cx.prefix().to_owned();
         match call.args().first() {
-            None => cx.reply(list(cx.catalog(), &prefix, &status)),
+            None => cx.reply_rich(list(cx.catalog(), &prefix, &status)),
             Some(name) => {
                 let name = name.strip_prefix(prefix.as_str()).unwrap_or(name);
                 match cx.catalog().iter().find(|e| e.command.answers_to(name)) {
-                    Some(entry) => cx.reply(detail(entry, &prefix, &status)),
+                    Some(entry) => cx.reply_rich(detail(entry, &prefix, &status)),
                     None => {
                         return Err(Error::user(format!(
                             "no command named `{name}`; try {prefix}help"
@@ -59,44 +59,53 @@ fn marks(entry: &CatalogEntry, status: &Snapshot) -> String {
     m
 }
 
-/// One line per command: usage, then its help.
-pub fn list(catalog: &[CatalogEntry], prefix: &str, status: &Snapshot) -> String {
+/// One line per command: its usage as code, then its help.
+pub fn list(catalog: &[CatalogEntry], prefix: &str, status: &Snapshot) -> Rich {
     let mut entries: Vec<&CatalogEntry> = catalog.iter().collect();
     entries.sort_by_key(|e| e.command.name);
-    let mut out = String::new();
+    let mut out = Rich::new();
     for e in entries {
-        out.push_str(&format!(
-            "{} — {}{}\n",
-            e.command.usage_line(prefix),
+        out = out.para(Line::new().code(e.command.usage_line(prefix)).text(format!(
+            " — {}{}",
             e.command.help,
             marks(e, status)
-        ));
+        )));
     }
-    out.push_str(&format!("{prefix}help <command> shows one command in full"));
-    out
+    out.para(
+        Line::new()
+            .code(format!("{prefix}help <command>"))
+            .text(" shows one command in full"),
+    )
 }
 
 /// Everything about one command.
-pub fn detail(entry: &CatalogEntry, prefix: &str, status: &Snapshot) -> String {
+pub fn detail(entry: &CatalogEntry, prefix: &str, status: &Snapshot) -> Rich {
     let c = entry.command;
-    let mut out = format!("usage: {}\n{}", c.usage_line(prefix), c.help);
-    if !c.details.is_empty() {
-        out.push('\n');
-        out.push_str(c.details);
+    let mut out = Rich::new()
+        .para(Line::new().text("usage: ").code(c.usage_line(prefix)))
+        .para(c.help);
+    for l in c.details.lines() {
+        out = out.para(l);
     }
     if !c.aliases.is_empty() {
-        let aliases: Vec<String> = c.aliases.iter().map(|a| format!("{prefix}{a}")).collect();
-        out.push_str(&format!("\naliases: {}", aliases.join(", ")));
+        let mut l = Line::new().text("aliases: ");
+        for (i, a) in c.aliases.iter().enumerate() {
+            if i > 0 {
+                l = l.text(", ");
+            }
+            l = l.code(format!("{prefix}{a}"));
+        }
+        out = out.para(l);
     }
     if c.admin {
-        out.push_str("\nadmins only");
+        out = out.para("admins only");
     }
     if c.cooldown > 0 {
-        out.push_str(&format!("\ncooldown: {}s per user", c.cooldown));
+        out = out.para(format!("cooldown: {}s per user", c.cooldown));
     }
     if unavailable(entry, status) {
-        out.push_str(&format!(
-            "\nunavailable right now: handler {} has failed",
+        out = out.para(format!(
+            "unavailable right now: handler {} has failed",
             entry.handler
         ));
     }

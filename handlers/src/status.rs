@@ -21,7 +21,7 @@ impl Handler for Status {
 
     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
         call.expect_args(0, 0)?;
-        cx.reply(render(&cx.status(), SystemTime::now()));
+        cx.reply_rich(report(&cx.status(), SystemTime::now()));
         Ok(())
     }
 }
@@ -90,8 +90,29 @@ pub fn lead_line(lead: &LeadStatus, now: SystemTime) -> String {
     }
 }
 
-/// The whole status report.
+/// The whole status report as plain text.
 pub fn render(s: &Snapshot, now: SystemTime) -> String {
+    report(s, now).plain()
+}
+
+/// The whole status report: the summary as its heading, then one line per part, its name in
+/// bold.
+pub fn report(s: &Snapshot, now: SystemTime) -> Rich {
+    let mut lines = lines(s, now).into_iter();
+    let mut out = Rich::new().heading(lines.next().unwrap_or_default());
+    for l in lines {
+        out = out.para(match l.split_once(": ") {
+            // A part's name: `transport irc`, `handler echo`, `outbox`, `lead`.
+            Some((name, rest)) if !name.contains([',', '(']) => {
+                Line::new().bold(name).text(format!(": {rest}"))
+            }
+            _ => Line::new().text(l),
+        });
+    }
+    out
+}
+
+fn lines(s: &Snapshot, now: SystemTime) -> Vec<String> {
     let mut lines = vec![
         s.summary(),
         format!(
@@ -185,7 +206,7 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
         l.push_str(&format!(" ({})", reasons.join(", ")));
     }
     lines.push(l);
-    lines.join("\n")
+    lines
 }
 
 #[cfg(test)]

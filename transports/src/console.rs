@@ -6,9 +6,10 @@
 //! without the prefix. End of input (Ctrl-D, or the end of a pipe) shuts the bot down gracefully:
 //! it still says everything it has to say.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 
 use opsbot::message::{Incoming, Sender};
+use opsbot::rich::Style;
 use opsbot::transport::memory::{self, MemoryTransport};
 use opsbot::transport::{Identity, Limits, Link, SessionEnd, Transport, TransportError};
 
@@ -24,7 +25,15 @@ pub struct Console {
 impl Console {
     /// A console on this process's stdin and stdout; `nick` is how the bot calls itself.
     pub fn stdio(nick: &str) -> Self {
-        let (inner, remote) = memory::pair("console", nick, Limits::unlimited(4096));
+        // Styles on a terminal, unless NO_COLOR asks for none (no-color.org); plain text into
+        // a pipe or a file.
+        let styled = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let limits = Limits {
+            style: if styled { Style::Ansi } else { Style::Plain },
+            ..Limits::unlimited(4096)
+        };
+        let (inner, remote) = memory::pair("console", nick, limits);
         let (input, mut output) = remote.split();
         let user = std::env::var("USER")
             .ok()

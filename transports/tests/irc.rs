@@ -57,6 +57,93 @@ async fn setup_on(server: Server, extra: &str) -> (Server, User, support::Runnin
     (server, user, bot)
 }
 
+/// Formatted replies with `formatting = "irc"`, as the bytes a user's client receives: mIRC
+/// codes around what the handler formats, a reset at each line's end, a user's own codes gone,
+/// and code lines longer than an IRC line cut into pieces that each keep their monospace.
+#[tokio::test]
+async fn formatted_replies_arrive_as_mirc_codes() {
+    let server = Server::start(Kind::Ngircd);
+    let mut user = User::connect(server.port, "alice").await;
+    user.join("#ops").await;
+    let _bot = support::RunningBot::start(&transport(server.port, "formatting = \"irc\""), |b| {
+        b.handler(support::Formatted)
+    });
+    bot_joins(&mut user, BOT).await;
+    let wire = |target: &str, text: &str| format!(" PRIVMSG {target} :{text}\r\n").into_bytes();
+
+    user.say("#ops", "!help").await;
+    let mut help = Vec::new();
+    loop {
+        let l = user
+            .expect(T, |l| l.privmsg().is_some_and(|(n, _, _)| n == BOT))
+            .await;
+        let last = l.text.contains("shows one command in full");
+        help.push(l);
+        if last {
+            break;
+        }
+    }
+    let log = help
+        .iter()
+        .find(|l| l.text.contains("!log"))
+        .expect("!log in the help");
+    assert!(
+        log.raw.ends_with(&wire(
+            "#ops",
+            "\x11!log <lines> [width]\x11 — A code block.\x0f"
+        )),
+        "{:?}",
+        String::from_utf8_lossy(&log.raw)
+    );
+    assert!(help.last().unwrap().raw.ends_with(&wire(
+        "#ops",
+        "\x11!help <command>\x11 shows one command in full\x0f"
+    )));
+
+    // The user's own codes are not formatting: only what the handler formats is.
+    user.say("#ops", "!rich \x02x\x02 *y* <b>").await;
+    let heading = user
+        .expect(T, |l| l.privmsg().is_some_and(|(n, _, _)| n == BOT))
+        .await;
+    assert!(heading.raw.ends_with(&wire("#ops", "\x02Report\x0f")));
+    let body = user
+        .expect(T, |l| l.privmsg().is_some_and(|(n, _, _)| n == BOT))
+        .await;
+    assert!(
+        body.raw.ends_with(&wire(
+            "#ops",
+            "x *y* <b> \x02x *y* <b>\x02 \x11x *y* <b>\x11 runbook <https://wiki.example.com/runbook>\x0f"
+        )),
+        "{:?}",
+        String::from_utf8_lossy(&body.raw)
+    );
+
+    // Two code lines of 900 characters: each cut into pieces that fit a line, every piece
+    // monospace from its start and reset at its end, nothing lost.
+    user.say("#ops", "!log 2 900").await;
+    let mut seen = String::new();
+    let mut pieces = 0;
+    while seen.len() < 1800 {
+        let l = user
+            .expect(T, |l| l.privmsg().is_some_and(|(n, _, _)| n == BOT))
+            .await;
+        assert!(l.raw.len() <= 512, "{} bytes", l.raw.len());
+        let (_, _, text) = l.privmsg().unwrap();
+        let code = text
+            .strip_prefix("    \x11")
+            .and_then(|t| t.strip_suffix('\x0f'))
+            .unwrap_or_else(|| panic!("not a whole code piece: {text:?}"));
+        assert!(!code.contains(['\x11', '\x0f']));
+        seen.push_str(code);
+        pieces += 1;
+    }
+    let want: String = (0..2)
+        .map(|i| format!("{i:05} {}", "x".repeat(894)))
+        .collect();
+    assert_eq!(seen, want);
+    assert!(pieces >= 4, "{pieces} pieces");
+}
+
 #[tokio::test]
 async fn help_and_status_in_a_channel_and_in_private() {
     let (_server, mut user, bot) = setup(Kind::Ngircd, "").await;

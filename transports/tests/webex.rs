@@ -169,6 +169,56 @@ async fn help_and_status_answer_in_a_group_room_and_one_to_one() {
     assert_eq!(p[7].text(), "&lt;@all> look");
 }
 
+/// Formatted replies as the Markdown Webex renders: code spans and bold where the handler
+/// formats; a user's `<@all>`, `&`, `*` shown as written, in code spans too, where an entity
+/// would show as `&lt;`; a code block cut between posts closed and opened again in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatted_replies_are_posted_as_markdown() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let bot = RunningBot::launch(builder(&fake, &a, ""), ALICE, |b| {
+        b.handler(support::Formatted)
+    });
+    up(&fake, &bot, &a).await;
+
+    fake.say(&a, ALICE, None, None, "!help log");
+    let p = fake.wait_posts(&a.token, 1, T).await;
+    assert_eq!(
+        p[0].field("markdown").as_deref(),
+        Some("usage: `!log <lines> [width]`\nA code block\\.")
+    );
+
+    fake.say(&a, ALICE, None, None, "!rich <@all> & *x*");
+    let p = fake.wait_posts(&a.token, 2, T).await;
+    assert_eq!(
+        p[1].field("markdown").as_deref(),
+        Some(
+            "**Report**\n&lt;@all\\> &amp; \\*x\\* **&lt;@all\\> &amp; \\*x\\*** \
+             `\u{2039}@all> & *x*` [runbook](https://wiki.example.com/runbook)"
+        )
+    );
+
+    fake.say(&a, ALICE, None, None, "!log 1000 60");
+    let mut lines = Vec::new();
+    let mut n = 2;
+    while lines.len() < 1000 {
+        n += 1;
+        let p = fake.wait_posts(&a.token, n, T).await;
+        let md = p[n - 1].field("markdown").unwrap_or_default();
+        assert!(md.len() <= MAX_MESSAGE_BYTES);
+        let inner = md
+            .strip_prefix("```\n")
+            .and_then(|b| b.strip_suffix("\n```"))
+            .unwrap_or_else(|| panic!("a post that is not one whole block: {md:.80}"));
+        lines.extend(inner.lines().map(str::to_owned));
+    }
+    assert!(n > 4, "{n} posts");
+    let want: Vec<String> = (0..1000)
+        .map(|i| format!("{i:05} {}", "x".repeat(54)))
+        .collect();
+    assert_eq!(lines, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_in_a_thread_is_answered_in_that_thread() {
     let fake = FakeWebex::start().await;

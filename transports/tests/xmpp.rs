@@ -81,6 +81,48 @@ fn server() -> Prosody {
     p
 }
 
+/// Formatted replies as XEP-0393 styling, in the bodies a client receives: code spans and
+/// bold where the handler formats, a user's `*` and `>` unable to style anything, and a code
+/// block of 3,000 lines sent as whole blocks, each message opening and closing its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatted_replies_arrive_as_message_styling() {
+    let prosody = server();
+    let bot = bot_with(&prosody, &[], "", |b| b.handler(support::Formatted));
+    ready(&bot, 0).await;
+    let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
+
+    alice.chat(BOT, "!help log").await;
+    assert_eq!(
+        alice.expect_from(BOT, T).await.body,
+        "usage: `!log <lines> [width]`\nA code block."
+    );
+
+    alice.chat(BOT, "!rich > *y* _z_").await;
+    assert_eq!(
+        alice.expect_from(BOT, T).await.body,
+        "*Report*\n\u{203A} \u{2217}y* \u{FF3F}z_ *\u{203A} \u{2217}y\u{2217} \u{FF3F}z_* `> *y* _z_` runbook <https://wiki.example.com/runbook>"
+    );
+
+    alice.chat(BOT, "!log 3000").await;
+    let mut lines = Vec::new();
+    let mut messages = 0;
+    while lines.len() < 3000 {
+        let body = alice.expect_from(BOT, T).await.body;
+        let inner = body
+            .strip_prefix("```\n")
+            .and_then(|b| b.strip_suffix("\n```"))
+            .unwrap_or_else(|| panic!("a message that is not one whole block: {body:.80}"));
+        assert!(!inner.contains("```"));
+        lines.extend(inner.lines().map(str::to_owned));
+        messages += 1;
+    }
+    let want: Vec<String> = (0..3000)
+        .map(|i| format!("{i:05} {}", "x".repeat(14)))
+        .collect();
+    assert_eq!(lines, want);
+    assert!(messages > 3, "{messages} messages");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_in_a_direct_chat_status_and_addressing_in_a_room_and_a_private_message_through_it() {
     let prosody = server();

@@ -5,6 +5,7 @@
 use super::*;
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
+use crate::rich::Rich;
 use tokio::sync::oneshot;
 
 /// Says things through a bot while it runs. Cheap to clone, usable from any thread.
@@ -20,12 +21,22 @@ impl Voice {
     /// Queues `text` for `dest`; answers `false` (and drops it) when the bot is not running,
     /// or another process speaks for it ([`crate::lead`]).
     pub fn say(&self, dest: Destination, text: impl Into<String>) -> bool {
+        self.send(Outgoing::new(dest, text))
+    }
+
+    /// Queues a formatted reply ([`crate::rich`]) for `dest`, rendered for the transport;
+    /// otherwise as [`Voice::say`].
+    pub fn say_rich(&self, dest: Destination, rich: impl Into<Rich>) -> bool {
+        self.send(Outgoing::rich(dest, rich))
+    }
+
+    fn send(&self, out: Outgoing) -> bool {
         if !self.1.holds() {
             return false;
         }
         match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(outbox) if outbox.connected() => {
-                outbox.do_send(Say::new(Outgoing::new(dest, text)));
+                outbox.do_send(Say::new(out));
                 true
             }
             _ => false,
@@ -37,13 +48,22 @@ impl Voice {
     /// `None` (and nothing queued) when the bot is not running, or another process speaks for
     /// it.
     pub fn post(&self, dest: Destination, text: impl Into<String>) -> Option<Posted> {
+        self.post_message(Outgoing::new(dest, text))
+    }
+
+    /// Queues a formatted reply like [`Voice::say_rich`], with a receipt like [`Voice::post`].
+    pub fn post_rich(&self, dest: Destination, rich: impl Into<Rich>) -> Option<Posted> {
+        self.post_message(Outgoing::rich(dest, rich))
+    }
+
+    fn post_message(&self, out: Outgoing) -> Option<Posted> {
         if !self.1.holds() {
             return None;
         }
         match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(outbox) if outbox.connected() => {
                 let (tx, rx) = oneshot::channel();
-                outbox.do_send(Say(Outgoing::new(dest, text), Some(tx)));
+                outbox.do_send(Say(out, Some(tx)));
                 Some(Posted(rx))
             }
             _ => None,

@@ -20,6 +20,8 @@ pub struct Said {
     pub dest: Destination,
     /// The line.
     pub text: String,
+    /// Whether it is a formatted reply rendered for the transport's style.
+    pub formatted: bool,
     /// When the transport wrote it (the moment it would have gone into a socket).
     pub at: std::time::Instant,
 }
@@ -191,7 +193,7 @@ impl Transport for MemoryTransport {
                         return Err(TransportError::Connection("cut mid-delivery by test".into()));
                     }
                     Some(d) => {
-                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), at: std::time::Instant::now() };
+                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), formatted: d.formatted, at: std::time::Instant::now() };
                         if self.output.send(said).is_err() {
                             // Nobody listens any more; the line is gone with them.
                             tracing::debug!("remote end closed; line discarded");

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opsbot::message::Identity;
+use opsbot::rich::{Line, Rich};
 use opsbot::store::{Records, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,8 @@ pub enum Effect {
         bot: String,
         /// The room.
         room: String,
-        /// The line.
-        text: String,
+        /// The line, formatted.
+        text: Rich,
     },
     /// Post a notification line about an alert group: in the group's thread where the
     /// transport has threads and its first message's id is known, else in the room (the
@@ -56,8 +57,8 @@ pub enum Effect {
         /// The group's key while its first message's id is unknown: the driver reports the id
         /// this line is given ([`Core::threaded`]), and later lines go to its thread.
         anchor: Option<String>,
-        /// The line.
-        text: String,
+        /// The line, formatted.
+        text: Rich,
     },
     /// Run the action (already marked running in the store), then report with
     /// [`Core::finished`].
@@ -225,7 +226,7 @@ impl Core {
                             "[{}] was unfinished when the engine stopped; running it again (its rule says it is safe to repeat): {}",
                             a.label(),
                             a.plan_line
-                        ),
+                        ).into(),
                     });
                     a.started_ms = Some(now_ms);
                     core.put(&a)?;
@@ -247,7 +248,7 @@ impl Core {
                             "[{}] outcome unknown: it was running when the engine stopped ({}). It is not run again; check by hand.",
                             a.label(),
                             a.plan_line
-                        ),
+                        ).into(),
                     });
                 }
             }
@@ -276,7 +277,8 @@ impl Core {
                 a.label(),
                 printable(why, 200),
                 a.plan_line
-            ),
+            )
+            .into(),
         }])
     }
 
@@ -540,7 +542,7 @@ impl Core {
         let say = |text: String| Effect::Say {
             bot: bot.clone(),
             room: room.clone(),
-            text,
+            text: text.into(),
         };
         let who = requested_by.map_or("engine".to_owned(), |p| p.id.clone());
         if let Some(by) = &self.overrides.paused {
@@ -698,21 +700,34 @@ impl Core {
             &a.label(),
             &format!("{} of list {list}", a.needed),
         )?;
-        Ok(vec![say(format!(
-            "[{}] rule {} wants to {} (for {trigger}). {} from {list} ({people} {}): !approve {} or !deny {} [reason]; expires in {}.",
-            a.label(),
-            rule.name,
-            a.plan_line,
-            if a.needed == 2 {
-                "Two approvals needed"
-            } else {
-                "Approval needed"
-            },
-            if people == 1 { "person" } else { "people" },
-            a.label(),
-            a.label(),
-            humantime::format_duration(self.cfg.approval_timeout)
-        ))])
+        let label = a.label();
+        let text = Line::new()
+            .bold(format!("[{label}]"))
+            .text(" rule ")
+            .code(rule.name.as_str())
+            .text(" wants to ")
+            .code(a.plan_line.as_str())
+            .text(format!(
+                " (for {trigger}). {} from {list} ({people} {}): ",
+                if a.needed == 2 {
+                    "Two approvals needed"
+                } else {
+                    "Approval needed"
+                },
+                if people == 1 { "person" } else { "people" },
+            ))
+            .code(format!("!approve {label}"))
+            .text(" or ")
+            .code(format!("!deny {label} [reason]"))
+            .text(format!(
+                "; expires in {}.",
+                humantime::format_duration(self.cfg.approval_timeout)
+            ));
+        Ok(vec![Effect::Say {
+            bot,
+            room,
+            text: text.into(),
+        }])
     }
 
     fn route_for(&self, values: &BTreeMap<String, String>) -> Option<(String, String)> {
@@ -743,7 +758,8 @@ impl Core {
                 a.rule,
                 a.plan_line,
                 a.trigger
-            ),
+            )
+            .into(),
         };
         Ok(vec![say, Effect::Run(Box::new(a))])
     }
@@ -798,7 +814,7 @@ impl Core {
         Ok(vec![Effect::Say {
             bot: a.bot.clone(),
             room: a.room.clone(),
-            text,
+            text: text.into(),
         }])
     }
 
@@ -985,7 +1001,8 @@ impl Core {
                         a.label(),
                         a.trigger,
                         humantime::format_duration(Duration::from_secs(a.verify_secs))
-                    ),
+                    )
+                    .into(),
                 });
                 continue;
             }
@@ -994,7 +1011,7 @@ impl Core {
                 effects.push(Effect::Say {
                     bot: a.bot.clone(),
                     room: a.room.clone(),
-                    text,
+                    text: text.into(),
                 });
             }
         }
@@ -1027,7 +1044,7 @@ impl Core {
             effects.push(Effect::Say {
                 bot: bot.clone(),
                 room: room.clone(),
-                text,
+                text: text.into(),
             });
         }
         let horizon = now_ms.saturating_sub(SEEN_FOR_MS);
@@ -1135,7 +1152,8 @@ impl Core {
                     "[{}] verified: the alert resolved {} after the action",
                     a.label(),
                     humantime::format_duration(after)
-                ),
+                )
+                .into(),
             });
         }
         Ok(effects)
@@ -1257,11 +1275,11 @@ fn printable(s: &str, max: usize) -> String {
 }
 
 /// One line about a group's alerts.
-fn summary(note: u64, what: &str, alerts: &[&Alert], truncated: u64) -> String {
+fn summary(note: u64, what: &str, alerts: &[&Alert], truncated: u64) -> Rich {
     let mut names: Vec<String> = alerts.iter().map(|a| printable(a.name(), 100)).collect();
     names.dedup();
     let mut text = format!(
-        "[G{note}] {what} {}{}: ",
+        " {}{}: ",
         if alerts.len() > 1 {
             format!("{} × ", alerts.len())
         } else {
@@ -1275,5 +1293,8 @@ fn summary(note: u64, what: &str, alerts: &[&Alert], truncated: u64) -> String {
     if more > 0 {
         text.push_str(&format!("; and {more} more"));
     }
-    text
+    Line::new()
+        .bold(format!("[G{note}] {what}"))
+        .text(text)
+        .into()
 }

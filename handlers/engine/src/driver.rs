@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opsbot::bot::{NotWritten, Voice};
 use opsbot::message::Destination;
+use opsbot::rich::Rich;
 use opsbot::store::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -323,7 +324,7 @@ impl Engine {
 struct Line {
     bot: String,
     dest: Destination,
-    text: String,
+    text: Rich,
     /// The alert group whose thread this line would start (see [`Effect::Notify`]).
     anchor: Option<String>,
 }
@@ -339,12 +340,12 @@ const UNSAID: usize = 1000;
 impl Unsaid {
     fn say(&mut self, voices: &HashMap<String, Voice>, line: Line, tx: &mpsc::Sender<Request>) {
         let Some(v) = voices.get(&line.bot) else {
-            tracing::warn!(bot = %line.bot, dest = %line.dest, text = %line.text, "the engine names a bot this process does not run");
+            tracing::warn!(bot = %line.bot, dest = %line.dest, text = %line.text.plain(), "the engine names a bot this process does not run");
             return;
         };
         let said = match &line.anchor {
-            None => v.say(line.dest.clone(), line.text.as_str()),
-            Some(group) => match v.post(line.dest.clone(), line.text.as_str()) {
+            None => v.say_rich(line.dest.clone(), line.text.clone()),
+            Some(group) => match v.post_rich(line.dest.clone(), line.text.clone()) {
                 None => false,
                 Some(posted) => {
                     // The id comes once the line is written; later lines go to its thread.
@@ -369,7 +370,7 @@ impl Unsaid {
         if self.0.len() >= UNSAID
             && let Some(old) = self.0.pop_front()
         {
-            tracing::warn!(bot = %old.bot, dest = %old.dest, text = %old.text, "a line the engine could not say was dropped");
+            tracing::warn!(bot = %old.bot, dest = %old.dest, text = %old.text.plain(), "a line the engine could not say was dropped");
         }
         self.0.push_back(line);
     }

@@ -59,7 +59,7 @@ fn said(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Say { text, .. } | Effect::Notify { text, .. } => Some(text.clone()),
+            Effect::Say { text, .. } | Effect::Notify { text, .. } => Some(text.plain()),
             Effect::Run(_) => None,
         })
         .collect()

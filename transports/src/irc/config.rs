@@ -64,6 +64,10 @@ pub struct IrcConfig {
     /// `inspircd`.
     #[serde(default)]
     pub profile: ProfileChoice,
+    /// How formatted replies are shown: `plain` (the default; nothing a channel mode could
+    /// refuse or strip) or `irc` (mIRC bold, italics and monospace codes).
+    #[serde(default)]
+    pub formatting: Formatting,
     /// Seconds of silence from the server before the bot sends a PING.
     pub ping_interval_secs: Option<u64>,
     /// Seconds to wait for any reply to that PING before the connection is declared dead.
@@ -93,6 +97,27 @@ pub struct SaslConfig {
     pub user: String,
     /// Password (write `${ENV_VAR}`).
     pub password: Secret,
+}
+
+/// How formatted replies are shown on IRC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Formatting {
+    /// Plain text: headings, lists, code blocks and tables laid out with characters only.
+    #[default]
+    Plain,
+    /// mIRC codes for bold, italics and monospace, with a reset at the end of every line.
+    Irc,
+}
+
+impl Formatting {
+    /// The rendering style.
+    pub fn style(self) -> opsbot::rich::Style {
+        match self {
+            Self::Plain => opsbot::rich::Style::Plain,
+            Self::Irc => opsbot::rich::Style::Irc,
+        }
+    }
 }
 
 /// How the pacing profile is chosen.

@@ -128,12 +128,61 @@ pub(super) fn cut(text: &str, room: usize) -> Vec<&str> {
     out
 }
 
+/// The mIRC codes a formatted line may hold: bold, italics, monospace, reset.
+pub(super) const FORMAT_CODES: [char; 4] = ['\x02', '\x1d', '\x11', '\x0f'];
+
+/// Cuts a formatted line like [`cut`], closing a run at each cut (a reset) and opening it
+/// again at the start of the next piece, so no piece runs into another line or loses its
+/// formatting.
+pub(super) fn cut_formatted(text: &str, room: usize) -> Vec<String> {
+    if text.len() <= room {
+        return vec![text.to_owned()];
+    }
+    // Room for the reset at the end and the three codes at the start.
+    let room = room.saturating_sub(4).max(4);
+    let mut out = Vec::new();
+    let mut on: Vec<char> = Vec::new();
+    let mut piece = String::new();
+    let mut text_len = 0;
+    for c in text.chars() {
+        if text_len + c.len_utf8() > room && !piece.is_empty() {
+            if !on.is_empty() {
+                piece.push('\x0f');
+            }
+            out.push(std::mem::take(&mut piece));
+            piece.extend(on.iter());
+            text_len = piece.len();
+        }
+        match c {
+            '\x0f' => on.clear(),
+            '\x02' | '\x1d' | '\x11' => {
+                if let Some(i) = on.iter().position(|o| *o == c) {
+                    on.remove(i);
+                } else {
+                    on.push(c);
+                }
+            }
+            _ => {}
+        }
+        piece.push(c);
+        text_len += c.len_utf8();
+    }
+    if !piece.is_empty() {
+        out.push(piece);
+    }
+    out
+}
+
 impl Irc {
     pub(super) fn limits(&self, prefix_len: usize) -> Limits {
         // The server relays `:prefix PRIVMSG target :text\r\n`.
         let overhead = 1 + prefix_len + 1 + "PRIVMSG ".len() + ASSUMED_TARGET + 2 + 2;
-        self.profile
-            .limits(IRC_LINE.saturating_sub(overhead).max(64))
+        Limits {
+            style: self.cfg.formatting.style(),
+            ..self
+                .profile
+                .limits(IRC_LINE.saturating_sub(overhead).max(64))
+        }
     }
 }
 

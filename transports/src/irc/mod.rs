@@ -38,7 +38,7 @@ use irc::proto::{CapSubCommand, Command, Message, Prefix};
 use opsbot::message::{Destination, Incoming, Sender};
 use opsbot::transport::{Delivery, Limits, Link, SessionEnd, Transport, TransportError};
 
-pub use config::{IrcConfig, ProfileChoice, SaslConfig};
+pub use config::{Formatting, IrcConfig, ProfileChoice, SaslConfig};
 pub use profile::Profile;
 
 use crate::common::Removals;
@@ -280,9 +280,14 @@ impl Session<'_> {
                 }
             }
         }
-        // The outbox already removed control characters; make sure, since a stray CR or LF here
-        // would start a protocol line of the user's choosing.
-        let text: String = d.text.chars().filter(|c| !c.is_control()).collect();
+        // The outbox already removed control characters (a formatted line keeps mIRC's own
+        // codes); make sure, since a stray CR or LF here would start a protocol line of the
+        // user's choosing, and a \x01 a CTCP request.
+        let text: String = d
+            .text
+            .chars()
+            .filter(|c| !c.is_control() || (d.formatted && FORMAT_CODES.contains(c)))
+            .collect();
         if let Some((until, dropped)) = self.muted.get_mut(&fold(&target)) {
             if Instant::now() < *until {
                 *dropped += 1;
@@ -299,7 +304,12 @@ impl Session<'_> {
             self.last_channel_send.insert(fold(&target), Instant::now());
         }
         let room = self.room(&target);
-        for (i, piece) in cut(&text, room).into_iter().enumerate() {
+        let pieces: Vec<String> = if d.formatted {
+            cut_formatted(&text, room)
+        } else {
+            cut(&text, room).into_iter().map(str::to_owned).collect()
+        };
+        for (i, piece) in pieces.into_iter().enumerate() {
             let line = format!("PRIVMSG {target} :{piece}\r\n");
             if i > 0 {
                 // The outbox paid for one line; a longer target than it assumed made more.
@@ -533,6 +543,24 @@ mod tests {
         assert!(pieces.iter().all(|p| p.len() <= 7));
         assert_eq!(pieces.concat(), text);
         assert_eq!(cut("abc", 10), ["abc"]);
+    }
+
+    #[test]
+    fn a_formatted_cut_closes_and_reopens_its_runs() {
+        let text = format!("a \x02{}\x02 \x11{}\x0f", "b".repeat(30), "c".repeat(30));
+        let pieces = cut_formatted(&text, 20);
+        assert!(pieces.iter().all(|p| p.len() <= 20), "{pieces:?}");
+        for p in &pieces[..pieces.len() - 1] {
+            assert!(p.ends_with('\x0f'), "{p:?}");
+        }
+        assert!(pieces[1].starts_with('\x02'), "{pieces:?}");
+        assert!(pieces.last().unwrap().starts_with('\x11'), "{pieces:?}");
+        let visible = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect() };
+        assert_eq!(
+            pieces.iter().map(|p| visible(p)).collect::<String>(),
+            visible(&text)
+        );
+        assert_eq!(cut_formatted("\x02x\x0f", 20), ["\x02x\x0f"]);
     }
 
     #[test]

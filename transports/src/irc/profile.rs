@@ -78,6 +78,7 @@ impl Profile {
             // Lines are written in order on one connection and answered when written.
             window: 1,
             window_per_destination: 1,
+            style: opsbot::rich::Style::Plain,
         }
     }
 }

@@ -165,7 +165,12 @@ impl Webex {
             }
             Destination::User(email) => json!({ "toPersonEmail": email.as_ref() }),
         };
-        let md = markdown(&d.text);
+        // A formatted reply was rendered as Markdown with its text escaped already.
+        let md = if d.formatted {
+            d.text.clone()
+        } else {
+            markdown(&d.text)
+        };
         if md.len() <= self.cfg.max_message_bytes() {
             body["markdown"] = Value::String(md);
         } else {
@@ -194,6 +199,7 @@ impl Transport for Webex {
             // Posts run side by side, one per room at a time (two could overtake each other).
             window: WINDOW,
             window_per_destination: 1,
+            style: opsbot::rich::Style::Markdown,
         }
     }
 

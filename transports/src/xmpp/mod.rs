@@ -138,6 +138,8 @@ impl Xmpp {
             // round trip from capping the pace; one connection keeps every room's order.
             window: WINDOW,
             window_per_destination: WINDOW,
+            // XEP-0393: plain text that clients style, so a client without it reads it too.
+            style: opsbot::rich::Style::XmppStyling,
         }
     }
 }

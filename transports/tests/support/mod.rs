@@ -822,6 +822,51 @@ impl Drop for RunningBot {
 #[derive(Clone)]
 pub struct Tricky;
 
+/// Formatted replies: `!rich <text>` puts a user's text in every kind of span, `!log <n>
+/// [width]` answers a code block of `n` numbered lines of `width` characters.
+#[derive(Clone)]
+pub struct Formatted;
+
+impl Handler for Formatted {
+    const NAME: &'static str = "formatted";
+    const COMMANDS: &'static [Command] = &[
+        Command::new("rich", "<text>", "A formatted reply holding the text."),
+        Command::new("log", "<lines> [width]", "A code block."),
+    ];
+
+    async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        if call.command().name == "rich" {
+            let t = call.rest().to_owned();
+            cx.reply_rich(
+                Rich::new().heading("Report").para(
+                    opsbot::rich::Line::new()
+                        .text(t.clone())
+                        .text(" ")
+                        .bold(t.clone())
+                        .text(" ")
+                        .code(t.clone())
+                        .text(" ")
+                        .link("runbook", "https://wiki.example.com/runbook"),
+                ),
+            );
+            return Ok(());
+        }
+        let n: usize = call.arg(0)?;
+        let width: usize = call.opt_arg(1)?.unwrap_or(20);
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                let mut l = format!("{i:05} ");
+                while l.len() < width {
+                    l.push('x');
+                }
+                l
+            })
+            .collect();
+        cx.reply_rich(Rich::new().code(lines.join("\n")));
+        Ok(())
+    }
+}
+
 /// The 2,000-byte reply of `!big`: 1-, 2-, 3- and 4-byte characters, no spaces, so that every
 /// split point falls inside a run of multi-byte characters.
 pub fn big_text() -> String {
