@@ -913,7 +913,7 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
     let notes = |posts: Vec<support::webex::Post>| -> Vec<support::webex::Post> {
         posts
             .into_iter()
-            .filter(|p| p.text().contains("[G1]"))
+            .filter(|p| p.shown().contains("[G1]"))
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -923,10 +923,10 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
         tokio::time::sleep(Duration::from_millis(50)).await;
         g1 = notes(fake.posts());
     }
-    assert!(g1[0].text().contains("[G1] FIRING WebDown"), "{g1:?}");
+    assert!(g1[0].shown().contains("[G1] FIRING WebDown"), "{g1:?}");
     assert_eq!(g1[0].field("roomId").as_deref(), Some(ROOM));
     assert_eq!(g1[0].field("parentId"), None, "the first starts the thread");
-    assert!(g1[1].text().contains("api"), "{g1:?}");
+    assert!(g1[1].shown().contains("api"), "{g1:?}");
     assert_eq!(
         g1[1].field("parentId").as_deref(),
         Some(g1[0].id.as_str()),
@@ -947,7 +947,7 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let g1 = notes(fake.posts());
-        if let Some(r) = g1.iter().find(|p| p.text().contains("RESOLVED")) {
+        if let Some(r) = g1.iter().find(|p| p.shown().contains("RESOLVED")) {
             assert_eq!(
                 r.field("parentId").as_deref(),
                 Some(g1[0].id.as_str()),

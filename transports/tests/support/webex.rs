@@ -70,6 +70,21 @@ impl Post {
             .to_owned()
     }
 
+    /// What a reader sees of the post's Markdown, near enough for tests: emphasis marks and
+    /// backslash escapes removed, entities decoded.
+    pub fn shown(&self) -> String {
+        let md = self.text().replace("**", "");
+        let mut out = String::with_capacity(md.len());
+        let mut chars = md.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                c => out.push(c),
+            }
+        }
+        out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    }
+
     pub fn field(&self, k: &str) -> Option<String> {
         self.body.get(k).and_then(Value::as_str).map(str::to_owned)
     }
