@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cards::CardBook;
 use crate::command::CatalogEntry;
 use crate::command::Command;
 use crate::handler::{Factory, Handler, HandlerHost, Job};
@@ -195,7 +196,8 @@ impl BotBuilder {
         self.handlers.iter().flat_map(|h| h.commands).collect()
     }
 
-    /// Validates the bot: commands and patterns, and the state store if pollers need one.
+    /// Validates the bot: commands and patterns, and the state store if pollers or cards need
+    /// one.
     pub fn build(self) -> Result<Bot, BuildError> {
         let name = self.name;
         let transport = self
@@ -211,7 +213,11 @@ impl BotBuilder {
                 bot: name.clone(),
                 source,
             })?;
-        let store = match (self.pollers.is_empty(), self.store) {
+        // Pollers keep what they have seen, and a transport with cards the cards it posted.
+        let store = match (
+            self.pollers.is_empty() && !transport.limits.cards,
+            self.store,
+        ) {
             (true, _) => None,
             (false, Some(s)) => Some(s),
             (false, None) => {
@@ -237,7 +243,15 @@ impl BotBuilder {
                 health.note_store("in memory", trouble, true);
             }
         }
+        let cards = Arc::new(CardBook::new(
+            store
+                .as_ref()
+                .filter(|_| transport.limits.cards)
+                .map(|s| s.records(&format!("cards:{name}"))),
+        ));
         Ok(Bot {
+            voice: Voice::new(self.lead.clone(), self.options.prefix.clone()),
+            cards,
             name,
             options: self.options,
             transport,
@@ -246,7 +260,6 @@ impl BotBuilder {
             table,
             store,
             health,
-            voice: Voice::with_lead(self.lead.clone()),
             lead: self.lead,
         })
     }
@@ -278,6 +291,7 @@ pub struct Bot {
     store: Option<Store>,
     health: Health,
     voice: Voice,
+    cards: Arc<CardBook>,
     lead: Lead,
 }
 
@@ -340,6 +354,7 @@ impl Bot {
             store,
             health,
             voice,
+            cards,
             lead,
         } = self;
         fault_point!(&name, BotTask);
@@ -350,11 +365,11 @@ impl Bot {
         let outbox = Outbox::new(
             options.outbox.resolve(&transport.limits),
             pacing.clone(),
-            tx,
-            recall,
+            (tx, recall),
             health.clone(),
             fatal.guard("outbox"),
             lead.clone(),
+            cards.clone(),
         )
         .start();
         voice.set(Some(outbox.clone()));
@@ -376,6 +391,7 @@ impl Bot {
             health: health.clone(),
             outbox: outbox.clone(),
             fatal: fatal.clone(),
+            cards,
         });
         let mut arbiters = Vec::new();
         let hosts = handlers

@@ -136,6 +136,29 @@ impl Call {
         &self.message.sender
     }
 
+    /// The card's inputs, by id, when the command came from a card's button
+    /// ([`crate::card`]); empty for a typed command.
+    pub fn inputs(&self) -> &[(String, String)] {
+        self.message
+            .submission
+            .as_ref()
+            .map_or(&[], |s| s.inputs.as_slice())
+    }
+
+    /// One of the card's inputs, when it was given and is not blank.
+    pub fn input(&self, id: &str) -> Option<&str> {
+        self.inputs()
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Whether the command came from a card's button rather than typed.
+    pub fn from_card(&self) -> bool {
+        self.message.submission.is_some()
+    }
+
     /// The whole message the command came in.
     pub fn message(&self) -> &Incoming {
         &self.message

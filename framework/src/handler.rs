@@ -16,6 +16,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
+use crate::card::Card;
 use crate::command::{Call, CatalogEntry, Command, Match};
 use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
@@ -133,6 +134,22 @@ impl Context {
     /// Says a formatted reply to any destination; see [`Context::reply_rich`].
     pub fn say_rich(&self, dest: Destination, rich: impl Into<Rich>) {
         self.send(Outgoing::rich(dest, rich));
+    }
+
+    /// Posts a card ([`crate::card`]) where the message came from: a card on a transport with
+    /// cards, whose buttons run this handler's commands for whoever presses them; its fallback
+    /// text, with the commands spelled out, elsewhere. An error (for the handler's author: the
+    /// user sees an apology) when the card does not pass [`Card::check`].
+    pub fn reply_card(&self, card: Card) -> Result<(), Error> {
+        self.say_card(self.reply_to.clone(), card)
+    }
+
+    /// Posts a card to any destination; see [`Context::reply_card`].
+    pub fn say_card(&self, dest: Destination, card: Card) -> Result<(), Error> {
+        card.check().map_err(Error::internal)?;
+        let fallback = card.fallback(&self.shared.prefix);
+        self.send(Outgoing::card(dest, card, fallback, self.handler));
+        Ok(())
     }
 
     fn send(&self, out: Outgoing) {

@@ -44,6 +44,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod bot;
 pub mod breaker;
+pub mod card;
+mod cards;
 pub mod command;
 pub mod config;
 mod error;
@@ -88,6 +90,7 @@ pub use poller::{Item, Poller, PollerOptions};
 /// What a handler or poller author needs, in one import.
 pub mod prelude {
     pub use crate::bot::Bot;
+    pub use crate::card::Card;
     pub use crate::command::{Call, Command, Match};
     pub use crate::error::{Error, Result};
     pub use crate::handler::{Context, Handler};

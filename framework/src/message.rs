@@ -7,6 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::card::{Card, Submission};
 use crate::rich::Rich;
 
 /// Who sent a message: a stable identity and the name people see.
@@ -134,6 +135,9 @@ pub struct Incoming {
     /// Whether the service says the message was meant for the bot (a Webex mention, which the
     /// transport has already stripped from the text): routed like `nick: text`.
     pub addressed: bool,
+    /// A card's button pressed ([`crate::card`]): the router runs that button's command for
+    /// the sender, with the card's inputs; `text` is then not read.
+    pub submission: Option<Submission>,
 }
 
 impl Incoming {
@@ -146,6 +150,7 @@ impl Incoming {
             id: None,
             thread: None,
             addressed: false,
+            submission: None,
         }
     }
 
@@ -158,6 +163,7 @@ impl Incoming {
             id: None,
             thread: None,
             addressed: false,
+            submission: None,
         }
     }
 
@@ -186,6 +192,9 @@ pub struct Outgoing {
     pub text: String,
     /// A formatted reply, rendered by the outbox for the transport's style.
     pub(crate) rich: Option<Arc<Rich>>,
+    /// A card, sent as one where the transport has cards (`rich` is then its fallback), and
+    /// the handler whose commands its buttons run.
+    pub(crate) card: Option<(Arc<Card>, Arc<str>)>,
     /// The framework's own answer to a user's command (an apology, "unavailable", a usage
     /// line, a refusal): never taken for a loop, however often it repeats.
     pub(crate) answer: bool,
@@ -198,6 +207,7 @@ impl Outgoing {
             dest,
             text: text.into(),
             rich: None,
+            card: None,
             answer: false,
         }
     }
@@ -209,6 +219,15 @@ impl Outgoing {
             text: rich.plain(),
             rich: Some(Arc::new(rich)),
             ..Self::new(dest, "")
+        }
+    }
+
+    /// A card ([`crate::card`]) with its fallback: a card where the transport has cards, the
+    /// fallback (formatted) elsewhere. Its buttons run commands of the handler `handler`.
+    pub(crate) fn card(dest: Destination, card: Card, fallback: Rich, handler: &str) -> Self {
+        Self {
+            card: Some((Arc::new(card), handler.into())),
+            ..Self::rich(dest, fallback)
         }
     }
 

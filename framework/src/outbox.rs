@@ -29,6 +29,8 @@ use actix::prelude::*;
 use governor::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::card::Card;
+use crate::cards::{CardBook, CardRecord};
 use crate::health::Health;
 use crate::lead::Lead;
 use crate::message::{Destination, Outgoing};
@@ -93,6 +95,9 @@ pub(crate) fn valid_destination(dest: &Destination) -> bool {
 struct Text {
     body: String,
     formatted: bool,
+    /// A card sent with `body` (its fallback) as one message, and the handler whose commands
+    /// its buttons run.
+    card: Option<(Arc<Card>, Arc<str>)>,
 }
 
 impl Text {
@@ -100,6 +105,7 @@ impl Text {
         Self {
             body,
             formatted: false,
+            card: None,
         }
     }
 }
@@ -164,17 +170,20 @@ pub(crate) struct Outbox {
     /// How many times the lead was lost: a line whose handing began before a loss is dropped
     /// even when the lead is back by the time its turn comes.
     lead_losses: Arc<std::sync::atomic::AtomicU64>,
+    /// The cards posted, for their buttons.
+    cards: Arc<CardBook>,
 }
 
 impl Outbox {
+    /// An outbox handing lines to `transport`, whose returned lines `recall` counts.
     pub(crate) fn new(
         opts: OutboxOptions,
         pacing: Pacing,
-        transport: mpsc::Sender<Delivery>,
-        recall: Recall,
+        (transport, recall): (mpsc::Sender<Delivery>, Recall),
         health: Health,
         guard: CoreGuard,
         lead: Lead,
+        cards: Arc<CardBook>,
     ) -> Self {
         Self {
             opts,
@@ -201,6 +210,7 @@ impl Outbox {
             guard,
             lead,
             lead_losses: Arc::default(),
+            cards,
         }
     }
 
@@ -361,6 +371,10 @@ impl Outbox {
         };
         if sent {
             let entry = q.remove(i).expect("found above");
+            // A card's buttons work from the moment the service names its message.
+            if let (Some((card, owner)), Some(Some(id))) = (&entry.line.card, &written) {
+                self.cards.put(id, &CardRecord::new(owner, card));
+            }
             if let (Some(receipt), Some(id)) = (entry.receipt, written) {
                 let _ = receipt.send(id);
             }
@@ -499,6 +513,7 @@ impl Outbox {
                 dest: dest.clone(),
                 text: line.body,
                 formatted: line.formatted,
+                card: line.card.map(|(c, _)| c),
                 ack: Some(ack),
                 stamp,
                 recall,
@@ -692,16 +707,26 @@ impl actix::Handler<Say> for Outbox {
             return;
         }
         let mut dropped = 0;
-        let lines: Vec<Text> = match &out.rich {
-            Some(rich) => {
-                let formatted = self.pacing.style() != Style::Plain;
-                self.pacing
-                    .cut_rich(rich)
-                    .into_iter()
-                    .map(|body| Text { body, formatted })
-                    .collect()
-            }
-            None => self
+        let formatted = self.pacing.style() != Style::Plain;
+        let lines: Vec<Text> = match (&out.rich, &out.card) {
+            // A card is one message: the card, and as much of its fallback as one message
+            // holds for the clients that cannot show it.
+            (Some(rich), Some(card)) if self.pacing.cards() => vec![Text {
+                body: self.pacing.cut_rich(rich).swap_remove(0),
+                formatted,
+                card: Some(card.clone()),
+            }],
+            (Some(rich), _) => self
+                .pacing
+                .cut_rich(rich)
+                .into_iter()
+                .map(|body| Text {
+                    body,
+                    formatted,
+                    card: None,
+                })
+                .collect(),
+            (None, _) => self
                 .pacing
                 .cut(&out.text)
                 .into_iter()

@@ -45,6 +45,9 @@ pub struct Limits {
     /// How the transport shows a formatted reply ([`crate::rich`]); [`Style::Plain`] when it
     /// shows none.
     pub style: Style,
+    /// Whether the transport shows cards ([`crate::card`]) and hears their buttons; without
+    /// them a card is sent as its fallback text.
+    pub cards: bool,
 }
 
 impl Limits {
@@ -60,6 +63,7 @@ impl Limits {
             window: 1,
             window_per_destination: 1,
             style: Style::Plain,
+            cards: false,
         }
     }
 }
@@ -138,6 +142,7 @@ pub(crate) struct Limiters {
     line_overhead: usize,
     multiline: bool,
     style: Style,
+    cards: bool,
     /// One clock for all waits: building a quanta clock calibrates it (CPUID), far too slow to
     /// do per line.
     pub(crate) clock: DefaultClock,
@@ -172,6 +177,7 @@ impl Limiters {
             line_overhead: opts.limits.line_overhead,
             multiline: opts.limits.multiline,
             style: opts.limits.style,
+            cards: opts.limits.cards,
             clock: DefaultClock::default(),
         }
     }
@@ -196,6 +202,7 @@ impl Limiters {
                 line_overhead: opts.limits.line_overhead,
                 multiline: opts.limits.multiline,
                 style: opts.limits.style,
+                cards: opts.limits.cards,
                 clock: self.clock.clone(),
             })
     }
@@ -389,6 +396,11 @@ impl Pacing {
     /// How the transport shows formatted replies.
     pub fn style(&self) -> Style {
         self.limiters().style
+    }
+
+    /// Whether the transport shows cards.
+    pub fn cards(&self) -> bool {
+        self.limiters().cards
     }
 
     /// Renders `rich` for the transport's style and cuts it into the messages it takes, as

@@ -413,6 +413,68 @@ impl Router {
         });
     }
 
+    /// A card's button was pressed: runs the command the bot kept for that button (never one
+    /// the submission names), as a typed command from the presser, so the same access rules,
+    /// budget and cooldowns apply; a second press of the same button by the same person is
+    /// told so and runs nothing.
+    fn on_submission(&mut self, mut msg: Incoming) {
+        let Some(sub) = msg.submission.clone() else {
+            return;
+        };
+        let Some(card) = self.shared.cards.get(&sub.card) else {
+            tracing::info!(bot = %self.shared.health.bot(), card = %crate::text::Escaped(&sub.card), "a button of a card the bot does not keep");
+            if self.within_budget(&msg) {
+                self.tell(
+                    &msg,
+                    "that card is no longer active; use the command instead",
+                );
+            }
+            return;
+        };
+        let Some((title, command_line)) = card.buttons.get(sub.button).cloned() else {
+            tracing::warn!(bot = %self.shared.health.bot(), %sub, "a button the card does not have");
+            return;
+        };
+        if !self.within_budget(&msg) {
+            return;
+        }
+        msg.text = format!("{}{command_line}", self.table.prefix);
+        msg.addressed = false;
+        let nick = self.nick.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Route::Command {
+            handler,
+            command,
+            invoked_as,
+            args,
+        } = self.table.route(&msg, &nick)
+        else {
+            tracing::warn!(bot = %self.shared.health.bot(), %sub, "a card's button names no command");
+            return;
+        };
+        if self.hosts.get(handler).map(|h| h.0) != Some(card.handler.as_str()) {
+            // A card runs only commands of the handler that posted it.
+            tracing::warn!(bot = %self.shared.health.bot(), %sub, owner = %card.handler, "a card's button names another handler's command");
+            return;
+        }
+        let (invoked_as, args) = (invoked_as.to_owned(), args.to_owned());
+        if self.shared.may_run(&msg.sender, command)
+            && !self
+                .shared
+                .cards
+                .press(&sub.card, &msg.sender.id, sub.button)
+        {
+            self.tell(
+                &msg,
+                &format!(
+                    "you already pressed “{}” on that card",
+                    crate::text::printable(&title)
+                ),
+            );
+            return;
+        }
+        self.on_command(msg, handler, command, invoked_as, args);
+    }
+
     fn on_command(
         &mut self,
         msg: Incoming,
@@ -563,6 +625,10 @@ impl actix::Handler<Inbound> for Router {
         }
         fault_point!(self.shared.health.bot(), Router);
         self.shared.health.count_inbound();
+        if msg.submission.is_some() {
+            self.on_submission(msg);
+            return;
+        }
         let nick = self.nick.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match self.table.route(&msg, &nick) {
             Route::Nothing => {}

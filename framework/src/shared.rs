@@ -21,6 +21,8 @@ pub(crate) struct BotShared {
     pub(crate) health: Health,
     pub(crate) outbox: Addr<Outbox>,
     pub(crate) fatal: Fatal,
+    /// The cards the bot posted, for their buttons.
+    pub(crate) cards: std::sync::Arc<crate::cards::CardBook>,
 }
 
 impl BotShared {

@@ -70,6 +70,9 @@ pub struct Delivery {
     /// `\x02`, Markdown already escaped), which the transport sends as they are. Plain text is
     /// shown as written.
     pub formatted: bool,
+    /// A card to send with `text` (its fallback), on a transport with cards
+    /// ([`crate::pacing::Limits::cards`]).
+    pub card: Option<Arc<crate::card::Card>>,
     /// Taken once answered; still here when the delivery is dropped unanswered.
     pub(crate) ack: Option<oneshot::Sender<Ack>>,
     /// The recall count when the outbox chose it: a delivery chosen before a line came back
@@ -575,6 +578,7 @@ mod tests {
                     dest: Destination::room("#r"),
                     text: text.into(),
                     formatted: false,
+                    card: None,
                     ack: Some(ack),
                     stamp: 0,
                     recall: Recall::default(),

@@ -9,6 +9,7 @@ const ORDER: &[&str] = &[
     // values
     "text",
     "rich",
+    "card",
     "message",
     "pacing",
     "options",
@@ -22,6 +23,7 @@ const ORDER: &[&str] = &[
     "command",
     "healing_log",
     "health",
+    "cards",
     // supervision
     "supervisor",
     // actors

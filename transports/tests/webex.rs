@@ -10,6 +10,7 @@ use opsbot::health::{ActorKind, ConnState, Snapshot};
 use opsbot::http::{HttpClient, HttpClientConfig};
 use opsbot::prelude::*;
 use opsbot_transports::webex::{MAX_MESSAGE_BYTES, Webex, WebexConfig};
+use serde_json::json;
 use support::RunningBot;
 use support::webex::{Account, FakeWebex, Fault};
 
@@ -217,6 +218,118 @@ async fn formatted_replies_are_posted_as_markdown() {
         .map(|i| format!("{i:05} {}", "x".repeat(54)))
         .collect();
     assert_eq!(lines, want);
+}
+
+/// A card on the fake: posted as an Adaptive Card with its fallback; a press by an approved
+/// person runs the button's command once, answered in the card's thread; a press redelivered,
+/// a second press of the same button, a press by someone not approved and a press from before
+/// the bot started run nothing; after a restart the card's buttons still work and still know
+/// who pressed what; a card too big is an error in chat, not a post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cards_buttons_run_their_command_once_for_approved_people_even_after_a_restart() {
+    let fake = FakeWebex::start().await;
+    let a = fake.add_bot("opsbot");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    let start = || {
+        let state = state.clone();
+        RunningBot::launch(
+            builder(
+                &fake,
+                &a,
+                "approved_users = [\"alice@example.com\", \"bob@example.com\"]",
+            )
+            .configure(move |o| o.state_path = Some(state)),
+            ALICE,
+            |b| b.handler(support::Formatted),
+        )
+    };
+    let bot = start();
+    up(&fake, &bot, &a).await;
+
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !card q1");
+    let card = fake.wait_posts(&a.token, 1, T).await.remove(0);
+    let att = &card.body["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(att["content"]["version"], "1.3");
+    assert_eq!(att["content"]["actions"][0]["title"], "Yes");
+    assert_eq!(
+        att["content"]["body"][1]["text"],
+        "Restart \\*web\\* in <prod\\>?"
+    );
+    assert!(
+        card.shown()
+            .contains("reply `!pick q1 yes` (Yes) or `!pick q1 no` (No)"),
+        "{}",
+        card.shown()
+    );
+
+    let pressed = fake.press(
+        &a,
+        "bob@example.com",
+        &card.id,
+        0,
+        json!({ "note": "go" }),
+        None,
+    );
+    let p = fake.wait_posts(&a.token, 2, T).await;
+    assert_eq!(p[1].shown(), "q1: yes from bob@example.com (go)");
+    assert_eq!(
+        p[1].field("parentId").as_deref(),
+        Some(card.id.as_str()),
+        "the answer is in the card's thread"
+    );
+    fake.redeliver_press(&a, &pressed);
+    fake.press(&a, "bob@example.com", &card.id, 0, json!({}), None);
+    let p = fake.wait_posts(&a.token, 3, T).await;
+    assert_eq!(
+        p[2].shown(),
+        "bob@example.com: you already pressed “Yes” on that card"
+    );
+    fake.press(&a, "mallory@evil.example", &card.id, 1, json!({}), None);
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !echo probe");
+    let p = fake.wait_posts(&a.token, 4, T).await;
+    assert_eq!(p[3].text(), "probe", "nothing came of the other presses");
+    assert_eq!(fake.posts().len(), 4);
+    let d = detail(&bot.status());
+    assert!(
+        d.contains("duplicates 1") && d.contains("refused senders 1"),
+        "{d}"
+    );
+
+    // A restart: the card is still the bot's.
+    drop(bot);
+    let bot = start();
+    up(&fake, &bot, &a).await;
+    fake.press(
+        &a,
+        ALICE,
+        &card.id,
+        1,
+        json!({ "note": "old" }),
+        Some("2020-01-01T00:00:00.000Z"),
+    );
+    fake.press(&a, ALICE, &card.id, 1, json!({ "note": "after" }), None);
+    let p = fake.wait_posts(&a.token, 5, T).await;
+    assert_eq!(p[4].shown(), "q1: no from alice@example.com (after)");
+    fake.press(&a, "bob@example.com", &card.id, 0, json!({}), None);
+    let p = fake.wait_posts(&a.token, 6, T).await;
+    assert!(
+        p[5].shown().contains("already pressed “Yes”"),
+        "{}",
+        p[5].shown()
+    );
+
+    // Too big: the sender hears of it, and nothing is posted with a card.
+    fake.say(&a, ALICE, Some(ROOM), None, "opsbot !bigcard");
+    let p = fake.wait_posts(&a.token, 7, T).await;
+    assert!(p[6].shown().contains("!bigcard failed"), "{}", p[6].shown());
+    assert!(p[6].body.get("attachments").is_none());
+    let d = detail(&bot.status());
+    assert!(d.contains("older than the bot 1"), "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

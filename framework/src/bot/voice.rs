@@ -3,6 +3,7 @@
 //! loops).
 
 use super::*;
+use crate::card::{Card, CardError};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
 use crate::rich::Rich;
@@ -10,12 +11,28 @@ use tokio::sync::oneshot;
 
 /// Says things through a bot while it runs. Cheap to clone, usable from any thread.
 #[derive(Clone, Debug, Default)]
-pub struct Voice(Arc<Mutex<Option<Addr<Outbox>>>>, Lead);
+pub struct Voice(Arc<Mutex<Option<Addr<Outbox>>>>, Lead, Arc<str>);
 
 impl Voice {
-    /// A voice that speaks only while `lead` is held.
-    pub(super) fn with_lead(lead: Lead) -> Self {
-        Self(Arc::default(), lead)
+    /// A voice that speaks only while `lead` is held, for a bot whose commands start with
+    /// `prefix`.
+    pub(super) fn new(lead: Lead, prefix: String) -> Self {
+        Self(Arc::default(), lead, prefix.into())
+    }
+
+    /// Queues a card ([`crate::card`]) for `dest`, whose buttons run commands of the handler
+    /// named `handler`, with a receipt like [`Voice::post`]. Where the transport has no cards,
+    /// its fallback text goes instead, with the commands spelled out. An error when the card
+    /// does not pass [`Card::check`]; `Ok(None)` (and nothing queued) as for [`Voice::post`].
+    pub fn post_card(
+        &self,
+        dest: Destination,
+        card: Card,
+        handler: &str,
+    ) -> Result<Option<Posted>, CardError> {
+        card.check()?;
+        let fallback = card.fallback(&self.2);
+        Ok(self.post_message(Outgoing::card(dest, card, fallback, handler)))
     }
 
     /// Queues `text` for `dest`; answers `false` (and drops it) when the bot is not running,

@@ -22,6 +22,10 @@ pub struct Said {
     pub text: String,
     /// Whether it is a formatted reply rendered for the transport's style.
     pub formatted: bool,
+    /// The card it carries, on a transport with cards.
+    pub card: Option<Arc<crate::card::Card>>,
+    /// The id the transport gave it, when it gives ids.
+    pub id: Option<String>,
     /// When the transport wrote it (the moment it would have gone into a socket).
     pub at: std::time::Instant,
 }
@@ -74,7 +78,8 @@ pub fn pair(kind: &'static str, nick: &str, limits: Limits) -> (MemoryTransport,
             refuse: refuse.clone(),
             input_open: true,
             cut_next_delivery: false,
-            ids: None,
+            // A service with cards names its messages (their buttons need it).
+            ids: limits.cards.then_some(0),
         },
         Remote {
             input: in_tx,
@@ -193,16 +198,17 @@ impl Transport for MemoryTransport {
                         return Err(TransportError::Connection("cut mid-delivery by test".into()));
                     }
                     Some(d) => {
-                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), formatted: d.formatted, at: std::time::Instant::now() };
+                        let id = self.ids.as_mut().map(|n| {
+                            *n += 1;
+                            format!("m{n}")
+                        });
+                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), formatted: d.formatted, card: d.card.clone(), id: id.clone(), at: std::time::Instant::now() };
                         if self.output.send(said).is_err() {
                             // Nobody listens any more; the line is gone with them.
                             tracing::debug!("remote end closed; line discarded");
                         }
-                        match &mut self.ids {
-                            Some(n) => {
-                                *n += 1;
-                                d.done_as(format!("m{n}"));
-                            }
+                        match id {
+                            Some(id) => d.done_as(id),
                             None => d.done(),
                         }
                     }

@@ -79,6 +79,7 @@ impl Profile {
             window: 1,
             window_per_destination: 1,
             style: opsbot::rich::Style::Plain,
+            cards: false,
         }
     }
 }

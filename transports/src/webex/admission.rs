@@ -41,6 +41,12 @@ pub fn message_id(activity_id: &str) -> String {
         .encode(format!("ciscospark://us/MESSAGE/{activity_id}"))
 }
 
+/// The id REST uses for the `attachmentActions` record a `cardAction` event names.
+pub(super) fn action_id(activity_id: &str) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .encode(format!("ciscospark://us/ATTACHMENT_ACTION/{activity_id}"))
+}
+
 /// The UUID inside a REST id (`base64("ciscospark://us/PEOPLE/<uuid>")`), padded or not.
 pub(super) fn uuid_of(id: &str) -> Option<String> {
     let engine = base64::engine::GeneralPurpose::new(
@@ -99,6 +105,8 @@ pub(super) struct RestMessage {
 pub(super) enum Event {
     /// A message to fetch, by REST id.
     Message(String),
+    /// A card's button pressed: the `attachmentActions` record to fetch, by REST id.
+    CardAction(String),
     /// Nothing (another kind of event, the bot's own message, unreadable).
     Nothing,
 }
@@ -115,7 +123,7 @@ pub(super) fn event_of(raw: &[u8], me: &Me) -> (Option<String>, Event) {
     }
     let activity = data.get("activity").unwrap_or(&Value::Null);
     let verb = activity.get("verb").and_then(Value::as_str).unwrap_or("");
-    if !matches!(verb, "post" | "share") {
+    if !matches!(verb, "post" | "share" | "cardAction") {
         return (ack, Event::Nothing);
     }
     let actor = activity.get("actor").unwrap_or(&Value::Null);
@@ -129,6 +137,9 @@ pub(super) fn event_of(raw: &[u8], me: &Me) -> (Option<String>, Event) {
         return (ack, Event::Nothing);
     }
     match activity.get("id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() && id.len() < 256 && verb == "cardAction" => {
+            (ack, Event::CardAction(action_id(id)))
+        }
         Some(id) if !id.is_empty() && id.len() < 256 => (ack, Event::Message(message_id(id))),
         _ => (ack, Event::Nothing),
     }
@@ -152,6 +163,63 @@ impl Webex {
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(domain))
             || (!room.is_empty() && c.approved_rooms.iter().any(|r| r == room))
+    }
+
+    /// Turns a fetched card action into a button press for the router, or says why not: the
+    /// same checks as a message (seen once, after the bot started, not from a bot unless
+    /// allowed, from an approved sender or room). `email` is the presser's, as Webex gives it
+    /// for their `personId`; `card` the message that carries the card.
+    pub(super) fn accept_action(
+        &mut self,
+        me: &Me,
+        a: RestAction,
+        email: String,
+        card: RestMessage,
+    ) -> Result<Incoming, &'static str> {
+        if me.is(&a.person_id, &email) {
+            return Err("own action");
+        }
+        if !self.seen.insert(&a.id) {
+            self.stats.duplicates += 1;
+            return Err("already handled");
+        }
+        let created = chrono::DateTime::parse_from_rfc3339(&a.created)
+            .map(SystemTime::from)
+            .map_err(|_| "no readable creation time")?;
+        if created < self.started {
+            self.stats.old += 1;
+            return Err("pressed before the bot started");
+        }
+        if !me.is(&card.person_id, &card.person_email) {
+            return Err("a card of someone else's");
+        }
+        if email.to_ascii_lowercase().ends_with(BOT_DOMAIN) && !self.cfg.allow_bots {
+            return Err("from another bot");
+        }
+        if !self.approved(&email, &a.room_id) {
+            self.stats.refused_senders += 1;
+            tracing::warn!(
+                kind = "webex",
+                sender = %email,
+                room = %a.room_id,
+                "a sender who is not approved pressed a card's button"
+            );
+            return Err("not approved");
+        }
+        let submission = submission(&a)?;
+        self.stats.received += 1;
+        let sender = Sender::with_name(email.clone(), email);
+        let mut incoming = if card.room_type == "direct" {
+            Incoming::direct(sender, "")
+        } else {
+            let mut m = Incoming::in_room(a.room_id.clone(), sender, "");
+            // The answer goes to the card's thread, or starts one under the card.
+            m.thread = Some(card.parent_id.clone().unwrap_or(card.id).into());
+            m
+        };
+        incoming.id = Some(a.id);
+        incoming.submission = Some(submission);
+        Ok(incoming)
     }
 
     /// Turns a fetched message into a command for the router, or says why not.

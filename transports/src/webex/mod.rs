@@ -18,6 +18,7 @@
 //! [`Throttle`]: a 429 holds this bot's requests for the `Retry-After`, not the other bots'.
 
 mod admission;
+mod card;
 mod config;
 mod device;
 
@@ -40,6 +41,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use admission::message_id;
 use admission::*;
+use card::*;
 pub use config::{MAX_MESSAGE_BYTES, REST_URL, U2C_URL, WDM_URL, WEBEX_DOMAINS, WebexConfig};
 use device::*;
 
@@ -128,6 +130,57 @@ struct Stats {
 /// An event's message, fetched.
 type Fetched = (String, Result<HttpResponse, HttpError>);
 
+/// A card action fetched: the action, its presser's email and the card's message, or why not.
+type ActionFetched = (String, Result<(RestAction, String, RestMessage), String>);
+
+/// Whether `id` (from Webex, going into a URL's path) is a plausible REST id: base64url, well
+/// under 256 bytes.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() < 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+}
+
+/// Fetches what a card action needs: the action, who pressed (`people/{id}`: actions carry no
+/// email), and the card's message.
+async fn fetch_action(api: Arc<Api>, id: String) -> ActionFetched {
+    let get = |url: String| {
+        let api = api.clone();
+        async move {
+            match api.get(&url).await {
+                Ok(r) if r.is_success() => Ok(r.body),
+                Ok(r) => Err(format!("HTTP {}", r.status)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let result = async {
+        let body = get(format!("{}/attachment/actions/{id}", api.rest)).await?;
+        let a: RestAction = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if !plausible_id(&a.person_id) || !plausible_id(&a.message_id) {
+            return Err("an implausible id in the action".to_owned());
+        }
+        let body = get(format!("{}/people/{}", api.rest, a.person_id)).await?;
+        #[derive(serde::Deserialize)]
+        struct Person {
+            emails: Vec<String>,
+        }
+        let p: Person = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let email = p
+            .emails
+            .into_iter()
+            .next()
+            .ok_or("a person without an email")?;
+        let body = get(format!("{}/messages/{}", api.rest, a.message_id)).await?;
+        let m: RestMessage = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok((a, email, m))
+    }
+    .await;
+    (id, result)
+}
+
 /// The outcome of posting one reply.
 type Posted = (Delivery, Result<HttpResponse, HttpError>);
 
@@ -171,6 +224,9 @@ impl Webex {
         } else {
             markdown(&d.text)
         };
+        if let Some(card) = &d.card {
+            body["attachments"] = json!([attachment(card)]);
+        }
         if md.len() <= self.cfg.max_message_bytes() {
             body["markdown"] = Value::String(md);
         } else {
@@ -200,6 +256,7 @@ impl Transport for Webex {
             window: WINDOW,
             window_per_destination: 1,
             style: opsbot::rich::Style::Markdown,
+            cards: true,
         }
     }
 
@@ -246,6 +303,8 @@ impl Transport for Webex {
         link.connected(self.detail(&me, &device));
         let (mut sink, mut stream) = ws.split();
         let mut fetches: FuturesOrdered<LocalBoxFuture<'static, Fetched>> = FuturesOrdered::new();
+        let mut actions: FuturesOrdered<LocalBoxFuture<'static, ActionFetched>> =
+            FuturesOrdered::new();
         let mut posting: FuturesUnordered<LocalBoxFuture<'static, Posted>> =
             FuturesUnordered::new();
         let mut failures: u32 = 0;
@@ -286,10 +345,16 @@ impl Transport for Webex {
                         let ack = json!({ "type": "ack", "messageId": id });
                         sink.send(Message::text(ack.to_string())).await.map_err(ws_err)?;
                     }
-                    if let Event::Message(id) = event {
-                        let api = self.api.clone();
-                        let url = format!("{}/messages/{id}", api.rest);
-                        fetches.push_back(async move { (id, api.get(&url).await) }.boxed_local());
+                    match event {
+                        Event::Message(id) => {
+                            let api = self.api.clone();
+                            let url = format!("{}/messages/{id}", api.rest);
+                            fetches.push_back(async move { (id, api.get(&url).await) }.boxed_local());
+                        }
+                        Event::CardAction(id) => {
+                            actions.push_back(fetch_action(self.api.clone(), id).boxed_local());
+                        }
+                        Event::Nothing => {}
                     }
                 }
                 Some((id, got)) = fetches.next(), if !fetches.is_empty() => {
@@ -305,6 +370,16 @@ impl Transport for Webex {
                         }
                         Ok(resp) => tracing::warn!(kind = "webex", %id, status = resp.status, "cannot read a message"),
                         Err(e) => tracing::warn!(kind = "webex", %id, error = %e, "cannot read a message"),
+                    }
+                    link.set_detail(self.detail(&me, &device));
+                }
+                Some((id, got)) = actions.next(), if !actions.is_empty() => {
+                    match got {
+                        Ok((a, email, card)) => match self.accept_action(&me, a, email, card) {
+                            Ok(incoming) => link.incoming(incoming),
+                            Err(why) => tracing::debug!(kind = "webex", %id, why, "not a button press to run"),
+                        },
+                        Err(e) => tracing::warn!(kind = "webex", %id, error = %e, "cannot read a card action"),
                     }
                     link.set_detail(self.detail(&me, &device));
                 }

@@ -140,6 +140,7 @@ impl Xmpp {
             window_per_destination: WINDOW,
             // XEP-0393: plain text that clients style, so a client without it reads it too.
             style: opsbot::rich::Style::XmppStyling,
+            cards: false,
         }
     }
 }

@@ -832,9 +832,40 @@ impl Handler for Formatted {
     const COMMANDS: &'static [Command] = &[
         Command::new("rich", "<text>", "A formatted reply holding the text."),
         Command::new("log", "<lines> [width]", "A code block."),
+        Command::new("card", "<id>", "A card with two buttons and an input."),
+        Command::new("pick", "<id> <answer> [note]", "Answer a card."),
+        Command::new("bigcard", "", "A card too big to send."),
     ];
 
     async fn command(&mut self, cx: &mut Context, call: Call) -> Result {
+        match call.command().name {
+            "card" => {
+                let id: String = call.arg(0)?;
+                return cx.reply_card(
+                    opsbot::card::Card::new(format!("Question {id}"))
+                        .text("Restart *web* in <prod>?")
+                        .facts([("asked by", call.sender().id.to_string())])
+                        .input("note", "Note", "anything to add")
+                        .button("Yes", format!("pick {id} yes"))
+                        .button("No", format!("pick {id} no")),
+                );
+            }
+            "pick" => {
+                let id: String = call.arg(0)?;
+                let answer: String = call.arg(1)?;
+                let typed = call.args().get(2..).unwrap_or_default().join(" ");
+                let note = call.input("note").unwrap_or(&typed).to_owned();
+                cx.reply(format!("{id}: {answer} from {} ({note})", call.sender().id));
+                return Ok(());
+            }
+            "bigcard" => {
+                return cx.reply_card(
+                    opsbot::card::Card::new("big")
+                        .text("x".repeat(opsbot::card::MAX_TEXT_BYTES + 1)),
+                );
+            }
+            _ => {}
+        }
         if call.command().name == "rich" {
             let t = call.rest().to_owned();
             cx.reply_rich(

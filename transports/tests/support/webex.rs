@@ -8,6 +8,14 @@
 //! `toPersonEmail`, `toPersonId`; `text` or `markdown` of at most 7,439 bytes) and reflected to
 //! the poster's socket as an event, as Webex does.
 //!
+//! Cards: a post may carry one attachment, an Adaptive Card (content type
+//! `application/vnd.microsoft.card.adaptive`, `type` `AdaptiveCard`, version at most 1.3, at
+//! most 22,000 bytes as JSON: a bound of the fake's, Webex publishes none), with a text or
+//! markdown fallback. [`FakeWebex::press`] is a person pressing one of its buttons: the
+//! button's `data` merged into the inputs, an `attachmentActions` record kept for
+//! `GET attachment/actions/{id}`, and a `cardAction` activity delivered. `GET people/{id}`
+//! answers every person the fake has seen.
+//!
 //! WebSocket: the path names the device (404 for an unknown or stale one); the first frame
 //! must be the authorization frame with the bot's token, `Bearer x` or bare `x` (else close
 //! 4401). Events carry increasing `sequenceNumber`s and alternate between text and binary
@@ -82,7 +90,9 @@ impl Post {
                 c => out.push(c),
             }
         }
-        out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+        out.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
     }
 
     pub fn field(&self, k: &str) -> Option<String> {
@@ -122,6 +132,10 @@ struct State {
     accounts: Vec<Account>,
     devices: Vec<Device>,
     messages: HashMap<String, Value>,
+    /// `attachmentActions` records, by REST id.
+    actions: HashMap<String, Value>,
+    /// People's emails, by REST id.
+    people: HashMap<String, String>,
     posts: Vec<Post>,
     requests: Vec<Seen>,
     acks: Vec<String>,
@@ -375,9 +389,69 @@ impl FakeWebex {
         }
         let event = activity_event(&activity, &person, from, "post");
         let mut s = self.state.lock().unwrap();
+        s.people.insert(
+            b64(&format!("ciscospark://us/PEOPLE/{person}")),
+            from.to_owned(),
+        );
         s.messages.insert(id.clone(), msg);
         deliver(&mut s, &to.token, event);
         id
+    }
+
+    /// `from` presses button `button` of the card in message `card` (posted by `to`), with
+    /// `inputs` (an object) filled in: answers the action's REST id. `created` is now unless
+    /// given.
+    pub fn press(
+        &self,
+        to: &Account,
+        from: &str,
+        card: &str,
+        button: usize,
+        inputs: Value,
+        created: Option<&str>,
+    ) -> String {
+        let activity = uuid();
+        let person = uuid();
+        let person_id = b64(&format!("ciscospark://us/PEOPLE/{person}"));
+        let id = b64(&format!("ciscospark://us/ATTACHMENT_ACTION/{activity}"));
+        let mut s = self.state.lock().unwrap();
+        let msg = s.messages.get(card).cloned().unwrap_or(Value::Null);
+        // As Webex does: the button's data joins the inputs.
+        let mut inputs = inputs;
+        if let Some(data) = msg["attachments"][0]["content"]["actions"][button]["data"].as_object()
+        {
+            for (k, v) in data {
+                inputs[k] = v.clone();
+            }
+        }
+        let action = json!({
+            "id": id,
+            "type": "submit",
+            "messageId": card,
+            "inputs": inputs,
+            "personId": person_id,
+            "roomId": msg["roomId"],
+            "created": created.map_or_else(now_rfc3339, str::to_owned),
+        });
+        s.people.insert(person_id, from.to_owned());
+        s.actions.insert(id.clone(), action);
+        let event = activity_event(&activity, &person, from, "cardAction");
+        deliver(&mut s, &to.token, event);
+        id
+    }
+
+    /// Sends again the `cardAction` event of action `id` to `to` (a redelivery).
+    pub fn redeliver_press(&self, to: &Account, id: &str) {
+        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(id.trim_end_matches('='))
+            .unwrap();
+        let uri = String::from_utf8(raw).unwrap();
+        let activity = uri.rsplit('/').next().unwrap().to_owned();
+        let mut s = self.state.lock().unwrap();
+        let person = s.actions[id]["personId"].as_str().unwrap().to_owned();
+        let from = s.people[&person].clone();
+        let event = activity_event(&activity, &uuid(), &from, "cardAction");
+        deliver(&mut s, &to.token, event);
     }
 
     /// Sends again the event of message `id` to `to` (a redelivery).
@@ -657,6 +731,22 @@ fn handle(
             s.devices.push(d);
             ok(j)
         }
+        ("GET", p) if p.starts_with("/v1/attachment/actions/") => {
+            let id = p["/v1/attachment/actions/".len()..].trim_end_matches('=');
+            match s.actions.get(id) {
+                Some(a) => ok(a.clone()),
+                None => err(404, "The requested resource could not be found."),
+            }
+        }
+        ("GET", p) if p.starts_with("/v1/people/") => {
+            let id = p["/v1/people/".len()..].trim_end_matches('=');
+            match s.people.get(id) {
+                Some(email) => ok(
+                    json!({ "id": id, "emails": [email], "displayName": email, "type": "person" }),
+                ),
+                None => err(404, "The requested resource could not be found."),
+            }
+        }
         ("GET", p) if p.starts_with("/v1/messages/") => {
             let id = p["/v1/messages/".len()..].trim_end_matches('=');
             match s.messages.get(id) {
@@ -682,6 +772,23 @@ fn handle(
                     400,
                     "one of roomId, toPersonEmail, toPersonId and a text of at most 7439 bytes",
                 );
+            }
+            if let Some(a) = v.get("attachments") {
+                let one = a.as_array().filter(|a| a.len() == 1).map(|a| &a[0]);
+                let card = one.filter(|c| {
+                    c["contentType"] == "application/vnd.microsoft.card.adaptive"
+                        && c["content"]["type"] == "AdaptiveCard"
+                        && matches!(
+                            c["content"]["version"].as_str(),
+                            Some("1.0" | "1.1" | "1.2" | "1.3")
+                        )
+                });
+                let Some(card) = card else {
+                    return err(400, "attachments: one Adaptive Card of version 1.3 at most");
+                };
+                if serde_json::to_vec(card).unwrap().len() > 22_000 {
+                    return err(400, "attachments: the card is too large");
+                }
             }
             // A reply names a message of the same room that is not itself a reply, as Webex
             // requires of threads.
@@ -714,6 +821,17 @@ fn handle(
             } else {
                 "direct"
             });
+            if v.get("roomId").is_none() {
+                let to = v
+                    .get("toPersonEmail")
+                    .or_else(|| v.get("toPersonId"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                m["roomId"] = json!(b64(&format!(
+                    "ciscospark://us/ROOM/direct-{}-{to}",
+                    me.uuid
+                )));
+            }
             s.messages.insert(id, m.clone());
             // Webex shows the bot its own message too.
             let event = activity_event(&activity, &me.uuid, &me.email, "post");
