@@ -852,6 +852,166 @@ fn notification(group: &str, alerts: &[(&str, &str, &str)]) -> String {
     )
 }
 
+/// On Webex the engine asks for an approval with a card: Deny (with the card's reason) and
+/// Approve decide as the commands do, answered in the card's thread; the approved action runs
+/// once; a second press is told so; someone not on the approver list is refused.
+#[cfg(feature = "webex")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
+    use support::webex::FakeWebex;
+    const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
+    let fake = FakeWebex::start().await;
+    let account = fake.add_bot("ops");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = config(
+        dir.path(),
+        port,
+        "approval = \"one\"\napprovers = \"oncall\"",
+    );
+    let transport = fake
+        .bot_toml(&account, "")
+        .replace(&account.token, "${OPSBOT_WEBEX_TOKEN}");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "[bot.transport]\nkind = \"console\"",
+            &format!("[bot.transport]\nkind = \"webex\"\n{transport}"),
+        )
+        .replace("admins = [\"console\"]\n", "")
+        .replace(
+            "approvers.oncall = [\"console\"]",
+            "approvers.oncall = [\"alice@example.com\", \"bob@example.com\"]",
+        )
+        .replace("room = \"ops\"", &format!("room = \"{ROOM}\""));
+    std::fs::write(&path, text).unwrap();
+    let env = [("OPSBOT_WEBEX_TOKEN", account.token.as_str())];
+    let _bot = Opsbot::start_with(&path, &env);
+    let post = move |body: String| {
+        tokio::task::spawn_blocking(move || {
+            wait_listening(port);
+            let auth = format!("Bearer {TOKEN}");
+            http(
+                port,
+                "POST",
+                "/api/v1/alerts/alertmanager",
+                &[("Authorization", &auth)],
+                body.as_bytes(),
+            )
+        })
+    };
+    let card_for = |label: &'static str| {
+        let fake = &fake;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(p) = fake.posts().into_iter().find(|p| {
+                    p.body["attachments"][0]["content"]["body"][0]["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(label))
+                }) {
+                    return p;
+                }
+                assert!(Instant::now() < deadline, "no card for {label}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let answer_in = |card: String, n: usize| {
+        let fake = &fake;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let answers: Vec<_> = fake
+                    .posts()
+                    .into_iter()
+                    .filter(|p| p.field("parentId").as_deref() == Some(card.as_str()))
+                    .collect();
+                if answers.len() >= n {
+                    return answers[n - 1].shown();
+                }
+                assert!(Instant::now() < deadline, "no answer {n} under the card");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let (s, b) = post(notification("g1", &[("f1", "web", "firing")]))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let a1 = card_for("\\[A1\\]").await;
+    let content = &a1.body["attachments"][0]["content"];
+    assert_eq!(content["actions"][0]["title"], "Approve");
+    assert_eq!(content["actions"][1]["title"], "Deny");
+    assert!(
+        a1.shown().contains("!approve A1") && a1.shown().contains("!deny A1"),
+        "the fallback spells the commands out: {}",
+        a1.shown()
+    );
+    fake.press(
+        &account,
+        "mallory@example.com",
+        &a1.id,
+        0,
+        serde_json::json!({}),
+        None,
+    );
+    assert!(
+        answer_in(a1.id.clone(), 1)
+            .await
+            .contains("[A1] you are not on the approver list `oncall`"),
+    );
+    fake.press(
+        &account,
+        "bob@example.com",
+        &a1.id,
+        1,
+        serde_json::json!({ "reason": "maintenance window" }),
+        None,
+    );
+    let denied = answer_in(a1.id.clone(), 2).await;
+    assert!(
+        denied.contains("[A1] denied") && denied.contains("(maintenance window)"),
+        "{denied}"
+    );
+
+    let (s, b) = post(notification("g2", &[("f2", "api", "firing")]))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let a2 = card_for("\\[A2\\]").await;
+    fake.press(
+        &account,
+        "alice@example.com",
+        &a2.id,
+        0,
+        serde_json::json!({}),
+        None,
+    );
+    let approved = answer_in(a2.id.clone(), 1).await;
+    assert!(approved.contains("[A2]"), "{approved}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("api").exists() {
+        assert!(Instant::now() < deadline, "the approved action never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!dir.path().join("web").exists(), "the denied action ran");
+    fake.press(
+        &account,
+        "alice@example.com",
+        &a2.id,
+        0,
+        serde_json::json!({}),
+        None,
+    );
+    assert!(
+        answer_in(a2.id.clone(), 2)
+            .await
+            .contains("you already pressed “Approve” on that card")
+    );
+}
+
 /// On Webex, a group's first notification starts a thread: its updates and its resolution
 /// are answers in that thread, also an update that comes before Webex has confirmed the first
 /// message, and also after the bot restarts.

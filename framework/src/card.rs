@@ -80,6 +80,7 @@ pub struct Card {
     title: String,
     body: Vec<Element>,
     buttons: Vec<Button>,
+    text: Option<Rich>,
 }
 
 /// Why a card cannot be sent.
@@ -101,7 +102,15 @@ impl Card {
             title: title.into(),
             body: Vec::new(),
             buttons: Vec::new(),
+            text: None,
         }
+    }
+
+    /// Uses `text` as the card's text fallback instead of the one made from the card; it
+    /// should spell out the buttons' commands.
+    pub fn fallback_text(mut self, text: impl Into<Rich>) -> Self {
+        self.text = Some(text.into());
+        self
     }
 
     /// Adds a block of text.
@@ -282,6 +291,9 @@ impl Card {
     /// facts as a list, an image as a link, inputs named, and the buttons' commands spelled
     /// out with the bot's `prefix`.
     pub fn fallback(&self, prefix: &str) -> Rich {
+        if let Some(text) = &self.text {
+            return text.clone();
+        }
         let mut r = Rich::new().heading(self.title.as_str());
         for e in &self.body {
             r = match e {

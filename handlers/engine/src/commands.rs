@@ -81,14 +81,26 @@ impl Handler for EngineCommands {
         let answer = match call.command().name {
             "approve" => {
                 call.expect_args(1, 1)?;
-                self.engine.approve(action_id(&call)?, who).await
+                let id = action_id(&call)?;
+                let answer = self.engine.approve(id, who).await;
+                match answer {
+                    // The line that it runs goes to the room; pressed on the request's card,
+                    // the decision shows under the card too.
+                    Ok(a) if a.is_empty() && call.from_card() => Ok(format!(
+                        "[A{id}] approved by {}: it runs now",
+                        call.sender().id
+                    )),
+                    other => other,
+                }
             }
             "deny" => {
                 if call.args().is_empty() {
                     return Err(call.usage_error());
                 }
                 let id = action_id(&call)?;
-                let reason = call.args()[1..].join(" ");
+                // Pressed on the request's card, the reason is its field.
+                let typed = call.args()[1..].join(" ");
+                let reason = call.input("reason").map_or(typed, str::to_owned);
                 self.engine.deny(id, who, reason).await
             }
             "actions" => {

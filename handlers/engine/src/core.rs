@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use opsbot::card::Card;
 use opsbot::message::Identity;
 use opsbot::rich::{Line, Rich};
 use opsbot::store::{Records, Store, StoreError};
@@ -59,6 +60,18 @@ pub enum Effect {
         anchor: Option<String>,
         /// The line, formatted.
         text: Rich,
+    },
+    /// Ask for an approval: `card` where the bot's transport has cards (its buttons run
+    /// `!approve` and `!deny`), `text` (which spells the commands out) elsewhere.
+    Ask {
+        /// The bot.
+        bot: String,
+        /// The room.
+        room: String,
+        /// The request as text.
+        text: Rich,
+        /// The request as a card.
+        card: Box<Card>,
     },
     /// Run the action (already marked running in the store), then report with
     /// [`Core::finished`].
@@ -723,10 +736,30 @@ impl Core {
                 "; expires in {}.",
                 humantime::format_duration(self.cfg.approval_timeout)
             ));
-        Ok(vec![Effect::Say {
+        let expires = humantime::format_duration(self.cfg.approval_timeout).to_string();
+        let card = Card::new(format!("[{label}] {}", a.plan_line))
+            .text(format!("for {trigger}"))
+            .facts([
+                ("rule", rule.name.clone()),
+                (
+                    "approvals",
+                    format!(
+                        "{} from {list} ({people} {})",
+                        a.needed,
+                        if people == 1 { "person" } else { "people" }
+                    ),
+                ),
+                ("expires", format!("in {expires}")),
+            ])
+            .input("reason", "Reason", "why, for a denial")
+            .button("Approve", format!("approve {label}"))
+            .button("Deny", format!("deny {label}"))
+            .fallback_text(text.clone());
+        Ok(vec![Effect::Ask {
             bot,
             room,
             text: text.into(),
+            card: Box::new(card),
         }])
     }
 

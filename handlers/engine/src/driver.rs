@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opsbot::bot::{NotWritten, Voice};
+use opsbot::card::Card;
 use opsbot::message::Destination;
+use opsbot::prelude::Handler as _;
 use opsbot::rich::Rich;
 use opsbot::store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::action::{self, Outcome};
 use crate::alert::{Bounds, Notification};
 use crate::audit::Audit;
+use crate::commands::EngineCommands;
 use crate::config::EngineConfig;
 use crate::core::{Core, Effect, Person};
 use crate::signature::Verifier;
@@ -327,6 +330,8 @@ struct Line {
     text: Rich,
     /// The alert group whose thread this line would start (see [`Effect::Notify`]).
     anchor: Option<String>,
+    /// The line as a card, where the bot's transport has cards (see [`Effect::Ask`]).
+    card: Option<Box<Card>>,
 }
 
 /// Lines the engine could not say yet (their bot was not running: the process is starting),
@@ -343,9 +348,19 @@ impl Unsaid {
             tracing::warn!(bot = %line.bot, dest = %line.dest, text = %line.text.plain(), "the engine names a bot this process does not run");
             return;
         };
-        let said = match &line.anchor {
-            None => v.say_rich(line.dest.clone(), line.text.clone()),
-            Some(group) => match v.post_rich(line.dest.clone(), line.text.clone()) {
+        let said = match (&line.anchor, &line.card) {
+            (_, Some(card)) => {
+                match v.post_card(line.dest.clone(), (**card).clone(), EngineCommands::NAME) {
+                    Ok(posted) => posted.is_some(),
+                    Err(e) => {
+                        // Text from an alert made the card too big: the text says the same.
+                        tracing::warn!(error = %e, "an approval card could not be made; sent as text");
+                        v.say_rich(line.dest.clone(), line.text.clone())
+                    }
+                }
+            }
+            (None, None) => v.say_rich(line.dest.clone(), line.text.clone()),
+            (Some(group), None) => match v.post_rich(line.dest.clone(), line.text.clone()) {
                 None => false,
                 Some(posted) => {
                     // The id comes once the line is written; later lines go to its thread.
@@ -504,6 +519,22 @@ fn carry_out(
                     dest,
                     text,
                     anchor: None,
+                    card: None,
+                };
+                unsaid.say(&world.voices, line, tx);
+            }
+            Effect::Ask {
+                bot,
+                room,
+                text,
+                card,
+            } => {
+                let line = Line {
+                    bot,
+                    dest: Destination::room(room),
+                    text,
+                    anchor: None,
+                    card: Some(card),
                 };
                 unsaid.say(&world.voices, line, tx);
             }
@@ -523,6 +554,7 @@ fn carry_out(
                     dest,
                     text,
                     anchor,
+                    card: None,
                 };
                 threads.notify(line, &world.voices, unsaid, tx);
             }

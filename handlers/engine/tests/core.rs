@@ -59,7 +59,9 @@ fn said(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Say { text, .. } | Effect::Notify { text, .. } => Some(text.plain()),
+            Effect::Say { text, .. } | Effect::Notify { text, .. } | Effect::Ask { text, .. } => {
+                Some(text.plain())
+            }
             Effect::Run(_) => None,
         })
         .collect()
@@ -70,7 +72,7 @@ fn runs(effects: &[Effect]) -> Vec<u64> {
         .iter()
         .filter_map(|e| match e {
             Effect::Run(a) => Some(a.id),
-            Effect::Say { .. } | Effect::Notify { .. } => None,
+            Effect::Say { .. } | Effect::Notify { .. } | Effect::Ask { .. } => None,
         })
         .collect()
 }
