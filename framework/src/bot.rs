@@ -392,6 +392,7 @@ impl Bot {
             outbox: outbox.clone(),
             fatal: fatal.clone(),
             cards,
+            conversations: Arc::default(),
         });
         let mut arbiters = Vec::new();
         let hosts = handlers

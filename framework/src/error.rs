@@ -52,6 +52,9 @@ pub enum Error {
     /// at ..."); a poller that returns it skips its tick without counting a failure.
     #[error("{0}")]
     BreakerOpen(crate::breaker::Open),
+    /// The user has been told already (a question that got no answer): nothing more is said.
+    #[error("{0}")]
+    Told(String),
     /// An internal failure: logged in full, told to the user as a generic apology.
     #[error("internal error: {0}")]
     Internal(Box<dyn std::error::Error + Send + Sync>),
@@ -83,11 +86,13 @@ impl Error {
         Self::Internal(err.into())
     }
 
-    /// The short line the user sees for this error, when it came from `what` (`!dns`).
+    /// The short line the user sees for this error, when it came from `what` (`!dns`); empty
+    /// when they have been told already.
     pub fn user_message(&self, what: &str) -> String {
         match self {
             Self::Internal(_) => format!("sorry, {what} failed; the error has been logged"),
             Self::User(msg) => format!("{what}: {msg}"),
+            Self::Told(_) => String::new(),
             other => other.to_string(),
         }
     }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::card::Card;
 use crate::command::{Call, CatalogEntry, Command, Match};
+use crate::conversation::{Allowance, Unanswered};
 use crate::error::Error;
 use crate::health::{ActorKind, ActorState, Snapshot};
 use crate::message::{Destination, Outgoing, Sender};
@@ -83,6 +84,7 @@ pub struct Context {
     reply_to: Destination,
     sender: Option<Sender>,
     expired: Arc<AtomicBool>,
+    allowance: Allowance,
 }
 
 impl Context {
@@ -99,6 +101,7 @@ impl Context {
             reply_to,
             sender,
             expired,
+            allowance: Allowance::default(),
         }
     }
 
@@ -150,6 +153,90 @@ impl Context {
         let fallback = card.fallback(&self.shared.prefix);
         self.send(Outgoing::card(dest, card, fallback, self.handler));
         Ok(())
+    }
+
+    /// Asks the person who sent the message being handled `question`, where they asked, and
+    /// waits up to `within` for their answer: their next message there that is not a command
+    /// (after the bot's name, if they address it). Another person's words do not answer it.
+    /// Commands keep working meanwhile; `cancel` (or the prefix and `cancel`) cancels. The
+    /// time spent waiting does not count against the handler's timeout; other messages for
+    /// this handler wait their turn while it waits.
+    ///
+    /// A timeout, a cancel, or too many open questions (3 per person, 100 per bot) end it with
+    /// a line to the person and an [`Unanswered`], which `?` turns into an error the router
+    /// does not repeat. If the handler crashes or is stopped while waiting, the question is
+    /// closed with it.
+    pub async fn ask(
+        &self,
+        question: impl Into<Rich>,
+        within: Duration,
+    ) -> std::result::Result<String, Unanswered> {
+        let Some(person) = self.sender.as_ref().map(|s| s.id.clone()) else {
+            return Err(Unanswered::NoOne);
+        };
+        let q = match self
+            .shared
+            .conversations
+            .open(person, self.reply_to.clone())
+        {
+            Ok(q) => q,
+            Err(e) => {
+                self.reply(self.addressed(&e.to_string()));
+                return Err(e);
+            }
+        };
+        self.reply_rich(question);
+        let began = Instant::now();
+        self.allowance.add(within);
+        let mut q = q;
+        let got = tokio::time::timeout(within, &mut q.answer).await;
+        self.allowance
+            .take_back(within.saturating_sub(began.elapsed()));
+        let e = match got {
+            Ok(Ok(answer)) => {
+                let cancel = answer.trim();
+                let bare = cancel.strip_prefix(self.prefix()).unwrap_or(cancel);
+                if !bare.eq_ignore_ascii_case("cancel") {
+                    return Ok(answer);
+                }
+                Unanswered::Cancelled
+            }
+            // Replaced by a newer question in the same place.
+            Ok(Err(_)) => Unanswered::Cancelled,
+            Err(_) => Unanswered::TimedOut(within),
+        };
+        self.reply(self.addressed(&e.to_string()));
+        Err(e)
+    }
+
+    /// Asks a yes-or-no `question` (see [`Context::ask`]); answers `true` for yes, `false`
+    /// for no, and asks again after anything else, until `within` has passed.
+    pub async fn confirm(
+        &self,
+        question: impl Into<String>,
+        within: Duration,
+    ) -> std::result::Result<bool, Unanswered> {
+        let deadline = Instant::now() + within;
+        let mut q = format!("{} (yes/no)", question.into());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = self
+                .ask(q.as_str(), left.max(Duration::from_secs(1)))
+                .await?;
+            match answer.trim().to_ascii_lowercase().as_str() {
+                "yes" | "y" => return Ok(true),
+                "no" | "n" => return Ok(false),
+                _ => q = "yes or no?".to_owned(),
+            }
+        }
+    }
+
+    /// `text` addressed to the sender in a room (`alice: text`).
+    fn addressed(&self, text: &str) -> String {
+        match (&self.reply_to, &self.sender) {
+            (Destination::User(_), _) | (_, None) => text.to_owned(),
+            (_, Some(s)) => format!("{}: {text}", s.name),
+        }
     }
 
     fn send(&self, out: Outgoing) {
@@ -276,6 +363,8 @@ pub(crate) struct Job {
     pub(crate) started: oneshot::Sender<()>,
     pub(crate) done: oneshot::Sender<Outcome>,
     pub(crate) expired: Arc<AtomicBool>,
+    /// Time spent waiting for people ([`Context::ask`]), which the timeout does not count.
+    pub(crate) allowance: Allowance,
 }
 
 impl Message for Job {
@@ -422,6 +511,7 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             Work::Command(c) => c.message.sender.clone(),
             Work::Match(m) => m.message.sender.clone(),
         };
+        let allowance = job.allowance.clone();
         let mut cx = Context::new(
             self.shared.clone(),
             H::NAME,
@@ -429,14 +519,17 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             Some(sender),
             job.expired,
         );
+        cx.allowance = job.allowance;
         let timeout = self.timeout;
         let began = Instant::now();
         let run = async move {
             let result = match job.work {
                 Work::Command(call) => {
-                    tokio::time::timeout(timeout, handler.command(&mut cx, call)).await
+                    allowance
+                        .within(timeout, handler.command(&mut cx, call))
+                        .await
                 }
-                Work::Match(m) => tokio::time::timeout(timeout, handler.matched(&mut cx, m)).await,
+                Work::Match(m) => allowance.within(timeout, handler.matched(&mut cx, m)).await,
             };
             (handler, result)
         };

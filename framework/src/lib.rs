@@ -48,6 +48,7 @@ pub mod card;
 mod cards;
 pub mod command;
 pub mod config;
+pub mod conversation;
 mod error;
 #[cfg(feature = "http")]
 pub mod fetch;

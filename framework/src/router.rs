@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::command::{Call, Command, Match};
+use crate::conversation::Allowance;
 use crate::error::Error;
 use crate::handler::{Job, Outcome, Work};
 use crate::message::{Destination, Incoming, Outgoing};
@@ -353,12 +354,14 @@ impl Router {
         let (started_tx, started_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let expired = Arc::new(AtomicBool::new(false));
+        let allowance = Allowance::default();
         host.do_send(Job {
             work,
             reply_to,
             started: started_tx,
             done: done_tx,
             expired: expired.clone(),
+            allowance: allowance.clone(),
         });
         let shared = self.shared.clone();
         let timeout = shared.options.handler_timeout;
@@ -368,7 +371,10 @@ impl Router {
                 done_rx.await.unwrap_or(Outcome::Unavailable)
             } else {
                 // Async handlers time themselves out; this bound catches a blocking one.
-                match tokio::time::timeout(timeout + Duration::from_millis(100), done_rx).await {
+                match allowance
+                    .within(timeout + Duration::from_millis(100), done_rx)
+                    .await
+                {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(_)) => Outcome::Unavailable,
                     Err(_) => {
@@ -393,7 +399,10 @@ impl Router {
             };
             let text = match outcome {
                 Outcome::Done => return,
-                Outcome::Failed(e) => e.user_message(&what),
+                Outcome::Failed(e) => match e.user_message(&what) {
+                    told if told.is_empty() => return,
+                    text => text,
+                },
                 Outcome::Panicked { disabled: false } => {
                     format!("sorry, {what} crashed; it is being restarted")
                 }
@@ -630,6 +639,18 @@ impl actix::Handler<Inbound> for Router {
             return;
         }
         let nick = self.nick.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // An answer to a question the sender has open here (a command is never one).
+        let text = addressed_to(&msg.text, &nick).unwrap_or(&msg.text).trim();
+        if !text.is_empty()
+            && (!text.starts_with(self.table.prefix.as_str())
+                || text[self.table.prefix.len()..].eq_ignore_ascii_case("cancel"))
+            && self
+                .shared
+                .conversations
+                .answer(&msg.sender.id, &msg.reply_to(), text)
+        {
+            return;
+        }
         match self.table.route(&msg, &nick) {
             Route::Nothing => {}
             Route::Unknown { .. } => {

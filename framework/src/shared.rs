@@ -23,6 +23,8 @@ pub(crate) struct BotShared {
     pub(crate) fatal: Fatal,
     /// The cards the bot posted, for their buttons.
     pub(crate) cards: std::sync::Arc<crate::cards::CardBook>,
+    /// Questions waiting for their answers.
+    pub(crate) conversations: std::sync::Arc<crate::conversation::Conversations>,
 }
 
 impl BotShared {

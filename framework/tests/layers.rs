@@ -24,6 +24,7 @@ const ORDER: &[&str] = &[
     "healing_log",
     "health",
     "cards",
+    "conversation",
     // supervision
     "supervisor",
     // actors
