@@ -1,5 +1,5 @@
 //! Rendering one formatted reply (a heading, a line with every kind of span, and a table of 50
-//! pods) for each style.
+//! pods) for each style, and cutting it into the messages each transport sends.
 
 use std::hint::black_box;
 
@@ -47,6 +47,17 @@ fn bench(c: &mut Criterion) {
     ] {
         c.bench_function(&format!("rich_table50_{name}"), |b| {
             b.iter(|| black_box(&r).render(black_box(style)))
+        });
+    }
+    // What the outbox does: render and cut to each transport's message size.
+    for (name, style, max, multiline) in [
+        ("irc", Style::Irc, 400, false),
+        ("xmpp", Style::XmppStyling, 10_000, true),
+        ("webex", Style::Markdown, 7_439, true),
+        ("console", Style::Ansi, 4_096, false),
+    ] {
+        c.bench_function(&format!("rich_cut50_{name}"), |b| {
+            b.iter(|| black_box(&r).messages(black_box(style), max, multiline))
         });
     }
 }
