@@ -17,6 +17,7 @@ use crate::handler::Factory;
 use crate::health::{ActorKind, ActorState};
 use crate::message::{Destination, Outgoing};
 use crate::outbox::Say;
+use crate::rich::Rich;
 use crate::shared::BotShared;
 use crate::store::Store;
 use crate::supervisor::{CoreGuard, Restarts, after_crash, catch, fault_point};
@@ -26,8 +27,10 @@ use crate::supervisor::{CoreGuard, Restarts, after_crash, catch, fault_point};
 pub struct Item {
     /// Stable id: the same item must have the same id on every poll (a URL, a ticket number).
     pub id: String,
-    /// What to post when the item is new.
+    /// What to post when the item is new (for a formatted item, its plain text).
     pub text: String,
+    /// The item formatted ([`crate::rich`]), when the poller gives it so.
+    pub rich: Option<Rich>,
 }
 
 impl Item {
@@ -36,6 +39,17 @@ impl Item {
         Self {
             id: id.into(),
             text: text.into(),
+            rich: None,
+        }
+    }
+
+    /// A formatted item, rendered for each transport (a link keeps its target everywhere).
+    pub fn rich(id: impl Into<String>, rich: impl Into<Rich>) -> Self {
+        let rich = rich.into();
+        Self {
+            id: id.into(),
+            text: rich.plain(),
+            rich: Some(rich),
         }
     }
 }
@@ -234,16 +248,21 @@ impl<P: Poller> PollerHost<P> {
                                 .collect();
                             let max = act.opts.max_posts.max(1);
                             let more = new.len().saturating_sub(max);
-                            let mut lines: Vec<String> =
-                                new.iter().take(max).map(|i| i.text.clone()).collect();
+                            let mut lines: Vec<(String, Option<Rich>)> = new
+                                .iter()
+                                .take(max)
+                                .map(|i| (i.text.clone(), i.rich.clone()))
+                                .collect();
                             if more > 0 {
-                                lines.push(format!("… and {more} more from {}", P::NAME));
+                                lines.push((format!("… and {more} more from {}", P::NAME), None));
                             }
-                            for text in &lines {
+                            for (text, rich) in &lines {
                                 for dest in &act.opts.post_to {
-                                    act.shared
-                                        .outbox
-                                        .do_send(Say::new(Outgoing::new(dest.clone(), text.clone())));
+                                    let out = match rich {
+                                        Some(r) => Outgoing::rich(dest.clone(), r.clone()),
+                                        None => Outgoing::new(dest.clone(), text.clone()),
+                                    };
+                                    act.shared.outbox.do_send(Say::new(out));
                                 }
                             }
                             let posted = new.len() as u64;

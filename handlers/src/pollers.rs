@@ -42,6 +42,9 @@ use opsbot::settings::BreakerSettings;
 use opsbot::settings::{FromSettings, SettingsError};
 use serde_json::Value;
 
+/// The longest link a feed item keeps.
+const MAX_LINK: usize = 2000;
+
 use crate::links::clean;
 
 fn checked_url(url: &str) -> Result<(), SettingsError> {
@@ -264,8 +267,14 @@ impl Poller for Feed {
                     .as_ref()
                     .map_or("(untitled)", |t| t.content.as_str());
                 let link = e.links.first().map_or("", |l| l.href.as_str());
-                let text = clean(&format!("{title} {link}"), src.max_chars);
-                Item::new(e.id.clone(), text)
+                let title = clean(title, src.max_chars);
+                // A link with its title: clickable where the service has links, `title <url>`
+                // elsewhere. A link too long to be one is left out.
+                if link.is_empty() || link.len() > MAX_LINK {
+                    Item::new(e.id.clone(), title)
+                } else {
+                    Item::rich(e.id.clone(), Line::new().link(title, clean(link, MAX_LINK)))
+                }
             })
             .collect();
         items.reverse();

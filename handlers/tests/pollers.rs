@@ -98,7 +98,7 @@ async fn a_feed_posts_only_new_entries_also_after_a_restart_and_caps_a_burst() {
         primed(&mut bot, "feed").await;
         live.lock().unwrap().2 = atom(1..=4);
         let said = bot.said().await;
-        assert_eq!(said.text, "Incident 4 & fix https://status.example/4");
+        assert_eq!(said.text, "Incident 4 & fix <https://status.example/4>");
         assert_eq!(said.dest.name(), "#ops");
         bot.shutdown().await;
     }
@@ -110,7 +110,7 @@ async fn a_feed_posts_only_new_entries_also_after_a_restart_and_caps_a_burst() {
         .poller(opts(), move || f.clone());
     bot.start();
     let said = bot.said().await;
-    assert_eq!(said.text, "Incident 5 & fix https://status.example/5");
+    assert_eq!(said.text, "Incident 5 & fix <https://status.example/5>");
     // 500 new at once: ten lines, then how many more.
     live.lock().unwrap().2 = atom(1..=505);
     let lines = bot.replies(11).await;
@@ -154,7 +154,7 @@ async fn a_failing_feed_opens_its_breaker_and_recovers() {
         l.2 = atom(1..=3);
     }
     let said = bot.said().await;
-    assert_eq!(said.text, "Incident 3 & fix https://status.example/3");
+    assert_eq!(said.text, "Incident 3 & fix <https://status.example/3>");
     let s = bot.status();
     assert_eq!(s.breakers[0].state, BreakerState::Closed);
     assert!(s.healing_log.iter().any(|e| e.action == "breaker open"));
@@ -313,7 +313,7 @@ async fn sources_nested_100000_levels_deep_are_errors_not_crashes() {
     live_feed.lock().unwrap().2 = deep_feed(60_000, 1..=2);
     assert_eq!(
         bot.said().await.text,
-        "Incident 2 & fix https://status.example/2"
+        "Incident 2 & fix <https://status.example/2>"
     );
     live_feed.lock().unwrap().2 = deep_feed(100_000, 1..=3);
     live_json.lock().unwrap().2 = deep_json;
@@ -341,7 +341,7 @@ async fn sources_nested_100000_levels_deep_are_errors_not_crashes() {
     assert_eq!(
         said,
         [
-            "Incident 3 & fix https://status.example/3",
+            "Incident 3 & fix <https://status.example/3>",
             "OPS-2: disk 2 full"
         ]
     );
