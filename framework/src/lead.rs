@@ -26,13 +26,23 @@ pub struct Holder {
     pub since: SystemTime,
 }
 
+/// The most characters of a holder's id that are kept: it comes from whoever wrote the lease,
+/// and it is shown in `!status`, the status API and the page.
+pub const MAX_HOLDER_ID: usize = 128;
+
 impl Holder {
-    /// A holder.
+    /// A holder. Its id is kept printable and at most [`MAX_HOLDER_ID`] characters (a longer
+    /// one is cut and ends with `…`).
     pub fn new(id: impl Into<String>, since: SystemTime) -> Self {
-        Self {
-            id: id.into(),
-            since,
-        }
+        let id = crate::text::printable(&id.into());
+        let id = if id.chars().count() > MAX_HOLDER_ID {
+            let mut cut: String = id.chars().take(MAX_HOLDER_ID - 1).collect();
+            cut.push('…');
+            cut
+        } else {
+            id
+        };
+        Self { id, since }
     }
 }
 
@@ -175,6 +185,17 @@ impl Lead {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_holders_id_from_outside_is_printable_and_bounded() {
+        let h = Holder::new(
+            format!("a\u{202e}b\n{}", "x".repeat(500)),
+            SystemTime::now(),
+        );
+        assert_eq!(h.id.chars().count(), MAX_HOLDER_ID);
+        assert!(h.id.starts_with("ab") && h.id.ends_with('…'));
+        assert_eq!(Holder::new("host:41", SystemTime::now()).id, "host:41");
+    }
+
     use super::*;
     use std::time::Duration;
 
