@@ -12,6 +12,7 @@ pub mod chaos;
 pub mod cut;
 pub mod http;
 pub mod nats;
+pub mod synapse;
 #[cfg(feature = "webex")]
 pub mod webex;
 #[cfg(feature = "xmpp")]
