@@ -7,7 +7,12 @@
 //! [`check`] validates a `[bot.transport]` section without connecting, and [`from_config`] turns
 //! it into a transport: swapping protocols is a one-line config change.
 
-#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
+#[cfg(any(
+    feature = "irc",
+    feature = "xmpp",
+    feature = "webex",
+    feature = "matrix"
+))]
 // Each piece serves some of the transports: a build with fewer leaves some unused.
 #[cfg_attr(
     not(all(feature = "irc", feature = "xmpp", feature = "webex")),
@@ -17,6 +22,8 @@ mod common;
 pub mod console;
 #[cfg(feature = "irc")]
 pub mod irc;
+#[cfg(feature = "matrix")]
+pub mod matrix;
 #[cfg(any(feature = "irc", feature = "xmpp"))]
 #[cfg_attr(not(all(feature = "irc", feature = "xmpp")), allow(dead_code))]
 mod membership;
@@ -29,7 +36,12 @@ use std::path::Path;
 
 use opsbot::BotBuilder;
 use opsbot::config::{BotConfig, Config, ConfigError, TransportConfig};
-#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
+#[cfg(any(
+    feature = "irc",
+    feature = "xmpp",
+    feature = "webex",
+    feature = "matrix"
+))]
 use opsbot::settings::SettingsError;
 use opsbot::transport::Identity;
 
@@ -42,6 +54,8 @@ pub const KINDS: &[&str] = &[
     "xmpp",
     #[cfg(feature = "webex")]
     "webex",
+    #[cfg(feature = "matrix")]
+    "matrix",
 ];
 
 fn error(file: &Path, key: String, message: String, hint: Option<String>) -> ConfigError {
@@ -63,6 +77,8 @@ enum Section {
     Xmpp(xmpp::XmppConfig),
     #[cfg(feature = "webex")]
     Webex(webex::WebexConfig),
+    #[cfg(feature = "matrix")]
+    Matrix(matrix::MatrixConfig),
 }
 
 /// Reads a transport section once: its kind, its settings (serde, with key paths) and their
@@ -88,6 +104,8 @@ fn read(file: &Path, t: &TransportConfig) -> Result<Section, Vec<ConfigError>> {
         "xmpp" => checked(file, t, xmpp::XmppConfig::problems).map(Section::Xmpp),
         #[cfg(feature = "webex")]
         "webex" => checked(file, t, webex::WebexConfig::problems).map(Section::Webex),
+        #[cfg(feature = "matrix")]
+        "matrix" => checked(file, t, matrix::MatrixConfig::problems).map(Section::Matrix),
         other => Err(vec![error(
             file,
             format!("{}.kind", t.key),
@@ -99,7 +117,12 @@ fn read(file: &Path, t: &TransportConfig) -> Result<Section, Vec<ConfigError>> {
 
 /// Reads a transport's settings as `T` and lists their problems, keys prefixed with the
 /// section's.
-#[cfg(any(feature = "irc", feature = "xmpp", feature = "webex"))]
+#[cfg(any(
+    feature = "irc",
+    feature = "xmpp",
+    feature = "webex",
+    feature = "matrix"
+))]
 fn checked<T: serde::de::DeserializeOwned>(
     file: &Path,
     t: &TransportConfig,
@@ -207,6 +230,13 @@ pub fn from_config(
         Section::Xmpp(cfg) => builder.transport(xmpp::Xmpp::new(cfg)),
         #[cfg(feature = "webex")]
         Section::Webex(cfg) => builder.transport(webex::Webex::new(cfg)),
+        // The stores go beside the bot's state file unless the section names a folder.
+        #[cfg(feature = "matrix")]
+        Section::Matrix(cfg) => {
+            let state = opsbot::bot::default_state_path();
+            let dir = state.parent().unwrap_or(std::path::Path::new("."));
+            builder.transport(matrix::Matrix::new(cfg, dir))
+        }
     })
 }
 

@@ -1,0 +1,144 @@
+//! `[bot.transport]` for `kind = "matrix"`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opsbot::config::Secret;
+use opsbot::settings::SettingsError;
+use serde::Deserialize;
+
+use crate::common::problem;
+
+/// The Matrix transport's settings, as written in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// The homeserver's client API URL (`https://matrix.example.org`); `http` only on a
+    /// loopback address.
+    pub homeserver: String,
+    /// The bot's user id (`@opsbot:example.org`).
+    pub user: String,
+    /// Its password (logs in once; the session is kept), or
+    pub password: Option<Secret>,
+    /// an access token of a session made elsewhere.
+    pub access_token: Option<Secret>,
+    /// The device's name, as the user's device list shows it.
+    #[serde(default = "device_name")]
+    pub device_name: String,
+    /// Rooms to join and stay in: aliases (`#ops:example.org`) or ids (`!abc:example.org`).
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// The folder for the session and the SQLite state and crypto stores (default: the
+    /// bot's state folder, `matrix-<user>` in it).
+    pub store: Option<PathBuf>,
+    /// Encrypts the stores on disk.
+    pub store_passphrase: Secret,
+    /// Seconds a sync waits on the server for news.
+    pub sync_timeout_secs: Option<u64>,
+}
+
+fn device_name() -> String {
+    "opsbot".into()
+}
+
+impl MatrixConfig {
+    /// How long one sync waits for news.
+    pub fn sync_timeout(&self) -> Duration {
+        Duration::from_secs(self.sync_timeout_secs.unwrap_or(30))
+    }
+
+    /// Everything wrong with the settings, each with its key.
+    pub fn problems(&self) -> Vec<SettingsError> {
+        let mut out = Vec::new();
+        match url::Url::parse(self.homeserver.trim()) {
+            Err(e) => out.push(problem(
+                "homeserver".into(),
+                format!(
+                    "`{}` is not a URL ({e}); write https://host",
+                    self.homeserver
+                ),
+            )),
+            Ok(u) => {
+                let loopback = match u.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                if !u.username().is_empty() || u.password().is_some() {
+                    out.push(problem("homeserver".into(), "has credentials in it".into()));
+                } else if u.scheme() == "http" && !loopback {
+                    out.push(problem(
+                        "homeserver".into(),
+                        "may use http only on a loopback address: the password and the token \
+                         would cross the network in the clear"
+                            .into(),
+                    ));
+                } else if !matches!(u.scheme(), "http" | "https") {
+                    out.push(problem("homeserver".into(), "must be an https URL".into()));
+                }
+            }
+        }
+        let valid_user = self
+            .user
+            .strip_prefix('@')
+            .and_then(|u| u.split_once(':'))
+            .is_some_and(|(l, s)| !l.is_empty() && !s.is_empty())
+            && !self
+                .user
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control());
+        if !valid_user {
+            out.push(problem(
+                "user".into(),
+                format!(
+                    "`{}` is not a Matrix user id (write @opsbot:example.org)",
+                    self.user
+                ),
+            ));
+        }
+        match (&self.password, &self.access_token) {
+            (Some(_), Some(_)) => out.push(problem(
+                "password".into(),
+                "give a password or an access_token, not both".into(),
+            )),
+            (None, None) => out.push(problem(
+                "password".into(),
+                "a password or an access_token is needed".into(),
+            )),
+            _ => {}
+        }
+        if self.store_passphrase.expose().trim().is_empty() {
+            out.push(problem(
+                "store_passphrase".into(),
+                "is empty: it encrypts the bot's keys on disk".into(),
+            ));
+        }
+        for (i, r) in self.rooms.iter().enumerate() {
+            let ok = (r.starts_with('#') || r.starts_with('!'))
+                && r.contains(':')
+                && !r.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                out.push(problem(
+                    format!("rooms[{i}]"),
+                    format!("`{r}` is not a room alias or id (write #ops:example.org)"),
+                ));
+            }
+        }
+        if self.device_name.trim().is_empty() || self.device_name.chars().any(char::is_control) {
+            out.push(problem(
+                "device_name".into(),
+                "must be a name without control characters".into(),
+            ));
+        }
+        if let Some(t) = self.sync_timeout_secs
+            && !(1..=300).contains(&t)
+        {
+            out.push(problem(
+                "sync_timeout_secs".into(),
+                "must be 1 to 300".into(),
+            ));
+        }
+        out
+    }
+}
