@@ -602,6 +602,7 @@ impl App {
     /// bot with every built-in handler. Exits 0 after a graceful stop, 2 for a bad config, 1
     /// when a bot failed.
     pub fn main(self) -> ExitCode {
+        opsbot::tls::install_default_provider();
         // Named as the program was started (`opsbot`, or a bot program of one's own), never as
         // the crate that holds the CLI.
         use clap::{CommandFactory, FromArgMatches};

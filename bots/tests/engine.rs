@@ -1883,6 +1883,8 @@ fn duplicated_deliveries_to_two_engine_processes_make_one_action() {
 #[cfg(all(feature = "cluster", feature = "kubernetes"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_cluster_layout_runs_with_its_own_users_and_permissions() {
+    // This test's own NATS clients take rustls's process default too.
+    opsbot::tls::install_default_provider();
     use fake_kubernetes::FakeKubernetes;
     const BOTS_PW: &str = "bots-nats-password-0123456789";
     const WORKER_PW: &str = "worker-nats-password-0123456789";

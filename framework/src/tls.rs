@@ -9,6 +9,14 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
+/// Makes ring the process's default rustls provider, for the libraries that take the default
+/// (the Kubernetes and NATS clients): a build that links a second provider (matrix-sdk brings
+/// aws-lc-rs) has no default of its own, and such a client would fail its first handshake.
+/// Call it once at start; a default set before is kept.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The TLS client configuration: trust the system's CA certificates and those in `ca_file`.
 pub fn client_config(ca_file: Option<&Path>) -> io::Result<ClientConfig> {
     let mut roots = RootCertStore::empty();

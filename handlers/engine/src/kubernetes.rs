@@ -180,6 +180,8 @@ mod client {
         config.connect_timeout = Some(k.timeout);
         config.read_timeout = Some(k.timeout);
         config.write_timeout = Some(k.timeout);
+        // The kube client takes rustls's process default.
+        opsbot::tls::install_default_provider();
         Client::try_from(config).map_err(|e| format!("the Kubernetes client: {e}"))
     }
 

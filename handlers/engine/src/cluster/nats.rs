@@ -15,6 +15,8 @@ use crate::record::ActionRecord;
 
 /// Connects to the cluster's NATS and makes sure its streams and bucket exist.
 pub async fn connect(cfg: &ClusterConfig, who: &str) -> Result<jetstream::Context, String> {
+    // The NATS client takes rustls's process default.
+    opsbot::tls::install_default_provider();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("opsbot {who}"))
         .connection_timeout(Duration::from_secs(10));
