@@ -87,11 +87,11 @@ impl Person {
     }
 }
 
-fn config(synapse: &Synapse, store: &std::path::Path, extra: &str) -> MatrixConfig {
+fn config(synapse: &Synapse, store: &std::path::Path, room: &str) -> MatrixConfig {
     let text = format!(
         "homeserver = \"{}\"\nuser = \"{BOT}\"\npassword = \"botpass\"\n\
-         store = \"{}\"\nstore_passphrase = \"passphrase\"\nrooms = [\"#ops:localhost\"]\n\
-         sync_timeout_secs = 2\n{extra}",
+         store = \"{}\"\nstore_passphrase = \"passphrase\"\nrooms = [\"{room}\"]\n\
+         sync_timeout_secs = 2\n",
         synapse.url(),
         store.display()
     );
@@ -134,7 +134,7 @@ async fn commands_are_answered_and_a_restart_replays_nothing_on_the_same_device(
     let room = alice.create_room("ops").await;
     let store = tempfile::tempdir().unwrap();
 
-    let first = bot(config(&synapse, store.path(), ""));
+    let first = bot(config(&synapse, store.path(), "#ops:localhost"));
     let s = connected(&first).await;
     let device = detail(&s);
     assert!(
@@ -147,7 +147,7 @@ async fn commands_are_answered_and_a_restart_replays_nothing_on_the_same_device(
 
     // While the bot is down, a command waits on the server.
     alice.say(&room, "!echo while down").await;
-    let second = bot(config(&synapse, store.path(), ""));
+    let second = bot(config(&synapse, store.path(), "#ops:localhost"));
     let s = connected(&second).await;
     let device_of = |d: &str| d.split(" · ").nth(1).unwrap_or_default().to_owned();
     assert_eq!(
@@ -167,4 +167,78 @@ async fn commands_are_answered_and_a_restart_replays_nothing_on_the_same_device(
         "{}",
         detail(&s)
     );
+}
+
+/// An encrypted room works like any other (the bot reads the command and its answer is
+/// encrypted for the room); a message the bot cannot decrypt is counted, and answered with
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_works_and_an_undecryptable_message_is_counted() {
+    use matrix_sdk::ruma::TransactionId;
+    use matrix_sdk::ruma::api::client::message::send_message_event::v3::Request as SendRaw;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::events::{InitialStateEvent, MessageLikeEventType};
+    use matrix_sdk::ruma::serde::Raw;
+
+    let synapse = Synapse::start();
+    synapse.register("opsbot", "botpass");
+    synapse.register("alice", "alicepass");
+    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let mut req = CreateRoom::new();
+    req.room_alias_name = Some("secure".to_owned());
+    req.preset = Some(RoomPreset::PublicChat);
+    req.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = alice.client.create_room(req).await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let bot = bot(config(&synapse, store.path(), "#secure:localhost"));
+    connected(&bot).await;
+    // Alice learns that the bot joined, so her message is encrypted for its device too.
+    let deadline = Instant::now() + T;
+    while room
+        .members(matrix_sdk::RoomMemberships::JOIN)
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.user_id().as_str() != BOT)
+    {
+        assert!(Instant::now() < deadline, "alice never saw the bot join");
+        let settings = SyncSettings::default().timeout(Duration::from_millis(500));
+        alice.client.sync_once(settings).await.unwrap();
+    }
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted());
+    alice.say(&room, "!echo secret").await;
+    alice.expect("secret").await;
+
+    // A message no key can open.
+    let garbage = serde_json::json!({
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEnACgAkLmt6qF84IK++J7UDH2Za1YVchHyprqTqsg2yyOwAtHaZTwyNg37afzg8f3r9IsN9r4RNFg7MaZencUJe4qvELiDiopUjy5wYVDAtqdBzer5bWRD9ldxp1FLgbQvBcjkkywYjCsmsq6+hArLd9oAQZnGKn/qLsK+5uNX3PaWzDRC9wZPQvWYYPCTov3jCwXKTPsLKIiTrcCXDqMvnn8m+T3zF/I2zqxg158tnUwWWIw51UO",
+        "device_id": "RJYKSTBOIE",
+        "sender_key": "IlRMeOPX2e0MurIyfWEucYBRVOEEUMrOHqn/8mLqMjA",
+        "session_id": "X3lUlvLELLYxeTx4yOVu6UDpasGEVO0Jbu+QFnm0cKQ",
+    });
+    alice
+        .client
+        .send(SendRaw::new_raw(
+            room.room_id().to_owned(),
+            TransactionId::new(),
+            MessageLikeEventType::RoomEncrypted,
+            Raw::new(&garbage).unwrap().cast_unchecked(),
+        ))
+        .await
+        .unwrap();
+    alice.say(&room, "!echo after").await;
+    let heard = alice.expect("after").await;
+    assert_eq!(heard, ["secret", "after"], "nothing answered the garbage");
+    let s = bot
+        .wait_status(T, "the garbage counted", |s| {
+            detail(s).contains("undecryptable 1")
+        })
+        .await;
+    assert!(detail(&s).contains("undecryptable 1"));
 }
