@@ -216,6 +216,16 @@ impl Card {
                 self.body.len()
             ));
         }
+        if crate::text::printable(&self.title).trim().is_empty() {
+            return bad("the title shows nothing".into());
+        }
+        if self
+            .text
+            .as_ref()
+            .is_some_and(|t| t.plain().trim().is_empty())
+        {
+            return bad("the fallback text shows nothing".into());
+        }
         let mut text = self.title.len();
         let mut ids: Vec<&str> = Vec::new();
         for e in &self.body {
@@ -398,6 +408,15 @@ mod tests {
         assert!(matches!(twice.check(), Err(CardError::Malformed(_))));
         let inject = Card::new("x").button("b", "echo hi\r\nQUIT");
         assert!(matches!(inject.check(), Err(CardError::Malformed(_))));
+        for title in ["", " ", "\u{200b}\u{202e}"] {
+            let blank = Card::new(title).button("b", "echo x");
+            assert!(
+                matches!(blank.check(), Err(CardError::Malformed(_))),
+                "{title:?}"
+            );
+        }
+        let empty = Card::new("x").fallback_text("\u{200b}");
+        assert!(matches!(empty.check(), Err(CardError::Malformed(_))));
         let image = Card::new("x").image("javascript:alert(1)", "x");
         assert!(matches!(image.check(), Err(CardError::Malformed(_))));
     }

@@ -710,12 +710,19 @@ impl actix::Handler<Say> for Outbox {
         let formatted = self.pacing.style() != Style::Plain;
         let lines: Vec<Text> = match (&out.rich, &out.card) {
             // A card is one message: the card, and as much of its fallback as one message
-            // holds for the clients that cannot show it.
-            (Some(rich), Some(card)) if self.pacing.cards() => vec![Text {
-                body: self.pacing.cut_rich(rich).swap_remove(0),
-                formatted,
-                card: Some(card.clone()),
-            }],
+            // holds for the clients that cannot show it (a fallback with nothing visible
+            // leaves nothing to send).
+            (Some(rich), Some(card)) if self.pacing.cards() => self
+                .pacing
+                .cut_rich(rich)
+                .into_iter()
+                .take(1)
+                .map(|body| Text {
+                    body,
+                    formatted,
+                    card: Some(card.clone()),
+                })
+                .collect(),
             (Some(rich), _) => self
                 .pacing
                 .cut_rich(rich)
