@@ -852,6 +852,60 @@ fn notification(group: &str, alerts: &[(&str, &str, &str)]) -> String {
     )
 }
 
+/// The Webex room the engine's notifications go to in the Webex tests.
+#[cfg(feature = "webex")]
+const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
+
+/// [`config`] with the bot on `account` of the fake Webex (its token from the environment,
+/// `OPSBOT_WEBEX_TOKEN`), notifying [`ROOM`], and each of `more` replaced; answers its path.
+#[cfg(feature = "webex")]
+fn webex_config(
+    dir: &Path,
+    port: u16,
+    rule: &str,
+    fake: &support::webex::FakeWebex,
+    account: &support::webex::Account,
+    more: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let path = config(dir, port, rule);
+    let transport = fake
+        .bot_toml(account, "")
+        .replace(&account.token, "${OPSBOT_WEBEX_TOKEN}");
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "[bot.transport]\nkind = \"console\"",
+            &format!("[bot.transport]\nkind = \"webex\"\n{transport}"),
+        )
+        .replace("admins = [\"console\"]\n", "")
+        .replace("room = \"ops\"", &format!("room = \"{ROOM}\""));
+    for (from, to) in more {
+        assert!(text.contains(from), "{from} is not in the config");
+        text = text.replace(from, to);
+    }
+    assert!(text.contains("kind = \"webex\"") && text.contains(ROOM));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Posts Alertmanager's webhook `body` to the engine on `port`, once it listens.
+#[cfg(feature = "webex")]
+async fn post_alerts(port: u16, body: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        wait_listening(port);
+        let auth = format!("Bearer {TOKEN}");
+        http(
+            port,
+            "POST",
+            "/api/v1/alerts/alertmanager",
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// On Webex the engine asks for an approval with a card: Deny (with the card's reason) and
 /// Approve decide as the commands do, answered in the card's thread; the approved action runs
 /// once; a second press is told so; someone not on the approver list is refused.
@@ -859,47 +913,24 @@ fn notification(group: &str, alerts: &[(&str, &str, &str)]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
     use support::webex::FakeWebex;
-    const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
     let fake = FakeWebex::start().await;
     let account = fake.add_bot("ops");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let path = config(
+    let path = webex_config(
         dir.path(),
         port,
         "approval = \"one\"\napprovers = \"oncall\"",
-    );
-    let transport = fake
-        .bot_toml(&account, "")
-        .replace(&account.token, "${OPSBOT_WEBEX_TOKEN}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(
-            "[bot.transport]\nkind = \"console\"",
-            &format!("[bot.transport]\nkind = \"webex\"\n{transport}"),
-        )
-        .replace("admins = [\"console\"]\n", "")
-        .replace(
+        &fake,
+        &account,
+        &[(
             "approvers.oncall = [\"console\"]",
             "approvers.oncall = [\"alice@example.com\", \"bob@example.com\"]",
-        )
-        .replace("room = \"ops\"", &format!("room = \"{ROOM}\""));
-    std::fs::write(&path, text).unwrap();
+        )],
+    );
     let env = [("OPSBOT_WEBEX_TOKEN", account.token.as_str())];
     let _bot = Opsbot::start_with(&path, &env);
-    let post = move |body: String| {
-        tokio::task::spawn_blocking(move || {
-            wait_listening(port);
-            let auth = format!("Bearer {TOKEN}");
-            http(
-                port,
-                "POST",
-                "/api/v1/alerts/alertmanager",
-                &[("Authorization", &auth)],
-                body.as_bytes(),
-            )
-        })
-    };
+    let post = move |body: String| post_alerts(port, body);
     let card_for = |label: &'static str| {
         let fake = &fake;
         async move {
@@ -936,9 +967,7 @@ async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
         }
     };
 
-    let (s, b) = post(notification("g1", &[("f1", "web", "firing")]))
-        .await
-        .unwrap();
+    let (s, b) = post(notification("g1", &[("f1", "web", "firing")])).await;
     assert_eq!(s, 200, "{b}");
     let a1 = card_for("\\[A1\\]").await;
     let content = &a1.body["attachments"][0]["content"];
@@ -976,9 +1005,7 @@ async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
         "{denied}"
     );
 
-    let (s, b) = post(notification("g2", &[("f2", "api", "firing")]))
-        .await
-        .unwrap();
+    let (s, b) = post(notification("g2", &[("f2", "api", "firing")])).await;
     assert_eq!(s, 200, "{b}");
     let a2 = card_for("\\[A2\\]").await;
     fake.press(
@@ -1019,46 +1046,17 @@ async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() {
     use support::webex::FakeWebex;
-    const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
     let fake = FakeWebex::start().await;
     let account = fake.add_bot("ops");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let path = config(dir.path(), port, "dry_run = true");
-    let transport = fake
-        .bot_toml(&account, "")
-        .replace(&account.token, "${OPSBOT_WEBEX_TOKEN}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(
-            "[bot.transport]\nkind = \"console\"",
-            &format!("[bot.transport]\nkind = \"webex\"\n{transport}"),
-        )
-        .replace("admins = [\"console\"]\n", "")
-        .replace("room = \"ops\"", &format!("room = \"{ROOM}\""));
-    assert!(text.contains("kind = \"webex\"") && text.contains(ROOM));
-    std::fs::write(&path, text).unwrap();
+    let path = webex_config(dir.path(), port, "dry_run = true", &fake, &account, &[]);
     let env = [("OPSBOT_WEBEX_TOKEN", account.token.as_str())];
     let bot = Opsbot::start_with(&path, &env);
-    let alerts = "/api/v1/alerts/alertmanager";
-    let post = move |body: String| {
-        tokio::task::spawn_blocking(move || {
-            wait_listening(port);
-            let auth = format!("Bearer {TOKEN}");
-            http(
-                port,
-                "POST",
-                alerts,
-                &[("Authorization", &auth)],
-                body.as_bytes(),
-            )
-        })
-    };
+    let post = move |body: String| post_alerts(port, body);
     // Webex is slow to confirm the first message: the update comes before it has an id.
     fake.set_latency(Duration::from_millis(400));
-    let (s, b) = post(notification("g1", &[("f1", "web", "firing")]))
-        .await
-        .unwrap();
+    let (s, b) = post(notification("g1", &[("f1", "web", "firing")])).await;
     assert_eq!(s, 200, "{b}");
     let first = fake
         .wait_posts(&account.token, 1, Duration::from_secs(30))
@@ -1067,8 +1065,7 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
         "g1",
         &[("f1", "web", "firing"), ("f2", "api", "firing")],
     ))
-    .await
-    .unwrap();
+    .await;
     assert_eq!(s, 200, "{b}");
     let notes = |posts: Vec<support::webex::Post>| -> Vec<support::webex::Post> {
         posts
@@ -1101,8 +1098,7 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
         "g1",
         &[("f1", "web", "resolved"), ("f2", "api", "resolved")],
     ))
-    .await
-    .unwrap();
+    .await;
     assert_eq!(s, 200, "{b}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
