@@ -442,11 +442,7 @@ impl FakeWebex {
 
     /// Sends again the `cardAction` event of action `id` to `to` (a redelivery).
     pub fn redeliver_press(&self, to: &Account, id: &str) {
-        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(id.trim_end_matches('='))
-            .unwrap();
-        let uri = String::from_utf8(raw).unwrap();
-        let activity = uri.rsplit('/').next().unwrap().to_owned();
+        let activity = activity_of(id);
         let mut s = self.state.lock().unwrap();
         let person = s.actions[id]["personId"].as_str().unwrap().to_owned();
         let from = s.people[&person].clone();
@@ -456,11 +452,7 @@ impl FakeWebex {
 
     /// Sends again the event of message `id` to `to` (a redelivery).
     pub fn redeliver(&self, to: &Account, id: &str) {
-        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(id.trim_end_matches('='))
-            .unwrap();
-        let uri = String::from_utf8(raw).unwrap();
-        let activity = uri.rsplit('/').next().unwrap().to_owned();
+        let activity = activity_of(id);
         let mut s = self.state.lock().unwrap();
         let from = s.messages[id]["personEmail"].as_str().unwrap().to_owned();
         let event = activity_event(&activity, &uuid(), &from, "post");
@@ -525,6 +517,15 @@ impl FakeWebex {
         let s = self.state.lock().unwrap();
         s.devices.iter().filter(|d| d.token == token).count()
     }
+}
+
+/// The activity (a UUID) a REST id (`base64("ciscospark://us/<KIND>/<uuid>")`) names.
+fn activity_of(id: &str) -> String {
+    let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(id.trim_end_matches('='))
+        .unwrap();
+    let uri = String::from_utf8(raw).unwrap();
+    uri.rsplit('/').next().unwrap().to_owned()
 }
 
 fn activity_event(activity: &str, person: &str, email: &str, verb: &str) -> Value {
