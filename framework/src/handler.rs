@@ -82,6 +82,8 @@ pub struct Context {
     shared: Arc<BotShared>,
     handler: &'static str,
     reply_to: Destination,
+    /// The id of the message being handled: replies to it are marked as its replies.
+    in_reply_to: Option<Arc<str>>,
     sender: Option<Sender>,
     expired: Arc<AtomicBool>,
     allowance: Allowance,
@@ -99,6 +101,7 @@ impl Context {
             shared,
             handler,
             reply_to,
+            in_reply_to: None,
             sender,
             expired,
             allowance: Allowance::default(),
@@ -239,7 +242,10 @@ impl Context {
         }
     }
 
-    fn send(&self, out: Outgoing) {
+    fn send(&self, mut out: Outgoing) {
+        if out.dest == self.reply_to {
+            out.in_reply_to.clone_from(&self.in_reply_to);
+        }
         if self.expired.load(Ordering::Acquire) {
             tracing::warn!(
                 handler = self.handler,
@@ -507,10 +513,12 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             return;
         };
         let _ = job.started.send(());
-        let sender = match &job.work {
-            Work::Command(c) => c.message.sender.clone(),
-            Work::Match(m) => m.message.sender.clone(),
+        let message = match &job.work {
+            Work::Command(c) => &c.message,
+            Work::Match(m) => &m.message,
         };
+        let sender = message.sender.clone();
+        let in_reply_to = message.id.as_deref().map(Arc::from);
         let allowance = job.allowance.clone();
         let mut cx = Context::new(
             self.shared.clone(),
@@ -520,6 +528,7 @@ impl<H: Handler> actix::Handler<Job> for HandlerHost<H> {
             job.expired,
         );
         cx.allowance = job.allowance;
+        cx.in_reply_to = in_reply_to;
         let timeout = self.timeout;
         let began = Instant::now();
         let run = async move {

@@ -198,6 +198,9 @@ pub struct Outgoing {
     /// The framework's own answer to a user's command (an apology, "unavailable", a usage
     /// line, a refusal): never taken for a loop, however often it repeats.
     pub(crate) answer: bool,
+    /// The id of the message this one answers, where the transport shows replies as such
+    /// (Matrix's `m.in_reply_to`); set for a handler's replies to the message it handles.
+    pub(crate) in_reply_to: Option<Arc<str>>,
 }
 
 impl Outgoing {
@@ -209,6 +212,7 @@ impl Outgoing {
             rich: None,
             card: None,
             answer: false,
+            in_reply_to: None,
         }
     }
 

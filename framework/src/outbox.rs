@@ -98,6 +98,8 @@ struct Text {
     /// A card sent with `body` (its fallback) as one message, and the handler whose commands
     /// its buttons run.
     card: Option<(Arc<Card>, Arc<str>)>,
+    /// The message this line answers (on the first line of a reply only).
+    in_reply_to: Option<Arc<str>>,
 }
 
 impl Text {
@@ -106,6 +108,7 @@ impl Text {
             body,
             formatted: false,
             card: None,
+            in_reply_to: None,
         }
     }
 }
@@ -514,6 +517,7 @@ impl Outbox {
                 text: line.body,
                 formatted: line.formatted,
                 card: line.card.map(|(c, _)| c),
+                in_reply_to: line.in_reply_to,
                 ack: Some(ack),
                 stamp,
                 recall,
@@ -721,6 +725,7 @@ impl actix::Handler<Say> for Outbox {
                     body,
                     formatted,
                     card: Some(card.clone()),
+                    in_reply_to: None,
                 })
                 .collect(),
             (Some(rich), _) => self
@@ -731,6 +736,7 @@ impl actix::Handler<Say> for Outbox {
                     body,
                     formatted,
                     card: None,
+                    in_reply_to: None,
                 })
                 .collect(),
             (None, _) => self
@@ -740,7 +746,10 @@ impl actix::Handler<Say> for Outbox {
                 .map(Text::plain)
                 .collect(),
         };
-        for line in lines {
+        let mut in_reply_to = out.in_reply_to.clone();
+        for mut line in lines {
+            // The reply mark rides on the first line, as the receipt does.
+            line.in_reply_to = in_reply_to.take();
             // The receipt rides on the first line: its id is the message's.
             if !self.enqueue(out.dest.clone(), line, receipt.take(), false) {
                 dropped += 1;

@@ -73,6 +73,9 @@ pub struct Delivery {
     /// A card to send with `text` (its fallback), on a transport with cards
     /// ([`crate::pacing::Limits::cards`]).
     pub card: Option<Arc<crate::card::Card>>,
+    /// The id of the message this line answers (a handler's reply to the message it
+    /// handles; on the first line of it), for a transport that marks replies as such.
+    pub in_reply_to: Option<Arc<str>>,
     /// Taken once answered; still here when the delivery is dropped unanswered.
     pub(crate) ack: Option<oneshot::Sender<Ack>>,
     /// The recall count when the outbox chose it: a delivery chosen before a line came back
@@ -579,6 +582,7 @@ mod tests {
                     text: text.into(),
                     formatted: false,
                     card: None,
+                    in_reply_to: None,
                     ack: Some(ack),
                     stamp: 0,
                     recall: Recall::default(),

@@ -304,3 +304,28 @@ async fn access_lists_decide_who_runs_a_command() {
     }
     assert_eq!(bot.replies(2).await, ["hi", "4"]);
 }
+
+/// A handler's reply names the message it answers, on its first line only; a line to
+/// another place does not, nor does the framework's own usage line.
+#[tokio::test]
+async fn replies_name_the_message_they_answer() {
+    use opsbot::message::{Incoming, Sender};
+    let mut bot = bot();
+    let mut msg = Incoming::in_room("#test", Sender::new("tester"), "!echo one");
+    msg.id = Some("$ev1".into());
+    bot.send_message(msg);
+    let said = bot.said().await;
+    assert_eq!(
+        (said.text.as_str(), said.in_reply_to.as_deref()),
+        ("one", Some("$ev1"))
+    );
+    let mut msg = Incoming::in_room("#test", Sender::new("tester"), "!add x");
+    msg.id = Some("$ev2".into());
+    bot.send_message(msg);
+    let said = bot.said().await;
+    assert!(said.text.contains("usage"), "{}", said.text);
+    assert_eq!(said.in_reply_to, None);
+    // A message without an id (IRC): nothing to name.
+    bot.send("!echo two");
+    assert_eq!(bot.said().await.in_reply_to, None);
+}

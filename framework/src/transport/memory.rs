@@ -26,6 +26,8 @@ pub struct Said {
     pub card: Option<Arc<crate::card::Card>>,
     /// The id the transport gave it, when it gives ids.
     pub id: Option<String>,
+    /// The id of the message it answers ([`crate::transport::Delivery::in_reply_to`]).
+    pub in_reply_to: Option<Arc<str>>,
     /// When the transport wrote it (the moment it would have gone into a socket).
     pub at: std::time::Instant,
 }
@@ -202,7 +204,7 @@ impl Transport for MemoryTransport {
                             *n += 1;
                             format!("m{n}")
                         });
-                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), formatted: d.formatted, card: d.card.clone(), id: id.clone(), at: std::time::Instant::now() };
+                        let said = Said { dest: d.dest.clone(), text: d.text.clone(), formatted: d.formatted, card: d.card.clone(), id: id.clone(), in_reply_to: d.in_reply_to.clone(), at: std::time::Instant::now() };
                         if self.output.send(said).is_err() {
                             // Nobody listens any more; the line is gone with them.
                             tracing::debug!("remote end closed; line discarded");

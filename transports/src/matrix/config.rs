@@ -35,6 +35,43 @@ pub struct MatrixConfig {
     pub store_passphrase: Secret,
     /// Seconds a sync waits on the server for news.
     pub sync_timeout_secs: Option<u64>,
+    /// Who may invite the bot into a room or a direct chat: user ids (`@alice:example.org`),
+    /// or a whole server (`*:example.org`). Invites to the configured `rooms` are always
+    /// taken; any other is declined.
+    #[serde(default)]
+    pub invites_from: Vec<String>,
+    /// Which devices get the keys to read what the bot says in encrypted rooms.
+    #[serde(default)]
+    pub share_keys: ShareKeys,
+    /// The secret of the bot's recovery (secret storage and key backup): set up with it on
+    /// the first start, and recovered from it on a new device (a new pod, a lost store), so
+    /// the bot's device is cross-signed and reads its rooms' history with no human step.
+    pub recovery_passphrase: Option<Secret>,
+}
+
+/// Which devices of the people in an encrypted room get the keys of the bot's messages.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareKeys {
+    /// Every device that is not blacklisted, verified or not (what most clients do).
+    #[default]
+    All,
+    /// Only devices their owner has cross-signed; a person without cross-signing reads
+    /// nothing the bot says (MSC4153's recommendation).
+    Signed,
+    /// Only devices the bot trusts: verified interactively or by a trusted identity.
+    Verified,
+}
+
+impl ShareKeys {
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Signed => "signed",
+            Self::Verified => "verified",
+        }
+    }
 }
 
 fn device_name() -> String {
@@ -42,6 +79,14 @@ fn device_name() -> String {
 }
 
 impl MatrixConfig {
+    /// Whether `user` may invite the bot.
+    pub fn may_invite(&self, user: &str) -> bool {
+        let server = user.split_once(':').map_or("", |(_, s)| s);
+        self.invites_from
+            .iter()
+            .any(|e| e == user || e.strip_prefix("*:") == Some(server))
+    }
+
     /// How long one sync waits for news.
     pub fn sync_timeout(&self) -> Duration {
         Duration::from_secs(self.sync_timeout_secs.unwrap_or(30))
@@ -129,6 +174,26 @@ impl MatrixConfig {
             out.push(problem(
                 "device_name".into(),
                 "must be a name without control characters".into(),
+            ));
+        }
+        for (i, u) in self.invites_from.iter().enumerate() {
+            let ok = (u.starts_with('@') || u.starts_with("*:"))
+                && u.split_once(':')
+                    .is_some_and(|(l, s)| l.len() > 1 && !s.is_empty())
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                out.push(problem(
+                    format!("invites_from[{i}]"),
+                    format!("`{u}` is not a user id or `*:server` (write @alice:example.org)"),
+                ));
+            }
+        }
+        if let Some(p) = &self.recovery_passphrase
+            && p.expose().trim().chars().count() < 12
+        {
+            out.push(problem(
+                "recovery_passphrase".into(),
+                "is shorter than 12 characters: it opens the bot's keys on the server".into(),
             ));
         }
         if let Some(t) = self.sync_timeout_secs

@@ -7,9 +7,19 @@
 //! the router and sending what the outbox gives. The sync token is kept after each sync, and a
 //! message older than the bot's start never runs, so a restart never replays old commands.
 //! Encrypted rooms are read and written by the SDK's crypto; a message the bot cannot decrypt
-//! is counted and logged, and answered with nothing.
+//! is counted and logged, and answered with nothing. The device is cross-signed without a
+//! human step, and with `recovery_passphrase` the bot's secrets and room keys are kept in the
+//! homeserver's secret storage and key backup, so a bot on a new device reads its rooms.
+//!
+//! Invites are taken to the configured rooms and from `invites_from`; every other is
+//! declined. Replies are notices, HTML with a plain body when formatted, marked as replies
+//! to the command (`m.in_reply_to`), in its thread when it was in one. The SDK's own retries
+//! are off: a rate limit holds the line for the server's wait, and a failed request is the
+//! framework's reconnect with backoff.
 
 mod config;
+mod crypto;
+mod text;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use matrix_sdk::authentication::matrix::MatrixSession;
-use matrix_sdk::config::SyncSettings;
+use matrix_sdk::config::{RequestConfig, SyncSettings};
 use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
-use matrix_sdk::ruma::events::relation::Thread;
+use matrix_sdk::ruma::events::relation::{InReplyTo, Reply, Thread};
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
@@ -32,7 +43,7 @@ use opsbot::pacing::Rate;
 use opsbot::transport::{Delivery, Identity, Limits, Link, SessionEnd, Transport, TransportError};
 use tokio::sync::mpsc;
 
-pub use config::MatrixConfig;
+pub use config::{MatrixConfig, ShareKeys};
 
 /// The longest text kept from one message as a command.
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
@@ -46,6 +57,17 @@ struct Stats {
     old: AtomicU64,
     undecryptable: AtomicU64,
     limited: AtomicU64,
+    declined: AtomicU64,
+}
+
+/// What the event handlers hand to the session.
+enum Heard {
+    Message(Incoming),
+    /// An invite of the bot into `room` by `sender`.
+    Invite {
+        room: OwnedRoomId,
+        sender: OwnedUserId,
+    },
 }
 
 /// The session kept in the store folder: the SDK's session (user, device, token) and the
@@ -64,6 +86,10 @@ pub struct Matrix {
     started: SystemTime,
     stats: Arc<Stats>,
     sync_token: Option<String>,
+    /// The configured rooms' ids, once joined: invites to them are always taken.
+    configured: Vec<OwnedRoomId>,
+    /// The encryption's state, for `!status`.
+    crypto: String,
 }
 
 impl Matrix {
@@ -84,6 +110,8 @@ impl Matrix {
             started: SystemTime::now(),
             stats: Arc::default(),
             sync_token: None,
+            configured: Vec::new(),
+            crypto: String::new(),
         }
     }
 
@@ -122,6 +150,9 @@ impl Matrix {
         let client = Client::builder()
             .homeserver_url(self.cfg.homeserver.trim())
             .sqlite_store(&self.store, Some(self.cfg.store_passphrase.expose()))
+            .request_config(RequestConfig::new().disable_retry())
+            .with_encryption_settings(crypto::settings())
+            .with_room_key_recipient_strategy(crypto::strategy(self.cfg.share_keys))
             .build()
             .await
             .map_err(|e| TransportError::Refused(format!("cannot open the stores: {e}")))?;
@@ -155,6 +186,7 @@ impl Matrix {
                         };
                         let c = Client::builder()
                             .homeserver_url(self.cfg.homeserver.trim())
+                            .request_config(RequestConfig::new().disable_retry())
                             .build()
                             .await
                             .map_err(|e| TransportError::Connection(e.to_string()))?;
@@ -202,28 +234,35 @@ impl Matrix {
     fn detail(&self, client: &Client) -> String {
         let rooms = client.joined_rooms().len();
         format!(
-            "{} on {} · device {} · {rooms} room{} · received {} · older than the bot {} · undecryptable {} · rate-limited {}",
+            "{} on {} · device {} · {rooms} room{} · {} · received {} · older than the bot {} · undecryptable {} · rate-limited {} · invites declined {}",
             self.cfg.user,
             self.cfg.homeserver.trim(),
             client.device_id().map_or("?".into(), |d| d.to_string()),
             if rooms == 1 { "" } else { "s" },
+            self.crypto,
             self.stats.received.load(Ordering::Relaxed),
             self.stats.old.load(Ordering::Relaxed),
             self.stats.undecryptable.load(Ordering::Relaxed),
             self.stats.limited.load(Ordering::Relaxed),
+            self.stats.declined.load(Ordering::Relaxed),
         )
     }
 
-    /// Hands new text messages to `tx` as they are synced, and counts what cannot be read.
-    fn listen(&self, client: &Client, tx: mpsc::UnboundedSender<Incoming>) {
+    /// Hands new text messages and invites to `tx` as they are synced, and counts what cannot
+    /// be read. `names` are the bot's names a mention pill writes (display name, user id,
+    /// local part).
+    fn listen(&self, client: &Client, names: Vec<String>, tx: mpsc::UnboundedSender<Heard>) {
         let started = MilliSecondsSinceUnixEpoch::from_system_time(self.started)
             .unwrap_or(MilliSecondsSinceUnixEpoch(0u32.into()));
         let stats = self.stats.clone();
+        let names = Arc::new(names);
+        let messages = tx.clone();
         client.add_event_handler(
             move |ev: OriginalSyncRoomMessageEvent, room: Room, client: Client| {
-                let (tx, stats) = (tx.clone(), stats.clone());
+                let (tx, stats, names) = (messages.clone(), stats.clone(), names.clone());
                 async move {
-                    if client.user_id() == Some(ev.sender.as_ref()) {
+                    let Some(own) = client.user_id() else { return };
+                    if own == ev.sender {
                         return;
                     }
                     if ev.origin_server_ts < started {
@@ -233,22 +272,56 @@ impl Matrix {
                     let MessageType::Text(text) = &ev.content.msgtype else {
                         return;
                     };
-                    if text.body.len() > MAX_COMMAND_BYTES {
+                    // An edit never runs a command again.
+                    if matches!(ev.content.relates_to, Some(Relation::Replacement(_)))
+                        || text.body.len() > MAX_COMMAND_BYTES
+                    {
                         return;
                     }
                     stats.received.fetch_add(1, Ordering::Relaxed);
+                    let pill = format!("matrix.to/#/{own}");
+                    let mentioned = ev
+                        .content
+                        .mentions
+                        .as_ref()
+                        .is_some_and(|m| m.user_ids.contains(own))
+                        || text
+                            .formatted
+                            .as_ref()
+                            .is_some_and(|f| f.body.contains(&pill));
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let (body, addressed) = match text::after_name(&text.body, &names) {
+                        Some(rest) if mentioned => (rest, true),
+                        _ => (text.body.as_str(), false),
+                    };
                     let sender = Sender::new(ev.sender.to_string());
                     let direct = room.is_direct().await.unwrap_or(false);
                     let mut m = if direct {
-                        Incoming::direct(sender, text.body.clone())
+                        Incoming::direct(sender, body)
                     } else {
-                        Incoming::in_room(room.room_id().to_string(), sender, text.body.clone())
+                        Incoming::in_room(room.room_id().to_string(), sender, body)
                     };
+                    m.addressed = addressed && !direct;
                     m.id = Some(ev.event_id.to_string());
                     if let Some(Relation::Thread(t)) = &ev.content.relates_to {
                         m.thread = Some(t.event_id.to_string().into());
                     }
-                    let _ = tx.send(m);
+                    let _ = tx.send(Heard::Message(m));
+                }
+            },
+        );
+        client.add_event_handler(
+            move |ev: StrippedRoomMemberEvent, room: Room, client: Client| {
+                let tx = tx.clone();
+                async move {
+                    if ev.content.membership == MembershipState::Invite
+                        && client.user_id() == Some(ev.state_key.as_ref())
+                    {
+                        let _ = tx.send(Heard::Invite {
+                            room: room.room_id().to_owned(),
+                            sender: ev.sender,
+                        });
+                    }
                 }
             },
         );
@@ -260,6 +333,26 @@ impl Matrix {
                 tracing::warn!(kind = "matrix", room = %room.room_id(), event = %ev.event_id, "a message the bot cannot decrypt");
             }
         });
+    }
+
+    /// Takes an invite to a configured room or from `invites_from`, and declines any other.
+    async fn invited(&self, client: &Client, link: &Link, room: OwnedRoomId, sender: OwnedUserId) {
+        let Some(r) = client.get_room(&room) else {
+            return;
+        };
+        if self.configured.contains(&room) || self.cfg.may_invite(sender.as_str()) {
+            match r.join().await {
+                Ok(()) => link.heal_event("invite", format!("joined {room}, invited by {sender}")),
+                Err(e) => link.heal_event("invite", format!("cannot join {room}: {e}")),
+            }
+        } else {
+            self.stats.declined.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(kind = "matrix", %room, %sender, "invite declined: not from invites_from");
+            link.heal_event("invite", format!("declined {room} from {sender}"));
+            if let Err(e) = r.leave().await {
+                tracing::warn!(kind = "matrix", %room, error = %e, "cannot decline the invite");
+            }
+        }
     }
 
     /// Sends one line; answers the delivery.
@@ -283,12 +376,28 @@ impl Matrix {
             d.undeliverable(why);
             return Ok(());
         };
-        let mut content = RoomMessageEventContent::notice_plain(d.text.clone());
-        if let Destination::Thread { parent, .. } = &d.dest
-            && let Ok(parent) = OwnedEventId::try_from(parent.as_ref())
-        {
-            content.relates_to = Some(Relation::Thread(Thread::plain(parent.clone(), parent)));
-        }
+        let mut content = if d.formatted {
+            let (body, html) = text::html_and_body(&d.text);
+            RoomMessageEventContent::notice_html(body, html)
+        } else {
+            RoomMessageEventContent::notice_plain(d.text.clone())
+        };
+        let answers = d
+            .in_reply_to
+            .as_deref()
+            .and_then(|id| OwnedEventId::try_from(id).ok());
+        content.relates_to = match (&d.dest, answers) {
+            (Destination::Thread { parent, .. }, answers) => {
+                OwnedEventId::try_from(parent.as_ref())
+                    .ok()
+                    .map(|root| match answers {
+                        Some(a) => Relation::Thread(Thread::reply(root, a)),
+                        None => Relation::Thread(Thread::without_fallback(root)),
+                    })
+            }
+            (_, Some(a)) => Some(Relation::Reply(Reply::new(InReplyTo::new(a)))),
+            (_, None) => None,
+        };
         match room.send(content).await {
             Ok(r) => {
                 d.done_as(r.response.event_id.to_string());
@@ -367,7 +476,7 @@ impl Transport for Matrix {
             multiline: true,
             window: 1,
             window_per_destination: 1,
-            style: opsbot::rich::Style::Plain,
+            style: opsbot::rich::Style::Markdown,
             cards: false,
         }
     }
@@ -387,19 +496,28 @@ impl Transport for Matrix {
             .unwrap_or("")
             .to_owned();
         link.set_nick(&nick);
+        self.configured.clear();
         for r in &self.cfg.rooms {
             match matrix_sdk::ruma::OwnedRoomOrAliasId::try_from(r.as_str()) {
-                Ok(id) => {
-                    if let Err(e) = client.join_room_by_id_or_alias(&id, &[]).await {
+                Ok(id) => match client.join_room_by_id_or_alias(&id, &[]).await {
+                    Ok(room) => self.configured.push(room.room_id().to_owned()),
+                    Err(e) => {
+                        if e.client_api_error_kind().is_none() {
+                            return Err(classify(&e, "joining"));
+                        }
                         link.heal_event("join", format!("{r}: {e}"));
                         tracing::warn!(kind = "matrix", room = %r, error = %e, "cannot join");
                     }
-                }
+                },
                 Err(e) => tracing::warn!(kind = "matrix", room = %r, error = %e, "not a room"),
             }
         }
+        let mut names = vec![self.cfg.user.clone(), nick];
+        if let Ok(Some(display)) = client.account().get_display_name().await {
+            names.insert(0, display);
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.listen(&client, tx);
+        self.listen(&client, names, tx);
         let timeout = self.cfg.sync_timeout();
         let settings = move |token: &Option<String>| {
             let s = SyncSettings::default().timeout(timeout);
@@ -415,6 +533,8 @@ impl Transport for Matrix {
             .map_err(|e| classify(&e, "syncing"))?;
         self.sync_token = Some(first.next_batch);
         self.keep(&client);
+        crypto::secure(&client, &self.cfg, link).await;
+        self.crypto = crypto::state(&client, self.cfg.share_keys).await;
         link.connected(self.detail(&client));
         let mut sync = Box::pin(client.sync_once(settings(&self.sync_token)));
         loop {
@@ -433,10 +553,16 @@ impl Transport for Matrix {
                             _ => return Err(classify(&e, "syncing")),
                         },
                     }
+                    self.crypto = crypto::state(&client, self.cfg.share_keys).await;
                     link.set_detail(self.detail(&client));
                     sync = Box::pin(client.sync_once(settings(&self.sync_token)));
                 }
-                Some(m) = rx.recv() => link.incoming(m),
+                Some(heard) = rx.recv() => match heard {
+                    Heard::Message(m) => link.incoming(m),
+                    Heard::Invite { room, sender } => {
+                        self.invited(&client, link, room, sender).await;
+                    }
+                },
                 d = link.next_delivery() => match d {
                     Some(d) => self.deliver(&client, d).await?,
                     None => return Ok(SessionEnd::Finished),
