@@ -69,10 +69,16 @@ pub(super) async fn secure(client: &Client, cfg: &MatrixConfig, link: &Link) {
                 && recovery.state() != RecoveryState::Incomplete;
             if !whole {
                 match recovery.recover(secret.expose()).await {
-                    Ok(()) => link.heal_event(
-                        "recover",
-                        "the device took the account's keys from secret storage",
-                    ),
+                    Ok(()) => {
+                        let rooms = history(client).await;
+                        link.heal_event(
+                            "recover",
+                            format!(
+                                "the device took the account's keys from secret storage, \
+                                 and the room keys of {rooms} encrypted room(s) from the backup"
+                            ),
+                        );
+                    }
                     Err(e) => {
                         tracing::error!(kind = "matrix", error = %e, "cannot recover the account's keys");
                         link.heal_event("recover", format!("cannot recover: {e}"));
@@ -92,6 +98,34 @@ pub(super) async fn secure(client: &Client, cfg: &MatrixConfig, link: &Link) {
             link.heal_event("recover", format!("cannot read its state: {e}"));
         }
     }
+}
+
+/// Fetches the room keys of every joined encrypted room from the key backup, so the
+/// history a device before this one read is readable here too; answers how many rooms'
+/// keys came.
+async fn history(client: &Client) -> usize {
+    let mut done = 0;
+    for room in client.joined_rooms() {
+        if !room
+            .latest_encryption_state()
+            .await
+            .is_ok_and(|s| s.is_encrypted())
+        {
+            continue;
+        }
+        match client
+            .encryption()
+            .backups()
+            .download_room_keys_for_room(room.room_id())
+            .await
+        {
+            Ok(()) => done += 1,
+            Err(e) => {
+                tracing::warn!(kind = "matrix", room = %room.room_id(), error = %e, "cannot fetch the room's keys from the backup");
+            }
+        }
+    }
+    done
 }
 
 /// The encryption's state, for `!status`.

@@ -35,7 +35,9 @@ use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMember
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
-use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId};
+use matrix_sdk::ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId,
+};
 use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, Room};
 use opsbot::message::{Destination, Incoming, Sender};
@@ -329,6 +331,10 @@ impl Matrix {
         client.add_event_handler(move |ev: OriginalSyncRoomEncryptedEvent, room: Room| {
             let stats = stats.clone();
             async move {
+                // History the bot cannot read is not a message to it.
+                if ev.origin_server_ts < started {
+                    return;
+                }
                 stats.undecryptable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(kind = "matrix", room = %room.room_id(), event = %ev.event_id, "a message the bot cannot decrypt");
             }
@@ -498,18 +504,30 @@ impl Transport for Matrix {
         link.set_nick(&nick);
         self.configured.clear();
         for r in &self.cfg.rooms {
-            match matrix_sdk::ruma::OwnedRoomOrAliasId::try_from(r.as_str()) {
-                Ok(id) => match client.join_room_by_id_or_alias(&id, &[]).await {
-                    Ok(room) => self.configured.push(room.room_id().to_owned()),
-                    Err(e) => {
-                        if e.client_api_error_kind().is_none() {
-                            return Err(classify(&e, "joining"));
-                        }
-                        link.heal_event("join", format!("{r}: {e}"));
-                        tracing::warn!(kind = "matrix", room = %r, error = %e, "cannot join");
-                    }
+            let Ok(id) = matrix_sdk::ruma::OwnedRoomOrAliasId::try_from(r.as_str()) else {
+                tracing::warn!(kind = "matrix", room = %r, "not a room");
+                continue;
+            };
+            // The room's id, so that an invite to it is known as one to a configured room
+            // even when joining it now fails (an invite-only room the bot is not yet in).
+            let room_id = match OwnedRoomId::try_from(r.as_str()) {
+                Ok(rid) => Some(rid),
+                Err(_) => match OwnedRoomAliasId::try_from(r.as_str()) {
+                    Ok(alias) => client
+                        .resolve_room_alias(&alias)
+                        .await
+                        .ok()
+                        .map(|a| a.room_id),
+                    Err(_) => None,
                 },
-                Err(e) => tracing::warn!(kind = "matrix", room = %r, error = %e, "not a room"),
+            };
+            self.configured.extend(room_id);
+            if let Err(e) = client.join_room_by_id_or_alias(&id, &[]).await {
+                if e.client_api_error_kind().is_none() {
+                    return Err(classify(&e, "joining"));
+                }
+                link.heal_event("join", format!("{r}: {e}"));
+                tracing::warn!(kind = "matrix", room = %r, error = %e, "cannot join");
             }
         }
         let mut names = vec![self.cfg.user.clone(), nick];
@@ -558,13 +576,19 @@ impl Transport for Matrix {
                     sync = Box::pin(client.sync_once(settings(&self.sync_token)));
                 }
                 Some(heard) = rx.recv() => match heard {
-                    Heard::Message(m) => link.incoming(m),
+                    Heard::Message(m) => {
+                        link.incoming(m);
+                        link.set_detail(self.detail(&client));
+                    }
                     Heard::Invite { room, sender } => {
                         self.invited(&client, link, room, sender).await;
                     }
                 },
                 d = link.next_delivery() => match d {
-                    Some(d) => self.deliver(&client, d).await?,
+                    Some(d) => {
+                        self.deliver(&client, d).await?;
+                        link.set_detail(self.detail(&client));
+                    }
                     None => return Ok(SessionEnd::Finished),
                 },
             }
