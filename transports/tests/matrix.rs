@@ -719,7 +719,7 @@ async fn malformed_events_run_nothing_and_break_nothing() {
             "m.relates_to": {"rel_type": "m.thread", "event_id": 7}}),
         serde_json::json!({"msgtype": "m.text", "body": "!echo broken reply",
             "m.relates_to": {"m.in_reply_to": {"event_id": ["x"]}}}),
-        serde_json::json!({"msgtype": "m.text", "body": "* !echo edited",
+        serde_json::json!({"msgtype": "m.text", "body": "!echo edited",
             "m.relates_to": {"rel_type": "m.replace", "event_id": earlier},
             "m.new_content": {"msgtype": "m.text", "body": "!echo edited"}}),
         serde_json::json!({"msgtype": "m.notice", "body": "!echo from another bot"}),

@@ -179,7 +179,7 @@ impl MatrixConfig {
         for (i, u) in self.invites_from.iter().enumerate() {
             let ok = (u.starts_with('@') || u.starts_with("*:"))
                 && u.split_once(':')
-                    .is_some_and(|(l, s)| l.len() > 1 && !s.is_empty())
+                    .is_some_and(|(l, s)| (l.len() > 1 || l == "*") && !s.is_empty())
                 && !u.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
                 out.push(problem(
@@ -205,5 +205,60 @@ impl MatrixConfig {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> MatrixConfig {
+        toml::from_str(&format!(
+            "homeserver = \"https://m.example.org\"\nuser = \"@opsbot:example.org\"\n\
+             password = \"p\"\nstore_passphrase = \"s\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn keys(c: &MatrixConfig) -> Vec<String> {
+        c.problems().into_iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn invites_from_takes_people_and_whole_servers_only() {
+        let c = parse("invites_from = [\"@alice:example.org\", \"*:ops.example.org\"]");
+        assert!(c.problems().is_empty(), "{:?}", keys(&c));
+        assert!(c.may_invite("@alice:example.org"));
+        assert!(c.may_invite("@bob:ops.example.org"));
+        assert!(!c.may_invite("@bob:example.org"));
+        assert!(!c.may_invite("@alice:example.org.evil"));
+        assert!(!c.may_invite("@mallory:evil.example:ops.example.org"));
+        let c = parse("invites_from = [\"alice\", \"*\", \"@a b:x\"]");
+        let k = keys(&c);
+        assert_eq!(k.len(), 3, "{k:?}");
+        assert!(k[0].contains("invites_from[0]"), "{k:?}");
+    }
+
+    #[test]
+    fn a_short_recovery_passphrase_and_an_unknown_key_policy_are_named() {
+        let c = parse("recovery_passphrase = \"short\"");
+        let k = keys(&c);
+        assert!(
+            k.len() == 1 && k[0].contains("recovery_passphrase"),
+            "{k:?}"
+        );
+        assert_eq!(
+            parse("share_keys = \"signed\"").share_keys,
+            ShareKeys::Signed
+        );
+        let e = toml::from_str::<MatrixConfig>(
+            "homeserver = \"https://m\"\nuser = \"@o:m\"\npassword = \"p\"\n\
+             store_passphrase = \"s\"\nshare_keys = \"some\"",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("share_keys") || e.to_string().contains("unknown variant"),
+            "{e}"
+        );
     }
 }
