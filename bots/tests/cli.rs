@@ -673,10 +673,11 @@ fn passwords_never_go_out_in_clear_text_unless_the_operator_says_so() {
 }
 
 /// The examples differ in their transport and in how admins are written, which each service
-/// proves its own way (a host mask on IRC, a JID on XMPP, an email on Webex); `check` passes
-/// each with no warning, so each admin list is right for its transport.
+/// proves its own way (a host mask on IRC, a JID on XMPP, an email on Webex, a user id on
+/// Matrix); `check` passes each with no warning, so each admin list is right for its
+/// transport.
 #[test]
-fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport_and_admins() {
+fn the_irc_xmpp_webex_and_matrix_examples_differ_only_in_their_transport_and_admins() {
     let load = |name: &str| -> toml::Table {
         toml::from_str(&std::fs::read_to_string(examples().join(name)).unwrap()).unwrap()
     };
@@ -693,11 +694,15 @@ fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport_and_admins() {
     let (t, admins) = take(&mut irc);
     assert_eq!(t["kind"].as_str(), Some("irc"));
     assert_eq!(admins, toml::Value::from(vec!["*!*@ops.example.com"]));
-    for (file, kind) in [("xmpp.toml", "xmpp"), ("webex.toml", "webex")] {
+    for (file, kind, admin) in [
+        ("xmpp.toml", "xmpp", "alice@example.org"),
+        ("webex.toml", "webex", "alice@example.org"),
+        ("matrix.toml", "matrix", "@alice:example.org"),
+    ] {
         let mut other = load(file);
         let (t, admins) = take(&mut other);
         assert_eq!(t["kind"].as_str(), Some(kind));
-        assert_eq!(admins, toml::Value::from(vec!["alice@example.org"]));
+        assert_eq!(admins, toml::Value::from(vec![admin]));
         assert_eq!(
             irc, other,
             "{file} differs from irc.toml outside [bot.transport] and admins"
@@ -710,6 +715,14 @@ fn the_irc_xmpp_and_webex_examples_differ_only_in_their_transport_and_admins() {
     ] {
         checks_clean(&examples().join(file), &[(var, "example-secret")]);
     }
+    checks_clean(
+        &examples().join("matrix.toml"),
+        &[
+            ("MATRIX_PASSWORD", "example-secret"),
+            ("MATRIX_STORE_PASSPHRASE", "example-secret"),
+            ("MATRIX_RECOVERY", "example recovery passphrase"),
+        ],
+    );
 }
 
 /// Admin entries are checked against what each transport can prove: an IRC mask on XMPP or
