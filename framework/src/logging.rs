@@ -39,8 +39,12 @@ pub fn init(config: &LogConfig) {
 /// server's own chatter is kept at warnings either way.
 pub fn init_with(config: &LogConfig, default: &str) {
     // The actix server's own chatter (workers starting, "Actix runtime found") is kept at
-    // warnings whatever the level, unless a filter names it.
-    let quiet = "actix_server=warn,actix_web=warn";
+    // warnings whatever the level, unless a filter names it. So is matrix-sdk's: its HTTP
+    // client logs every failed request as an error, the expected 404s of a first start
+    // included, and its crypto warns of each message it cannot decrypt; the Matrix transport
+    // says what matters once, in its own words and in the healing log.
+    let quiet =
+        "actix_server=warn,actix_web=warn,matrix_sdk::http_client=off,matrix_sdk_crypto=error";
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(format!("{quiet},{v}")).ok())

@@ -554,26 +554,32 @@ impl Transport for Matrix {
         crypto::secure(&client, &self.cfg, link).await;
         self.crypto = crypto::state(&client, self.cfg.share_keys).await;
         link.connected(self.detail(&client));
-        let mut sync = Box::pin(client.sync_once(settings(&self.sync_token)));
+        // Syncing runs on a task of its own. The SDK holds its locks while it processes a
+        // response (event handlers, keys); a sync future parked in this loop's select while a
+        // send waits for those locks would stop the bot for good.
+        let (synced_tx, mut synced) = mpsc::channel(4);
+        let syncing = SyncTask(tokio::spawn(sync_loop(
+            client.clone(),
+            self.sync_token.clone(),
+            timeout,
+            self.stats.clone(),
+            synced_tx,
+        )));
         loop {
             tokio::select! {
-                r = &mut sync => {
+                r = synced.recv() => {
                     match r {
-                        Ok(resp) => {
-                            self.sync_token = Some(resp.next_batch);
+                        Some(Ok(token)) => {
+                            self.sync_token = Some(token);
                             self.keep(&client);
                         }
-                        Err(e) => match e.client_api_error_kind() {
-                            Some(ErrorKind::LimitExceeded(_)) => {
-                                self.stats.limited.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                            }
-                            _ => return Err(classify(&e, "syncing")),
-                        },
+                        Some(Err(e)) => return Err(classify(&e, "syncing")),
+                        None => {
+                            return Err(TransportError::Connection("the sync stopped".into()));
+                        }
                     }
                     self.crypto = crypto::state(&client, self.cfg.share_keys).await;
                     link.set_detail(self.detail(&client));
-                    sync = Box::pin(client.sync_once(settings(&self.sync_token)));
                 }
                 Some(heard) = rx.recv() => match heard {
                     Heard::Message(m) => {
@@ -589,8 +595,58 @@ impl Transport for Matrix {
                         self.deliver(&client, d).await?;
                         link.set_detail(self.detail(&client));
                     }
-                    None => return Ok(SessionEnd::Finished),
+                    None => {
+                        drop(syncing);
+                        return Ok(SessionEnd::Finished);
+                    }
                 },
+            }
+        }
+    }
+}
+
+/// The sync task, stopped when the session ends.
+struct SyncTask(tokio::task::JoinHandle<()>);
+
+impl Drop for SyncTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Syncs from `token` on, handing each next token (or the failure that ends it) to `out`. A
+/// rate limit on the sync itself is counted and waited out here.
+async fn sync_loop(
+    client: Client,
+    mut token: Option<String>,
+    timeout: Duration,
+    stats: Arc<Stats>,
+    out: mpsc::Sender<Result<String, matrix_sdk::Error>>,
+) {
+    loop {
+        let mut settings = SyncSettings::default().timeout(timeout);
+        if let Some(t) = &token {
+            settings = settings.token(t.clone());
+        }
+        match client.sync_once(settings).await {
+            Ok(resp) => {
+                token = Some(resp.next_batch.clone());
+                if out.send(Ok(resp.next_batch)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if let Some(ErrorKind::LimitExceeded(data)) = e.client_api_error_kind() {
+                    stats.limited.fetch_add(1, Ordering::Relaxed);
+                    let wait = match data.retry_after {
+                        Some(RetryAfter::Delay(d)) => d,
+                        _ => Duration::from_secs(2),
+                    };
+                    tokio::time::sleep(wait.min(Duration::from_secs(300))).await;
+                } else {
+                    let _ = out.send(Err(e)).await;
+                    return;
+                }
             }
         }
     }
