@@ -218,7 +218,7 @@ async fn interleaved(
 fn main() {
     opsbot::tls::install_default_provider();
     let quick = !std::env::args().any(|a| a == "--bench");
-    let n = if quick { 10 } else { 100 };
+    let n = if quick { 10 } else { 60 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

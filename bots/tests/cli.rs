@@ -543,6 +543,12 @@ fn every_example_config_checks_clean() {
                     ("IRC_SASL_PASSWORD", secret),
                     ("XMPP_PASSWORD", secret),
                     ("WEBEX_TOKEN", secret),
+                    ("MATRIX_PASSWORD", secret),
+                    ("MATRIX_STORE_PASSPHRASE", secret),
+                    (
+                        "MATRIX_RECOVERY",
+                        "a recovery passphrase from the environment",
+                    ),
                     (
                         "OPSBOT_ADMIN_TOKEN",
                         "an-admin-token-from-the-environment-0123",
