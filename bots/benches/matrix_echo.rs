@@ -29,13 +29,8 @@ use tokio::sync::mpsc;
 const PATIENCE: Duration = Duration::from_secs(60);
 const BOT: &str = "@opsbot:localhost";
 
-/// A logged-in client that syncs in the background and hands every notice (room, body) it
-/// sees to the returned channel.
-async fn client(
-    synapse: &Synapse,
-    user: &str,
-    password: &str,
-) -> (Client, mpsc::UnboundedReceiver<(String, String)>) {
+/// A client logged in as `user`, caught up once (so handlers added next see only new events).
+async fn login(synapse: &Synapse, user: &str, password: &str) -> Client {
     let c = Client::builder()
         .homeserver_url(synapse.url())
         .build()
@@ -47,6 +42,27 @@ async fn client(
         .await
         .unwrap();
     c.sync_once(SyncSettings::default()).await.unwrap();
+    c
+}
+
+/// Keeps `c` syncing in the background.
+fn keep_syncing(c: &Client) {
+    let syncing = c.clone();
+    tokio::spawn(async move {
+        let _ = syncing
+            .sync(SyncSettings::default().timeout(Duration::from_secs(30)))
+            .await;
+    });
+}
+
+/// A logged-in client that syncs in the background and hands every notice (room, body) it
+/// sees to the returned channel.
+async fn client(
+    synapse: &Synapse,
+    user: &str,
+    password: &str,
+) -> (Client, mpsc::UnboundedReceiver<(String, String)>) {
+    let c = login(synapse, user, password).await;
     let (tx, rx) = mpsc::unbounded_channel();
     c.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
         let tx = tx.clone();
@@ -56,29 +72,13 @@ async fn client(
             }
         }
     });
-
-    let syncing = c.clone();
-    tokio::spawn(async move {
-        let _ = syncing
-            .sync(SyncSettings::default().timeout(Duration::from_secs(30)))
-            .await;
-    });
+    keep_syncing(&c);
     (c, rx)
 }
 
 /// The floor: a client that answers `!echo X` with the notice `X`, nothing else.
 async fn floor(synapse: &Synapse) -> Client {
-    let c = Client::builder()
-        .homeserver_url(synapse.url())
-        .build()
-        .await
-        .unwrap();
-    c.matrix_auth()
-        .login_username("echo", "echopass")
-        .send()
-        .await
-        .unwrap();
-    c.sync_once(SyncSettings::default()).await.unwrap();
+    let c = login(synapse, "echo", "echopass").await;
     c.add_event_handler(|ev: OriginalSyncRoomMessageEvent, room: Room| async move {
         if let MessageType::Text(t) = &ev.content.msgtype
             && let Some(text) = t.body.strip_prefix("!echo ")
@@ -86,12 +86,7 @@ async fn floor(synapse: &Synapse) -> Client {
             let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
         }
     });
-    let syncing = c.clone();
-    tokio::spawn(async move {
-        let _ = syncing
-            .sync(SyncSettings::default().timeout(Duration::from_secs(30)))
-            .await;
-    });
+    keep_syncing(&c);
     c
 }
 

@@ -41,8 +41,8 @@ impl Synapse {
         Self::start_with("")
     }
 
-    /// Starts Synapse with `extra` appended to its config. Its own rate limits are raised
-    /// unless `extra` sets them.
+    /// Starts Synapse with `extra` appended to its config. Each of its rate limits is raised
+    /// unless `extra` sets it.
     pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self {
@@ -76,14 +76,26 @@ impl Synapse {
 
     fn write_config(&self) {
         let d = self.dir.path().display();
-        let limits = if self.extra.contains("rc_message") {
-            String::new()
-        } else {
-            "rc_message:\n  per_second: 1000\n  burst_count: 1000\n\
-             rc_login:\n  address:\n    per_second: 1000\n    burst_count: 1000\n  account:\n    per_second: 1000\n    burst_count: 1000\n  failed_attempts:\n    per_second: 1000\n    burst_count: 1000\n\
-             rc_joins:\n  local:\n    per_second: 1000\n    burst_count: 1000\n"
-                .to_owned()
-        };
+        // Each of Synapse's limits is raised unless `extra` sets it.
+        let raised = [
+            (
+                "rc_message",
+                "rc_message:\n  per_second: 1000\n  burst_count: 1000\n",
+            ),
+            (
+                "rc_login",
+                "rc_login:\n  address:\n    per_second: 1000\n    burst_count: 1000\n  account:\n    per_second: 1000\n    burst_count: 1000\n  failed_attempts:\n    per_second: 1000\n    burst_count: 1000\n",
+            ),
+            (
+                "rc_joins",
+                "rc_joins:\n  local:\n    per_second: 1000\n    burst_count: 1000\n",
+            ),
+        ];
+        let limits: String = raised
+            .iter()
+            .filter(|(key, _)| !self.extra.contains(key))
+            .map(|(_, yaml)| *yaml)
+            .collect();
         let config = format!(
             r#"server_name: "{SERVER_NAME}"
 pid_file: {d}/homeserver.pid
