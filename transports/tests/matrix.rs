@@ -325,9 +325,11 @@ async fn commands_are_answered_and_a_restart_replays_nothing_on_the_same_device(
     synapse.register("alice", "alicepass");
     let alice = Person::login(&synapse, "alice", "alicepass").await;
     let room = alice.create_room("ops").await;
-    let store = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // A folder the bot makes itself (a temporary folder is private already).
+    let store = tmp.path().join("matrix");
 
-    let first = bot(config(&synapse, store.path(), "#ops:localhost"));
+    let first = bot(config(&synapse, store.as_path(), "#ops:localhost"));
     let s = connected(&first).await;
     let device = detail(&s);
     assert!(
@@ -336,11 +338,16 @@ async fn commands_are_answered_and_a_restart_replays_nothing_on_the_same_device(
     );
     alice.say(&room, "!echo hello").await;
     alice.expect("hello").await;
+    // The session (its token) and the key stores are the bot's user's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(store.as_path()), 0o700);
+    assert_eq!(mode(&store.as_path().join("session.json")), 0o600);
     drop(first);
 
     // While the bot is down, a command waits on the server.
     alice.say(&room, "!echo while down").await;
-    let second = bot(config(&synapse, store.path(), "#ops:localhost"));
+    let second = bot(config(&synapse, store.as_path(), "#ops:localhost"));
     let s = connected(&second).await;
     let device_of = |d: &str| d.split(" · ").nth(1).unwrap_or_default().to_owned();
     assert_eq!(

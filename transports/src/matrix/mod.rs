@@ -143,12 +143,19 @@ impl Matrix {
     /// A logged-in client: the kept session, else a new login (the device id kept from an
     /// earlier one when there is one).
     async fn client(&mut self) -> Result<Client, TransportError> {
-        std::fs::create_dir_all(&self.store).map_err(|e| {
-            TransportError::Refused(format!(
-                "cannot create the store folder {}: {e}",
-                self.store.display()
-            ))
-        })?;
+        // The folder holds the session (its access token) and the key stores: its user's only,
+        // as the state store's folder is.
+        std::fs::create_dir_all(&self.store)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&self.store, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| {
+                TransportError::Refused(format!(
+                    "cannot create the store folder {}: {e}",
+                    self.store.display()
+                ))
+            })?;
         let client = Client::builder()
             .homeserver_url(self.cfg.homeserver.trim())
             .sqlite_store(&self.store, Some(self.cfg.store_passphrase.expose()))
