@@ -1,7 +1,5 @@
 //! The `opsbot` binary as a user meets it: a console bot on pipes, config checks, signals.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -50,7 +48,7 @@ fn selfheal(dir: &Path) -> PathBuf {
 
 /// Asserts that `opsbot check` passes `path` with the environment variables `env` set.
 fn checks_clean(path: &Path, env: &[(&str, &str)]) {
-    let out = common::opsbot()
+    let out = crate::common::opsbot()
         .args(["check", "--config"])
         .arg(path)
         .envs(env.iter().copied())
@@ -71,7 +69,7 @@ struct Session {
 impl Session {
     fn start(args: &[&str]) -> Self {
         let (child, stdin, lines) =
-            common::spawn_piped(common::opsbot().args(args).env("RUST_LOG", "warn"));
+            crate::common::spawn_piped(crate::common::opsbot().args(args).env("RUST_LOG", "warn"));
         Self {
             child,
             stdin,
@@ -266,7 +264,7 @@ fn sigterm_stops_it_gracefully() {
 
 #[test]
 fn logs_to_a_pipe_are_plain_text() {
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .stdin(Stdio::piped())
@@ -298,7 +296,7 @@ fn logs_to_a_pipe_are_plain_text() {
 fn the_console_log_says_each_thing_once_and_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let config = selfheal(dir.path());
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -372,7 +370,7 @@ fn check_env(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bots.toml");
     std::fs::write(&path, text).unwrap();
-    let out = common::opsbot()
+    let out = crate::common::opsbot()
         .args(["check", "--config"])
         .arg(&path)
         .envs(env.iter().copied())
@@ -440,7 +438,7 @@ fn check_names_the_file_the_key_and_the_problem() {
         "[[bot]]\nname = \"ops\"\nprefix = \"\"\n[bot.transport]\nkind = \"console\"\n",
     )
     .unwrap();
-    let out = common::opsbot()
+    let out = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -469,7 +467,7 @@ fn a_bot_names_its_transport_and_a_console_bot_says_why_it_stops() {
         "{err}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(examples().join("console.toml"))
         .env("XDG_STATE_HOME", dir.path())
@@ -490,7 +488,7 @@ fn a_bot_names_its_transport_and_a_console_bot_says_why_it_stops() {
     assert!(status.success(), "{err}");
     assert!(err.contains("which is not a terminal"), "{err}");
     assert!(err.contains("the input ended"), "{err}");
-    let out = common::opsbot()
+    let out = crate::common::opsbot()
         .args(["check", "--config"])
         .arg(examples().join("console.toml"))
         .env("NOTIFY_SOCKET", dir.path().join("notify"))
@@ -519,7 +517,7 @@ fn a_rate_no_pacer_can_keep_is_refused_before_running() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deaf.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -569,7 +567,7 @@ fn every_example_config_checks_clean() {
 #[test]
 fn a_missing_secret_is_a_config_error_that_names_it_without_a_value() {
     let config = examples().join("irc.toml");
-    let out = common::opsbot()
+    let out = crate::common::opsbot()
         .args(["check", "--config"])
         .arg(&config)
         .env_remove("IRC_SASL_PASSWORD")
@@ -636,7 +634,7 @@ fn passwords_never_go_out_in_clear_text_unless_the_operator_says_so() {
     };
     let path = dir.path().join("bots.toml");
     std::fs::write(&path, config("")).unwrap();
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
         .env("IRC_PASS", "s3cret-pass")
@@ -663,7 +661,7 @@ fn passwords_never_go_out_in_clear_text_unless_the_operator_says_so() {
     assert!(listener.accept().is_err(), "the bot connected");
     std::fs::write(&path, config("allow_plaintext = true\n")).unwrap();
     let (ok, _, err) = {
-        let out = common::opsbot()
+        let out = crate::common::opsbot()
             .args(["check", "--config"])
             .arg(&path)
             .env("IRC_PASS", "s3cret-pass")
@@ -993,7 +991,7 @@ fn under_systemd_the_binary_says_ready_pings_the_watchdog_and_says_stopping() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(examples().join("console.toml"))
         .env("NOTIFY_SOCKET", &path)
@@ -1177,7 +1175,7 @@ fn a_status_api_port_already_taken_is_a_clear_error_before_any_bot_starts() {
         ),
     )
     .unwrap();
-    let out = common::opsbot()
+    let out = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())

@@ -2,24 +2,17 @@
 //! webhook to the real `opsbot` binary, which posts in chat (the console), asks for approval,
 //! runs the action once, and keeps an audit trail that `opsbot audit verify` checks.
 
-mod common;
-#[cfg(feature = "kubernetes")]
-#[path = "../../transports/tests/support/kubernetes.rs"]
-mod fake_kubernetes;
-#[path = "../../transports/tests/support/mod.rs"]
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::alertmanager::Alertmanager;
-use support::free_port;
-use support::http::http;
+use crate::support::alertmanager::Alertmanager;
+use crate::support::free_port;
+use crate::support::http::http;
 #[cfg(feature = "cluster")]
-use support::nats::Nats;
+use crate::support::nats::Nats;
 
 const TOKEN: &str = "am-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789";
@@ -40,7 +33,7 @@ impl Opsbot {
 
     /// Started with more environment variables.
     fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
-        let (child, stdin, lines) = common::spawn_piped(
+        let (child, stdin, lines) = crate::common::spawn_piped(
             Command::new(env!("CARGO_BIN_EXE_opsbot"))
                 .args(["run", "--config"])
                 .arg(config)
@@ -747,7 +740,7 @@ fn a_heal_action_heals_a_subsystem_of_the_bot() {
 #[cfg(feature = "irc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_irc_only_a_listed_mask_approves() {
-    use support::{Kind, Server, User};
+    use crate::support::{Kind, Server, User};
     let server = Server::start(Kind::Ngircd);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -814,7 +807,7 @@ async fn on_irc_only_a_listed_mask_approves() {
 
 /// The next line the bot says (in the channel or privately) that contains `text`.
 #[cfg(feature = "irc")]
-async fn said_by_bot(user: &mut support::User, text: &str) -> String {
+async fn said_by_bot(user: &mut crate::support::User, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -863,8 +856,8 @@ fn webex_config(
     dir: &Path,
     port: u16,
     rule: &str,
-    fake: &support::webex::FakeWebex,
-    account: &support::webex::Account,
+    fake: &crate::support::webex::FakeWebex,
+    account: &crate::support::webex::Account,
     more: &[(&str, &str)],
 ) -> std::path::PathBuf {
     let path = config(dir, port, rule);
@@ -912,7 +905,7 @@ async fn post_alerts(port: u16, body: String) -> (u16, String) {
 #[cfg(feature = "webex")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
-    use support::webex::FakeWebex;
+    use crate::support::webex::FakeWebex;
     let fake = FakeWebex::start().await;
     let account = fake.add_bot("ops");
     let dir = tempfile::tempdir().unwrap();
@@ -1045,7 +1038,7 @@ async fn on_webex_an_approval_is_a_card_whose_buttons_decide() {
 #[cfg(feature = "webex")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() {
-    use support::webex::FakeWebex;
+    use crate::support::webex::FakeWebex;
     let fake = FakeWebex::start().await;
     let account = fake.add_bot("ops");
     let dir = tempfile::tempdir().unwrap();
@@ -1067,7 +1060,7 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
     ))
     .await;
     assert_eq!(s, 200, "{b}");
-    let notes = |posts: Vec<support::webex::Post>| -> Vec<support::webex::Post> {
+    let notes = |posts: Vec<crate::support::webex::Post>| -> Vec<crate::support::webex::Post> {
         posts
             .into_iter()
             .filter(|p| p.shown().contains("[G1]"))
@@ -1124,7 +1117,7 @@ async fn on_webex_updates_and_the_resolution_are_in_the_first_messages_thread() 
 #[cfg(feature = "kubernetes")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_actions_do_what_the_plan_says_and_only_that() {
-    use fake_kubernetes::FakeKubernetes;
+    use crate::fake_kubernetes::FakeKubernetes;
     let rbac = include_str!("../../examples/kubernetes/rbac.yaml");
     let api_token = "sa-token-0123456789abcdef";
     let fake = FakeKubernetes::start(api_token, ("opsbot", "opsbot"), rbac).await;
@@ -1881,7 +1874,7 @@ fn duplicated_deliveries_to_two_engine_processes_make_one_action() {
 async fn the_kubernetes_cluster_layout_runs_with_its_own_users_and_permissions() {
     // This test's own NATS clients take rustls's process default too.
     opsbot::tls::install_default_provider();
-    use fake_kubernetes::FakeKubernetes;
+    use crate::fake_kubernetes::FakeKubernetes;
     const BOTS_PW: &str = "bots-nats-password-0123456789";
     const WORKER_PW: &str = "worker-nats-password-0123456789";
     let dir = tempfile::tempdir().unwrap();

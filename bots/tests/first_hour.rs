@@ -1,16 +1,12 @@
 //! What a newcomer meets in the first hour, against the real `opsbot` binary (and a real
 //! ngircd where IRC is involved): words where there used to be silence.
 
-mod common;
-#[path = "../../transports/tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{Kind, Server};
+use crate::support::{Kind, Server};
 
 /// Waits for a line of `lines` that satisfies `want`, for up to `within`.
 fn line_where(
@@ -48,7 +44,7 @@ fn tls_against_a_plain_text_server_says_what_to_try_and_stops_at_once() {
         ),
     )
     .unwrap();
-    let mut child = common::opsbot()
+    let mut child = crate::common::opsbot()
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")

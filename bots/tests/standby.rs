@@ -3,23 +3,14 @@
 //! stands by, not even connected; when the holder is killed, frozen, cut off from NATS or
 //! stopped, the other takes over, and the channel never hears the bot twice.
 
-#![cfg(all(feature = "cluster", feature = "irc"))]
-
-mod common;
-#[path = "../../transports/tests/support/mod.rs"]
-mod support;
-
-#[path = "common/node.rs"]
-mod node;
-
 use std::time::{Duration, Instant};
 
-use node::ADMIN;
-use node::{Node, ROOM, Room};
-use support::cut::CutProxy;
-use support::http::http;
-use support::nats::Nats;
-use support::{Kind, Server};
+use crate::node::ADMIN;
+use crate::node::{Node, ROOM, Room};
+use crate::support::cut::CutProxy;
+use crate::support::http::http;
+use crate::support::nats::Nats;
+use crate::support::{Kind, Server};
 
 /// An ngircd, a nats-server, and two processes carrying the bot: `a` holding it, `b` standing
 /// by. Dropped in that order: the processes first.

@@ -3,10 +3,6 @@
 //! readiness against a real IRC server that goes away, the healing log across a restart of
 //! the process, and requests built to hurt.
 
-mod common;
-#[path = "../../transports/tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -14,8 +10,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support::http::{http, raw_request};
 use serde_json::Value;
-use support::http::{http, raw_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsbot");
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -52,7 +48,7 @@ impl Bot {
         );
         let path = dir.join("bot.toml");
         std::fs::write(&path, config).unwrap();
-        let (child, stdin, lines) = common::spawn_piped(
+        let (child, stdin, lines) = crate::common::spawn_piped(
             Command::new(BIN)
                 .args(["run", "--config"])
                 .arg(&path)
@@ -197,7 +193,7 @@ kind = "console"
 #[test]
 fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
 
     let health = bot.json("/api/v1/health");
@@ -338,7 +334,7 @@ fn a_handler_that_spends_its_budget_degrades_the_bot_and_a_forced_heal_brings_it
 fn a_breaker_opened_by_a_failing_dependency_shows_in_the_api_and_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
     // A source that refuses every connection.
-    let dead = support::free_port();
+    let dead = crate::support::free_port();
     let config = format!(
         r##"
 [[bot]]
@@ -359,7 +355,7 @@ breaker = {{ failures = 2, window_secs = 60, open_secs = 600 }}
 kind = "console"
 "##
     );
-    let bot = Bot::start(dir.path(), support::free_port(), &config);
+    let bot = Bot::start(dir.path(), crate::support::free_port(), &config);
     bot.wait_for("the breaker to open", |b| {
         b.json("/api/v1/circuit-breakers")["breakers"][0]["state"] == "open"
     });
@@ -407,7 +403,7 @@ kind = "console"
 
 #[test]
 fn readiness_follows_a_real_irc_server_going_away_and_coming_back() {
-    let mut server = support::Server::start(support::Kind::Ngircd);
+    let mut server = crate::support::Server::start(crate::support::Kind::Ngircd);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r##"
@@ -429,7 +425,7 @@ channels = ["#ops"]
 "##,
         server.port
     );
-    let bot = Bot::start(dir.path(), support::free_port(), &config);
+    let bot = Bot::start(dir.path(), crate::support::free_port(), &config);
     bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
     assert_eq!(bot.json("/api/v1/health")["state"], "healthy");
 
@@ -509,7 +505,7 @@ channels = ["#ops"]
 #[test]
 fn a_request_that_never_finishes_arriving_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     // Headers that never end, as a slow-loris client sends them.
     let mut slow = TcpStream::connect(("127.0.0.1", bot.port)).unwrap();
     slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -555,7 +551,7 @@ loop_repeats = 0        # the same apology 25 times is no loop here
 [bot.transport]
 kind = "console"
 "#;
-    let mut bot = Bot::start_capped(dir.path(), support::free_port(), config, 40);
+    let mut bot = Bot::start_capped(dir.path(), crate::support::free_port(), config, 40);
     // Each crash is a restart and two changes of state: 25 crashes make 75 entries or so.
     for _ in 0..25 {
         bot.say("!boom");
@@ -575,7 +571,7 @@ kind = "console"
     bot.stop();
 
     // The process again, on the same state: the entries are there, and still 40 at most.
-    let mut bot = Bot::start_capped(dir.path(), support::free_port(), config, 40);
+    let mut bot = Bot::start_capped(dir.path(), crate::support::free_port(), config, 40);
     let after = bot.json("/api/v1/healing-log?limit=1000");
     let first_run: Vec<&Value> = entries(&after)
         .iter()
@@ -605,7 +601,7 @@ kind = "console"
 #[test]
 fn requests_built_to_hurt_get_4xx_and_the_bot_goes_on_answering() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
     let auth = format!("Bearer {TOKEN}");
     let auth = [("Authorization", auth.as_str())];
@@ -760,7 +756,7 @@ struct Driver {
 
 impl Driver {
     fn start(log: &Path) -> Self {
-        let port = support::free_port();
+        let port = crate::support::free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
@@ -900,7 +896,7 @@ return {
 #[test]
 fn only_its_own_host_names_are_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     let port = bot.port.to_string();
     let get_as = |host: &str, path: &str| bot.request("GET", path, &[("Host", host)], b"");
     for path in ["/api/v1/healing-log", "/api/v1/health", "/metrics", "/"] {
@@ -932,7 +928,7 @@ fn only_its_own_host_names_are_answered() {
     drop(bot);
     // A name of the operator's own, listed in [http] hosts.
     let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let bot = Bot::start_with_http(
         dir.path(),
         port,
@@ -955,7 +951,7 @@ fn only_its_own_host_names_are_answered() {
 #[test]
 fn a_heal_by_with_bidi_and_invisible_characters_is_logged_printable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     bot.spend_boom_budget();
     let (status, v) = bot.heal(
         "/api/v1/heal/ops/handler:boom",
@@ -1002,7 +998,7 @@ fn a_damaged_or_unopenable_state_store_never_stops_the_bots() {
     let dir = tempfile::tempdir().unwrap();
     let junk = b"\x00not a store\xff".repeat(4096);
     std::fs::write(dir.path().join("state.redb"), &junk).unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), POLLER_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), POLLER_BOT);
     let health = bot.json("/api/v1/health");
     let store = subsystem(&health, "store");
     assert_eq!(store["state"], "started afresh", "{health}");
@@ -1032,7 +1028,7 @@ fn a_damaged_or_unopenable_state_store_never_stops_the_bots() {
     // Where the store should be there is a folder: nothing can be opened or moved.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("state.redb")).unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), POLLER_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), POLLER_BOT);
     let health = bot.json("/api/v1/health");
     assert_eq!(health["bots"][0]["state"], "degraded", "{health}");
     let store = subsystem(&health, "store");
@@ -1048,7 +1044,7 @@ fn a_damaged_or_unopenable_state_store_never_stops_the_bots() {
 #[test]
 fn the_outbox_counters_agree_in_chat_the_json_and_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     for _ in 0..7 {
         bot.say("!echo same");
     }
@@ -1079,7 +1075,7 @@ fn the_outbox_counters_agree_in_chat_the_json_and_the_metrics() {
 #[test]
 fn wrong_tokens_are_limited_per_address() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     bot.spend_boom_budget();
     let path = "/api/v1/heal/ops/handler:boom";
     for i in 0..5 {
@@ -1111,7 +1107,7 @@ fn wrong_tokens_are_limited_per_address() {
 #[test]
 fn idle_connections_are_capped() {
     let dir = tempfile::tempdir().unwrap();
-    let bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     let fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", bot.child.id()))
             .unwrap()
@@ -1143,7 +1139,7 @@ fn idle_connections_are_capped() {
 #[test]
 fn the_status_page_shows_a_failed_handler_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bot = Bot::start(dir.path(), support::free_port(), BOOM_BOT);
+    let mut bot = Bot::start(dir.path(), crate::support::free_port(), BOOM_BOT);
     bot.wait_for("ready", |b| b.get("/readyz").0 == 200);
     bot.spend_boom_budget();
 
@@ -1262,7 +1258,7 @@ return {
 #[test]
 fn the_audit_is_on_the_status_page_behind_the_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let bot = Bot::start(
         dir.path(),
         port,

@@ -2,8 +2,6 @@
 //! leaves the machine): every record type, NXDOMAIN, SERVFAIL, a timeout, bad input, and the
 //! breaker that opens when the nameservers keep failing.
 
-mod support;
-
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -80,7 +78,7 @@ fn zone() -> Vec<Record> {
 }
 
 async fn bot() -> (TestBot, Arc<AtomicU32>) {
-    let (addr, queries) = support::dns_server(zone()).await;
+    let (addr, queries) = crate::support::dns_server(zone()).await;
     let dns = Dns::from_settings(DnsSettings {
         nameservers: vec![addr.to_string()],
         timeout_secs: Some(1),

@@ -3,19 +3,17 @@
 //! could not send a packet anywhere but this machine; the guard's refusals are asserted as
 //! refusals, and the addresses it let through are all loopback.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::support::Page;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record};
 use opsbot::fetch::{FetchError, FetchSettings, Fetcher};
 use opsbot::settings::FromSettings;
 use opsbot::testkit::TestBot;
 use opsbot_handlers::links::{Links, LinksSettings};
-use support::Page;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -76,8 +74,8 @@ async fn world() -> (u16, std::net::SocketAddr) {
         ("/hop3", Page::Redirect("/hop4".into())),
         ("/hop4", Page::Redirect("/page".into())),
     ];
-    let (port, _) = support::http_server(pages).await;
-    let (dns, _) = support::dns_server(vec![
+    let (port, _) = crate::support::http_server(pages).await;
+    let (dns, _) = crate::support::dns_server(vec![
         a("wiki.test.", [127, 0, 0, 1]),
         a("site.test.", [127, 0, 0, 1]),
         a("public.test.", [10, 0, 0, 7]),

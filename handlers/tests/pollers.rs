@@ -2,11 +2,11 @@
 //! new items, nothing again after a restart, a burst capped, and a failing source behind its
 //! breaker until it recovers.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::Page;
+use crate::support::http_server_heads;
 use opsbot::breaker::BreakerState;
 use opsbot::health::BotHealth;
 use opsbot::prelude::*;
@@ -15,8 +15,6 @@ use opsbot::settings::FromSettings;
 use opsbot::store::Store;
 use opsbot::testkit::TestBot;
 use opsbot_handlers::pollers::{Feed, FeedSettings, HttpJson, HttpJsonSettings};
-use support::Page;
-use support::http_server_heads;
 
 type Live = Arc<Mutex<(u16, &'static str, Vec<u8>)>>;
 
@@ -57,7 +55,7 @@ fn opts() -> PollerOptions {
 
 async fn served(first: (u16, &'static str, Vec<u8>)) -> (u16, Live) {
     let live: Live = Arc::new(Mutex::new(first));
-    let (port, _) = support::http_server(vec![("/src", Page::Live(live.clone()))]).await;
+    let (port, _) = crate::support::http_server(vec![("/src", Page::Live(live.clone()))]).await;
     (port, live)
 }
 

@@ -1,13 +1,11 @@
 //! The IRC transport against real servers (ngircd and InspIRCd), each test with its own server
 //! on a free loopback port, and a plain IRC client as the user.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Kind, Server, User};
 use opsbot::health::{ActorKind, ConnState};
 use opsbot::testkit::next_attempt_in;
-use support::{Kind, Server, User};
 
 const BOT: &str = "opsbot";
 const T: Duration = Duration::from_secs(20);
@@ -23,7 +21,7 @@ fn transport(port: u16, extra: &str) -> String {
 /// list when it was there first.
 async fn bot_joins(user: &mut User, nick: &str) {
     let n = nick.to_owned();
-    let in_names = |l: &support::Line, n: &str| {
+    let in_names = |l: &crate::support::Line, n: &str| {
         let (_, cmd, p) = l.parts();
         cmd == "353"
             && p.last().is_some_and(|names| {
@@ -43,15 +41,15 @@ async fn bot_joins(user: &mut User, nick: &str) {
 }
 
 /// A user who owns `#ops` (joined first, so channel operator) and a bot that joined it.
-async fn setup(kind: Kind, extra: &str) -> (Server, User, support::RunningBot) {
+async fn setup(kind: Kind, extra: &str) -> (Server, User, crate::support::RunningBot) {
     setup_on(Server::start(kind), extra).await
 }
 
-async fn setup_on(server: Server, extra: &str) -> (Server, User, support::RunningBot) {
+async fn setup_on(server: Server, extra: &str) -> (Server, User, crate::support::RunningBot) {
     let mut user = User::connect(server.port, "alice").await;
     user.join("#ops").await;
-    let bot = support::RunningBot::start(&transport(server.port, extra), |b| {
-        b.handler(support::Tricky)
+    let bot = crate::support::RunningBot::start(&transport(server.port, extra), |b| {
+        b.handler(crate::support::Tricky)
     });
     bot_joins(&mut user, BOT).await;
     (server, user, bot)
@@ -65,9 +63,10 @@ async fn formatted_replies_arrive_as_mirc_codes() {
     let server = Server::start(Kind::Ngircd);
     let mut user = User::connect(server.port, "alice").await;
     user.join("#ops").await;
-    let _bot = support::RunningBot::start(&transport(server.port, "formatting = \"irc\""), |b| {
-        b.handler(support::Formatted)
-    });
+    let _bot =
+        crate::support::RunningBot::start(&transport(server.port, "formatting = \"irc\""), |b| {
+            b.handler(crate::support::Formatted)
+        });
     bot_joins(&mut user, BOT).await;
     let wire = |target: &str, text: &str| format!(" PRIVMSG {target} :{text}\r\n").into_bytes();
 
@@ -244,7 +243,7 @@ async fn an_opening_burst_passes_inspircd_at_its_defaults() {
     fifteen_lines_without_a_quit(user, bot).await;
 }
 
-async fn fifteen_lines_without_a_quit(mut user: User, bot: support::RunningBot) {
+async fn fifteen_lines_without_a_quit(mut user: User, bot: crate::support::RunningBot) {
     user.say("#ops", "!lines 15").await;
     let lines = user.privmsgs_from(BOT, 15, Duration::from_secs(60)).await;
     assert_eq!(lines.len(), 15);
@@ -297,7 +296,7 @@ async fn a_2000_byte_reply_is_split_within_512_byte_lines_on_character_boundarie
     for kind in [Kind::Ngircd, Kind::Inspircd] {
         let (_server, mut user, _bot) = setup(kind, "").await;
         user.say("#ops", "!big").await;
-        let want = support::big_text();
+        let want = crate::support::big_text();
         let mut got = String::new();
         while got.len() < want.len() {
             let line = user.privmsgs_from(BOT, 1, T).await.remove(0);
@@ -401,7 +400,7 @@ async fn a_nick_the_server_refuses_falls_back_and_is_not_asked_for_again() {
          channels = [\"#ops\"]\nnick_regain_secs = 1\n",
         server.port
     );
-    let bot = support::RunningBot::start(&config, |b| b);
+    let bot = crate::support::RunningBot::start(&config, |b| b);
     let s = bot
         .wait_status(T, "a regain refused", |s| {
             s.healing_log
@@ -480,7 +479,8 @@ async fn a_taken_nick_falls_back_then_is_taken_back() {
     let mut squatter = User::connect(server.port, BOT).await;
     let mut user = User::connect(server.port, "alice").await;
     user.join("#ops").await;
-    let bot = support::RunningBot::start(&transport(server.port, "nick_regain_secs = 1"), |b| b);
+    let bot =
+        crate::support::RunningBot::start(&transport(server.port, "nick_regain_secs = 1"), |b| b);
     bot_joins(&mut user, "opsbot_").await;
     user.say("#ops", "opsbot_: echo fallback works").await;
     assert_eq!(user.privmsg_from("opsbot_", T).await.1, "fallback works");
@@ -583,7 +583,7 @@ async fn tls_with_a_private_ca_and_a_clear_error_without_it() {
     user.join("#ops").await;
 
     // Without the CA the certificate is refused, visibly, and retried with backoff.
-    let untrusting = support::RunningBot::start(
+    let untrusting = crate::support::RunningBot::start(
         &format!(
             "server = \"127.0.0.1\"\nport = {tls_port}\nnick = \"nocabot\"\nchannels = [\"#ops\"]\n"
         ),
@@ -602,7 +602,7 @@ async fn tls_with_a_private_ca_and_a_clear_error_without_it() {
     ));
     drop(untrusting);
 
-    let bot = support::RunningBot::start(
+    let bot = crate::support::RunningBot::start(
         &format!(
             "server = \"127.0.0.1\"\nport = {tls_port}\ntls = true\nca_file = \"{}\"\nnick = \"{BOT}\"\nchannels = [\"#ops\"]\n",
             ca.display()
@@ -623,9 +623,9 @@ async fn tls_with_a_private_ca_and_a_clear_error_without_it() {
 
 #[tokio::test]
 async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
-    let fake = support::FakeServer::bind().await;
+    let fake = crate::support::FakeServer::bind().await;
     let port = fake.port;
-    let bot = support::RunningBot::start(&transport(port, ""), |b| b);
+    let bot = crate::support::RunningBot::start(&transport(port, ""), |b| b);
     let mut c = fake.accept().await;
     c.welcome().await;
     c.let_in("#ops").await;
@@ -651,9 +651,9 @@ async fn malformed_and_oversized_server_lines_are_skipped_not_fatal() {
 
 #[tokio::test]
 async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_visibly() {
-    let fake = support::FakeServer::bind().await;
+    let fake = crate::support::FakeServer::bind().await;
     let port = fake.port;
-    let bot = support::RunningBot::start(
+    let bot = crate::support::RunningBot::start(
         &format!(
             "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\nchannels = [\"#ops\", \"#vault\"]\n\
              password = \"srvpass\"\nnickserv_password = \"nspass\"\nchannel_keys = {{ \"#vault\" = \"vkey\" }}\n\
@@ -721,16 +721,16 @@ async fn identification_and_channel_keys_are_sent_and_a_sasl_failure_is_retried_
 /// in, forwards into channels nobody configured, and parts it did not ask for.
 #[tokio::test]
 async fn channel_replies_of_every_kind_keep_the_bot_where_it_was_configured() {
-    let fake = support::FakeServer::bind().await;
+    let fake = crate::support::FakeServer::bind().await;
     let port = fake.port;
     let config = format!(
         "server = \"127.0.0.1\"\nport = {port}\ntls = false\nnick = \"{BOT}\"\n\
          channels = [\"#Ops\", \"#locked\"]\nrejoin_delay_secs = 1\njoin_retry_secs = 1\n"
     );
-    let bot = support::RunningBot::start(&config, |b| b.handler(support::Tricky));
+    let bot = crate::support::RunningBot::start(&config, |b| b.handler(crate::support::Tricky));
     let mut c = fake.accept().await;
     c.welcome().await;
-    let detail = |bot: &support::RunningBot| {
+    let detail = |bot: &crate::support::RunningBot| {
         bot.status()
             .actor(ActorKind::Transport, "irc")
             .unwrap()
@@ -837,7 +837,7 @@ async fn many_channels_are_joined_without_a_flood_quit() {
         server.port,
         channels.join(", ")
     );
-    let bot = support::RunningBot::start(&config, |b| b);
+    let bot = crate::support::RunningBot::start(&config, |b| b);
     let s = bot
         .wait_status(Duration::from_secs(60), "all eight channels joined", |s| {
             s.actor(ActorKind::Transport, "irc")
@@ -864,7 +864,7 @@ async fn many_channels_are_joined_without_a_flood_quit() {
 async fn sasl_the_server_does_not_offer_is_a_refusal_unless_optional() {
     let server = Server::start(Kind::Ngircd);
     let sasl = "[sasl]\nuser = \"opsbot\"\npassword = \"pw\"\n";
-    let bot = support::RunningBot::start(&transport(server.port, sasl), |b| {
+    let bot = crate::support::RunningBot::start(&transport(server.port, sasl), |b| {
         b.configure(|o| o.reconnect.refused_min = Duration::from_secs(30))
     });
     let s = bot
@@ -890,7 +890,7 @@ async fn sasl_the_server_does_not_offer_is_a_refusal_unless_optional() {
 
     let mut user = User::connect(server.port, "alice").await;
     user.join("#ops").await;
-    let bot = support::RunningBot::start(
+    let bot = crate::support::RunningBot::start(
         &transport(server.port, &format!("sasl_optional = true\n{sasl}")),
         |b| b,
     );
@@ -910,8 +910,8 @@ async fn sasl_the_server_does_not_offer_is_a_refusal_unless_optional() {
 /// ERROR is an ordinary disconnect, retried on the usual backoff.
 #[tokio::test]
 async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
-    let fake = support::FakeServer::bind().await;
-    let bot = support::RunningBot::start(&transport(fake.port, ""), |b| {
+    let fake = crate::support::FakeServer::bind().await;
+    let bot = crate::support::RunningBot::start(&transport(fake.port, ""), |b| {
         b.configure(|o| o.reconnect.refused_min = Duration::from_secs(1))
     });
     let reconnects = |s: &opsbot::health::Snapshot| -> Vec<String> {
@@ -964,9 +964,9 @@ async fn a_ban_from_the_server_is_a_refusal_not_a_dropped_line() {
 /// new host, so no piece loses its tail when the server relays it.
 #[tokio::test]
 async fn a_host_that_changes_after_joining_shrinks_the_pieces() {
-    let fake = support::FakeServer::bind().await;
+    let fake = crate::support::FakeServer::bind().await;
     let port = fake.port;
-    let bot = support::RunningBot::start(&transport(port, ""), |b| b);
+    let bot = crate::support::RunningBot::start(&transport(port, ""), |b| b);
     let mut c = fake.accept().await;
     c.welcome().await;
     c.read_until("JOIN #ops").await;
@@ -996,7 +996,7 @@ async fn a_host_that_changes_after_joining_shrinks_the_pieces() {
 /// The user in `#ops`, for the scenario every transport runs.
 struct InChannel<'a>(&'a mut User);
 
-impl support::cut::ChatUser for InChannel<'_> {
+impl crate::support::cut::ChatUser for InChannel<'_> {
     async fn ask(&mut self, text: &str) {
         self.0.say("#ops", text).await;
     }
@@ -1020,12 +1020,12 @@ impl support::cut::ChatUser for InChannel<'_> {
 /// it was still queued, in the transport's hands, or said while the bot was away.
 async fn a_cut_mid_answer_loses_nothing(kind: Kind, n: usize) {
     let server = Server::start(kind);
-    let proxy = support::cut::CutProxy::start(server.port).await;
+    let proxy = crate::support::cut::CutProxy::start(server.port).await;
     let mut user = User::connect(server.port, "alice").await;
     user.join("#ops").await;
-    let bot = support::RunningBot::start(&transport(proxy.port, ""), |b| b);
+    let bot = crate::support::RunningBot::start(&transport(proxy.port, ""), |b| b);
     bot_joins(&mut user, BOT).await;
-    support::cut::nothing_lost_across_a_cut(
+    crate::support::cut::nothing_lost_across_a_cut(
         &mut InChannel(&mut user),
         &proxy,
         n,

@@ -3,12 +3,10 @@
 //! targeted test per case on a fake server, and a seeded randomized server.
 //! See: issue "2c of 6".
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{FakeConn, FakeServer, RunningBot};
 use opsbot::health::ActorKind;
-use support::{FakeConn, FakeServer, RunningBot};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(20);
@@ -307,7 +305,7 @@ async fn chaos(seed: u64) {
     eprintln!("chaos seed {seed} for {secs}s");
     let (fake, c, bot) = joined("").await;
     let (mut r, mut w) = c.into_parts();
-    let mut hostile_lines = support::chaos::Chaos::new(seed, "opsbot", "#ops");
+    let mut hostile_lines = crate::support::chaos::Chaos::new(seed, "opsbot", "#ops");
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut lines = tokio::time::interval(Duration::from_millis(10));
     let mut probes = tokio::time::interval(Duration::from_millis(1500));
@@ -412,7 +410,7 @@ async fn lines_for_a_channel_being_joined_wait_for_the_join() {
     let fake = FakeServer::bind().await;
     let bot = RunningBot::start(
         &config(fake.port, "").replace("[\"#ops\"]", "[\"#ops\", \"#late\"]"),
-        |b| b.handler(support::Tricky),
+        |b| b.handler(crate::support::Tricky),
     );
     let mut c = fake.accept().await;
     c.welcome().await;

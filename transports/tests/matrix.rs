@@ -1,11 +1,11 @@
 //! The Matrix transport against a real Synapse started by each test on a free loopback port,
 //! with a matrix-sdk client as the person in the room.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::RunningBot;
+use crate::support::synapse::Synapse;
 use matrix_sdk::Client;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
@@ -18,8 +18,6 @@ use matrix_sdk::ruma::events::room::message::{
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, UserId};
 use opsbot::health::{ActorKind, ConnState, Snapshot};
 use opsbot_transports::matrix::{Matrix, MatrixConfig};
-use support::RunningBot;
-use support::synapse::Synapse;
 
 const T: Duration = Duration::from_secs(30);
 const BOT: &str = "@opsbot:localhost";

@@ -1,18 +1,16 @@
 //! The Webex transport against the fake Webex of `support/webex.rs` (REST and the Mercury
 //! WebSocket on loopback ports it picks), with each failure made to happen.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::RunningBot;
+use crate::support::webex::{Account, FakeWebex, Fault};
 use opsbot::health::{ActorKind, ConnState, Snapshot};
 use opsbot::http::{HttpClient, HttpClientConfig};
 use opsbot::prelude::*;
 use opsbot_transports::webex::{MAX_MESSAGE_BYTES, Webex, WebexConfig};
 use serde_json::json;
-use support::RunningBot;
-use support::webex::{Account, FakeWebex, Fault};
 
 const T: Duration = Duration::from_secs(20);
 const ROOM: &str = "Y2lzY29zcGFyazovL3VzL1JPT00vb3Bz";
@@ -59,7 +57,7 @@ async fn probe(
     fake: &FakeWebex,
     account: &Account,
     places: &[Option<&str>],
-) -> Vec<support::webex::Post> {
+) -> Vec<crate::support::webex::Post> {
     let mut want = Vec::new();
     for (i, place) in places.iter().enumerate() {
         let text = format!("probe {}", i + 1);
@@ -77,7 +75,7 @@ async fn probe(
     }
     let deadline = Instant::now() + T;
     loop {
-        let got: Vec<support::webex::Post> = fake
+        let got: Vec<crate::support::webex::Post> = fake
             .posts()
             .into_iter()
             .filter(|p| p.token == account.token)
@@ -178,7 +176,7 @@ async fn formatted_replies_are_posted_as_markdown() {
     let fake = FakeWebex::start().await;
     let a = fake.add_bot("opsbot");
     let bot = RunningBot::launch(builder(&fake, &a, ""), ALICE, |b| {
-        b.handler(support::Formatted)
+        b.handler(crate::support::Formatted)
     });
     up(&fake, &bot, &a).await;
 
@@ -241,7 +239,7 @@ async fn a_cards_buttons_run_their_command_once_for_approved_people_even_after_a
             )
             .configure(move |o| o.state_path = Some(state)),
             ALICE,
-            |b| b.handler(support::Formatted),
+            |b| b.handler(crate::support::Formatted),
         )
     };
     let bot = start();
@@ -734,7 +732,7 @@ async fn the_http_client_waits_out_429_and_423_and_retries_only_what_it_may() {
 
     // No server there: what is safe to repeat is tried 1 + 3 times, and so is a post, which
     // certainly did not arrive; both end as a connection error.
-    let closed = support::free_port();
+    let closed = crate::support::free_port();
     let url = format!("http://127.0.0.1:{closed}/v1/messages");
     let throttle = Throttle::new();
     let before = client

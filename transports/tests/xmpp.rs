@@ -1,15 +1,13 @@
 //! The XMPP transport against a real Prosody started by each test on a free loopback port, with
 //! plain XMPP clients as the people in the chat.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::RunningBot;
+use crate::support::xmpp::{MUC, Prosody, XmppUser};
 use opsbot::health::{ActorKind, ConnState, Snapshot};
 use opsbot::testkit::next_attempt_in;
 use opsbot_transports::xmpp::{Xmpp, XmppConfig};
-use support::RunningBot;
-use support::xmpp::{MUC, Prosody, XmppUser};
 use tokio_xmpp::jid::Jid;
 use tokio_xmpp::minidom::Element;
 use tokio_xmpp::parsers::iq::Iq;
@@ -87,7 +85,7 @@ fn server() -> Prosody {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn formatted_replies_arrive_as_message_styling() {
     let prosody = server();
-    let bot = bot_with(&prosody, &[], "", |b| b.handler(support::Formatted));
+    let bot = bot_with(&prosody, &[], "", |b| b.handler(crate::support::Formatted));
     ready(&bot, 0).await;
     let mut alice = XmppUser::connect(prosody.port, "alice", "alicepass").await;
 
@@ -339,7 +337,8 @@ async fn a_room_history_of_old_commands_is_never_run() {
         alice.expect_from(&room("hist"), T).await;
     }
     let proxy =
-        support::cut::RewriteProxy::start(prosody.port, b"maxstanzas=", b"xmaxstanza=").await;
+        crate::support::cut::RewriteProxy::start(prosody.port, b"maxstanzas=", b"xmaxstanza=")
+            .await;
     let mut text = prosody.bot_toml("opsbot", "botpass", &[&room("hist")], "tls = false\n");
     text = text.replace(
         &format!("port = {}", prosody.port),
@@ -699,7 +698,7 @@ struct InRoom {
     room: String,
 }
 
-impl support::cut::ChatUser for InRoom {
+impl crate::support::cut::ChatUser for InRoom {
     async fn ask(&mut self, text: &str) {
         self.user.groupchat(&self.room, text).await;
     }
@@ -717,7 +716,7 @@ impl support::cut::ChatUser for InRoom {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_lost_when_the_network_cuts_the_bot_off_and_the_stream_resumes() {
     let prosody = server();
-    let proxy = support::cut::CutProxy::start(prosody.port).await;
+    let proxy = crate::support::cut::CutProxy::start(prosody.port).await;
     let rooms = [room("cut")];
     let text = prosody
         .bot_toml("opsbot", "botpass", &[rooms[0].as_str()], "tls = false\n")
@@ -942,7 +941,7 @@ async fn kicked_or_with_its_room_destroyed_the_bot_rejoins_after_a_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_from_the_first_byte() {
-    let tls_port = support::free_port();
+    let tls_port = crate::support::free_port();
     let prosody = Prosody::start_with(&format!("c2s_direct_tls_ports = {{ {tls_port} }}"));
     prosody.register("opsbot", "botpass");
     prosody.register("alice", "alicepass");

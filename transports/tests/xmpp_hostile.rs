@@ -3,13 +3,11 @@
 //! would): history without stamps, unknown elements, invalid stanzas, a 1 MB message, forged
 //! senders, carbons, and finally XML that does not parse.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::RunningBot;
 use opsbot::health::{ActorKind, ConnState};
 use opsbot_transports::xmpp::{Xmpp, XmppConfig};
-use support::RunningBot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
