@@ -45,13 +45,14 @@ async fn login(synapse: &Synapse, user: &str, password: &str) -> Client {
     c
 }
 
-/// Keeps `c` syncing in the background.
+/// Keeps `c` syncing in the background, as the bot does: one long poll after another.
+/// `Client::sync` is not used: after a sync that came back within a second of the one before, it
+/// sleeps a second, which in a conversation puts up to a second on every answer seen.
 fn keep_syncing(c: &Client) {
     let syncing = c.clone();
     tokio::spawn(async move {
-        let _ = syncing
-            .sync(SyncSettings::default().timeout(Duration::from_secs(30)))
-            .await;
+        let settings = SyncSettings::default().timeout(Duration::from_secs(30));
+        while syncing.sync_once(settings.clone()).await.is_ok() {}
     });
 }
 
@@ -109,7 +110,7 @@ fn opsbot(synapse: &Synapse, store: &std::path::Path, rooms: &[&str]) -> Process
     let rooms: Vec<String> = rooms.iter().map(|r| format!("\"{r}\"")).collect();
     let config = format!(
         "[log]\nlevel = \"error\"\n[[bot]]\nname = \"bench\"\n[bot.budget]\ncommands_per_minute = 0\n\
-         [bot.outbox]\nrate = 0\nbyte_rate = 0\nloop_repeats = 0\n[bot.transport]\nkind = \"matrix\"\n\
+         [bot.outbox]\nrate = 0\ndest_rate = 0\nbyte_rate = 0\nloop_repeats = 0\n[bot.transport]\nkind = \"matrix\"\n\
          homeserver = \"{}\"\nuser = \"@opsbot:localhost\"\npassword = \"botpass\"\n\
          store = \"{}\"\nstore_passphrase = \"bench passphrase\"\n\
          recovery_passphrase = \"bench recovery passphrase\"\nrooms = [{}]\n",

@@ -25,7 +25,8 @@ pub struct MatrixConfig {
     /// The device's name, as the user's device list shows it.
     #[serde(default = "device_name")]
     pub device_name: String,
-    /// Rooms to join and stay in: aliases (`#ops:example.org`) or ids (`!abc:example.org`).
+    /// Rooms to join and stay in: aliases (`#ops:example.org`) or ids (`!abc:example.org`,
+    /// or `!abc` for rooms of version 12 and later).
     #[serde(default)]
     pub rooms: Vec<String>,
     /// The folder for the session and the SQLite state and crypto stores (default: the
@@ -160,8 +161,9 @@ impl MatrixConfig {
             ));
         }
         for (i, r) in self.rooms.iter().enumerate() {
-            let ok = (r.starts_with('#') || r.starts_with('!'))
-                && r.contains(':')
+            // ruma's own rules: an alias names its server; a room id may not (room version 12
+            // ids are `!` and a hash).
+            let ok = matrix_sdk::ruma::RoomOrAliasId::parse(r).is_ok()
                 && !r.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
                 out.push(problem(
@@ -237,6 +239,22 @@ mod tests {
         let k = keys(&c);
         assert_eq!(k.len(), 3, "{k:?}");
         assert!(k[0].contains("invites_from[0]"), "{k:?}");
+    }
+
+    #[test]
+    fn rooms_are_aliases_with_a_server_or_ids_with_or_without_one() {
+        let c = parse(
+            "rooms = [\"#ops:example.org\", \"!abc:example.org\", \
+             \"!QBFPFKPYPliFu4FZr9UrE6LI0daJiIr2mrOU_iKsg4Q\"]",
+        );
+        assert!(c.problems().is_empty(), "{:?}", keys(&c));
+        let c = parse("rooms = [\"#ops\", \"ops\", \"!a b:x\", \"\"]");
+        let k = keys(&c);
+        assert_eq!(k.len(), 4, "{k:?}");
+        assert!(
+            k[0].contains("rooms[0]") && k[3].contains("rooms[3]"),
+            "{k:?}"
+        );
     }
 
     #[test]
