@@ -620,6 +620,34 @@ async fn the_homeserver_killed_and_restarted_is_a_reconnect() {
     alice.expect("back").await;
 }
 
+/// A homeserver that answers every sync at once with nothing new, instead of waiting for news
+/// as asked (a proxy turns the bot's `timeout=2000` into `timeout=0000`): the bot does not poll
+/// it back to back, and still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_homeserver_that_never_waits_is_not_polled_back_to_back() {
+    let synapse = Synapse::start();
+    synapse.register("opsbot", "botpass");
+    synapse.register("alice", "alicepass");
+    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let room = alice.create_room("ops").await;
+    let proxy =
+        crate::support::cut::RewriteProxy::start(synapse.port, b"timeout=2000", b"timeout=0000")
+            .await;
+    let store = tempfile::tempdir().unwrap();
+    let mut cfg = config(&synapse, store.path(), "#ops:localhost");
+    cfg.homeserver = format!("http://127.0.0.1:{}", proxy.port);
+    let bot = bot(cfg);
+    connected(&bot).await;
+    let syncs = || proxy.seen().matches("\"next_batch\"").count();
+    let before = syncs();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = syncs() - before;
+    // About one a second; back to back, it was hundreds.
+    assert!((1..=12).contains(&idle), "{idle} syncs in 4 s");
+    alice.say(&room, "!echo still here").await;
+    alice.expect("still here").await;
+}
+
 /// A homeserver that rate-limits the bot (`M_LIMIT_EXCEEDED` with a wait): the lines wait
 /// and all arrive, once each and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -621,8 +621,17 @@ impl Drop for SyncTask {
     }
 }
 
+/// How long the bot waits before it syncs again after a sync that came back at once with
+/// nothing new.
+const IDLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Syncs from `token` on, handing each next token (or the failure that ends it) to `out`. A
 /// rate limit on the sync itself is counted and waited out here.
+///
+/// One long poll follows another at once, so an answer is never held back; but a homeserver
+/// that answers a sync at once with nothing new (the same token) is not waiting for news as
+/// asked, and is then asked again only after [`IDLE_PAUSE`]. matrix-sdk's own loop pauses a
+/// second after every quick sync, which in a busy room would delay each answer by as much.
 async fn sync_loop(
     client: Client,
     mut token: Option<String>,
@@ -630,16 +639,31 @@ async fn sync_loop(
     stats: Arc<Stats>,
     out: mpsc::Sender<Result<String, matrix_sdk::Error>>,
 ) {
+    let mut warned = false;
     loop {
         let mut settings = SyncSettings::default().timeout(timeout);
         if let Some(t) = &token {
             settings = settings.token(t.clone());
         }
+        let asked = tokio::time::Instant::now();
         match client.sync_once(settings).await {
             Ok(resp) => {
+                let idle = token.as_deref() == Some(resp.next_batch.as_str())
+                    && asked.elapsed() < timeout / 2;
                 token = Some(resp.next_batch.clone());
                 if out.send(Ok(resp.next_batch)).await.is_err() {
                     return;
+                }
+                if idle {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            kind = "matrix",
+                            "the homeserver answers syncs at once with nothing new; \
+                             syncing at most once every {IDLE_PAUSE:?} while it does"
+                        );
+                    }
+                    tokio::time::sleep(IDLE_PAUSE).await;
                 }
             }
             Err(e) => {
