@@ -183,6 +183,9 @@ impl Transport for MemoryTransport {
         link.connected(format!("{} as {}", self.kind, self.nick));
         loop {
             tokio::select! {
+                // What the remote did first is seen first: a cut or a drop asked for before a
+                // line was posted applies to that line, as on a real connection.
+                biased;
                 msg = self.input.recv(), if self.input_open => match msg {
                     Some(Input::Message(m)) => link.incoming(m),
                     Some(Input::Drop(why)) => return Err(TransportError::Connection(why)),
