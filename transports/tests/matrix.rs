@@ -43,6 +43,13 @@ struct Person {
 }
 
 impl Person {
+    /// Registers the bot's account and alice's, and logs alice in.
+    async fn alice_beside_the_bot(synapse: &Synapse) -> Self {
+        synapse.register("opsbot", "botpass");
+        synapse.register("alice", "alicepass");
+        Self::login(synapse, "alice", "alicepass").await
+    }
+
     async fn login(synapse: &Synapse, user: &str, password: &str) -> Self {
         let client = Client::builder()
             .homeserver_url(synapse.url())
@@ -319,9 +326,7 @@ async fn reads(client: &Client, room: &OwnedRoomId, event: &OwnedEventId, body: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_answered_and_a_restart_replays_nothing_on_the_same_device() {
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_room("ops").await;
     let tmp = tempfile::tempdir().unwrap();
     // A folder the bot makes itself (a temporary folder is private already).
@@ -379,9 +384,7 @@ async fn an_encrypted_room_works_and_an_undecryptable_message_is_counted() {
     use matrix_sdk::ruma::serde::Raw;
 
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_encrypted_room("secure").await;
     let store = tempfile::tempdir().unwrap();
     let bot = bot(config(&synapse, store.path(), "#secure:localhost"));
@@ -590,9 +593,7 @@ async fn invites_are_taken_to_configured_rooms_and_from_approved_people_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_homeserver_killed_and_restarted_is_a_reconnect() {
     let mut synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_room("ops").await;
     // The room by its id, which Synapse's rooms (version 12) have with no server name.
     let id = room.room_id().as_str().to_owned();
@@ -626,9 +627,7 @@ async fn the_homeserver_killed_and_restarted_is_a_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_homeserver_that_never_waits_is_not_polled_back_to_back() {
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_room("ops").await;
     let proxy =
         crate::support::cut::RewriteProxy::start(synapse.port, b"timeout=2000", b"timeout=0000")
@@ -653,9 +652,7 @@ async fn a_homeserver_that_never_waits_is_not_polled_back_to_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_hold_the_line_and_lose_nothing() {
     let synapse = Synapse::start_with("rc_message:\n  per_second: 0.5\n  burst_count: 3\n");
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_room("ops").await;
     let store = tempfile::tempdir().unwrap();
     let bot = bot(config(&synapse, store.path(), "#ops:localhost"));
@@ -680,9 +677,7 @@ async fn rate_limits_hold_the_line_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_a_refusal() {
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     alice.create_room("ops").await;
     let store = tempfile::tempdir().unwrap();
     let bot = bot(config(&synapse, store.path(), "#ops:localhost"));
@@ -734,9 +729,7 @@ async fn malformed_events_run_nothing_and_break_nothing() {
     use matrix_sdk::ruma::serde::Raw;
 
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_room("ops").await;
     let store = tempfile::tempdir().unwrap();
     let bot = bot(config(&synapse, store.path(), "#ops:localhost"));
@@ -810,9 +803,7 @@ async fn malformed_events_run_nothing_and_break_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_device_reads_the_bot_and_a_rotated_key_is_read() {
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_encrypted_room("secure").await;
     let store = tempfile::tempdir().unwrap();
     let bot = bot(config(&synapse, store.path(), "#secure:localhost"));
@@ -841,9 +832,7 @@ async fn a_second_device_reads_the_bot_and_a_rotated_key_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_only_key_sharing_leaves_unsigned_devices_out() {
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_encrypted_room("secure").await;
     let store = tempfile::tempdir().unwrap();
     let bot = bot(config_with(
@@ -880,9 +869,7 @@ async fn signed_only_key_sharing_leaves_unsigned_devices_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_recovers_the_account_keys_and_the_history() {
     let synapse = Synapse::start();
-    synapse.register("opsbot", "botpass");
-    synapse.register("alice", "alicepass");
-    let alice = Person::login(&synapse, "alice", "alicepass").await;
+    let alice = Person::alice_beside_the_bot(&synapse).await;
     let room = alice.create_encrypted_room("secure").await;
     let extra = "recovery_passphrase = \"correct horse battery staple\"";
     let secured = "device cross-signed, recovery on, key backup on";
